@@ -1,0 +1,256 @@
+"""Slivers, recovery symbols and inconsistency proofs, with their versioned wire formats."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from . import merkle
+from .blob import BlobId, BlobMetadata
+from .geometry import SYMBOL_ALIGNMENT, EncodingGeometry, GeometryError
+from .wire import FormatError, check_header, unpack
+
+
+class SliverKind(IntEnum):
+    PRIMARY = 0  # a row of the n x n_s matrix: n_s symbols
+    SECONDARY = 1  # a column of the n_p x n matrix: n_p symbols
+
+    @property
+    def other(self) -> SliverKind:
+        return SliverKind(1 - self)
+
+    @classmethod
+    def parse(cls, text: str) -> SliverKind:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise FormatError(f"sliver kind is 'primary' or 'secondary', not {text!r}") from None
+
+
+def symbol_count(geometry: EncodingGeometry, kind: SliverKind) -> int:
+    return geometry.n_secondary if kind is SliverKind.PRIMARY else geometry.n_primary
+
+
+def as_line(data: object, symbol_size: int) -> np.ndarray:
+    """View a line of symbols (a sliver, a blob row) as uint64 of shape (8, count, P), no copy.
+
+    Every line is stored plane-major: a symbol of s bytes is 8 packets of P = s/64 words, and the
+    line holds packet 0 of every symbol in order, then packet 1 of every symbol, and so on. Packet
+    c of all symbols of a line is then one contiguous run, which is what makes the bit-sliced XORs
+    fast. The canonical bytes of one symbol (what is hashed and sent alone) are its packets 0..7.
+    """
+    array = np.frombuffer(data, dtype=np.uint8)  # type: ignore[call-overload]
+    return array.view(np.uint64).reshape(8, -1, symbol_size // 64)
+
+
+def symbol_bytes(line: np.ndarray, index: int) -> bytes:
+    """The canonical bytes of symbol ``index`` of a line (its 8 packets in order)."""
+    return line[:, index, :].tobytes()
+
+
+def _check_symbol_size(symbol_size: int, what: str) -> None:
+    if symbol_size <= 0 or symbol_size % SYMBOL_ALIGNMENT:
+        raise FormatError(f"{what}: symbol size {symbol_size} is not a positive multiple of 64")
+
+
+_SLIVER_HEAD = struct.Struct("<4sBBHHI32s2x")
+SLIVER_MAGIC = b"WRSL"
+
+
+@dataclass(frozen=True, eq=False)
+class Sliver:
+    """One primary or secondary sliver of a blob.
+
+    The symbols are stored plane-major (see ``as_line``). Wire format v1, a 48-byte header (so the
+    symbols after it stay 16-byte aligned), then the symbols: ``"WRSL" | u8 version=1 | u8 kind |
+    u16 n | u16 index | u32 symbol size | 32 blob id | 2 zero | symbols``. The symbol count
+    follows from kind and n (n_s primary, n_p secondary).
+    """
+
+    blob_id: BlobId
+    kind: SliverKind
+    index: int
+    n_shards: int
+    symbol_size: int
+    data: object  # bytes-like, symbol_count * symbol_size bytes
+
+    def __post_init__(self) -> None:
+        what = f"{self.kind.name.lower()} sliver {self.index}"
+        try:
+            self.geometry.check_index(self.index)
+        except GeometryError as error:
+            raise FormatError(f"{what}: {error}") from error
+        _check_symbol_size(self.symbol_size, what)
+        expected = symbol_count(self.geometry, self.kind) * self.symbol_size
+        if self.nbytes != expected:
+            raise FormatError(f"{what}: {self.nbytes} bytes of symbols, expected {expected}")
+
+    @property
+    def geometry(self) -> EncodingGeometry:
+        return EncodingGeometry(self.n_shards)
+
+    @property
+    def nbytes(self) -> int:
+        return memoryview(self.data).nbytes  # type: ignore[arg-type]
+
+    def line(self) -> np.ndarray:
+        """The symbols as (8, count, P) uint64 planes (see ``as_line``)."""
+        return as_line(self.data, self.symbol_size)
+
+    def header(self) -> bytes:
+        return _SLIVER_HEAD.pack(
+            SLIVER_MAGIC, 1, self.kind, self.n_shards, self.index, self.symbol_size, self.blob_id.raw
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.header() + bytes(memoryview(self.data))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> Sliver:
+        """Parse without copying the symbols (they stay a view of ``data``)."""
+        check_header(data, SLIVER_MAGIC, (1,), "sliver")
+        _, _, kind, n, index, symbol_size, blob_id = unpack(_SLIVER_HEAD, data, 0, "sliver")
+        if kind not in (0, 1):
+            raise FormatError(f"sliver: unknown kind {kind}")
+        try:
+            geometry = EncodingGeometry(n)
+        except GeometryError as error:
+            raise FormatError(f"sliver: {error}") from error
+        return cls(BlobId(blob_id), SliverKind(kind), index, geometry.n_shards, symbol_size,
+                   memoryview(data)[_SLIVER_HEAD.size :])
+
+    @staticmethod
+    def wire_size(layout_symbol_size: int, count: int) -> int:
+        return _SLIVER_HEAD.size + layout_symbol_size * count
+
+    def matches(self, metadata: BlobMetadata) -> None:
+        """Raise FormatError if this sliver cannot belong to the blob ``metadata`` describes."""
+        if self.n_shards != metadata.n_shards or self.symbol_size != metadata.layout.symbol_size:
+            raise FormatError(
+                f"{self.kind.name.lower()} sliver {self.index} has n={self.n_shards}, symbol size "
+                f"{self.symbol_size}; the blob has n={metadata.n_shards}, "
+                f"symbol size {metadata.layout.symbol_size}"
+            )
+
+
+HEADER_SIZE = _SLIVER_HEAD.size
+
+_SYMBOL_HEAD = struct.Struct("<4sBBHHHI32s")
+SYMBOL_MAGIC = b"WRSY"
+
+
+@dataclass(frozen=True, eq=False)
+class RecoverySymbol:
+    """One symbol of another node's sliver expansion, with its Merkle proof, used to rebuild a lost
+    sliver (target) without the rest of the blob.
+
+    For a PRIMARY target (row t) it is cell (t, source) of the full matrix, proven at leaf t against
+    the secondary root of column ``source``. For a SECONDARY target (column t) it is cell
+    (source, t), proven at leaf t against the primary root of row ``source``.
+
+    Wire format v1: ``"WRSY" | u8 version=1 | u8 target kind | u16 n | u16 source index |
+    u16 target index | u32 symbol size | 32 blob id | symbol | ceil(log2 n) x 32 proof``.
+    """
+
+    blob_id: BlobId
+    target_kind: SliverKind
+    source_index: int
+    target_index: int
+    n_shards: int
+    data: bytes
+    proof: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        head = _SYMBOL_HEAD.pack(
+            SYMBOL_MAGIC, 1, self.target_kind, self.n_shards, self.source_index,
+            self.target_index, len(self.data), self.blob_id.raw,
+        )
+        return head + self.data + b"".join(self.proof)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> RecoverySymbol:
+        check_header(data, SYMBOL_MAGIC, (1,), "recovery symbol")
+        _, _, kind, n, source, target, size, blob_id = unpack(_SYMBOL_HEAD, data, 0, "recovery symbol")
+        if kind not in (0, 1):
+            raise FormatError(f"recovery symbol: unknown target kind {kind}")
+        try:
+            geometry = EncodingGeometry(n)
+            geometry.check_index(source)
+            geometry.check_index(target)
+        except GeometryError as error:
+            raise FormatError(f"recovery symbol: {error}") from error
+        _check_symbol_size(size, "recovery symbol")
+        depth = merkle.proof_length(n)
+        start = _SYMBOL_HEAD.size
+        if len(data) != start + size + depth * merkle.DIGEST_SIZE:
+            raise FormatError(f"recovery symbol: {len(data)} bytes, expected {start + size + depth * 32}")
+        body = bytes(data[start:])
+        proof = tuple(body[size + i * 32 : size + (i + 1) * 32] for i in range(depth))
+        return cls(BlobId(blob_id), SliverKind(kind), source, target, n, body[:size], proof)
+
+    def is_valid_for(self, metadata: BlobMetadata) -> bool:
+        """Whether the symbol is the cell it claims to be of the blob ``metadata`` commits to."""
+        if (self.n_shards != metadata.n_shards or len(self.data) != metadata.layout.symbol_size
+                or self.blob_id != metadata.blob_id):
+            return False
+        roots = metadata.secondary_roots if self.target_kind is SliverKind.PRIMARY else metadata.primary_roots
+        return merkle.verify(roots[self.source_index], self.n_shards, self.target_index,
+                             merkle.leaf_hash(self.data), self.proof)
+
+
+_PROOF_HEAD = struct.Struct("<4sBBHH32s")
+PROOF_MAGIC = b"WRSI"
+
+
+@dataclass(frozen=True, eq=False)
+class InconsistencyProof:
+    """Recovery symbols, each valid against the metadata, that decode to a sliver whose root is not
+    the one the metadata commits to: evidence, checkable by anyone holding the metadata, that the
+    writer encoded the blob inconsistently.
+
+    Wire format v1: ``"WRSI" | u8 version=1 | u8 target kind | u16 target index | u16 count |
+    32 blob id | count x (u32 length | recovery symbol)``.
+    """
+
+    blob_id: BlobId
+    target_kind: SliverKind
+    target_index: int
+    symbols: tuple[RecoverySymbol, ...]
+
+    def to_bytes(self) -> bytes:
+        parts = [_PROOF_HEAD.pack(PROOF_MAGIC, 1, self.target_kind, self.target_index,
+                                  len(self.symbols), self.blob_id.raw)]
+        for symbol in self.symbols:
+            encoded = symbol.to_bytes()
+            parts += [struct.pack("<I", len(encoded)), encoded]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> InconsistencyProof:
+        check_header(data, PROOF_MAGIC, (1,), "inconsistency proof")
+        _, _, kind, index, count, blob_id = unpack(_PROOF_HEAD, data, 0, "inconsistency proof")
+        if kind not in (0, 1):
+            raise FormatError(f"inconsistency proof: unknown target kind {kind}")
+        offset = _PROOF_HEAD.size
+        symbols: list[RecoverySymbol] = []
+        for _ in range(count):
+            (length,) = unpack(struct.Struct("<I"), data, offset, "inconsistency proof")
+            offset += 4
+            if offset + length > len(data):
+                raise FormatError("inconsistency proof: truncated symbol")
+            symbols.append(RecoverySymbol.from_bytes(data[offset : offset + length]))
+            offset += length
+        if offset != len(data):
+            raise FormatError("inconsistency proof: trailing bytes")
+        return cls(BlobId(blob_id), SliverKind(kind), index, tuple(symbols))
+
+
+def distinct_sources(symbols: Sequence[RecoverySymbol]) -> dict[int, RecoverySymbol]:
+    out: dict[int, RecoverySymbol] = {}
+    for symbol in symbols:
+        out.setdefault(symbol.source_index, symbol)
+    return out
