@@ -1,0 +1,154 @@
+"""BlobClient: store and read blobs on a committee of storage nodes, under trio.
+
+    async with BlobClient(committee, writer_key=key) as client:
+        stored = await client.store(data)        # blob ID + availability certificate
+        data = await client.read(stored.blob_id)
+
+One pooled httpx client serves every request. The client owns a nursery for deliveries that go on
+after store() returned (slow nodes), so leaving the ``async with`` waits for them, up to their
+deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from ..committee import Committee
+from ..redstuff import BlobId, BlobMetadata, encode
+from .budget import ByteBudget
+from .certificate import Certificate
+from .health import HealthBook
+from .read import BlobReader, ReadReport
+from .store import Delivery, StoreError, StoreProgress
+from .transport import NodeConnection, connections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    blob_id: BlobId
+    metadata: BlobMetadata
+    certificate: Certificate
+
+
+@dataclass
+class ClientSettings:
+    hedge_after: float = 0.3  # seconds without an answer before asking one more node
+    store_deadline: float = 60.0  # seconds to reach a certificate
+    background_deadline: float = 300.0  # seconds slow nodes keep being served after that
+    memory_budget: int = 1 << 30  # bytes of encoded blobs in flight (store waits beyond it)
+    connect_timeout: float = 3.0
+    read_timeout: float = 30.0
+    max_connections: int = 64
+
+
+class BlobClient:
+    def __init__(self, committee: Committee, writer_key: object | None = None,
+                 settings: ClientSettings | None = None) -> None:
+        self.committee = committee
+        self.writer_key = writer_key
+        self.settings = settings or ClientSettings()
+        self.health = HealthBook()
+        self._budget = ByteBudget(self.settings.memory_budget)
+        self._http: httpx.AsyncClient | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager = None
+        self.connections: dict[str, NodeConnection] = {}
+
+    async def __aenter__(self) -> BlobClient:
+        s = self.settings
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+            limits=httpx.Limits(max_connections=s.max_connections,
+                                max_keepalive_connections=s.max_connections),
+        )
+        self.connections = connections(self._http, self.committee, self.health, self.writer_key)
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        try:
+            assert self._nursery_manager is not None
+            return await self._nursery_manager.__aexit__(*exc_info)
+        finally:
+            assert self._http is not None
+            await self._http.aclose()
+
+    def _reader(self) -> BlobReader:
+        return BlobReader(self.connections, self.committee.n_shards,
+                          lambda shard: self.committee.node_for_shard(shard).id,
+                          self.health.order_key, self.settings.hedge_after)
+
+    async def store(self, data: bytes | memoryview,
+                    on_progress: Callable[[StoreProgress], None] | None = None) -> StoredBlob:
+        """Encode and store ``data``; returns only with a verified availability certificate."""
+        assert self._nursery is not None, "use BlobClient inside 'async with'"
+        # The encoder holds the blob plus ~2.5x in parity until every node is served.
+        taken = await self._budget.acquire(int(len(data) * 3.5) + (1 << 20))
+        try:
+            encoded = await trio.to_thread.run_sync(encode, data, self.committee.n_shards)
+        except BaseException:
+            self._budget.release(taken)
+            raise
+        progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
+                                 quorum=self.committee.geometry.quorum)
+        delivery = Delivery(self.committee, encoded, self.connections, progress)
+        self._nursery.start_soon(delivery.run, self.settings.store_deadline
+                                 + self.settings.background_deadline, lambda: self._budget.release(taken))
+        with trio.move_on_after(self.settings.store_deadline):
+            while not delivery.settled.is_set():
+                with trio.move_on_after(0.2):
+                    await delivery.settled.wait()
+                if on_progress:
+                    on_progress(progress)
+        if on_progress:
+            on_progress(progress)
+        if delivery.certified():
+            certificate = delivery.certificate()
+            certificate.verify(self.committee)
+            return StoredBlob(encoded.blob_id, encoded.metadata, certificate)
+        failures = dict(delivery.failures)
+        for node_id in delivery.pending:
+            failures.setdefault(node_id, "no confirmation yet")
+        covered = len(delivery.covered())
+        detail = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()))
+        raise StoreError(
+            f"blob {encoded.blob_id} is NOT stored: confirmations cover {covered} shards, a "
+            f"certificate needs {self.committee.geometry.quorum} of {self.committee.n_shards} "
+            f"within {self.settings.store_deadline:.0f} s. Failed nodes: {detail}. Check that the "
+            "nodes are up (walrusfs cluster status) and try again.",
+            failures,
+        )
+
+    async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,
+                   report: ReadReport | None = None) -> bytes:
+        """The blob's bytes [offset, offset+length), every byte verified against ``blob_id``."""
+        return await self._reader().read(blob_id, offset, length, report)
+
+    async def metadata(self, blob_id: BlobId) -> BlobMetadata:
+        return await self._reader().metadata(blob_id, ReadReport())
+
+    async def status(self, blob_id: BlobId) -> dict[str, dict]:
+        """Each node's own account of which slivers of the blob it holds."""
+        out: dict[str, dict] = {}
+
+        async def one(node_id: str) -> None:
+            try:
+                out[node_id] = await self.connections[node_id].get_status(blob_id)
+            except Exception as error:
+                out[node_id] = {"error": str(error)}
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self.connections:
+                nursery.start_soon(one, node_id)
+        return out
+
+
+__all__ = ["BlobClient", "ClientSettings", "StoreError", "StoredBlob"]

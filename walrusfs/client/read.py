@@ -1,0 +1,241 @@
+"""Reading a blob: verified metadata, then slivers from whichever nodes answer, then decode.
+
+Order of preference: the n_p systematic primary slivers (the blob's own bytes: no decode, each
+checked against its Merkle root); any n_p primary slivers (decode, then re-encode to check the blob
+ID); any n_s secondary slivers (the same). A node that answers with bytes that do not verify is
+named a liar and skipped; a node that hangs is overtaken after the hedge delay.
+
+A byte range that touches only a few symbols fetches just those symbols, each with a Merkle proof
+against its row's root, from the nodes holding the systematic rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ..redstuff import (
+    BlobId,
+    BlobMetadata,
+    InconsistentBlobError,
+    RecoverySymbol,
+    Sliver,
+    SliverKind,
+    SliverVerificationError,
+    decode,
+    decode_and_verify,
+    verify_sliver,
+)
+from .fanout import race
+from .transport import NodeConnection, NodeError
+
+log = logging.getLogger(__name__)
+
+
+class ReadError(Exception):
+    """The blob could not be read from the committee: says which nodes failed and how."""
+
+
+@dataclass
+class ReadReport:
+    """What a read saw, for callers that want to show or log it."""
+
+    liars: dict[str, str] = field(default_factory=dict)  # node id -> what did not verify
+    failures: dict[str, str] = field(default_factory=dict)  # node id -> last error
+    slivers_fetched: int = 0
+    bytes_fetched: int = 0
+    path: str = ""
+
+    def note(self, node_id: str, error: BaseException) -> None:
+        if isinstance(error, NodeError) and error.lie:
+            self.liars[node_id] = error.reason
+        else:
+            self.failures[node_id] = getattr(error, "reason", None) or str(error)
+
+    def describe(self) -> str:
+        parts = [f"{node}: {why}" for node, why in sorted(self.failures.items())]
+        parts += [f"{node} (served bad data): {why}" for node, why in sorted(self.liars.items())]
+        return "; ".join(parts) or "no node answered"
+
+
+class BlobReader:
+    def __init__(self, connections: dict[str, NodeConnection], n_shards: int, shard_owner,
+                 order_key, hedge_after: float) -> None:
+        self.connections = connections
+        self.n_shards = n_shards
+        self.shard_owner = shard_owner  # shard -> node id
+        self.order_key = order_key  # node id -> sort key (healthy, fast first)
+        self.hedge_after = hedge_after
+
+    async def metadata(self, blob_id: BlobId, report: ReadReport) -> BlobMetadata:
+        nodes = sorted(self.connections, key=self.order_key)
+        result = await race(nodes, lambda node: self.connections[node].get_metadata(blob_id), 1,
+                            hedge_after=self.hedge_after)
+        for node, error in result.failures:
+            report.note(node, error)
+        if not result.successes:
+            raise ReadError(f"blob {blob_id}: no node gave its metadata ({report.describe()})")
+        return result.successes[0][1]
+
+    def _node_of_pair(self, metadata: BlobMetadata, pair: int) -> str:
+        return self.shard_owner(metadata.geometry.shard_of_pair(pair, metadata.blob_id.raw))
+
+    async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,
+                   report: ReadReport | None = None) -> bytes:
+        report = report or ReadReport()
+        metadata = await self.metadata(blob_id, report)
+        size = metadata.blob_length
+        if offset < 0 or offset > size:
+            raise ReadError(f"blob {blob_id}: offset {offset} outside [0, {size}]")
+        end = size if length is None else min(size, offset + max(length, 0))
+        if end == offset:
+            return b""
+        if offset > 0 or end < size:
+            cells = _cells_for_range(metadata, offset, end)
+            if len(cells) <= metadata.geometry.source_symbols // 4:
+                try:
+                    return await self._read_cells(metadata, offset, end, cells, report)
+                except ReadError as error:
+                    log.info("range read of %s fell back to a whole-blob read: %s", blob_id, error)
+        blob = await self.read_whole(metadata, report)
+        return bytes(blob[offset:end])
+
+    async def read_whole(self, metadata: BlobMetadata, report: ReadReport) -> memoryview:
+        geometry = metadata.geometry
+        n, n_p = geometry.n_shards, geometry.n_primary
+        systematic = list(range(n_p))
+        others = sorted(range(n_p, n), key=lambda i: self.order_key(self._node_of_pair(metadata, i)))
+        good = await self._collect(metadata, SliverKind.PRIMARY, systematic + others, n_p, report)
+        if len(good) >= n_p:
+            if all(i in good for i in systematic):
+                report.path = "systematic"
+                # Each systematic sliver was checked against its root: they are the committed bytes.
+                return await trio.to_thread.run_sync(
+                    lambda: decode(metadata, [good[i] for i in systematic], verify=False))
+            report.path = "primary decode"
+            return await self._decode_checked(metadata, list(good.values()))
+        secondary = sorted(range(n), key=lambda j: self.order_key(
+            self._node_of_pair(metadata, geometry.pair_of_secondary(j))))
+        good_secondary = await self._collect(metadata, SliverKind.SECONDARY, secondary,
+                                             geometry.n_secondary, report)
+        if len(good_secondary) >= geometry.n_secondary:
+            report.path = "secondary decode"
+            return await self._decode_checked(metadata, list(good_secondary.values()))
+        raise ReadError(
+            f"blob {metadata.blob_id}: only {len(good)} of {n_p} primary and {len(good_secondary)} "
+            f"of {geometry.n_secondary} secondary slivers could be read and verified "
+            f"({report.describe()}); at most {geometry.max_faulty} of {n} shards may fail"
+        )
+
+    async def _decode_checked(self, metadata: BlobMetadata, slivers: list[Sliver]) -> memoryview:
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: decode_and_verify(metadata, slivers, verify=False))
+        except InconsistentBlobError as error:
+            raise ReadError(f"blob {metadata.blob_id} cannot be read: {error}") from error
+
+    async def _collect(self, metadata: BlobMetadata, kind: SliverKind, indices: Sequence[int],
+                       needed: int, report: ReadReport) -> dict[int, Sliver]:
+        """Fetch and verify slivers of ``kind`` (by sliver index, in order) until ``needed`` pass."""
+        geometry = metadata.geometry
+
+        async def fetch_verified(index: int) -> Sliver:
+            pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
+            node = self._node_of_pair(metadata, pair)
+            try:
+                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair, kind)
+                report.slivers_fetched += 1
+                report.bytes_fetched += sliver.nbytes
+                await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
+            except SliverVerificationError as error:
+                self.connections[node].health.lie(node, str(error))
+                raise NodeError(node, f"{kind.name.lower()} sliver {index}", str(error), lie=True) from error
+            except NodeError:
+                raise
+            return sliver
+
+        result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after)
+        for index, error in result.failures:
+            pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
+            report.note(self._node_of_pair(metadata, pair), error)
+        return dict(result.successes)
+
+    async def _read_cells(self, metadata: BlobMetadata, offset: int, end: int,
+                          cells: list[tuple[int, int]], report: ReadReport) -> bytes:
+        """Fetch only the symbols (row, column) that hold [offset, end), each proven."""
+        layout = metadata.layout
+        fetched: dict[tuple[int, int], bytes] = {}
+
+        async def fetch(cell: tuple[int, int]) -> None:
+            row, column = cell
+            node = self._node_of_pair(metadata, row)
+            try:
+                symbol: RecoverySymbol = await self.connections[node].get_recovery_symbol(
+                    metadata.blob_id, row, SliverKind.PRIMARY, column)
+            except NodeError as error:
+                report.note(node, error)
+                raise ReadError(str(error)) from error
+            if (symbol.target_kind is not SliverKind.SECONDARY or symbol.source_index != row
+                    or symbol.target_index != column or not symbol.is_valid_for(metadata)):
+                self.connections[node].health.lie(node, "symbol failed its Merkle proof")
+                report.liars[node] = f"symbol ({row}, {column}) failed its Merkle proof"
+                raise ReadError(f"node {node} served a symbol that fails its proof")
+            report.bytes_fetched += len(symbol.data)
+            fetched[cell] = symbol.data
+
+        async with trio.open_nursery() as nursery:
+            for cell in cells:
+                nursery.start_soon(fetch, cell)
+        report.path = "symbols"
+        return _assemble_range(metadata, offset, end, fetched, layout.symbol_size)
+
+
+def _plane_bytes(metadata: BlobMetadata) -> int:
+    layout = metadata.layout
+    return metadata.geometry.n_secondary * layout.symbol_size // 8
+
+
+def _cells_for_range(metadata: BlobMetadata, offset: int, end: int) -> list[tuple[int, int]]:
+    """The (row, column) symbols whose bytes cover blob bytes [offset, end).
+
+    Row a holds blob bytes [a*R, (a+1)*R); inside a row, plane c holds packet c of every symbol,
+    each packet s/8 bytes (see redstuff.sliver.as_line).
+    """
+    layout = metadata.layout
+    row_bytes, packet = layout.row_length, layout.symbol_size // 8
+    plane = _plane_bytes(metadata)
+    cells: set[tuple[int, int]] = set()
+    position = offset
+    while position < end:
+        row, in_row = divmod(position, row_bytes)
+        in_plane = in_row % plane
+        column = in_plane // packet
+        cells.add((row, column))
+        position += packet - in_plane % packet
+        if len(cells) > metadata.geometry.source_symbols:
+            break
+    return sorted(cells)
+
+
+def _assemble_range(metadata: BlobMetadata, offset: int, end: int,
+                    symbols: dict[tuple[int, int], bytes], symbol_size: int) -> bytes:
+    layout = metadata.layout
+    row_bytes, packet = layout.row_length, symbol_size // 8
+    plane = _plane_bytes(metadata)
+    out = bytearray()
+    position = offset
+    while position < end:
+        row, in_row = divmod(position, row_bytes)
+        c, in_plane = divmod(in_row, plane)
+        column, in_packet = divmod(in_plane, packet)
+        take = min(packet - in_packet, end - position)
+        start = c * packet + in_packet  # canonical symbol bytes are packets 0..7 in order
+        out += symbols[(row, column)][start : start + take]
+        position += take
+    return bytes(out)
+
+
+__all__ = ["BlobReader", "ReadError", "ReadReport"]

@@ -1,0 +1,141 @@
+"""Storing a blob: encode off the trio thread, send every node its slivers, collect confirmations.
+
+store() returns as soon as confirmations with valid signatures cover n - f shards; it never returns
+a blob ID without them. Nodes still receiving slivers keep being served in the background (owned by
+the client's nursery) until ``background_deadline``, holding the encoded blob's memory budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..committee import Committee
+from ..protocol import Confirmation, is_certified, verify_certificate
+from ..redstuff import BlobId, EncodedBlob, SliverKind
+from .certificate import Certificate
+from .transport import NodeConnection, NodeError
+
+log = logging.getLogger(__name__)
+
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 3.0
+
+
+class StoreError(Exception):
+    """No availability certificate could be had; says which nodes failed and why."""
+
+    def __init__(self, message: str, failures: dict[str, str]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+@dataclass
+class StoreProgress:
+    bytes_total: int = 0
+    bytes_sent: int = 0
+    confirmed_shards: int = 0
+    quorum: int = 0
+
+
+@dataclass
+class Delivery:
+    """Sending one encoded blob to every node of the committee."""
+
+    committee: Committee
+    encoded: EncodedBlob
+    connections: dict[str, NodeConnection]
+    progress: StoreProgress
+    confirmations: dict[str, Confirmation] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    settled: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def blob_id(self) -> BlobId:
+        return self.encoded.blob_id
+
+    def covered(self) -> set[int]:
+        return verify_certificate(self.committee, self.blob_id, self.confirmations.values())
+
+    def certified(self) -> bool:
+        return is_certified(self.committee, self.covered())
+
+    def certificate(self) -> Certificate:
+        return Certificate(self.blob_id, self.committee.epoch, tuple(self.confirmations.values()))
+
+    async def run(self, deadline: float, on_done: Callable[[], None]) -> None:
+        """Deliver to every node until each is done or ``deadline`` (seconds) passes."""
+        self.pending = {node.id for node in self.committee.nodes}
+        try:
+            with trio.move_on_after(deadline):
+                async with trio.open_nursery() as nursery:
+                    for node in self.committee.nodes:
+                        nursery.start_soon(self._deliver, node.id)
+            for node_id in self.pending:
+                self.failures.setdefault(node_id, f"no confirmation within {deadline:.0f} s")
+                log.warning("blob %s: node %s not served within %.0f s; repair will heal it",
+                            self.blob_id, node_id, deadline)
+        finally:
+            self.settled.set()
+            self.finished.set()
+            on_done()
+
+    async def _deliver(self, node_id: str) -> None:
+        connection = self.connections[node_id]
+        geometry = self.encoded.layout.geometry
+        delay = _RETRY_FIRST
+        sent: set[tuple[int, SliverKind]] = set()
+        metadata_sent = False
+        while True:
+            try:
+                if not metadata_sent:
+                    await connection.put_metadata(self.encoded.metadata)
+                    metadata_sent = True
+                async with trio.open_nursery() as nursery:
+                    for shard in self.committee.shards_of(node_id):
+                        pair = geometry.pair_of_shard(shard, self.blob_id.raw)
+                        for kind in SliverKind:
+                            if (pair, kind) not in sent:
+                                nursery.start_soon(self._send, connection, pair, kind, sent)
+                confirmation = await connection.get_confirmation(self.blob_id)
+                break
+            except NodeError as error:
+                if not error.transient:
+                    self._fail(node_id, error.reason)
+                    return
+                log.debug("blob %s: node %s: %s; retrying in %.1f s", self.blob_id, node_id, error, delay)
+                self.failures[node_id] = error.reason
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        node = self.committee.node(node_id)
+        if (confirmation.node_id != node_id or confirmation.blob_id != self.blob_id
+                or confirmation.epoch != self.committee.epoch or not confirmation.verify(node.public_key)):
+            connection.health.lie(node_id, "confirmation with an invalid signature")
+            self._fail(node_id, "confirmation does not verify (wrong signer, blob or epoch)")
+            return
+        self.confirmations[node_id] = confirmation
+        self.failures.pop(node_id, None)
+        self.pending.discard(node_id)
+        self.progress.confirmed_shards = len(self.covered())
+        if self.certified():
+            self.settled.set()
+
+    async def _send(self, connection: NodeConnection, pair: int, kind: SliverKind,
+                    sent: set[tuple[int, SliverKind]]) -> None:
+        primary, secondary = self.encoded.sliver_pair(pair)
+        sliver = primary if kind is SliverKind.PRIMARY else secondary
+        await connection.put_sliver(pair, sliver)
+        sent.add((pair, kind))
+        self.progress.bytes_sent += sliver.nbytes
+
+    def _fail(self, node_id: str, reason: str) -> None:
+        self.failures[node_id] = reason
+        self.pending.discard(node_id)
+        reachable = self.covered() | {s for n in self.pending for s in self.committee.shards_of(n)}
+        if not is_certified(self.committee, reachable):  # a quorum can no longer be had
+            self.settled.set()

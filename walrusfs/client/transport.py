@@ -1,0 +1,151 @@
+"""HTTP calls to one storage node (the /v1 API of docs/node-api.md), with health bookkeeping.
+
+Every answer is parsed into the codec's types here; whether the bytes are *right* (verify against
+metadata) is the caller's business, because that is where it knows what to do about a liar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+
+from ..committee import Committee, NodeInfo
+from ..protocol import Confirmation, sign_request
+from ..redstuff import BlobId, BlobMetadata, FormatError, RecoverySymbol, Sliver, SliverKind
+from .health import HealthBook
+
+T = TypeVar("T")
+
+
+class NodeError(Exception):
+    """A node did not give a usable answer. ``transient`` errors are worth retrying."""
+
+    def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
+                 lie: bool = False) -> None:
+        super().__init__(f"node {node_id}: {what}: {reason}")
+        self.node_id = node_id
+        self.reason = reason
+        self.transient = transient
+        self.lie = lie
+
+
+class NodeConnection:
+    def __init__(self, http: httpx.AsyncClient, committee: Committee, node: NodeInfo,
+                 health: HealthBook, writer_key: object | None = None) -> None:
+        self.http = http
+        self.committee = committee
+        self.node = node
+        self.health = health
+        self.writer_key = writer_key
+        self.base = node.url.rstrip("/")
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    async def _call(self, what: str, send: Callable[[], Awaitable[httpx.Response]],
+                    parse: Callable[[httpx.Response], T], ok: tuple[int, ...] = (200, 206)) -> T:
+        start = time.monotonic()
+        try:
+            response = await send()
+        except httpx.HTTPError as error:
+            reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            self.health.failure(self.node_id, reason)
+            raise NodeError(self.node_id, what, reason) from error
+        if response.status_code not in ok:
+            reason = f"HTTP {response.status_code}: {_reason(response)}"
+            self.health.failure(self.node_id, reason)
+            raise NodeError(self.node_id, what, reason, transient=response.status_code >= 500
+                            or response.status_code in (404, 409, 429))
+        try:
+            value = parse(response)
+        except (FormatError, ValueError) as error:
+            self.health.lie(self.node_id, str(error))
+            raise NodeError(self.node_id, what, f"malformed answer: {error}", lie=True) from error
+        self.health.success(self.node_id, time.monotonic() - start)
+        return value
+
+    def _auth(self, method: str, path: str) -> dict[str, str]:
+        if self.writer_key is None:
+            raise NodeError(self.node_id, f"{method} {path}", "no writer key: writes need one",
+                            transient=False)
+        return {"Authorization": sign_request(self.writer_key, method, path)}
+
+    # Reads (public)
+
+    async def get_metadata(self, blob_id: BlobId) -> BlobMetadata:
+        path = f"/v1/blobs/{blob_id}/metadata"
+
+        def parse(response: httpx.Response) -> BlobMetadata:
+            metadata = BlobMetadata.from_bytes(response.content)
+            metadata.verify(blob_id)
+            return metadata
+
+        return await self._call("get metadata", lambda: self.http.get(self.base + path), parse)
+
+    async def get_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind) -> Sliver:
+        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}"
+
+        def parse(response: httpx.Response) -> Sliver:
+            sliver = Sliver.from_bytes(response.content)
+            expected = pair if kind is SliverKind.PRIMARY else self.committee.n_shards - 1 - pair
+            if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != expected:
+                raise FormatError(f"asked for {kind.name.lower()} sliver {expected} of {blob_id}, "
+                                  f"got {sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
+            return sliver
+
+        return await self._call(f"get {kind.name.lower()} sliver of pair {pair}",
+                                lambda: self.http.get(self.base + path), parse)
+
+    async def get_recovery_symbol(self, blob_id: BlobId, pair: int, kind: SliverKind,
+                                  target: int) -> RecoverySymbol:
+        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}/recovery/{target}"
+        return await self._call(f"get recovery symbol {target} from pair {pair}",
+                                lambda: self.http.get(self.base + path),
+                                lambda r: RecoverySymbol.from_bytes(r.content))
+
+    async def get_status(self, blob_id: BlobId) -> dict:
+        path = f"/v1/blobs/{blob_id}/status"
+        return await self._call("get status", lambda: self.http.get(self.base + path),
+                                lambda r: r.json())
+
+    async def get_confirmation(self, blob_id: BlobId) -> Confirmation:
+        path = f"/v1/blobs/{blob_id}/confirmation"
+        return await self._call("get confirmation", lambda: self.http.get(self.base + path),
+                                lambda r: Confirmation.from_json(r.content))
+
+    # Writes (authorised)
+
+    async def put_metadata(self, metadata: BlobMetadata) -> None:
+        path = f"/v1/blobs/{metadata.blob_id}/metadata"
+        body = metadata.to_bytes()
+        await self._call("store metadata", lambda: self.http.put(
+            self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
+            ok=(200, 201))
+
+    async def put_sliver(self, pair: int, sliver: Sliver) -> None:
+        path = f"/v1/blobs/{sliver.blob_id}/slivers/{pair}/{sliver.kind.name.lower()}"
+        body = sliver.to_bytes()
+        await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}",
+                         lambda: self.http.put(self.base + path, content=body,
+                                               headers=self._auth("PUT", path)),
+                         lambda r: None, ok=(200, 201))
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("detail") or body)[:300]
+    return str(body)[:300]
+
+
+def connections(http: httpx.AsyncClient, committee: Committee, health: HealthBook,
+                writer_key: object | None = None) -> dict[str, NodeConnection]:
+    return {node.id: NodeConnection(http, committee, node, health, writer_key)
+            for node in committee.nodes}
