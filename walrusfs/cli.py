@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import cli as bench_cli
 
     bench_cli.register(commands)
+    from .client import cli as blob_cli
+
+    blob_cli.register(commands)
     try:
         from . import cluster
     except ImportError:  # the local network's commands need the node extras

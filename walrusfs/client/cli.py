@@ -1,0 +1,163 @@
+"""``walrusfs blob put|get|status``: the blob client from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from ..errors import UserError
+from ..redstuff import BlobId, FormatError
+from .certificate import CERTIFICATE_VERSION
+from .client import BlobClient
+from .read import ReadError, ReadReport
+from .store import StoreError, StoreProgress
+
+
+def _default_cluster_dir() -> Path:
+    from ..cluster import DEFAULT_CLUSTER_DIR
+
+    return Path(DEFAULT_CLUSTER_DIR)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    blob = commands.add_parser("blob", help="store and read single blobs")
+    actions = blob.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--committee", type=Path,
+                            help="committee file (default: the bundled local network's)")
+
+    put = actions.add_parser("put", help="store a file as one blob; prints its blob ID")
+    put.add_argument("file", type=Path)
+    put.add_argument("--writer-key", type=Path,
+                     help="writer key file (default: the bundled local network's writer.key)")
+    put.add_argument("--certificate-dir", type=Path,
+                     help="where to save the certificate (default: <cluster dir>/certificates)")
+    common(put)
+    put.set_defaults(func=lambda args: trio.run(_put, args))
+
+    get = actions.add_parser("get", help="read a blob, verified, to a file or stdout")
+    get.add_argument("blob_id")
+    get.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    get.add_argument("--offset", type=int, default=0)
+    get.add_argument("--length", type=int)
+    common(get)
+    get.set_defaults(func=lambda args: trio.run(_get, args))
+
+    status = actions.add_parser("status", help="which node holds which slivers of a blob")
+    status.add_argument("blob_id")
+    status.add_argument("--json", action="store_true")
+    common(status)
+    status.set_defaults(func=lambda args: trio.run(_status, args))
+
+
+def _committee(args: argparse.Namespace):
+    from ..committee import Committee
+
+    path = args.committee or _default_cluster_dir() / "committee.toml"
+    if not Path(path).exists():
+        raise UserError(f"no committee file at {path}: pass --committee, or start the bundled "
+                        "network with 'walrusfs cluster init' and 'walrusfs cluster up'")
+    return Committee.load(path)
+
+
+def _blob_id(text: str) -> BlobId:
+    try:
+        return BlobId.parse(text)
+    except FormatError as error:
+        raise UserError(str(error)) from error
+
+
+class _ProgressLine:
+    """One progress line on stderr, redrawn in place on a terminal, a few lines otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, progress: StoreProgress) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < 2 and progress.confirmed_shards < progress.quorum:
+            return
+        self.last = now
+        fraction = progress.bytes_sent / max(progress.bytes_total, 1)
+        bar = "#" * int(fraction * 30)
+        line = (f"{self.label} [{bar:<30}] {fraction:6.1%} of {progress.bytes_total / 2**20:.1f} MiB "
+                f"sent, confirmed shards {progress.confirmed_shards}/{progress.quorum} needed")
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+async def _put(args: argparse.Namespace) -> int:
+    from ..keys import load_key
+
+    committee = _committee(args)
+    key_path = args.writer_key or _default_cluster_dir() / "writer.key"
+    try:
+        key = load_key(key_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load writer key {key_path}: {error}") from error
+    try:
+        data = args.file.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {args.file}: {error.strerror}") from error
+    print(f"encoding {args.file} ({len(data)} bytes) for {committee.n_shards} shards", file=sys.stderr)
+    progress = _ProgressLine("uploading")
+    async with BlobClient(committee, writer_key=key) as client:
+        try:
+            stored = await client.store(data, on_progress=progress)
+        except StoreError as error:
+            progress.done()
+            raise UserError(str(error), exit_code=2) from error
+        progress.done()
+        certificate_dir = args.certificate_dir or _default_cluster_dir() / "certificates"
+        path = certificate_dir / f"{stored.blob_id}.json"
+        stored.certificate.save(path)
+        print(stored.blob_id)
+        print(f"certificate (v{CERTIFICATE_VERSION}, {len(stored.certificate.confirmations)} "
+              f"confirmations): {path}", file=sys.stderr)
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    committee = _committee(args)
+    blob_id = _blob_id(args.blob_id)
+    report = ReadReport()
+    async with BlobClient(committee) as client:
+        try:
+            data = await client.read(blob_id, args.offset, args.length, report)
+        except ReadError as error:
+            raise UserError(str(error), exit_code=2) from error
+    for node, why in sorted(report.liars.items()):
+        print(f"warning: node {node} served data that does not verify: {why}", file=sys.stderr)
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(args.output)
+        print(f"{len(data)} bytes verified against {blob_id} -> {args.output} ({report.path})",
+              file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    committee = _committee(args)
+    blob_id = _blob_id(args.blob_id)
+    async with BlobClient(committee) as client:
+        statuses = await client.status(blob_id)
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return 0
+    for node in committee.nodes:
+        print(f"{node.id:<12} {node.url:<28} {json.dumps(statuses.get(node.id))}")
+    return 0
