@@ -24,12 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client import cli as blob_cli
 
     blob_cli.register(commands)
-    try:
-        from . import cluster
-    except ImportError:  # the local network's commands need the node extras
-        pass
-    else:
-        cluster.register(commands)
+    from . import cluster
+
+    cluster.register(commands)
     return parser
 
 

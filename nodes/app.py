@@ -1,0 +1,433 @@
+"""The storage node's HTTP API (raw ASGI), documented route by route in docs/node-api.md.
+
+Reads are public; writes and deletions need a committee writer's signature (walrusfs.protocol).
+Everything uploaded is verified against the blob ID in the path before it is stored; everything
+served was checksum-verified as it was read from disk. Hashing, erasure coding and disk I/O run in a
+thread pool so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from walrusfs.committee import Committee
+from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, verify_request
+from walrusfs.redstuff import (
+    BlobId,
+    BlobMetadata,
+    FormatError,
+    Sliver,
+    SliverExpansion,
+    SliverKind,
+    SliverVerificationError,
+    verify_sliver,
+)
+from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
+
+from . import metrics as metrics_format
+from .config import NodeConfig
+from .expansions import ExpansionCache
+from .http import (
+    OCTETS,
+    ClientDisconnected,
+    HTTPError,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    byte_range,
+    error_response,
+    json_response,
+)
+from .metrics import Metrics
+from .store import METADATA, BlobStore, CorruptObjectError, MissingMetadataError, StoreFullError, sliver_name
+
+log = logging.getLogger("nodes.app")
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[Response]]
+
+MAX_INVENTORY_PAGE = 10_000
+
+
+class NodeApp:
+    def __init__(self, config: NodeConfig, committee: Committee, key: Ed25519PrivateKey,
+                 store: BlobStore, workers: int = 8) -> None:
+        self.config = config
+        self.committee = committee
+        self.key = key
+        self.store = store
+        self.geometry = committee.geometry
+        self.shards = committee.shards_of(config.node_id)
+        self.metrics = Metrics()
+        self.replay = ReplayGuard()
+        self.expansions = ExpansionCache()
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
+        self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
+        largest = self.geometry.layout(min(config.max_blob_size, self.geometry.max_blob_length))
+        # The largest sliver any blob this node accepts can have: the bound checked on Content-Length.
+        self.max_sliver_body = SLIVER_HEADER_SIZE + largest.primary_sliver_size
+        self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
+
+    # --- ASGI entry point --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        route, request = "unmatched", None
+        try:
+            request = Request.from_scope(scope, receive)
+            route, handler, args = self._route(request)
+            response = await handler(request, *args)
+        except HTTPError as error:
+            response = error_response(error)
+        except ClientDisconnected:
+            self.metrics.request(route, scope["method"], 499, request.received if request else 0, 0)
+            return
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope.get("path"))
+            response = error_response(HTTPError(500, "internal", "internal error; see the node's log"))
+        sent = await response.send(send, head_only=scope["method"] == "HEAD")
+        received = request.received if request else 0
+        self.metrics.request(route, scope["method"], response.status, received, sent)
+
+    def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
+        s = request.segments
+        table: dict[str, Handler]
+        args: tuple[Any, ...] = ()
+        if s == ["v1", "health"]:
+            route, table = "/v1/health", {"GET": self.health}
+        elif s == ["metrics"]:
+            route, table = "/metrics", {"GET": self.prometheus}
+        elif s == ["v1", "inventory"]:
+            route, table = "/v1/inventory", {"GET": self.inventory}
+        elif len(s) >= 3 and s[:2] == ["v1", "blobs"]:
+            route, table, args = self._blob_route(s[2:])
+        else:
+            raise HTTPError(404, "no_route", f"no route {request.target[:100]}")
+        if request.method == "HEAD" and "GET" in table:
+            return route, table["GET"], args
+        if request.method not in table:
+            allowed = ", ".join(sorted(table))
+            raise HTTPError(405, "method_not_allowed", f"{route} allows {allowed}", [("allow", allowed)])
+        return route, table[request.method], args
+
+    def _blob_route(self, s: list[str]) -> tuple[str, dict[str, Handler], tuple[Any, ...]]:
+        blob_id = _parse_blob_id(s[0])
+        rest = s[1:]
+        if not rest:
+            return "/v1/blobs/{id}", {"DELETE": self.delete_blob}, (blob_id,)
+        if rest == ["metadata"]:
+            return ("/v1/blobs/{id}/metadata", {"GET": self.get_metadata, "PUT": self.put_metadata},
+                    (blob_id,))
+        if rest == ["status"]:
+            return "/v1/blobs/{id}/status", {"GET": self.status}, (blob_id,)
+        if rest == ["confirmation"]:
+            return "/v1/blobs/{id}/confirmation", {"GET": self.confirmation}, (blob_id,)
+        if len(rest) in (3, 5) and rest[0] == "slivers":
+            pair, kind = self._parse_index(rest[1], "pair index"), _parse_kind(rest[2])
+            if len(rest) == 3:
+                return ("/v1/blobs/{id}/slivers/{pair}/{kind}",
+                        {"GET": self.get_sliver, "PUT": self.put_sliver}, (blob_id, pair, kind))
+            if rest[3] == "recovery":
+                target = self._parse_index(rest[4], "target index")
+                return ("/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}",
+                        {"GET": self.recovery_symbol}, (blob_id, pair, kind, target))
+        raise HTTPError(404, "no_route", f"no route /v1/blobs/{s[0]}/{'/'.join(rest)[:80]}")
+
+    def _parse_index(self, text: str, what: str) -> int:
+        if not text.isdigit() or len(text) > 5 or int(text) >= self.geometry.n_shards:
+            raise HTTPError(400, "bad_index",
+                            f"{what} {text[:20]!r} is not an integer in [0, {self.geometry.n_shards})")
+        return int(text)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    def _authorize(self, request: Request) -> None:
+        try:
+            verify_request(request.headers.get("authorization"), request.method, request.target,
+                           self.committee, replay=self.replay)
+        except AuthError as error:
+            status = 403 if error.forbidden else 401
+            raise HTTPError(status, "unauthorized" if status == 401 else "forbidden", str(error),
+                            [("www-authenticate", AUTH_SCHEME)]) from None
+
+    def _check_shard(self, blob_id: BlobId, pair: int) -> int:
+        shard = self.geometry.shard_of_pair(pair, blob_id.raw)
+        if shard not in self.shards:
+            holder = self.committee.node_for_shard(shard)
+            raise HTTPError(421, "shard_not_held",
+                            f"pair {pair} of this blob belongs to shard {shard}, held by {holder.id!r} "
+                            f"({holder.url}), not by this node", shard=shard, node=holder.id)
+        return shard
+
+    async def _read(self, blob_id: BlobId, name: str) -> bytes | None:
+        try:
+            return await self._in_worker(self.store.get, blob_id, name)
+        except CorruptObjectError as error:
+            self.metrics.checksum_failures += 1
+            self._metadata_cache.pop(blob_id, None)
+            self.expansions.invalidate(lambda key: key[0] == blob_id)
+            raise HTTPError(404, "quarantined", f"{error}; this node no longer holds it") from None
+
+    async def _metadata(self, blob_id: BlobId) -> BlobMetadata | None:
+        cached = self._metadata_cache.get(blob_id)
+        if cached is not None:
+            self._metadata_cache.move_to_end(blob_id)
+            return cached
+        payload = await self._read(blob_id, METADATA)
+        if payload is None:
+            return None
+        metadata = BlobMetadata.from_bytes(payload)  # verified before it was stored
+        self._metadata_cache[blob_id] = metadata
+        if len(self._metadata_cache) > 4096:
+            self._metadata_cache.popitem(last=False)
+        return metadata
+
+    async def _require_metadata(self, blob_id: BlobId) -> BlobMetadata:
+        metadata = await self._metadata(blob_id)
+        if metadata is None:
+            raise HTTPError(409, "metadata_missing",
+                            f"this node has no metadata for blob {blob_id}: PUT its metadata first")
+        return metadata
+
+    def _disk_full(self) -> HTTPError:
+        self.metrics.disk_full += 1
+        log.error("disk full under %s: refusing writes", self.store.root)
+        return HTTPError(507, "disk_full", "the node's disk is full; nothing was stored")
+
+    # --- routes ------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        stats = self.store.stats
+        return json_response({
+            "ok": True, "node_id": self.config.node_id, "epoch": self.committee.epoch,
+            "n_shards": self.geometry.n_shards, "shards": list(self.shards),
+            "blobs": stats.blobs, "bytes": stats.bytes, "quarantined": stats.quarantined,
+        })
+
+    async def prometheus(self, request: Request) -> Response:
+        stats = self.store.stats
+        text = self.metrics.render(
+            {
+                "walrusfs_node_stored_blobs": ("Blobs with metadata stored.", stats.blobs),
+                "walrusfs_node_stored_bytes": ("Bytes in stored files.", stats.bytes),
+                "walrusfs_node_quarantined_files": ("Files quarantined for failing their checksum.",
+                                                    stats.quarantined),
+            },
+            {"node_id": self.config.node_id, "epoch": str(self.committee.epoch)},
+        )
+        return Response(200, text.encode(), metrics_format.CONTENT_TYPE)
+
+    async def inventory(self, request: Request) -> Response:
+        after = request.query.get("after")
+        if after is not None:
+            after = str(_parse_blob_id(after))
+        limit_text = request.query.get("limit", "1000")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_INVENTORY_PAGE:
+            raise HTTPError(400, "bad_limit", f"limit must be an integer in [1, {MAX_INVENTORY_PAGE}]")
+        limit = int(limit_text)
+        blob_ids = await self._in_worker(self.store.list_blobs, after, limit)
+        return json_response({"blob_ids": blob_ids, "next": blob_ids[-1] if len(blob_ids) == limit else None})
+
+    async def put_metadata(self, request: Request, blob_id: BlobId) -> Response:
+        self._authorize(request)
+        body = await request.read_body(self.metadata_body)
+        try:
+            metadata = BlobMetadata.from_bytes(body)
+        except FormatError as error:
+            self.metrics.verification_failures["metadata"] += 1
+            raise HTTPError(400, "bad_metadata", str(error)) from None
+        if metadata.n_shards != self.geometry.n_shards:
+            raise HTTPError(422, "wrong_committee",
+                            f"metadata is for n={metadata.n_shards} shards; this committee has "
+                            f"{self.geometry.n_shards}")
+        if metadata.blob_length > self.config.max_blob_size:
+            raise HTTPError(413, "blob_too_large",
+                            f"blob of {metadata.blob_length} bytes; this node accepts at most "
+                            f"{self.config.max_blob_size}")
+        if metadata.blob_id != blob_id:
+            self.metrics.verification_failures["metadata"] += 1
+            raise HTTPError(422, "metadata_mismatch", f"this metadata is for blob {metadata.blob_id}, "
+                            f"not {blob_id}")
+        try:
+            created = await self._in_worker(self.store.put_metadata, blob_id, bytes(body))
+        except StoreFullError:
+            raise self._disk_full() from None
+        if created:
+            log.info("stored metadata of blob %s (%d bytes)", blob_id, metadata.blob_length)
+        return json_response({"blob_id": str(blob_id), "stored": True}, 201 if created else 200)
+
+    async def get_metadata(self, request: Request, blob_id: BlobId) -> Response:
+        payload = await self._read(blob_id, METADATA)
+        if payload is None:
+            raise HTTPError(404, "not_found", f"no metadata for blob {blob_id}")
+        return Response(200, payload, OCTETS)
+
+    async def put_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
+        self._authorize(request)
+        length = request.content_length()
+        if length is not None and length > self.max_sliver_body:
+            raise HTTPError(413, "too_large", f"body of {length} bytes; no sliver of a blob this node "
+                            f"accepts exceeds {self.max_sliver_body}")
+        self._check_shard(blob_id, pair)
+        metadata = await self._require_metadata(blob_id)
+        expected = SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
+        if length is not None and length != expected:
+            raise HTTPError(413 if length > expected else 400, "wrong_size",
+                            f"a {kind.name.lower()} sliver of this blob is {expected} bytes, not {length}")
+        body = await request.read_body(expected)
+        name = sliver_name(pair, kind)
+        try:
+            created = await self._in_worker(self._verify_and_store, blob_id, pair, kind, metadata, body)
+        except StoreFullError:
+            raise self._disk_full() from None
+        except HTTPError:
+            self.metrics.verification_failures["sliver"] += 1
+            raise
+        except MissingMetadataError:
+            raise HTTPError(409, "metadata_missing", f"blob {blob_id} was deleted meanwhile") from None
+        log.debug("stored %s of blob %s", name, blob_id)
+        return json_response({"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(),
+                              "stored": True}, 201 if created else 200)
+
+    def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
+                          body: bytearray) -> bool:
+        try:
+            sliver = Sliver.from_bytes(body)
+        except FormatError as error:
+            raise HTTPError(400, "bad_sliver", str(error)) from None
+        index = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+        if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != index:
+            raise HTTPError(422, "wrong_sliver",
+                            f"pair {pair} {kind.name.lower()} of blob {blob_id} is {kind.name.lower()} "
+                            f"sliver {index}; the body is {sliver.kind.name.lower()} sliver "
+                            f"{sliver.index} of blob {sliver.blob_id}")
+        try:
+            verify_sliver(metadata, sliver)
+        except SliverVerificationError as error:
+            log.warning("refused %s sliver %d of blob %s: %s", kind.name.lower(), index, blob_id, error)
+            raise HTTPError(422, "verification_failed", str(error)) from None
+        name = sliver_name(pair, kind)
+        if self.store.has(blob_id, name):
+            return False  # the same verified bytes are already durable
+        self.store.put_sliver(blob_id, pair, kind, body)
+        return True
+
+    async def get_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
+        self._check_shard(blob_id, pair)
+        payload = await self._read(blob_id, sliver_name(pair, kind))
+        if payload is None:
+            raise _sliver_not_found(blob_id, pair, kind)
+        span = byte_range(request.headers.get("range"), len(payload))
+        if span is None:
+            return Response(200, payload, OCTETS, [("accept-ranges", "bytes")])
+        start, end = span
+        content_range = f"bytes {start}-{end - 1}/{len(payload)}"
+        return Response(206, payload[start:end], OCTETS,
+                        [("accept-ranges", "bytes"), ("content-range", content_range)])
+
+    async def recovery_symbol(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind,
+                              target: int) -> Response:
+        self._check_shard(blob_id, pair)
+        name = sliver_name(pair, kind)
+
+        async def build() -> SliverExpansion:
+            payload = await self._read(blob_id, name)
+            if payload is None:
+                raise _sliver_not_found(blob_id, pair, kind)
+            return await self._in_worker(lambda: SliverExpansion(Sliver.from_bytes(payload)))
+
+        expansion = await self.expansions.get((blob_id, pair, kind), build)
+        symbol = expansion.symbol_for(target)
+        return Response(200, symbol.to_bytes(), OCTETS)
+
+    def _pairs(self, blob_id: BlobId) -> list[tuple[int, int]]:
+        """(shard, pair) for each shard of this node, for one blob."""
+        return [(shard, self.geometry.pair_of_shard(shard, blob_id.raw)) for shard in self.shards]
+
+    def _missing(self, blob_id: BlobId) -> list[str]:
+        return [f"pair {pair} {kind.name.lower()}" for _, pair in self._pairs(blob_id) for kind in SliverKind
+                if not self.store.has(blob_id, sliver_name(pair, kind))]
+
+    async def status(self, request: Request, blob_id: BlobId) -> Response:
+        def collect() -> dict[str, Any]:
+            store = self.store
+            shards = []
+            for shard, pair in self._pairs(blob_id):
+                entry: dict[str, Any] = {"shard": shard, "pair": pair}
+                for kind in SliverKind:
+                    state = store.object_state(blob_id, sliver_name(pair, kind))
+                    index = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+                    entry[kind.name.lower()] = {"index": index, "stored": state in ("ok", "unread"),
+                                                "state": state}
+                shards.append(entry)
+            metadata_state = store.object_state(blob_id, METADATA)
+            metadata_stored = metadata_state in ("ok", "unread")
+            return {
+                "blob_id": str(blob_id), "node_id": self.config.node_id, "epoch": self.committee.epoch,
+                "metadata": {"stored": metadata_stored, "state": metadata_state},
+                "shards": shards, "complete": metadata_stored and not self._missing(blob_id),
+            }
+
+        return json_response(await self._in_worker(collect))
+
+    async def confirmation(self, request: Request, blob_id: BlobId) -> Response:
+        if await self._metadata(blob_id) is None:
+            raise HTTPError(404, "not_found", f"no metadata for blob {blob_id}")
+        missing = await self._in_worker(self._missing, blob_id)
+        if missing:
+            raise HTTPError(409, "incomplete", f"this node lacks {len(missing)} slivers of blob {blob_id}",
+                            missing=missing)
+        unsigned = Confirmation(self.committee.epoch, blob_id, self.config.node_id, self.shards)
+        return Response(200, unsigned.signed_by(self.key).to_json().encode())
+
+    async def delete_blob(self, request: Request, blob_id: BlobId) -> Response:
+        self._authorize(request)
+        deleted = await self._in_worker(self.store.delete_blob, blob_id)
+        self._metadata_cache.pop(blob_id, None)
+        self.expansions.invalidate(lambda key: key[0] == blob_id)
+        if not deleted:
+            raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
+        log.info("deleted blob %s", blob_id)
+        return json_response({"blob_id": str(blob_id), "deleted": True})
+
+
+def _parse_blob_id(text: str) -> BlobId:
+    try:
+        return BlobId.parse(text)
+    except FormatError as error:
+        raise HTTPError(400, "bad_blob_id", str(error)) from None
+
+
+def _sliver_not_found(blob_id: BlobId, pair: int, kind: SliverKind) -> HTTPError:
+    return HTTPError(404, "not_found", f"pair {pair} {kind.name.lower()} of blob {blob_id} is not stored")
+
+
+def _parse_kind(text: str) -> SliverKind:
+    if text not in ("primary", "secondary"):
+        raise HTTPError(400, "bad_kind", f"sliver kind is 'primary' or 'secondary', not {text[:20]!r}")
+    return SliverKind.parse(text)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,99 @@
+"""Running one storage node: check the configuration, open the store, serve HTTP until SIGTERM.
+
+The HTTP server is uvicorn with httptools and uvloop (see docs/node-api.md for the measurements
+behind the choice). ``granian`` remains selectable for comparison benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from walrusfs.errors import UserError
+
+from .app import NodeApp
+from .config import NodeConfig
+from .store import BlobStore
+
+log = logging.getLogger("nodes")
+SERVERS = ("uvicorn", "granian")
+_CONFIG_ENV = "WALRUSFS_NODE_CONFIG"
+
+
+def build_app(config: NodeConfig) -> NodeApp:
+    committee, key = config.load_identity()
+    store = BlobStore(config.data_dir)
+    try:
+        store.open()
+    except OSError as error:
+        raise UserError(f"cannot use data directory {config.data_dir}: {error}") from error
+    return NodeApp(config, committee, key, store)
+
+
+def serve(config: NodeConfig, server: str = "uvicorn") -> None:
+    """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
+    if server == "granian":
+        _serve_granian(config)
+        return
+    import uvicorn
+
+    app = build_app(config)
+    log.info("node %s (epoch %d, shards %s) listening on http://%s:%d, data in %s",
+             config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
+             config.data_dir)
+    uvicorn_config = uvicorn.Config(
+        app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="off",
+        access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10,
+    )
+    server_ = uvicorn.Server(uvicorn_config)
+    try:
+        server_.run()  # installs its own SIGTERM/SIGINT handlers: graceful stop
+    finally:
+        app.executor.shutdown(wait=True)
+    if not server_.started:
+        raise UserError(f"could not listen on {config.host}:{config.port} (in use? see the log above)")
+    log.info("node %s stopped", config.node_id)
+
+
+def granian_app() -> NodeApp:
+    """Factory for granian's worker process (the config path travels in the environment)."""
+    config = NodeConfig.load(os.environ[_CONFIG_ENV])
+    return build_app(config)
+
+
+def _serve_granian(config: NodeConfig) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    build_app(config)  # fail here, with a clear message, rather than in the worker
+    os.environ[_CONFIG_ENV] = str(config.path)
+    Granian("nodes.server:granian_app", address=config.host, port=config.port, interface=Interfaces.ASGI,
+            factory=True, workers=1, log_access=False).serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodes", description="Run one walrusfs storage node.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the node's configuration file (TOML)")
+    parser.add_argument("--server", choices=SERVERS, default="uvicorn", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = NodeConfig.load(args.config)
+        logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        serve(config, args.server)
+    except UserError as error:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.error("refusing to start: %s", error)
+        print(f"walrusfs node: error: {error}", file=sys.stderr)
+        return 2
+    return 0
