@@ -7,10 +7,14 @@ behind the choice). ``granian`` remains selectable for comparison benchmarks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import uvicorn
 
 from walrusfs.errors import UserError
 
@@ -21,6 +25,20 @@ from .store import BlobStore
 log = logging.getLogger("nodes")
 SERVERS = ("uvicorn", "granian")
 _CONFIG_ENV = "WALRUSFS_NODE_CONFIG"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, except that after a graceful stop on SIGTERM/SIGINT the node exits normally (status 0,
+    "stopped" logged, workers joined) instead of re-raising the signal at itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def build_app(config: NodeConfig) -> NodeApp:
@@ -38,8 +56,6 @@ def serve(config: NodeConfig, server: str = "uvicorn") -> None:
     if server == "granian":
         _serve_granian(config)
         return
-    import uvicorn
-
     app = build_app(config)
     log.info("node %s (epoch %d, shards %s) listening on http://%s:%d, data in %s",
              config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
@@ -48,9 +64,9 @@ def serve(config: NodeConfig, server: str = "uvicorn") -> None:
         app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="off",
         access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10,
     )
-    server_ = uvicorn.Server(uvicorn_config)
+    server_ = _Server(uvicorn_config)
     try:
-        server_.run()  # installs its own SIGTERM/SIGINT handlers: graceful stop
+        server_.run()
     finally:
         app.executor.shutdown(wait=True)
     if not server_.started:
