@@ -83,7 +83,8 @@ def measure(n: int, size: int, repeat: int) -> dict[str, Any]:
     results["recover_pair_bytes"] = pair_bytes
     results["recover_read_over_pair"] = results["recover_pair_read_bytes"] / pair_bytes
     results["recover_read_over_blob"] = results["recover_pair_read_bytes"] / max(size, 1)
-    helper_seconds = median_seconds(lambda: SliverExpansion(encoded.secondary_sliver(0)), repeat)
+    helper_sliver = encoded.secondary_sliver(0)
+    helper_seconds = median_seconds(lambda: SliverExpansion(helper_sliver), repeat)
     results["helper_expansion_seconds"] = helper_seconds
 
     progress("  encode peak memory")

@@ -1,0 +1,106 @@
+"""The read cache: whole blobs on local disk, verified when fetched, bounded, least recently used
+evicted first. Concurrent readers of one blob share one fetch."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+class BlobCache:
+    def __init__(self, directory: Path, capacity: int,
+                 fetch: Callable[[str], Awaitable[bytes]]) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self.fetch = fetch  # blob id -> verified bytes
+        self.entries: OrderedDict[str, int] = OrderedDict()
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self._inflight: dict[str, trio.Event] = {}
+        self._errors: dict[str, BaseException] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime):
+            if path.name.endswith(".tmp"):
+                path.unlink()
+                continue
+            self.entries[path.name] = path.stat().st_size
+            self.used += path.stat().st_size
+
+    def _path(self, blob_id: str) -> Path:
+        return self.directory / blob_id
+
+    def contains(self, blob_id: str) -> bool:
+        return blob_id in self.entries
+
+    async def read(self, blob_id: str, offset: int, length: int) -> bytes:
+        if blob_id not in self.entries:
+            self.misses += 1
+            await self.ensure(blob_id)
+        else:
+            self.hits += 1
+        self.entries.move_to_end(blob_id)
+        with open(self._path(blob_id), "rb") as handle:
+            return os.pread(handle.fileno(), length, offset)
+
+    async def ensure(self, blob_id: str) -> None:
+        """Fetch ``blob_id`` into the cache unless it is there (one fetch however many wait)."""
+        while blob_id not in self.entries:
+            event = self._inflight.get(blob_id)
+            if event is None:
+                event = self._inflight[blob_id] = trio.Event()
+                try:
+                    data = await self.fetch(blob_id)
+                    await trio.to_thread.run_sync(self.put_file, blob_id, data)
+                    self.admit(blob_id, len(data))
+                except BaseException as error:
+                    self._errors[blob_id] = error
+                    raise
+                finally:
+                    del self._inflight[blob_id]
+                    event.set()
+            else:
+                await event.wait()
+                if blob_id not in self.entries and blob_id in self._errors:
+                    raise self._errors.pop(blob_id)
+
+    def put(self, blob_id: str, data: bytes | memoryview) -> None:
+        """Add a blob whose bytes are known to be right (the uploader's own, after certification)."""
+        if blob_id not in self.entries:
+            self.put_file(blob_id, data)
+            self.admit(blob_id, len(data))
+
+    def put_file(self, blob_id: str, data: bytes | memoryview) -> None:
+        """Write the file only (safe in a worker thread); admit() it afterwards."""
+        tmp = self._path(blob_id + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        tmp.replace(self._path(blob_id))
+
+    def admit(self, blob_id: str, size: int) -> None:
+        if blob_id in self.entries:
+            return
+        self._evict(size)
+        self.entries[blob_id] = size
+        self.used += size
+
+    def _evict(self, incoming: int) -> None:
+        while self.entries and self.used + incoming > self.capacity:
+            victim, size = self.entries.popitem(last=False)
+            self.used -= size
+            with contextlib.suppress(FileNotFoundError):
+                self._path(victim).unlink()
+
+    def drop(self, blob_id: str) -> None:
+        size = self.entries.pop(blob_id, None)
+        if size is not None:
+            self.used -= size
+            self._path(blob_id).unlink(missing_ok=True)

@@ -1,0 +1,177 @@
+"""``walrusfs mkfs | mount | umount | install-helper``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from ..errors import UserError
+from .config import FsSettings, resolve_source
+from .db import Database
+from .operations import CONTROL_PREFIX, make_root
+from .schema import DDL, SCHEMA_VERSION
+
+HELPER_PATH = Path("/usr/sbin/mount.walrusfs")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    mkfs = commands.add_parser("mkfs", help="create a filesystem on a committee")
+    mkfs.add_argument("name", help="filesystem name (or a state directory path)")
+    mkfs.add_argument("--committee", type=Path, help="committee file (default: the bundled network's)")
+    mkfs.add_argument("--writer-key", type=Path,
+                      help="the filesystem's write key (default: the bundled network's writer.key)")
+    mkfs.add_argument("--block-size", type=int, default=1024, help="KiB (default 1024)")
+    mkfs.add_argument("--blob-size", type=int, default=32, help="target blob size, MiB (default 32)")
+    mkfs.add_argument("--cache-size", type=int, default=2048, help="read cache, MiB (default 2048)")
+    mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
+    mkfs.set_defaults(func=_mkfs)
+
+    mount = commands.add_parser("mount", help="mount a filesystem (what mount -t walrusfs runs)")
+    mount.add_argument("source", help="filesystem name or state directory")
+    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("-o", dest="options", help="comma-separated options: ro, allow_other, debug")
+    mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    for flag in ("-n", "-s", "-v"):  # passed by mount(8) to helpers; nothing to do for them
+        mount.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    mount.set_defaults(func=_mount)
+
+    umount = commands.add_parser("umount", help="upload everything staged, then unmount")
+    umount.add_argument("mountpoint", type=Path)
+    umount.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
+    umount.set_defaults(func=_umount)
+
+    helper = commands.add_parser("install-helper", help=f"install {HELPER_PATH} for mount -t walrusfs")
+    helper.set_defaults(func=lambda args: install_helper())
+
+
+def _mkfs(args: argparse.Namespace) -> int:
+    from ..cluster import DEFAULT_CLUSTER_DIR
+    from ..committee import Committee
+    from ..keys import load_key, public_bytes
+
+    state = resolve_source(args.name)
+    committee_path = (args.committee or Path(DEFAULT_CLUSTER_DIR) / "committee.toml").resolve()
+    key_path = (args.writer_key or Path(DEFAULT_CLUSTER_DIR) / "writer.key").resolve()
+    committee = Committee.load(committee_path)
+    try:
+        key = load_key(key_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load writer key {key_path}: {error}") from error
+    if not committee.is_writer(public_bytes(key)):
+        raise UserError(f"the key {key_path} is not one of the committee's writers: the nodes would "
+                        f"refuse its writes. Add its public key to [writers] in {committee_path}.")
+    if state.settings_path.exists():
+        if not args.force:
+            raise UserError(f"{state.root} already holds a filesystem; pass --force to replace it")
+        shutil.rmtree(state.root)
+    state.root.mkdir(parents=True, exist_ok=True)
+    settings = FsSettings(
+        fs_id=secrets.token_hex(16), committee=str(committee_path), writer_key=str(key_path),
+        block_size=args.block_size * 1024, blob_size=args.blob_size << 20, cache_size=args.cache_size << 20)
+    db = Database(state.db_path)
+    db.conn.executescript(DDL)
+    db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    db.execute("INSERT INTO settings (key, value) VALUES ('fs_id', ?)", (settings.fs_id,))
+    make_root(db)
+    db.close()
+    tmp = state.settings_path.with_suffix(".tmp")
+    tmp.write_text(settings.dump())
+    tmp.replace(state.settings_path)
+    print(f"created filesystem {settings.fs_id} in {state.root} on {committee.n_shards} shards "
+          f"(blocks {args.block_size} KiB, blobs {args.blob_size} MiB)")
+    print(f"mount it with: mount -t walrusfs {args.name} DIR   (or: walrusfs mount {args.name} DIR)")
+    return 0
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from .mount import MountOptions, mount
+
+    return mount(resolve_source(args.source), args.mountpoint.resolve(),
+                 MountOptions.parse(args.options), args.foreground)
+
+
+def read_status(mountpoint: Path) -> dict:
+    try:
+        return json.loads(os.getxattr(mountpoint, CONTROL_PREFIX + b"status"))
+    except OSError as error:
+        raise UserError(f"{mountpoint} is not a mounted walrusfs filesystem ({error.strerror})") from error
+
+
+def _umount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.resolve()
+    status = read_status(mountpoint)
+    pid = status["pid"]
+    error: list[BaseException] = []
+
+    async def flush_with_progress() -> None:
+        async def flush() -> None:
+            try:
+                await trio.to_thread.run_sync(os.setxattr, mountpoint, CONTROL_PREFIX + b"flush", b"1")
+            except OSError as failure:
+                error.append(failure)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            started = time.monotonic()
+            while True:
+                current = await trio.to_thread.run_sync(read_status, mountpoint)
+                pending = current["staged_bytes"] + current["dirty_bytes"]
+                print(f"\rwaiting for uploads: {pending / 2**20:8.1f} MiB staged, "
+                      f"{current['uploads_in_flight']} blobs in flight", end="", file=sys.stderr, flush=True)
+                if args.timeout and time.monotonic() - started > args.timeout:
+                    error.append(TimeoutError(f"uploads not finished after {args.timeout:.0f} s"))
+                    nursery.cancel_scope.cancel()
+                await trio.sleep(0.5)
+
+    trio.run(flush_with_progress)
+    print(file=sys.stderr)
+    if error:
+        last = read_status(mountpoint).get("last_error")
+        raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
+                        f"error: {last}). It stays staged and keeps being retried; bring the nodes back "
+                        "and run 'walrusfs umount' again (a plain umount keeps it staged for the next mount).")
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    deadline = time.monotonic() + 60
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status_path = Path(f"/proc/{pid}/stat")
+    try:
+        return status_path.read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def install_helper() -> int:
+    """Write /usr/sbin/mount.walrusfs, which mount(8) runs for 'mount -t walrusfs'."""
+    walrusfs = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "walrusfs" else Path(
+        shutil.which("walrusfs") or sys.executable).resolve()
+    if walrusfs.name != "walrusfs":
+        walrusfs = Path(sys.executable).with_name("walrusfs")
+    script = ("#!/bin/sh\n# Installed by walrusfs install-helper: mount -t walrusfs SOURCE DIR [-o OPTIONS]\n"
+              f'exec "{walrusfs}" mount "$@"\n')
+    try:
+        HELPER_PATH.write_text(script)
+        HELPER_PATH.chmod(0o755)
+    except OSError as error:
+        raise UserError(f"cannot write {HELPER_PATH}: {error.strerror} (run as root)") from error
+    print(f"installed {HELPER_PATH} -> {walrusfs}")
+    return 0

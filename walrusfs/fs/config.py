@@ -1,0 +1,89 @@
+"""A filesystem's local state directory and its settings (fs.toml).
+
+    <state>/fs.toml       settings fixed at mkfs (id, committee, key, sizes)
+    <state>/metadata.db   the SQLite metadata (schema.py)
+    <state>/staging/      blocks written but not yet in a certified blob, one file per block
+    <state>/cache/        whole blobs read back from the network, bounded, LRU
+    <state>/lock          held by the one writable mount
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+FS_HOME_ENV = "WALRUSFS_HOME"
+
+
+def fs_home() -> Path:
+    return Path(os.environ.get(FS_HOME_ENV) or Path.home() / ".local/share/walrusfs") / "fs"
+
+
+@dataclass(frozen=True)
+class FsSettings:
+    fs_id: str
+    committee: str  # path of the committee file
+    writer_key: str  # path of the filesystem's write key
+    block_size: int = 1 << 20
+    blob_size: int = 32 << 20  # target size of a packed blob
+    cache_size: int = 2 << 30  # read cache bound, bytes
+    staging_limit: int = 4 << 30  # writes wait when this many bytes are staged
+    upload_delay: float = 2.0  # seconds a partial blob waits for more blocks
+
+    def dump(self) -> str:
+        lines = []
+        for key, value in asdict(self).items():
+            lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
+                         else f"{key} = {value}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class FsState:
+    root: Path
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "fs.toml"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "metadata.db"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "lock"
+
+    def load_settings(self) -> FsSettings:
+        try:
+            data = tomllib.loads(self.settings_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.root} is not a walrusfs filesystem (no fs.toml): "
+                            "create one with 'walrusfs mkfs'") from None
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise UserError(f"cannot read {self.settings_path}: {error}") from error
+        try:
+            return FsSettings(**data)
+        except TypeError as error:
+            raise UserError(f"{self.settings_path}: {error}") from error
+
+
+def resolve_source(source: str) -> FsState:
+    """A mount SOURCE is a filesystem name (under the walrusfs home) or a state directory path."""
+    if "/" in source:
+        return FsState(Path(source).expanduser().resolve())
+    if source.startswith("walrusfs:"):
+        source = source.split(":", 1)[1]
+    return FsState(fs_home() / source)

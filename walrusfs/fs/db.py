@@ -1,0 +1,78 @@
+"""A thin wrapper over sqlite3: autocommit statements, explicit transactions, WAL."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: every statement commits on its own unless inside transaction().
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a crash never corrupts, the last commits may be lost on power loss;
+        # sync() makes everything committed durable (called by fsync and unmount).
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+        self._depth = 0
+        self._after_commit: list = []
+
+    def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def get_row(self, sql: str, params: tuple | dict = ()) -> tuple | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def get_val(self, sql: str, params: tuple | dict = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def rowid(self, sql: str, params: tuple | dict = ()) -> int:
+        return int(self.conn.execute(sql, params).lastrowid)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Nested calls join the outermost transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._after_commit.clear()
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback) -> None:
+        """Run ``callback`` once the current transaction commits (at once outside one); dropped on
+        rollback. For side effects that must not happen unless the change is recorded."""
+        if self._depth:
+            self._after_commit.append(callback)
+        else:
+            callback()
+
+    def sync(self) -> None:
+        """Make every committed transaction durable."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.close()

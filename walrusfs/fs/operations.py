@@ -1,0 +1,567 @@
+"""The pyfuse3 filesystem: POSIX operations over the metadata database and the block store.
+
+File data lives in blocks of ``block_size`` bytes (the last one shorter). Writes go into per-inode
+dirty buffers; a buffer is staged (hashed, deduplicated, written to the staging directory) as soon
+as it is full, when the file is flushed, and when the buffers outgrow their bound. fsync waits until
+every block of the file is in a certified blob. The kernel's writeback cache merges small writes.
+
+Directories report st_nlink = 1 (like btrfs): tools then make no assumption from it.
+Reading does not update atime (as with the noatime mount option).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+from pyfuse3 import FUSEError
+
+from .blocks import BlockCorruptError, BlockStore
+from .db import Database
+from .uploader import Uploader, UploadError
+
+log = logging.getLogger(__name__)
+
+ROOT = pyfuse3.ROOT_INODE
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
+_ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount"
+_TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class WalrusOperations(pyfuse3.Operations):
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, db: Database, blocks: BlockStore, uploader: Uploader, block_size: int,
+                 staging_limit: int, status: Callable[[], dict] | None = None,
+                 dirty_limit: int = 64 << 20) -> None:
+        super().__init__()
+        self.db = db
+        self.blocks = blocks
+        self.uploader = uploader
+        self.bs = block_size
+        self.staging_limit = staging_limit
+        self.status = status or (lambda: {})
+        self.dirty_limit = dirty_limit
+        self.dirty: dict[int, dict[int, bytearray]] = {}
+        self.dirty_bytes = 0
+        self.open_count: dict[int, int] = defaultdict(int)
+        self.lookup_count: dict[int, int] = defaultdict(int)
+        self.locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
+        self.nursery: trio.Nursery | None = None  # for readahead, set by the mount
+
+    # --- attributes ---------------------------------------------------------------------------
+
+    def _row(self, inode: int) -> tuple:
+        row = self.db.get_row(f"SELECT {_ATTR_COLUMNS} FROM inodes WHERE id=?", (inode,))
+        if row is None:
+            raise FUSEError(errno.ENOENT)
+        return row
+
+    def _entry(self, row: tuple) -> pyfuse3.EntryAttributes:
+        inode, mode, uid, gid, rdev, size, atime, mtime, ctime, refcount = row
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = inode
+        entry.generation = 0
+        entry.entry_timeout = _TIMEOUT
+        entry.attr_timeout = _TIMEOUT
+        entry.st_mode = mode
+        entry.st_nlink = 1 if stat.S_ISDIR(mode) else refcount
+        entry.st_uid = uid
+        entry.st_gid = gid
+        entry.st_rdev = rdev
+        entry.st_size = size
+        entry.st_blksize = self.bs
+        entry.st_blocks = (size + 511) // 512
+        entry.st_atime_ns = atime
+        entry.st_mtime_ns = mtime
+        entry.st_ctime_ns = ctime
+        return entry
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._entry(self._row(inode))
+
+    async def lookup(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext | None = None):
+        if name == b".":
+            inode = parent
+        elif name == b"..":
+            inode = ROOT if parent == ROOT else self.db.get_val(
+                "SELECT parent FROM dirents WHERE inode=? LIMIT 1", (parent,))
+        else:
+            inode = self.db.get_val("SELECT inode FROM dirents WHERE parent=? AND name=?", (parent, name))
+        if inode is None:
+            raise FUSEError(errno.ENOENT)
+        entry = self._entry(self._row(inode))
+        self.lookup_count[inode] += 1
+        return entry
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.lookup_count[inode] -= count
+            if self.lookup_count[inode] <= 0:
+                del self.lookup_count[inode]
+                self._maybe_purge(inode)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        now = _now()
+        async with self.locks[inode]:
+            if fields.update_size:
+                await self._truncate(inode, attr.st_size)
+            with self.db.transaction():
+                if fields.update_mode:
+                    mode = self._row(inode)[1]
+                    self.db.execute("UPDATE inodes SET mode=? WHERE id=?",
+                                    (stat.S_IFMT(mode) | stat.S_IMODE(attr.st_mode), inode))
+                if fields.update_uid:
+                    self.db.execute("UPDATE inodes SET uid=? WHERE id=?", (attr.st_uid, inode))
+                if fields.update_gid:
+                    self.db.execute("UPDATE inodes SET gid=? WHERE id=?", (attr.st_gid, inode))
+                if fields.update_atime:
+                    self.db.execute("UPDATE inodes SET atime_ns=? WHERE id=?", (attr.st_atime_ns, inode))
+                if fields.update_mtime:
+                    self.db.execute("UPDATE inodes SET mtime_ns=? WHERE id=?", (attr.st_mtime_ns, inode))
+                ctime = attr.st_ctime_ns if fields.update_ctime else now
+                self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (ctime, inode))
+        return self._entry(self._row(inode))
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def _create_inode(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                      rdev: int = 0, target: bytes | None = None) -> pyfuse3.EntryAttributes:
+        if len(name) > 255:
+            raise FUSEError(errno.ENAMETOOLONG)
+        parent_row = self._row(parent)
+        if not stat.S_ISDIR(parent_row[1]):
+            raise FUSEError(errno.ENOTDIR)
+        if parent_row[9] == 0:  # a directory that was removed while still open
+            raise FUSEError(errno.ENOENT)
+        now = _now()
+        with self.db.transaction():
+            if self.db.get_val("SELECT 1 FROM dirents WHERE parent=? AND name=?", (parent, name)):
+                raise FUSEError(errno.EEXIST)
+            inode = self.db.rowid(
+                "INSERT INTO inodes (mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (mode, ctx.uid, ctx.gid, rdev, len(target) if target is not None else 0, now, now, now))
+            self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", (parent, name, inode))
+            if target is not None:
+                self.db.execute("INSERT INTO symlinks (inode, target) VALUES (?, ?)", (inode, target))
+            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, parent))
+        self.lookup_count[inode] += 1
+        return self._entry(self._row(inode))
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext):
+        return self._create_inode(parent, name, mode, ctx, rdev=rdev)
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext):
+        return self._create_inode(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext):
+        return self._create_inode(parent, name, stat.S_IFLNK | 0o777, ctx, target=target)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        target = self.db.get_val("SELECT target FROM symlinks WHERE inode=?", (inode,))
+        if target is None:
+            raise FUSEError(errno.EINVAL)
+        return target
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext):
+        entry = self._create_inode(parent, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        self.open_count[entry.st_ino] += 1
+        return pyfuse3.FileInfo(fh=entry.st_ino), entry
+
+    async def link(self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext):
+        row = self._row(inode)
+        if stat.S_ISDIR(row[1]):
+            raise FUSEError(errno.EPERM)
+        if not stat.S_ISDIR(self._row(new_parent)[1]):
+            raise FUSEError(errno.ENOTDIR)
+        now = _now()
+        with self.db.transaction():
+            if self.db.get_val("SELECT 1 FROM dirents WHERE parent=? AND name=?", (new_parent, new_name)):
+                raise FUSEError(errno.EEXIST)
+            self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)",
+                            (new_parent, new_name, inode))
+            self.db.execute("UPDATE inodes SET refcount=refcount+1, ctime_ns=? WHERE id=?", (now, inode))
+            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, new_parent))
+        self.lookup_count[inode] += 1
+        return self._entry(self._row(inode))
+
+    def _child(self, parent: int, name: bytes) -> int:
+        inode = self.db.get_val("SELECT inode FROM dirents WHERE parent=? AND name=?", (parent, name))
+        if inode is None:
+            raise FUSEError(errno.ENOENT)
+        return inode
+
+    def _is_empty_dir(self, inode: int) -> bool:
+        return self.db.get_val("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (inode,)) is None
+
+    def _remove_entry(self, parent: int, name: bytes, inode: int) -> None:
+        """Delete one name of ``inode``; the inode goes when no name, handle or lookup is left."""
+        now = _now()
+        self.db.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+        self.db.execute("UPDATE inodes SET refcount=refcount-1, ctime_ns=? WHERE id=?", (now, inode))
+        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, parent))
+
+    async def unlink(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        inode = self._child(parent, name)
+        if stat.S_ISDIR(self._row(inode)[1]):
+            raise FUSEError(errno.EISDIR)
+        with self.db.transaction():
+            self._remove_entry(parent, name, inode)
+        self._maybe_purge(inode)
+
+    async def rmdir(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        inode = self._child(parent, name)
+        if not stat.S_ISDIR(self._row(inode)[1]):
+            raise FUSEError(errno.ENOTDIR)
+        if not self._is_empty_dir(inode):
+            raise FUSEError(errno.ENOTEMPTY)
+        with self.db.transaction():
+            self._remove_entry(parent, name, inode)
+        self._maybe_purge(inode)
+
+    def _is_ancestor(self, ancestor: int, inode: int) -> bool:
+        while inode != ROOT:
+            if inode == ancestor:
+                return True
+            parent = self.db.get_val("SELECT parent FROM dirents WHERE inode=? LIMIT 1", (inode,))
+            if parent is None:
+                return False
+            inode = parent
+        return ancestor == ROOT
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        inode = self._child(old_parent, old_name)
+        if len(new_name) > 255:
+            raise FUSEError(errno.ENAMETOOLONG)
+        is_dir = stat.S_ISDIR(self._row(inode)[1])
+        if is_dir and new_parent != old_parent and self._is_ancestor(inode, new_parent):
+            raise FUSEError(errno.EINVAL)  # a directory cannot move inside itself
+        target = self.db.get_val("SELECT inode FROM dirents WHERE parent=? AND name=?", (new_parent, new_name))
+        now = _now()
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise FUSEError(errno.ENOENT)
+            if stat.S_ISDIR(self._row(target)[1]) and self._is_ancestor(target, old_parent):
+                raise FUSEError(errno.EINVAL)
+            with self.db.transaction():
+                self.db.execute("UPDATE dirents SET inode=? WHERE parent=? AND name=?", (target, old_parent, old_name))
+                self.db.execute("UPDATE dirents SET inode=? WHERE parent=? AND name=?", (inode, new_parent, new_name))
+                self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id IN (?, ?)", (now, inode, target))
+                self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id IN (?, ?)",
+                                (now, now, old_parent, new_parent))
+            return
+        if target == inode:
+            return  # two names of one file: POSIX says do nothing
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FUSEError(errno.EEXIST)
+            target_is_dir = stat.S_ISDIR(self._row(target)[1])
+            if is_dir and not target_is_dir:
+                raise FUSEError(errno.ENOTDIR)
+            if target_is_dir and not is_dir:
+                raise FUSEError(errno.EISDIR)
+            if target_is_dir and not self._is_empty_dir(target):
+                raise FUSEError(errno.ENOTEMPTY)
+        with self.db.transaction():
+            if target is not None:
+                self._remove_entry(new_parent, new_name, target)
+            self.db.execute("UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
+                            (new_parent, new_name, old_parent, old_name))
+            self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (now, inode))
+            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id IN (?, ?)",
+                            (now, now, old_parent, new_parent))
+        if target is not None:
+            self._maybe_purge(target)
+
+    def _maybe_purge(self, inode: int) -> None:
+        """Delete an inode and release its blocks once nothing refers to it any more."""
+        if inode == ROOT or self.lookup_count.get(inode) or self.open_count.get(inode):
+            return
+        if self.db.get_val("SELECT refcount FROM inodes WHERE id=?", (inode,)) != 0:
+            return
+        self._drop_dirty(inode)
+        with self.db.transaction():
+            for (block,) in self.db.execute("SELECT block FROM inode_blocks WHERE inode=?", (inode,)).fetchall():
+                self.blocks.release(block)
+            self.db.execute("DELETE FROM inode_blocks WHERE inode=?", (inode,))
+            self.db.execute("DELETE FROM xattrs WHERE inode=?", (inode,))
+            self.db.execute("DELETE FROM symlinks WHERE inode=?", (inode,))
+            self.db.execute("DELETE FROM inodes WHERE id=?", (inode,))
+        self.locks.pop(inode, None)
+
+    # --- directories ---------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not stat.S_ISDIR(self._row(inode)[1]):
+            raise FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        while True:
+            rows = self.db.execute(
+                f"SELECT dirents.id, dirents.name, {', '.join('inodes.' + c for c in _ATTR_COLUMNS.split(', '))} "
+                "FROM dirents JOIN inodes ON inodes.id = dirents.inode "
+                "WHERE dirents.parent=? AND dirents.id>? ORDER BY dirents.id LIMIT 1000",
+                (fh, start_id)).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                entry = self._entry(row[2:])
+                if not pyfuse3.readdir_reply(token, row[1], entry, row[0]):
+                    return
+                self.lookup_count[entry.st_ino] += 1
+                start_id = row[0]
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.db.sync()
+
+    # --- file data -----------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if stat.S_ISDIR(self._row(inode)[1]):
+            raise FUSEError(errno.EISDIR)
+        self.open_count[inode] += 1
+        return pyfuse3.FileInfo(fh=inode)
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        inode = fh
+        size = self._row(inode)[5]
+        end = min(offset + length, size)
+        if end <= offset:
+            return b""
+        parts = []
+        position = offset
+        while position < end:
+            blockno, in_block = divmod(position, self.bs)
+            take = min(self.bs - in_block, end - position)
+            data = await self._block_bytes(inode, blockno)
+            piece = data[in_block : in_block + take]
+            if len(piece) < take:
+                piece = bytes(piece) + bytes(take - len(piece))  # a hole or a short last block
+            parts.append(piece)
+            position += take
+        return b"".join(parts)
+
+    async def _block_bytes(self, inode: int, blockno: int) -> bytes | bytearray:
+        dirty = self.dirty.get(inode)
+        if dirty is not None and blockno in dirty:
+            return dirty[blockno]
+        block = self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
+        if block is None:
+            return b""
+        try:
+            return await self.blocks.content(block)
+        except BlockCorruptError as error:
+            log.error("inode %d block %d: %s", inode, blockno, error)
+            raise FUSEError(errno.EIO) from error
+        except Exception as error:
+            log.error("inode %d block %d could not be read: %s", inode, blockno, error)
+            raise FUSEError(errno.EIO) from error
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        inode = fh
+        view = memoryview(buf)
+        async with self.locks[inode]:
+            position = offset
+            while view:
+                blockno, in_block = divmod(position, self.bs)
+                take = min(self.bs - in_block, len(view))
+                block = await self._dirty_block(inode, blockno, whole=in_block == 0 and take == self.bs)
+                if len(block) < in_block:
+                    block.extend(bytes(in_block - len(block)))
+                block[in_block : in_block + take] = view[:take]
+                view = view[take:]
+                position += take
+                if in_block + take == self.bs:
+                    await self._stage(inode, blockno)
+            now = _now()
+            self.db.execute("UPDATE inodes SET size=MAX(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
+                            (offset + len(buf), now, now, inode))
+            self._track_dirty()
+            if self.dirty_bytes > self.dirty_limit:
+                await self._stage_inode(inode)
+        return len(buf)
+
+    async def _dirty_block(self, inode: int, blockno: int, whole: bool) -> bytearray:
+        blocks = self.dirty.setdefault(inode, {})
+        buffer = blocks.get(blockno)
+        if buffer is None:
+            buffer = bytearray() if whole else bytearray(await self._block_bytes(inode, blockno))
+            blocks[blockno] = buffer
+        return buffer
+
+    def _track_dirty(self) -> None:
+        self.dirty_bytes = sum(len(b) for blocks in self.dirty.values() for b in blocks.values())
+
+    async def _stage(self, inode: int, blockno: int) -> None:
+        """Turn one dirty buffer into a staged block mapped at (inode, blockno)."""
+        buffer = self.dirty.get(inode, {}).pop(blockno, None)
+        if buffer is None:
+            return
+        while self.blocks.staged_bytes > self.staging_limit:  # backpressure: uploads catch up
+            log.debug("staging full (%d bytes); write waits for uploads", self.blocks.staged_bytes)
+            await self.uploader.wait_progress()
+        size = self._row(inode)[5]
+        length = min(self.bs, size - blockno * self.bs)
+        if length <= 0:
+            return  # truncated away meanwhile
+        data = bytes(buffer[:length])
+        if len(data) < length:
+            data += bytes(length - len(data))
+        with self.db.transaction():
+            block = self.blocks.stage(data)
+            old = self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
+            self.db.execute("INSERT OR REPLACE INTO inode_blocks (inode, blockno, block) VALUES (?, ?, ?)",
+                            (inode, blockno, block))
+            if old is not None:
+                self.blocks.release(old)
+        self.uploader.notify_staged()
+        self._track_dirty()
+
+    async def _stage_inode(self, inode: int) -> None:
+        for blockno in sorted(self.dirty.get(inode, {})):
+            await self._stage(inode, blockno)
+        self.dirty.pop(inode, None)
+
+    def _drop_dirty(self, inode: int) -> None:
+        self.dirty.pop(inode, None)
+        self._track_dirty()
+
+    async def _truncate(self, inode: int, size: int) -> None:
+        old_size = self._row(inode)[5]
+        if size < old_size:
+            last = (size - 1) // self.bs if size else -1  # the last block that keeps any byte
+            for blockno in [b for b in self.dirty.get(inode, {}) if b > last]:
+                del self.dirty[inode][blockno]
+            if size % self.bs and last >= 0:
+                # The kept block's tail must read as zeros if the file grows again.
+                buffer = await self._dirty_block(inode, last, whole=False)
+                del buffer[size % self.bs :]
+            with self.db.transaction():
+                for (block,) in self.db.execute(
+                        "SELECT block FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last)).fetchall():
+                    self.blocks.release(block)
+                self.db.execute("DELETE FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last))
+        now = _now()
+        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
+        if size < old_size and size % self.bs:
+            await self._stage(inode, (size - 1) // self.bs)
+        self._track_dirty()
+
+    async def flush(self, fh: int) -> None:
+        async with self.locks[fh]:
+            await self._stage_inode(fh)
+
+    async def release(self, fh: int) -> None:
+        async with self.locks[fh]:
+            await self._stage_inode(fh)
+        self.open_count[fh] -= 1
+        if self.open_count[fh] <= 0:
+            del self.open_count[fh]
+            self._maybe_purge(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        """Return only when every block of the file is in a certified blob (EIO if not possible)."""
+        async with self.locks[fh]:
+            await self._stage_inode(fh)
+        blocks = [b for (b,) in self.db.execute(
+            "SELECT blocks.id FROM inode_blocks JOIN blocks ON blocks.id = inode_blocks.block "
+            "WHERE inode_blocks.inode=? AND blocks.blob IS NULL", (fh,))]
+        if blocks:
+            try:
+                await self.uploader.wait_certified(blocks)
+            except UploadError as error:
+                log.error("fsync of inode %d failed: %s", fh, error)
+                raise FUSEError(errno.EIO) from error
+        self.db.sync()
+
+    async def flush_all(self) -> None:
+        """Stage every dirty buffer and wait until everything staged is certified."""
+        for inode in list(self.dirty):
+            async with self.locks[inode]:
+                await self._stage_inode(inode)
+        await self.uploader.wait_certified()
+        self.db.sync()
+
+    # --- extended attributes -----------------------------------------------------------------
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if inode == ROOT and name.startswith(CONTROL_PREFIX):
+            await self._control(name[len(CONTROL_PREFIX):], value)
+            return
+        self._row(inode)
+        with self.db.transaction():
+            self.db.execute("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
+                            (inode, name, value))
+            self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (_now(), inode))
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == ROOT and name == CONTROL_PREFIX + b"status":
+            return json.dumps(self.status()).encode()
+        value = self.db.get_val("SELECT value FROM xattrs WHERE inode=? AND name=?", (inode, name))
+        if value is None:
+            raise FUSEError(errno.ENODATA)
+        return value
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [n for (n,) in self.db.execute("SELECT name FROM xattrs WHERE inode=?", (inode,))]
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        cursor = self.db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+        if not cursor.rowcount:
+            raise FUSEError(errno.ENODATA)
+
+    async def _control(self, command: bytes, value: bytes) -> None:
+        if command == b"flush":
+            try:
+                await self.flush_all()
+            except UploadError as error:
+                log.error("flush failed: %s", error)
+                raise FUSEError(errno.EIO) from error
+            return
+        raise FUSEError(errno.EINVAL)
+
+    # --- the whole filesystem ------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        used = int(self.db.get_val("SELECT COALESCE(SUM(size), 0) FROM blocks"))
+        files = int(self.db.get_val("SELECT COUNT(*) FROM inodes"))
+        data.f_bsize = self.bs
+        data.f_frsize = 4096
+        capacity = max(1 << 50, used * 2)  # the network's capacity is not known here: say "plenty"
+        data.f_blocks = capacity // data.f_frsize
+        data.f_bfree = data.f_bavail = (capacity - used) // data.f_frsize
+        data.f_files = max(1 << 32, files * 2)
+        data.f_ffree = data.f_favail = data.f_files - files
+        data.f_namemax = 255
+        return data
+
+
+def make_root(db: Database, uid: int | None = None, gid: int | None = None) -> None:
+    now = _now()
+    db.execute("INSERT INTO inodes (id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount) "
+               "VALUES (?, ?, ?, ?, 0, 0, ?, ?, ?, 1)",
+               (ROOT, stat.S_IFDIR | 0o755, os.getuid() if uid is None else uid,
+                os.getgid() if gid is None else gid, now, now, now))
