@@ -32,6 +32,7 @@ from .redstuff import BlobId, FormatError
 
 AUTH_SCHEME = "WalrusFS-Ed25519"
 MAX_CLOCK_SKEW = 300  # seconds either way
+SIGNATURE_SIZE = 64
 _REQUEST_DOMAIN = b"walrusfs-request-v1\n"
 
 
@@ -107,8 +108,8 @@ def verify_request(header: str | None, method: str, path: str, committee: Commit
         timestamp = int(fields["ts"])
     except (binascii.Error, ValueError):
         raise AuthError("Authorization key, sig or ts is not well formed") from None
-    if len(key) != KEY_SIZE or not 8 <= len(fields["nonce"]) <= 64:
-        raise AuthError("Authorization key or nonce has the wrong length")
+    if len(key) != KEY_SIZE or len(signature) != SIGNATURE_SIZE or not 8 <= len(fields["nonce"]) <= 64:
+        raise AuthError("Authorization key, sig or nonce has the wrong length")
     now = time.time() if now is None else now
     if abs(now - timestamp) > MAX_CLOCK_SKEW:
         raise AuthError(

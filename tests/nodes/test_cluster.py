@@ -1,0 +1,132 @@
+"""``walrusfs cluster init|up|status|down`` and ``python -m nodes`` from the command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from node_harness import free_port
+
+from walrusfs.committee import Committee
+
+
+def walrusfs(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "walrusfs.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"walrusfs {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port_range(count: int) -> int:
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free port range")
+
+
+def recorded_pids(root: Path) -> list[int]:
+    return [int(p.read_text()) for p in root.glob("node-*/node.pid")]
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "cluster"
+    yield root
+    # Whatever the test did, no node it started outlives it: SIGKILL by recorded pid.
+    for pid in recorded_pids(root):
+        try:
+            if str(root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def table(output: str) -> dict[str, dict[str, str]]:
+    header, *rows = output.strip().splitlines()
+    names = header.split()
+    return {row.split()[0]: dict(zip(names, row.split(), strict=False)) for row in rows}
+
+
+def test_init_up_status_down(cluster_dir: Path) -> None:
+    base = free_port_range(4)
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 4, "--shards", 7, "--base-port", base)
+    committee = Committee.load(cluster_dir / "committee.toml")
+    assert committee.n_shards == 7 and [n.shards for n in committee.nodes] == [(0, 4), (1, 5), (2, 6), (3,)]
+    assert (cluster_dir / "writer.key").stat().st_mode & 0o777 == 0o600
+    refused = walrusfs("cluster", "init", cluster_dir, check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr
+
+    up = table(walrusfs("cluster", "up", cluster_dir).stdout)
+    assert [row["status"] for row in up.values()] == ["up"] * 4
+    assert up["node-2"]["url"] == f"http://127.0.0.1:{base + 2}" and up["node-2"]["shards"] == "2,6"
+    pids = sorted(recorded_pids(cluster_dir))
+    for node in committee.nodes:
+        assert httpx.get(f"{node.url}/v1/health").json()["shards"] == list(node.shards)
+
+    again = table(walrusfs("cluster", "up", cluster_dir).stdout)  # idempotent: running nodes stay
+    assert sorted(recorded_pids(cluster_dir)) == pids
+    assert [row["pid"] for row in again.values()] == [row["pid"] for row in up.values()]
+    forced = walrusfs("cluster", "init", cluster_dir, "--force", check=False)
+    assert forced.returncode != 0 and "cluster down" in forced.stderr
+
+    os.kill(pids[1], signal.SIGKILL)  # one node dies: status says so, up restarts only that one
+    status = walrusfs("cluster", "status", cluster_dir, check=False)
+    assert status.returncode != 0 and sorted(row["status"] for row in table(status.stdout).values()) == \
+        ["down", "up", "up", "up"]
+    walrusfs("cluster", "up", cluster_dir)
+    assert len(set(recorded_pids(cluster_dir)) & set(pids)) == 3
+
+    down = walrusfs("cluster", "down", cluster_dir).stdout
+    assert down.count("stopped") == 4
+    assert recorded_pids(cluster_dir) == []
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    status = table(walrusfs("cluster", "status", cluster_dir, check=False).stdout)
+    assert {row["status"] for row in status.values()} == {"down"}
+    assert "node-0: not running" in walrusfs("cluster", "down", cluster_dir).stdout
+
+
+def test_up_names_the_node_that_cannot_start(cluster_dir: Path) -> None:
+    base = free_port_range(2)
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--base-port", base, "--shards", 4)
+    (cluster_dir / "node-1" / "node.key").write_text("not a key\n")
+    failed = walrusfs("cluster", "up", cluster_dir, "--timeout", 20, check=False)
+    assert failed.returncode != 0
+    assert "node-1" in failed.stderr and str(cluster_dir / "node-1" / "node.log") in failed.stderr
+    assert "does not hold an ed25519 key" in failed.stderr
+    walrusfs("cluster", "down", cluster_dir)
+
+
+@pytest.mark.parametrize(("edit", "complaint"), [
+    (lambda text: text.replace('node_id = "node-0"', 'node_id = "node-9"'), "not in committee"),
+    (lambda text: text.replace("listen = ", "listen_at = "), "unknown settings listen_at"),
+    (lambda text: text.replace('signing_key = "node.key"', 'signing_key = "../node-1/node.key"'),
+     "does not match the public key"),
+    (lambda text: text + "max_blob_size = -1\n", "max_blob_size"),
+    (lambda text: text.replace('committee = "../committee.toml"', 'committee = "missing.toml"'),
+     "cannot read committee file"),
+])
+def test_a_node_refuses_to_start_on_a_bad_config(cluster_dir: Path, edit, complaint: str) -> None:
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", free_port_range(2))
+    config = cluster_dir / "node-0" / "config.toml"
+    config.write_text(edit(config.read_text()))
+    result = subprocess.run([sys.executable, "-m", "nodes", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert complaint in result.stderr and "refusing to start" in result.stderr
