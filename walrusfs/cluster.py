@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
-from .keys import generate_key, public_bytes, write_key
+from .keys import generate_key, public_bytes, public_key_text, write_key
 
 DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
 DEFAULT_BASE_PORT = 31400
@@ -306,6 +306,18 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    key = generate_key()
+    try:
+        write_key(args.file, key)
+    except FileExistsError:
+        raise UserError(f"{args.file} already exists; refusing to overwrite a key") from None
+    except OSError as error:
+        raise UserError(f"cannot write {args.file}: {error.strerror}") from error
+    print(public_key_text(key))
+    return 0
+
+
 def _cmd_node_run(args: argparse.Namespace) -> int:
     from nodes.server import run
 
@@ -343,6 +355,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     add_arguments(run)
     run.set_defaults(func=_cmd_node_run)
+    keygen = node_actions.add_parser("keygen", help="create an ed25519 key file (node or writer); "
+                                     "prints its public key for the committee file")
+    keygen.add_argument("file", type=Path, help="where to write the key (must not exist; mode 0600)")
+    keygen.set_defaults(func=_cmd_keygen)
 
 
 __all__ = ["DEFAULT_CLUSTER_DIR", "cluster_status", "init_cluster", "start_cluster", "stop_cluster"]

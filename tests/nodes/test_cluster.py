@@ -15,6 +15,7 @@ import pytest
 from node_harness import free_port
 
 from walrusfs.committee import Committee
+from walrusfs.keys import load_key, public_key_text
 
 
 def walrusfs(*args: object, check: bool = True) -> subprocess.CompletedProcess:
@@ -100,6 +101,13 @@ def test_init_up_status_down(cluster_dir: Path) -> None:
     status = table(walrusfs("cluster", "status", cluster_dir, check=False).stdout)
     assert {row["status"] for row in status.values()} == {"down"}
     assert "node-0: not running" in walrusfs("cluster", "down", cluster_dir).stdout
+
+
+def test_node_keygen_prints_the_public_key_and_never_overwrites(tmp_path: Path) -> None:
+    public = walrusfs("node", "keygen", tmp_path / "k").stdout.strip()
+    assert public == public_key_text(load_key(tmp_path / "k"))
+    again = walrusfs("node", "keygen", tmp_path / "k", check=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
 
 
 def test_up_names_the_node_that_cannot_start(cluster_dir: Path) -> None:

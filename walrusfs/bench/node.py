@@ -33,7 +33,7 @@ N_SHARDS = 7
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("node", help="storage node PUT/GET throughput over loopback")
     parser.add_argument("--slivers", type=int, default=128, help="1 MiB slivers to PUT (default 128)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--metadata-reads", type=int, default=3000,
                         help="small metadata GETs to time (default 3000)")
     parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
