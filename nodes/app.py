@@ -407,6 +407,8 @@ class NodeApp:
 
 
 def _parse_blob_id(text: str) -> BlobId:
+    if not text.isascii():  # BlobId.parse lets non-ASCII letters through to base64 (a ValueError)
+        raise HTTPError(400, "bad_blob_id", f"not a blob ID: {text[:60]!r}")
     try:
         return BlobId.parse(text)
     except FormatError as error:

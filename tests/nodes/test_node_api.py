@@ -180,7 +180,7 @@ def test_sliver_for_a_shard_the_node_does_not_hold_is_refused(node: Node, blob: 
 
 def test_sliver_of_another_blob_is_refused(node: Node, blob: EncodedBlob) -> None:
     node.store(blob, pairs=[])
-    other = other_blob(len(b"x") * 200_000)  # same size, so same geometry, different content
+    other = other_blob(200_000)  # same size, so same geometry, different content
     pair = node.pairs(blob)[0]
     response = node.put(sliver_path(blob, pair, SliverKind.PRIMARY),
                         node.sliver(other, pair, SliverKind.PRIMARY).to_bytes())
@@ -303,6 +303,12 @@ def test_path_tricks_are_refused(node: Node, blob: EncodedBlob) -> None:
         status = int(reply.split(b" ", 2)[1])
         assert 400 <= status < 500, (target, reply[:300])
         assert b"root:" not in reply
+
+
+def test_a_bad_inventory_cursor_is_refused(node: Node) -> None:
+    assert node.http.get("/v1/inventory", params={"after": "é" * 43}).status_code == 400
+    assert node.http.get("/v1/inventory", params={"after": "x"}).status_code == 400
+    assert node.http.get("/v1/inventory", params={"limit": "0"}).status_code == 400
 
 
 def test_unknown_routes_and_methods(node: Node, blob: EncodedBlob) -> None:
