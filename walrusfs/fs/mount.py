@@ -228,7 +228,7 @@ def _raise_read_ahead(mountpoint: Path) -> None:
     try:
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             fields = line.split()
-            if fields[4] == str(mountpoint.resolve()):
+            if fields[4] == str(mountpoint):  # resolved by the caller, before mounting
                 Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text("1024")
                 return
     except OSError as error:

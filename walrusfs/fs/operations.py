@@ -315,6 +315,18 @@ class WalrusOperations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Offsets: 1 after ".", 2 after "..", then dirents.id + 2 after each entry.
+        if start_id < 2:
+            parent = ROOT if fh == ROOT else self.db.get_val(
+                "SELECT parent FROM dirents WHERE inode=? LIMIT 1", (fh,)) or ROOT
+            for offset, name, inode in ((1, b".", fh), (2, b"..", parent)):
+                if offset <= start_id:
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self._entry(self._row(inode)), offset):
+                    return
+                self.lookup_count[inode] += 1
+            start_id = 2
+        start_id -= 2
         while True:
             rows = self.db.execute(
                 f"SELECT dirents.id, dirents.name, {', '.join('inodes.' + c for c in _ATTR_COLUMNS.split(', '))} "
@@ -325,7 +337,7 @@ class WalrusOperations(pyfuse3.Operations):
                 return
             for row in rows:
                 entry = self._entry(row[2:])
-                if not pyfuse3.readdir_reply(token, row[1], entry, row[0]):
+                if not pyfuse3.readdir_reply(token, row[1], entry, row[0] + 2):
                     return
                 self.lookup_count[entry.st_ino] += 1
                 start_id = row[0]
@@ -383,6 +395,10 @@ class WalrusOperations(pyfuse3.Operations):
         inode = fh
         view = memoryview(buf)
         async with self.locks[inode]:
+            # The size goes first: staging a full block trims it to the size on record.
+            now = _now()
+            self.db.execute("UPDATE inodes SET size=MAX(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
+                            (offset + len(buf), now, now, inode))
             position = offset
             while view:
                 blockno, in_block = divmod(position, self.bs)
@@ -395,9 +411,6 @@ class WalrusOperations(pyfuse3.Operations):
                 position += take
                 if in_block + take == self.bs:
                     await self._stage(inode, blockno)
-            now = _now()
-            self.db.execute("UPDATE inodes SET size=MAX(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
-                            (offset + len(buf), now, now, inode))
             self._track_dirty()
             if self.dirty_bytes > self.dirty_limit:
                 await self._stage_inode(inode)
