@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client import cli as blob_cli
 
     blob_cli.register(commands)
+    from .fs import cli as fs_cli
+
+    fs_cli.register(commands)
     from . import cluster
 
     cluster.register(commands)
@@ -36,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("httpx", "httpcore"):  # one line per request drowns everything else
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except UserError as error:
