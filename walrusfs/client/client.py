@@ -73,13 +73,18 @@ class BlobClient:
         self._nursery = await self._nursery_manager.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        """Wait for background deliveries, unless leaving on an error: then stop them (the blobs
+        already returned are certified) and let the caller's exception through as it is, not
+        wrapped in a nursery's ExceptionGroup."""
+        assert self._nursery_manager is not None and self._nursery is not None and self._http is not None
         try:
-            assert self._nursery_manager is not None
-            return await self._nursery_manager.__aexit__(*exc_info)
+            if exc is not None:
+                self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(None, None, None)
         finally:
-            assert self._http is not None
-            await self._http.aclose()
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
 
     def _reader(self) -> BlobReader:
         return BlobReader(self.connections, self.committee.n_shards,
