@@ -24,6 +24,7 @@ class RaceResult(Generic[C, R]):
     failures: list[tuple[C, BaseException]] = field(default_factory=list)
     untried: list[C] = field(default_factory=list)
     abandoned: list[C] = field(default_factory=list)  # still running when enough had succeeded
+    slow: list[C] = field(default_factory=list)  # abandoned after waiting at least the hedge delay
 
 
 async def race(
@@ -46,6 +47,7 @@ async def race(
         return result
     send, receive = trio.open_memory_channel[tuple[C, R | None, BaseException | None]](math.inf)
     in_flight: list[C] = []
+    started: list[float] = []  # start time of each in_flight candidate
 
     async with trio.open_nursery() as nursery:
 
@@ -62,6 +64,7 @@ async def race(
                 return False
             candidate = queue.pop(0)
             in_flight.append(candidate)
+            started.append(trio.current_time())
             nursery.start_soon(one, candidate)
             return True
 
@@ -75,6 +78,7 @@ async def race(
                 launch()
                 continue
             candidate, value, error = message
+            del started[in_flight.index(candidate)]
             in_flight.remove(candidate)
             if error is None:
                 result.successes.append((candidate, value))  # type: ignore[arg-type]
@@ -84,4 +88,7 @@ async def race(
         nursery.cancel_scope.cancel()
     result.untried = queue
     result.abandoned = in_flight
+    if hedge_after is not None:
+        now = trio.current_time()
+        result.slow = [c for c, t in zip(in_flight, started, strict=True) if now - t >= hedge_after]
     return result

@@ -76,9 +76,17 @@ class BlobReader:
                             hedge_after=self.hedge_after)
         for node, error in result.failures:
             report.note(node, error)
+        self._note_slow(result.slow, report)
         if not result.successes:
             raise ReadError(f"blob {blob_id}: no node gave its metadata ({report.describe()})")
         return result.successes[0][1]
+
+    def _note_slow(self, nodes: Sequence[str], report: ReadReport) -> None:
+        """Nodes overtaken after the hedge delay count as failed, so the next reads ask others first."""
+        for node in nodes:
+            reason = f"no answer within the hedge delay ({self.hedge_after:.2f} s)"
+            self.connections[node].health.failure(node, reason)
+            report.failures.setdefault(node, reason)
 
     def _node_of_pair(self, metadata: BlobMetadata, pair: int) -> str:
         return self.shard_owner(metadata.geometry.shard_of_pair(pair, metadata.blob_id.raw))
@@ -95,7 +103,10 @@ class BlobReader:
             return b""
         if offset > 0 or end < size:
             cells = _cells_for_range(metadata, offset, end)
-            if len(cells) <= metadata.geometry.source_symbols // 4:
+            holders = {self._node_of_pair(metadata, row) for row, _ in cells}
+            # Only from healthy row holders: the symbol path has one source per symbol, no hedging.
+            if (len(cells) <= metadata.geometry.source_symbols // 4
+                    and all(self.order_key(node)[0] == 0 for node in holders)):
                 try:
                     return await self._read_cells(metadata, offset, end, cells, report)
                 except ReadError as error:
@@ -107,8 +118,14 @@ class BlobReader:
         geometry = metadata.geometry
         n, n_p = geometry.n_shards, geometry.n_primary
         systematic = list(range(n_p))
-        others = sorted(range(n_p, n), key=lambda i: self.order_key(self._node_of_pair(metadata, i)))
-        good = await self._collect(metadata, SliverKind.PRIMARY, systematic + others, n_p, report)
+
+        def preference(i: int) -> tuple:
+            # Healthy nodes first; among them the systematic rows (no decode), then the fastest.
+            penalty, latency = self.order_key(self._node_of_pair(metadata, i))
+            return (penalty, i >= n_p, latency if i >= n_p else i)
+
+        candidates = sorted(range(n), key=preference)
+        good = await self._collect(metadata, SliverKind.PRIMARY, candidates, n_p, report)
         if len(good) >= n_p:
             if all(i in good for i in systematic):
                 report.path = "systematic"
@@ -158,9 +175,13 @@ class BlobReader:
             return sliver
 
         result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after)
-        for index, error in result.failures:
+        def node_of(index: int) -> str:
             pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
-            report.note(self._node_of_pair(metadata, pair), error)
+            return self._node_of_pair(metadata, pair)
+
+        for index, error in result.failures:
+            report.note(node_of(index), error)
+        self._note_slow([node_of(index) for index in result.slow], report)
         return dict(result.successes)
 
     async def _read_cells(self, metadata: BlobMetadata, offset: int, end: int,
@@ -168,8 +189,10 @@ class BlobReader:
         """Fetch only the symbols (row, column) that hold [offset, end), each proven."""
         layout = metadata.layout
         fetched: dict[tuple[int, int], bytes] = {}
+        errors: list[ReadError] = []
+        pending = set(cells)
 
-        async def fetch(cell: tuple[int, int]) -> None:
+        async def fetch(cell: tuple[int, int], cancel: trio.CancelScope) -> None:
             row, column = cell
             node = self._node_of_pair(metadata, row)
             try:
@@ -177,18 +200,32 @@ class BlobReader:
                     metadata.blob_id, row, SliverKind.PRIMARY, column)
             except NodeError as error:
                 report.note(node, error)
-                raise ReadError(str(error)) from error
+                errors.append(ReadError(str(error)))
+                cancel.cancel()
+                return
             if (symbol.target_kind is not SliverKind.SECONDARY or symbol.source_index != row
                     or symbol.target_index != column or not symbol.is_valid_for(metadata)):
                 self.connections[node].health.lie(node, "symbol failed its Merkle proof")
                 report.liars[node] = f"symbol ({row}, {column}) failed its Merkle proof"
-                raise ReadError(f"node {node} served a symbol that fails its proof")
+                errors.append(ReadError(f"node {node} served a symbol that fails its proof"))
+                cancel.cancel()
+                return
             report.bytes_fetched += len(symbol.data)
             fetched[cell] = symbol.data
+            pending.discard(cell)
 
-        async with trio.open_nursery() as nursery:
-            for cell in cells:
-                nursery.start_soon(fetch, cell)
+        # One source per symbol, so no hedging: a holder that has not answered well after the hedge
+        # delay (plus transfer time at a modest 50 MB/s) is overtaken by a whole-blob read instead.
+        patience = 4 * self.hedge_after + len(cells) * layout.symbol_size / 50e6
+        with trio.move_on_after(patience) as timer:
+            async with trio.open_nursery() as nursery:
+                for cell in cells:
+                    nursery.start_soon(fetch, cell, nursery.cancel_scope)
+        if timer.cancelled_caught and pending:
+            self._note_slow(sorted({self._node_of_pair(metadata, row) for row, _ in pending}), report)
+            raise ReadError(f"symbols {sorted(pending)} not served within {patience:.1f} s")
+        if errors:
+            raise errors[0]
         report.path = "symbols"
         return _assemble_range(metadata, offset, end, fetched, layout.symbol_size)
 
