@@ -1,0 +1,394 @@
+"""Real storage networks and real FUSE mounts for the filesystem tests.
+
+Everything started here is stopped by the pid recorded when it started: node processes by the
+Popen handle, mount daemons by the pid in their status xattr or lock file. A mount that will not go
+away is lazily unmounted and its FUSE connection aborted, so a failing test never leaves a hung
+mount point behind.
+
+(Not a package: ``tests/fs`` is on sys.path while its tests run.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from walrusfs.cluster import init_cluster
+from walrusfs.committee import Committee
+
+WALRUSFS = str(Path(sys.executable).with_name("walrusfs"))
+N_NODES = 7
+
+
+def free_base_port(count: int = N_NODES) -> int:
+    """A port p such that p .. p+count-1 are all free on 127.0.0.1 right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65000:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+@dataclass
+class NodeProc:
+    node_id: str
+    config: Path
+    url: str
+    log: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def spawn(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(self.config)],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=self.config.parent)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.node_id} exited with {self.process.returncode}:\n"
+                                     f"{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.node_id} not healthy after {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill9(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Network:
+    """A committee of ``N_NODES`` node processes on 127.0.0.1 under ``root``."""
+
+    root: Path
+    nodes: list[NodeProc] = field(default_factory=list)
+
+    @property
+    def committee_path(self) -> Path:
+        return self.root / "committee.toml"
+
+    @property
+    def writer_key(self) -> Path:
+        return self.root / "writer.key"
+
+    @classmethod
+    def create(cls, root: Path, nodes: int = N_NODES) -> Network:
+        init_cluster(root, nodes=nodes, base_port=free_base_port(nodes))
+        committee = Committee.load(root / "committee.toml")
+        net = cls(root)
+        for info in committee.nodes:
+            directory = root / info.id
+            net.nodes.append(NodeProc(info.id, directory / "config.toml", info.url, directory / "node.log"))
+        return net
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                if not node.running:
+                    node.spawn()
+            for node in self.nodes:
+                node.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.running:
+                assert node.process is not None
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.stop()
+
+    def stop_nodes(self, indexes: list[int]) -> None:
+        for i in indexes:
+            self.nodes[i].stop()
+
+    def start_nodes(self, indexes: list[int]) -> None:
+        for i in indexes:
+            if not self.nodes[i].running:
+                self.nodes[i].spawn()
+        for i in indexes:
+            self.nodes[i].wait_healthy()
+
+
+# --- mounts ------------------------------------------------------------------------------------------
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 120.0, check: bool = True,
+        **kwargs: object) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout: {result.stdout}\n"
+                             f"stderr: {result.stderr}")
+    return result
+
+
+def mountinfo_entry(mountpoint: Path) -> list[str] | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mountpoint):
+            return fields
+    return None
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return mountinfo_entry(mountpoint) is not None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+@dataclass
+class Filesystem:
+    """One walrusfs filesystem (its local state under ``home``) on a network."""
+
+    name: str
+    home: Path
+    network: Network
+    blob_size_mib: int | None = None
+    mounts: dict[Path, int] = field(default_factory=dict)  # mount point -> daemon pid
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["WALRUSFS_HOME"] = str(self.home)
+        return env
+
+    @property
+    def state(self) -> Path:
+        return self.home / "fs" / self.name
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "metadata.db"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state / "cache"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state / "staging"
+
+    def mkfs(self) -> None:
+        args = [WALRUSFS, "mkfs", self.name, "--committee", str(self.network.committee_path),
+                "--writer-key", str(self.network.writer_key)]
+        if self.blob_size_mib:
+            args += ["--blob-size", str(self.blob_size_mib)]
+        run(args, self.env)
+
+    def lock_pid(self) -> int | None:
+        try:
+            return int((self.state / "lock").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def mount(self, mountpoint: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        mountpoint = mountpoint.resolve()
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        result = run([WALRUSFS, "mount", self.name, str(mountpoint), *extra], self.env, timeout=60, check=False)
+        if is_mounted(mountpoint):
+            pid = self.daemon_pid(mountpoint)
+            if pid is not None:
+                self.mounts[mountpoint] = pid
+        if check and result.returncode != 0:
+            raise AssertionError(f"mount failed ({result.returncode}): {result.stderr}\n{self.log_tail()}")
+        return result
+
+    def daemon_pid(self, mountpoint: Path) -> int | None:
+        try:
+            return int(status(mountpoint)["pid"])
+        except (OSError, KeyError, ValueError):
+            return self.lock_pid()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return (self.state / "mount.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no mount.log)"
+
+    def umount(self, mountpoint: Path, timeout: float = 180.0) -> subprocess.CompletedProcess:
+        """``walrusfs umount``: waits until everything is certified, then unmounts."""
+        mountpoint = mountpoint.resolve()
+        pid = self.mounts.get(mountpoint) or self.daemon_pid(mountpoint)
+        result = run([WALRUSFS, "umount", str(mountpoint)], self.env, timeout=timeout)
+        assert not is_mounted(mountpoint), f"{mountpoint} still mounted after walrusfs umount"
+        if pid is not None:
+            assert wait_gone(pid, 60), f"mount daemon {pid} still running after walrusfs umount"
+        self.mounts.pop(mountpoint, None)
+        return result
+
+    def plain_umount(self, mountpoint: Path, wait: bool = True) -> None:
+        """``fusermount3 -u``, as a user or the desktop would do it."""
+        mountpoint = mountpoint.resolve()
+        pid = self.mounts.get(mountpoint) or self.daemon_pid(mountpoint)
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True, timeout=60)
+        if wait and pid is not None:
+            assert wait_gone(pid, 90), f"mount daemon {pid} still running 90 s after fusermount3 -u"
+        self.mounts.pop(mountpoint, None)
+
+    def cleanup(self) -> None:
+        """Whatever state the test left: no mount, no daemon."""
+        for mountpoint, pid in list(self.mounts.items()):
+            force_unmount(mountpoint)
+            stop_pid(pid)
+            self.mounts.pop(mountpoint, None)
+        pid = self.lock_pid()
+        if pid is not None and pid_alive(pid) and _is_walrusfs(pid):
+            stop_pid(pid)
+
+    def remount(self, mountpoint: Path, clear_cache: bool = True) -> None:
+        self.umount(mountpoint)
+        if clear_cache:
+            self.clear_cache()
+        self.mount(mountpoint)
+
+    def clear_cache(self) -> None:
+        if self.cache_dir.exists():
+            for entry in self.cache_dir.iterdir():
+                entry.unlink()
+
+    def db(self) -> sqlite3.Connection:
+        """A read-only look at the metadata database (WAL: safe while mounted)."""
+        return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+
+
+def _is_walrusfs(pid: int) -> bool:
+    try:
+        return b"walrusfs" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def status(mountpoint: Path) -> dict:
+    return json.loads(os.getxattr(mountpoint, "walrusfs.status"))
+
+
+def force_unmount(mountpoint: Path) -> None:
+    if not is_mounted(mountpoint):
+        return
+    fields = mountinfo_entry(mountpoint)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, timeout=30)
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
+    if fields is not None:
+        minor = fields[2].split(":")[1]
+        abort = Path(f"/sys/fs/fuse/connections/{minor}/abort")
+        with contextlib.suppress(OSError):
+            abort.write_text("1")
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 10)
+
+
+@contextlib.contextmanager
+def mounted(fs: Filesystem, mountpoint: Path, *extra: str):
+    """A mount for the duration of a with block; unmounted (forcibly if need be) afterwards."""
+    fs.mount(mountpoint, *extra)
+    try:
+        yield mountpoint.resolve()
+    finally:
+        if is_mounted(mountpoint.resolve()):
+            try:
+                fs.umount(mountpoint, timeout=120)
+            finally:
+                fs.cleanup()
+        else:
+            fs.cleanup()
+
+
+# --- tree comparison ---------------------------------------------------------------------------------
+
+
+def tree_snapshot(root: Path, content: bool = True) -> dict[str, tuple]:
+    """path -> (kind, size, content hash or link target) for everything under ``root``."""
+    import hashlib
+
+    out: dict[str, tuple] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if os.path.islink(path):
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir",)
+            else:
+                digest = hashlib.blake2b(path.read_bytes()).hexdigest() if content else None
+                out[rel] = ("file", st.st_size, digest)
+    return out
+
