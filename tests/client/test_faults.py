@@ -123,6 +123,24 @@ def test_confirmation_with_bad_signature_is_not_counted(shared_network):
         assert "does not verify" in caught.value.failures["node-1"]
 
 
+def test_node_refusing_slivers_does_not_break_the_store(shared_network):
+    """node-1 receives corrupted sliver uploads and refuses them (422): it is a failed node, the
+    store is certified by the others, and nothing escapes the client."""
+    net = shared_network
+    data = random_bytes(80_000)
+    with LyingProxy(net.url("node-1"), ("upload",)) as proxy:
+        committee = Committee.load(net.client_committee({"node-1": proxy.url}))
+
+        async def go():
+            async with blob_client(net, committee, FAST_FAIL) as client:
+                return await client.store(data)
+
+        stored = run(go)
+    assert "node-1" not in {c.node_id for c in stored.certificate.confirmations}
+    stored.certificate.verify(net.committee)
+    assert read(net, stored.blob_id)[0] == data
+
+
 # --- reads ------------------------------------------------------------------------------------------
 
 

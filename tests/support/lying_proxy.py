@@ -4,7 +4,8 @@ Listens on 127.0.0.1 (a port of its own choosing, printed as ``READY <port>`` on
 every request to UPSTREAM_URL, except that in successful responses of the kinds listed in KINDS
 (comma-separated: ``sliver``, ``symbol``, ``metadata``, ``confirmation``) it flips bits: one byte in
 the middle of a sliver, recovery symbol or metadata body; one byte of a confirmation's signature.
-Writes pass through untouched, so the node behind stores correct data and only its answers lie.
+Writes pass through untouched, so the node behind stores correct data and only its answers lie,
+unless KINDS has ``upload``: then the bodies of sliver PUTs are corrupted on their way to the node.
 
 A raw ASGI app on uvicorn (the node's own stack) with an httpx client upstream.
 """
@@ -74,8 +75,11 @@ class Proxy:
         target = path + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         try:
+            request_body = b"".join(chunks)
+            if scope["method"] == "PUT" and "upload" in self.kinds and _ROUTES["sliver"].match(path):
+                request_body = corrupt("upload", request_body)
             response = await self.http.request(scope["method"], self.upstream + target, headers=headers,
-                                               content=b"".join(chunks))
+                                               content=request_body)
         except httpx.HTTPError as error:
             body = json.dumps({"error": "upstream", "message": str(error)}).encode()
             await send({"type": "http.response.start", "status": 502,
@@ -84,7 +88,7 @@ class Proxy:
             return
         body = response.content
         if scope["method"] == "GET" and 200 <= response.status_code < 300:
-            for kind in self.kinds:
+            for kind in self.kinds - {"upload"}:
                 if _ROUTES[kind].match(path):
                     body = corrupt(kind, body)
         out_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()
@@ -96,7 +100,7 @@ class Proxy:
 
 def main() -> None:
     upstream, kinds = sys.argv[1], {k for k in sys.argv[2].split(",") if k}
-    unknown = kinds - _ROUTES.keys()
+    unknown = kinds - _ROUTES.keys() - {"upload"}
     if unknown:
         sys.exit(f"unknown kinds {sorted(unknown)}; choose from {sorted(_ROUTES)}")
     sock = socket.socket()
