@@ -13,7 +13,7 @@ import trio
 from ..errors import UserError
 from ..redstuff import BlobId, FormatError
 from .certificate import CERTIFICATE_VERSION
-from .client import BlobClient
+from .client import BlobClient, ClientSettings
 from .read import ReadError, ReadReport
 from .store import StoreError, StoreProgress
 
@@ -38,6 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="writer key file (default: the bundled local network's writer.key)")
     put.add_argument("--certificate-dir", type=Path,
                      help="where to save the certificate (default: <cluster dir>/certificates)")
+    put.add_argument("--timeout", type=float, default=ClientSettings.store_deadline,
+                     help="seconds to wait for a certificate before giving up "
+                          f"(default {ClientSettings.store_deadline:.0f})")
     common(put)
     put.set_defaults(func=lambda args: trio.run(_put, args))
 
@@ -112,7 +115,10 @@ async def _put(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {args.file}: {error.strerror}") from error
     print(f"encoding {args.file} ({len(data)} bytes) for {committee.n_shards} shards", file=sys.stderr)
     progress = _ProgressLine("uploading")
-    async with BlobClient(committee, writer_key=key) as client:
+    if args.timeout <= 0:
+        raise UserError("--timeout must be positive")
+    async with BlobClient(committee, writer_key=key,
+                          settings=ClientSettings(store_deadline=args.timeout)) as client:
         try:
             stored = await client.store(data, on_progress=progress)
         except StoreError as error:

@@ -19,12 +19,12 @@ import httpx
 import trio
 
 from ..committee import Committee
-from ..redstuff import BlobId, BlobMetadata, encode
+from ..redstuff import BlobId, BlobMetadata
 from .budget import ByteBudget
 from .certificate import Certificate
 from .health import HealthBook
 from .read import BlobReader, ReadReport
-from .store import Delivery, StoreError, StoreProgress
+from .store import Delivery, StoreError, StoreProgress, encode_for_upload
 from .transport import NodeConnection, connections
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,13 @@ class BlobClient:
         # The encoder holds the blob plus ~2.5x in parity until every node is served.
         taken = await self._budget.acquire(int(len(data) * 3.5) + (1 << 20))
         try:
-            encoded = await trio.to_thread.run_sync(encode, data, self.committee.n_shards)
+            encoded, pairs = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
         except BaseException:
             self._budget.release(taken)
             raise
         progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
                                  quorum=self.committee.geometry.quorum)
-        delivery = Delivery(self.committee, encoded, self.connections, progress)
+        delivery = Delivery(self.committee, encoded, pairs, self.connections, progress)
         self._nursery.start_soon(delivery.run, self.settings.store_deadline
                                  + self.settings.background_deadline, lambda: self._budget.release(taken))
         with trio.move_on_after(self.settings.store_deadline):

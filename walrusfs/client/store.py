@@ -15,7 +15,7 @@ import trio
 
 from ..committee import Committee
 from ..protocol import Confirmation, is_certified, verify_certificate
-from ..redstuff import BlobId, EncodedBlob, SliverKind
+from ..redstuff import BlobId, EncodedBlob, Sliver, SliverKind, encode
 from .certificate import Certificate
 from .transport import NodeConnection, NodeError
 
@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 3.0
+
+
+def encode_for_upload(data: bytes | memoryview, n_shards: int) -> tuple[EncodedBlob, dict[int, tuple[Sliver, Sliver]]]:
+    """Encode and build every sliver pair up front (in a worker thread): gathering the secondary
+    slivers is copying, and copying is work the trio thread should not do."""
+    encoded = encode(data, n_shards)
+    return encoded, {pair: encoded.sliver_pair(pair) for pair in range(n_shards)}
 
 
 class StoreError(Exception):
@@ -47,6 +54,7 @@ class Delivery:
 
     committee: Committee
     encoded: EncodedBlob
+    pairs: dict[int, tuple[Sliver, Sliver]]  # pair index -> (primary, secondary), ready to send
     connections: dict[str, NodeConnection]
     progress: StoreProgress
     confirmations: dict[str, Confirmation] = field(default_factory=dict)
@@ -132,7 +140,7 @@ class Delivery:
                     sent: set[tuple[int, SliverKind]], errors: list[NodeError]) -> None:
         """Send one sliver; a failure goes to ``errors`` (raising it inside the nursery would reach
         the caller as an ExceptionGroup, past ``except NodeError``)."""
-        primary, secondary = self.encoded.sliver_pair(pair)
+        primary, secondary = self.pairs[pair]
         sliver = primary if kind is SliverKind.PRIMARY else secondary
         try:
             await connection.put_sliver(pair, sliver)

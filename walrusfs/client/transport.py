@@ -7,7 +7,7 @@ metadata) is the caller's business, because that is where it knows what to do ab
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import httpx
@@ -128,10 +128,20 @@ class NodeConnection:
 
     async def put_sliver(self, pair: int, sliver: Sliver) -> None:
         path = f"/v1/blobs/{sliver.blob_id}/slivers/{pair}/{sliver.kind.name.lower()}"
-        body = sliver.to_bytes()
-        await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}",
-                         lambda: self.http.put(self.base + path, content=body,
-                                               headers=self._auth("PUT", path)),
+        header = sliver.header()
+        symbols = memoryview(sliver.data).cast("B")  # type: ignore[arg-type]
+
+        async def body() -> AsyncIterator[bytes | memoryview]:
+            # Header and symbols go out as they are: no copy of a sliver that may be many MiB.
+            yield header
+            yield symbols
+
+        def send() -> Awaitable[httpx.Response]:
+            headers = self._auth("PUT", path)
+            headers["Content-Length"] = str(len(header) + symbols.nbytes)
+            return self.http.put(self.base + path, content=body(), headers=headers)
+
+        await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}", send,
                          lambda r: None, ok=(200, 201))
 
 

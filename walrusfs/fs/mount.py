@@ -6,6 +6,7 @@ and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the p
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
@@ -145,10 +146,24 @@ def _redirect_output(log_path: Path) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _return_freed_memory() -> None:
+    """Have glibc map every buffer of 1 MiB or more on its own, so freeing one gives it back to the
+    kernel: blobs come and go all the time, and the heap must not keep the high-water mark."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+    libc.mallopt(m_trim_threshold, 8 << 20)
+
+
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: object,
                 mountpoint: Path, options: MountOptions, ready_fd: int | None) -> None:
+    _return_freed_memory()
     db = Database(state.db_path)
-    client_settings = ClientSettings(memory_budget=max(4 * settings.blob_size * 4, 256 << 20),
+    # Two blobs in flight (one encoding, one uploading), each ~3.5x its size while encoded.
+    client_settings = ClientSettings(memory_budget=int(2.5 * 3.5 * settings.blob_size),
                                      store_deadline=30.0)
     async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
 
