@@ -41,6 +41,9 @@ class BlobCache:
     def contains(self, blob_id: str) -> bool:
         return blob_id in self.entries
 
+    def fetching(self, blob_id: str) -> bool:
+        return blob_id in self._inflight
+
     async def read(self, blob_id: str, offset: int, length: int) -> bytes:
         if blob_id not in self.entries:
             self.misses += 1

@@ -36,6 +36,8 @@ RENAME_EXCHANGE = 2
 CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
 _ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount"
 _TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
+_READAHEAD_EVERY = 4  # blocks between read-ahead checks of a file being read
+_READAHEAD_BLOBS = 2  # blobs fetched ahead at most per check
 
 
 def _now() -> int:
@@ -48,7 +50,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     def __init__(self, db: Database, blocks: BlockStore, uploader: Uploader, block_size: int,
                  staging_limit: int, status: Callable[[], dict] | None = None,
-                 dirty_limit: int = 64 << 20) -> None:
+                 dirty_limit: int = 64 << 20, readahead_bytes: int = 64 << 20) -> None:
         super().__init__()
         self.db = db
         self.blocks = blocks
@@ -63,6 +65,7 @@ class WalrusOperations(pyfuse3.Operations):
         self.lookup_count: dict[int, int] = defaultdict(int)
         self.locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
         self.nursery: trio.Nursery | None = None  # for readahead, set by the mount
+        self.readahead_blocks = max(readahead_bytes // block_size, 1)
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -382,6 +385,8 @@ class WalrusOperations(pyfuse3.Operations):
         block = self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
         if block is None:
             return b""
+        if blockno % _READAHEAD_EVERY == 0:
+            self._read_ahead(inode, blockno)
         try:
             return await self.blocks.content(block)
         except BlockCorruptError as error:
@@ -390,6 +395,27 @@ class WalrusOperations(pyfuse3.Operations):
         except Exception as error:
             log.error("inode %d block %d could not be read: %s", inode, blockno, error)
             raise FUSEError(errno.EIO) from error
+
+    def _read_ahead(self, inode: int, blockno: int) -> None:
+        """Start fetching the blobs that hold the next blocks of a file being read, so sequential
+        reads find them cached instead of waiting for the network blob by blob."""
+        if self.nursery is None:
+            return
+        cache = self.blocks.cache
+        rows = self.db.execute(
+            "SELECT DISTINCT blobs.blob_id FROM inode_blocks "
+            "JOIN blocks ON blocks.id = inode_blocks.block JOIN blobs ON blobs.id = blocks.blob "
+            "WHERE inode_blocks.inode=? AND inode_blocks.blockno > ? AND inode_blocks.blockno <= ?",
+            (inode, blockno, blockno + self.readahead_blocks)).fetchall()
+        for (blob_id,) in rows[:_READAHEAD_BLOBS]:
+            if not cache.contains(blob_id) and not cache.fetching(blob_id):
+                self.nursery.start_soon(self._prefetch, blob_id)
+
+    async def _prefetch(self, blob_id: str) -> None:
+        try:
+            await self.blocks.cache.ensure(blob_id)
+        except Exception as error:  # a read that needs it will fetch again and report
+            log.info("read-ahead of blob %s failed: %s", blob_id, error)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         inode = fh
