@@ -164,6 +164,23 @@ async def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(statuses, indent=2))
         return 0
+    print(f"blob {blob_id}")
+    print(f"{'node':<10} {'shard':>5} {'pair':>4}  {'metadata':<9} {'primary':<18} {'secondary':<18}")
+    complete = 0
     for node in committee.nodes:
-        print(f"{node.id:<12} {node.url:<28} {json.dumps(statuses.get(node.id))}")
+        status = statuses.get(node.id) or {}
+        if "error" in status:
+            print(f"{node.id:<10} {'-':>5} {'-':>4}  unreachable: {status['error']}")
+            continue
+        complete += bool(status.get("complete"))
+        metadata = (status.get("metadata") or {}).get("state", "missing")
+        for shard in status.get("shards", []):
+            cells = []
+            for kind in ("primary", "secondary"):
+                entry = shard.get(kind) or {}
+                state = entry.get("state", "ok") if entry.get("stored") else "missing"
+                cells.append(f"#{entry.get('index', '?')} {state}")
+            print(f"{node.id:<10} {shard['shard']:>5} {shard['pair']:>4}  {metadata:<9} {cells[0]:<18} {cells[1]:<18}")
+    print(f"{complete} of {len(committee.nodes)} nodes hold every sliver of their shards "
+          f"(a certificate needs nodes covering {committee.geometry.quorum} of {committee.n_shards} shards)")
     return 0

@@ -143,7 +143,9 @@ class Uploader:
             self.stats.bytes += len(data)
             self._backoff = 0.0
             log.debug("blob %s certified: %d blocks, %d bytes", blob_id, placed, len(data))
-        except (StoreError, OSError) as error:
+        except Exception as error:
+            if not isinstance(error, (StoreError, OSError)):
+                log.exception("unexpected failure uploading staged blocks")
             self.stats.failures += 1
             self.stats.last_error = str(error)
             self.stats.last_error_at = time.time()
