@@ -165,13 +165,46 @@ def test_recover_refuses_a_target_outside_the_committee():
         expansions[(SliverKind.PRIMARY, 0)].symbol_for(4)
 
 
-def test_a_symbol_claiming_a_source_index_outside_the_committee_is_invalid():
+def forged(symbol: RecoverySymbol, **changes) -> RecoverySymbol:
+    """A copy of ``symbol`` with ``changes`` applied past the constructor's checks, as a caller
+    could (object.__setattr__ on a frozen dataclass)."""
+    copy = dataclasses.replace(symbol)
+    for field, value in changes.items():
+        object.__setattr__(copy, field, value)
+    return copy
+
+
+@pytest.mark.parametrize("changes", [
+    {"source_index": -1}, {"source_index": 7}, {"source_index": 1 << 16}, {"source_index": True},
+    {"target_index": -1}, {"target_index": 7}, {"source_index": 2.0}, {"n_shards": 3},
+])
+def test_a_recovery_symbol_claiming_an_index_outside_the_committee_cannot_be_built(changes):
+    _, expansions = blob_and_expansions(7, 3000)
+    genuine = symbols_for(expansions, 7, SliverKind.PRIMARY, 2, range(7))
+    with pytest.raises(FormatError):
+        dataclasses.replace(genuine[6], **changes)
+
+
+def test_a_sliver_with_an_index_outside_the_committee_cannot_be_built():
+    encoded, _ = blob_and_expansions(7, 3000)
+    sliver = encoded.primary_sliver(6)
+    for index in (-1, 7, True, 6.0):
+        with pytest.raises(FormatError):
+            dataclasses.replace(sliver, index=index)
+
+
+@pytest.mark.parametrize("changes", [{"source_index": -1}, {"source_index": 7}, {"target_index": -5},
+                                     {"source_index": True}])
+def test_a_symbol_claiming_a_source_index_outside_the_committee_is_invalid(changes):
     """is_valid_for is the gate for symbols however they were built; source -1 must not alias source
     n-1 through Python's negative indexing (and then count as a second, duplicate source)."""
     encoded, expansions = blob_and_expansions(7, 3000)
     genuine = symbols_for(expansions, 7, SliverKind.PRIMARY, 2, range(7))
-    aliased = dataclasses.replace(genuine[6], source_index=-1)
+    aliased = forged(genuine[6], **changes)
     assert not aliased.is_valid_for(encoded.metadata)
     # Enough genuine symbols follow it, so recovery must skip it and succeed.
-    recovered = recover_sliver(encoded.metadata, SliverKind.PRIMARY, 2, [aliased, genuine[6], *genuine[:5]])
+    recovered = recover_sliver(encoded.metadata, SliverKind.PRIMARY, 2, [aliased, genuine[6], *genuine[:4]])
     assert bytes(recovered.data) == bytes(encoded.primary_sliver(2).data)
+    # And it never counts as one of the sources: one genuine symbol short is not enough.
+    with pytest.raises(NotEnoughSliversError):
+        recover_sliver(encoded.metadata, SliverKind.PRIMARY, 2, [aliased, genuine[6], *genuine[:3]])

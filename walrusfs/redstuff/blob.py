@@ -17,6 +17,8 @@ from .wire import FormatError, check_header, unpack
 ENCODING_REDSTUFF_GF256_V1 = 1
 BLOB_ID_VERSION = 1
 BLOB_ID_SIZE = 32
+# The text form's alphabet, spelled out: str.isalnum would also accept non-ASCII letters and digits.
+_BASE64URL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True, order=True)
@@ -38,7 +40,7 @@ class BlobId:
     @classmethod
     def parse(cls, text: str) -> BlobId:
         """Inverse of str(): 43 characters of unpadded URL-safe base64."""
-        if len(text) != 43 or not all(c.isalnum() or c in "-_" for c in text):
+        if len(text) != 43 or not _BASE64URL_CHARS.issuperset(text):
             raise FormatError(f"not a blob ID: {text[:60]!r} (expected 43 base64url characters)")
         raw = base64.urlsafe_b64decode(text + "=")
         blob_id = cls(raw)

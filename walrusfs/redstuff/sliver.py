@@ -52,6 +52,27 @@ def symbol_bytes(line: np.ndarray, index: int) -> bytes:
     return line[:, index, :].tobytes()
 
 
+def in_committee(n_shards: int, index: object) -> bool:
+    """Whether ``index`` is a sliver index in [0, n_shards): an integer (not a bool), never negative,
+    so it can never alias another sliver through Python's negative indexing."""
+    return (isinstance(index, int | np.integer) and not isinstance(index, bool)
+            and 0 <= index < n_shards)
+
+
+def _check_index(n_shards: int, index: object, what: str) -> None:
+    if not in_committee(n_shards, index):
+        raise FormatError(f"{what}: index {index!r} outside [0, {n_shards})")
+
+
+def _check_geometry(n_shards: object, what: str) -> EncodingGeometry:
+    if not isinstance(n_shards, int | np.integer) or isinstance(n_shards, bool):
+        raise FormatError(f"{what}: n_shards {n_shards!r} is not an integer")
+    try:
+        return EncodingGeometry(int(n_shards))
+    except GeometryError as error:
+        raise FormatError(f"{what}: {error}") from error
+
+
 def _check_symbol_size(symbol_size: int, what: str) -> None:
     if symbol_size <= 0 or symbol_size % SYMBOL_ALIGNMENT:
         raise FormatError(f"{what}: symbol size {symbol_size} is not a positive multiple of 64")
@@ -79,11 +100,11 @@ class Sliver:
     data: object  # bytes-like, symbol_count * symbol_size bytes
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, SliverKind):
+            raise FormatError(f"sliver: kind {self.kind!r} is not a SliverKind")
         what = f"{self.kind.name.lower()} sliver {self.index}"
-        try:
-            self.geometry.check_index(self.index)
-        except GeometryError as error:
-            raise FormatError(f"{what}: {error}") from error
+        _check_geometry(self.n_shards, what)
+        _check_index(self.n_shards, self.index, what)
         _check_symbol_size(self.symbol_size, what)
         expected = symbol_count(self.geometry, self.kind) * self.symbol_size
         if self.nbytes != expected:
@@ -164,6 +185,15 @@ class RecoverySymbol:
     data: bytes
     proof: tuple[bytes, ...]
 
+    def __post_init__(self) -> None:
+        # Only what could make the symbol claim another cell: the data and proof are checked
+        # against the metadata by is_valid_for.
+        if not isinstance(self.target_kind, SliverKind):
+            raise FormatError(f"recovery symbol: target kind {self.target_kind!r} is not a SliverKind")
+        _check_geometry(self.n_shards, "recovery symbol")
+        _check_index(self.n_shards, self.source_index, "recovery symbol source")
+        _check_index(self.n_shards, self.target_index, "recovery symbol target")
+
     def to_bytes(self) -> bytes:
         head = _SYMBOL_HEAD.pack(
             SYMBOL_MAGIC, 1, self.target_kind, self.n_shards, self.source_index,
@@ -194,8 +224,12 @@ class RecoverySymbol:
 
     def is_valid_for(self, metadata: BlobMetadata) -> bool:
         """Whether the symbol is the cell it claims to be of the blob ``metadata`` commits to."""
+        # The indices are checked again: __post_init__ can be bypassed (object.__setattr__ on a
+        # frozen instance), and a negative source would silently select another sliver's root.
         if (self.n_shards != metadata.n_shards or len(self.data) != metadata.layout.symbol_size
-                or self.blob_id != metadata.blob_id):
+                or self.blob_id != metadata.blob_id or not isinstance(self.target_kind, SliverKind)
+                or not in_committee(self.n_shards, self.source_index)
+                or not in_committee(self.n_shards, self.target_index)):
             return False
         roots = metadata.secondary_roots if self.target_kind is SliverKind.PRIMARY else metadata.primary_roots
         return merkle.verify(roots[self.source_index], self.n_shards, self.target_index,
