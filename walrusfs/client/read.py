@@ -112,7 +112,7 @@ class BlobReader:
                 except ReadError as error:
                     log.info("range read of %s fell back to a whole-blob read: %s", blob_id, error)
         blob = await self.read_whole(metadata, report)
-        return bytes(blob[offset:end])
+        return blob if (offset, end) == (0, size) else bytes(blob[offset:end])
 
     async def read_whole(self, metadata: BlobMetadata, report: ReadReport) -> memoryview:
         geometry = metadata.geometry

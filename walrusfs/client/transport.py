@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import httpx
+from httpcore._async.http11 import AsyncHTTP11Connection
 
 from ..committee import Committee, NodeInfo
 from ..protocol import Confirmation, sign_request
@@ -18,6 +19,10 @@ from ..redstuff import BlobId, BlobMetadata, FormatError, RecoverySymbol, Sliver
 from .health import HealthBook
 
 T = TypeVar("T")
+
+# httpcore reads responses 64 KiB at a time; slivers are MiB-sized, and every read is a trip
+# through h11 and the event loop. 1 MiB reads cut that cost per sliver by 16.
+AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 
 class NodeError(Exception):
