@@ -3,9 +3,10 @@
 The field is GF(2)[x] / (x^8 + x^4 + x^3 + x^2 + 1) (0x11D, generator 2), the same field reedsolo
 uses by default, so tests can cross-check every product against it.
 
-Data never passes through these tables: the coder works bit-sliced (see ``xorcode``). Each field
-element is turned into an 8x8 matrix over GF(2) once, and multiplying a symbol by it becomes XORs of
-whole packets.
+Data mostly never passes through these tables: the coder works bit-sliced (see ``xorcode``). Each
+field element is turned into an 8x8 matrix over GF(2) once, and multiplying a symbol by it becomes
+XORs of whole packets. Only where those XOR programs would be dominated by per-call overhead (large n,
+small symbols) does ``tablecode`` multiply data through ``MUL_TABLE``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def _build_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 EXP, LOG = _build_tables()
+
+
+def _build_mul_table() -> np.ndarray:
+    a = np.arange(FIELD_SIZE)
+    table = EXP[LOG[a][:, None] + LOG[a][None, :]].astype(np.uint8)
+    table[0, :] = 0
+    table[:, 0] = 0
+    table.setflags(write=False)
+    return table
+
+
+# MUL_TABLE[a, b] = a * b: the table engine (``tablecode``) multiplies data by gathering from it.
+MUL_TABLE = _build_mul_table()
 
 
 def mul(a: int, b: int) -> int:
@@ -120,6 +134,11 @@ _BIT_MATRICES = np.stack([bit_matrix(e) for e in range(FIELD_SIZE)])
 _ONES = _BIT_MATRICES.reshape(FIELD_SIZE, -1).sum(axis=1)
 
 
+def bit_ones(matrix: np.ndarray) -> int:
+    """Ones in ``expand_to_bits(matrix)``: about the XORs a bit-sliced program for it needs."""
+    return int(_ONES[np.asarray(matrix, dtype=np.intp)].sum())
+
+
 @cache
 def cauchy_parity_matrix(data_count: int, parity_count: int) -> np.ndarray:
     """An (parity_count, data_count) matrix whose every square submatrix is invertible.
@@ -143,7 +162,9 @@ def cauchy_parity_matrix(data_count: int, parity_count: int) -> np.ndarray:
         scale = inv(int(matrix[0, j]))
         matrix[:, j] = mul_vec(scale, matrix[:, j])
     for i in range(1, parity_count):
-        best = min(range(1, FIELD_SIZE), key=lambda s: int(_ONES[mul_vec(s, matrix[i])].sum()))
+        # Ones of s * row for every scalar s in [1, 256); the first (smallest) s with the fewest.
+        ones = _ONES[MUL_TABLE[1:, matrix[i]]].sum(axis=1)
+        best = 1 + int(np.argmin(ones))
         matrix[i] = mul_vec(best, matrix[i])
     matrix.setflags(write=False)
     return matrix

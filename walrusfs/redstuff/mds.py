@@ -2,7 +2,8 @@
 
 Generator G = [I; C] with C a Cauchy matrix (every square submatrix invertible), so the first k
 symbols are the source itself and every k-subset of rows of G is invertible. Symbols are uint64
-arrays of shape (..., 8, P), as ``xorcode`` expects.
+arrays of shape (..., 8, P); ``product.MatrixProduct`` picks the engine (bit-sliced XORs or table
+lookups) for each call and builds it on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import gf256, xorcode
+from . import gf256
+from .product import MatrixProduct
 
 
 class SystematicCode:
@@ -24,11 +26,11 @@ class SystematicCode:
         parity = gf256.cauchy_parity_matrix(source_count, total_count - source_count)
         self.generator = np.concatenate([np.eye(source_count, dtype=np.int32), parity])
         self.generator.setflags(write=False)
-        self._parity_program = xorcode.compile_matrix(parity)
+        self.parity = MatrixProduct(parity)
 
     def encode(self, source: Sequence[np.ndarray], parity_out: Sequence[np.ndarray]) -> None:
         """Write the n-k parity symbols of ``source`` (k symbols) into ``parity_out``."""
-        self._parity_program.run(source, parity_out)
+        self.parity.run(source, parity_out)
 
     def reconstruct(
         self,
@@ -44,17 +46,15 @@ class SystematicCode:
         if len(known) < self.k:
             raise ValueError(f"need {self.k} symbols to decode, have {len(known)}")
         chosen = tuple(sorted(known, key=lambda i: (i >= self.k, i))[: self.k])
-        program = self._reconstruct_program(chosen, tuple(targets))
-        program.run([known[i] for i in chosen], out)
+        product = self._reconstruct_product(chosen, tuple(targets))
+        product.run([known[i] for i in chosen], out)
 
     @lru_cache(maxsize=256)  # noqa: B019 - codes are few and live for the process
-    def _reconstruct_program(
-        self, chosen: tuple[int, ...], targets: tuple[int, ...]
-    ) -> xorcode.XorProgram:
+    def _reconstruct_product(self, chosen: tuple[int, ...], targets: tuple[int, ...]) -> MatrixProduct:
         inverse = gf256.mat_inv(self.generator[list(chosen)])
         matrix = gf256.mat_mul(self.generator[list(targets)], inverse)
         # Decoding matrices vary with the loss pattern; only small ones repay pair elimination.
-        return xorcode.compile_matrix(matrix, eliminate_common_pairs=self.k <= 32)
+        return MatrixProduct(matrix, eliminate_common_pairs=self.k <= 32)
 
 
 @lru_cache(maxsize=64)
