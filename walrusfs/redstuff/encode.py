@@ -11,6 +11,7 @@ primary parity rows ((n-n_p)/n_p of the blob), the secondary parity columns of t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ from .blob import BlobId, BlobMetadata
 from .geometry import BlobLayout, EncodingGeometry
 from .mds import SystematicCode, code
 from .sliver import Sliver, SliverKind, as_line
+
+# One worker: encode itself runs in a worker thread of the caller (trio.to_thread), and a second
+# core is all this machine class has to lend it.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redstuff-hash")
 
 
 def column_code(geometry: EncodingGeometry) -> SystematicCode:
@@ -116,6 +121,9 @@ def encode(blob: bytes | bytearray | memoryview | np.ndarray, n_shards: int) -> 
     n, n_p, n_s, s = n_shards, geometry.n_primary, geometry.n_secondary, layout.symbol_size
     rows = source_rows(source, layout)
     lines = [as_line(row, s) for row in rows]  # each (8, n_s, P)
+    # Hashing (blake3) and XORs (numpy) both release the GIL: the rows are hashed on a second core
+    # while the parity is computed.
+    hashing = _HASHER.submit(lambda: [merkle.line_leaf_digests(line) for line in lines])
 
     # Primary parity rows: every column extended at once (a whole row is one wide symbol).
     primary_parity = np.empty((n - n_p, layout.row_length), dtype=np.uint8)
@@ -124,6 +132,7 @@ def encode(blob: bytes | bytearray | memoryview | np.ndarray, n_shards: int) -> 
         [as_line(r, s).reshape(8, -1) for r in primary_parity],
     )
     rows += list(primary_parity)
+    hashing_parity = _HASHER.submit(lambda: [merkle.line_leaf_digests(as_line(r, s)) for r in primary_parity])
 
     # Secondary parity columns of the source rows; each column is one secondary sliver.
     secondary_parity = np.empty((n - n_s, layout.secondary_sliver_size), dtype=np.uint8)
@@ -134,9 +143,10 @@ def encode(blob: bytes | bytearray | memoryview | np.ndarray, n_shards: int) -> 
 
     # Leaves of the full n x n matrix: rows 0..n-1 over columns < n_s from the rows; columns >= n_s
     # from each secondary parity column extended to n (the lower-right quadrant, never stored).
-    leaves = [merkle.line_leaf_digests(as_line(row, s)) for row in rows]
-    for column in parity_columns:
-        for i, digest in enumerate(merkle.line_leaf_digests(expand(geometry, SliverKind.SECONDARY, column))):
+    columns = [merkle.line_leaf_digests(expand(geometry, SliverKind.SECONDARY, c)) for c in parity_columns]
+    leaves = hashing.result() + hashing_parity.result()
+    for column in columns:
+        for i, digest in enumerate(column):
             leaves[i].append(digest)
 
     primary_roots = tuple(merkle.root(leaves[i]) for i in range(n))
