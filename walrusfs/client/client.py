@@ -95,8 +95,9 @@ class BlobClient:
                     on_progress: Callable[[StoreProgress], None] | None = None) -> StoredBlob:
         """Encode and store ``data``; returns only with a verified availability certificate."""
         assert self._nursery is not None, "use BlobClient inside 'async with'"
-        # The encoder holds the blob plus ~2.5x in parity until every node is served.
-        taken = await self._budget.acquire(int(len(data) * 3.5) + (1 << 20))
+        # Until every node is served the blob is held with all its slivers (its encoded length).
+        layout = self.committee.geometry.layout(len(data))
+        taken = await self._budget.acquire(len(data) + layout.encoded_length)
         try:
             encoded, pairs = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
         except BaseException:

@@ -162,9 +162,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 mountpoint: Path, options: MountOptions, ready_fd: int | None) -> None:
     _return_freed_memory()
     db = Database(state.db_path)
-    # Two blobs in flight (one encoding, one uploading), each ~3.5x its size while encoded.
-    client_settings = ClientSettings(memory_budget=int(2.5 * 3.5 * settings.blob_size),
-                                     store_deadline=30.0)
+    # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
+    per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
+    client_settings = ClientSettings(memory_budget=2 * per_blob, store_deadline=30.0)
     async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
 
         async def fetch(blob_id: str) -> bytes:
