@@ -272,15 +272,28 @@ class Filesystem:
             return "(no mount.log)"
 
     def umount(self, mountpoint: Path, timeout: float = 180.0) -> subprocess.CompletedProcess:
-        """``walrusfs umount``: waits until everything is certified, then unmounts."""
+        """``walrusfs umount``: waits until everything is certified, then unmounts. On timeout the
+        FUSE connection is aborted first (a request stuck in the daemon would keep the killed
+        command from ever being reaped), then the command is killed."""
         mountpoint = mountpoint.resolve()
         pid = self.mounts.get(mountpoint) or self.daemon_pid(mountpoint)
-        result = run([WALRUSFS, "umount", str(mountpoint)], self.env, timeout=timeout)
+        args = [WALRUSFS, "umount", str(mountpoint)]
+        process = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            force_unmount(mountpoint)
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=30)
+            raise AssertionError(f"walrusfs umount did not finish within {timeout:.0f} s\n{self.log_tail()}") from None
+        if process.returncode != 0:
+            raise AssertionError(f"walrusfs umount exited {process.returncode}\nstderr: {stderr}")
         assert not is_mounted(mountpoint), f"{mountpoint} still mounted after walrusfs umount"
         if pid is not None:
             assert wait_gone(pid, 60), f"mount daemon {pid} still running after walrusfs umount"
         self.mounts.pop(mountpoint, None)
-        return result
+        return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
     def plain_umount(self, mountpoint: Path, wait: bool = True) -> None:
         """``fusermount3 -u``, as a user or the desktop would do it."""
@@ -356,25 +369,23 @@ def stop_pid(pid: int, timeout: float = 20.0) -> None:
 
 @contextlib.contextmanager
 def mounted(fs: Filesystem, mountpoint: Path, *extra: str):
-    """A mount for the duration of a with block; unmounted (forcibly if need be) afterwards."""
+    """A mount for the duration of a with block: unmounted with ``walrusfs umount`` when the block
+    ends normally, forcibly (abort, daemon stopped by pid) when it raises."""
     fs.mount(mountpoint, *extra)
     try:
         yield mountpoint.resolve()
-    finally:
+    except BaseException:
+        fs.cleanup()
+        raise
+    try:
         if is_mounted(mountpoint.resolve()):
-            try:
-                fs.umount(mountpoint, timeout=120)
-            finally:
-                fs.cleanup()
-        else:
-            fs.cleanup()
-
-
-# --- tree comparison ---------------------------------------------------------------------------------
+            fs.umount(mountpoint, timeout=120)
+    finally:
+        fs.cleanup()
 
 
 def tree_snapshot(root: Path, content: bool = True) -> dict[str, tuple]:
-    """path -> (kind, size, content hash or link target) for everything under ``root``."""
+    """path -> (kind, size, content hash) or (link, target) for everything under ``root``."""
     import hashlib
 
     out: dict[str, tuple] = {}
@@ -382,13 +393,11 @@ def tree_snapshot(root: Path, content: bool = True) -> dict[str, tuple]:
         for name in dirs + files:
             path = Path(directory, name)
             rel = str(path.relative_to(root))
-            st = path.lstat()
             if os.path.islink(path):
                 out[rel] = ("link", os.readlink(path))
             elif path.is_dir():
                 out[rel] = ("dir",)
             else:
                 digest = hashlib.blake2b(path.read_bytes()).hexdigest() if content else None
-                out[rel] = ("file", st.st_size, digest)
+                out[rel] = ("file", path.lstat().st_size, digest)
     return out
-

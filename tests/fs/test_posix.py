@@ -469,6 +469,44 @@ def test_xattr_value_too_large_for_buffer_is_erange(mnt: Path) -> None:
     assert _libc.getxattr(os.fsencode(mnt / "f"), b"user.v", None, 0) == 10
 
 
+def test_posix_acls_are_enforced_or_refused(mnt: Path) -> None:
+    """An ACL the filesystem accepts must be enforced: an ACL entry denying uid 65534 must keep that
+    user out even though "other" may read. A filesystem that cannot enforce ACLs must refuse them
+    (EOPNOTSUPP), as tar --acls and rsync -A then report, instead of silently storing them."""
+    import struct
+
+    write_file(mnt / "secret", b"secret")
+    os.chmod(mnt / "secret", 0o644)
+    os.chmod(mnt, 0o755)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in [
+        (0x01, 6, 0xFFFFFFFF),  # user::rw-
+        (0x02, 0, 65534),       # user:nobody:---
+        (0x04, 4, 0xFFFFFFFF),  # group::r--
+        (0x10, 4, 0xFFFFFFFF),  # mask::r--
+        (0x20, 4, 0xFFFFFFFF),  # other::r--
+    ])
+    try:
+        os.setxattr(mnt / "secret", "system.posix_acl_access", acl)
+    except OSError as error:
+        assert error.errno == errno.EOPNOTSUPP
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody and try to read
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with open(mnt / "secret", "rb"):
+                os._exit(1)  # read allowed: the ACL is not enforced
+        except PermissionError:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 0, (
+        "the ACL was accepted (setxattr system.posix_acl_access succeeded) but not enforced: "
+        "uid 65534 can read a file its ACL entry denies")
+
+
 def test_statfs(mnt: Path) -> None:
     st = os.statvfs(mnt)
     assert st.f_bsize > 0 and st.f_frsize > 0
