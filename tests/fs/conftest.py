@@ -1,8 +1,9 @@
 """Fixtures for the mount tests: a real 7-node network on 127.0.0.1 and real FUSE mounts of walrusfs.
 
-``shared_network`` lives for a test module, ``local_network`` for one test (for tests that stop
-nodes). ``make_fs`` creates filesystems whose state lives under the test's tmp dir (WALRUSFS_HOME),
-and at teardown unmounts whatever is still mounted and stops each mount daemon by its pid.
+The networks are tests/conftest.py's ``shared_network`` (one per module) and ``local_network`` (one
+per test, for tests that stop nodes). ``make_fs`` creates filesystems whose state lives under the
+test's tmp dir (WALRUSFS_HOME), and at teardown unmounts whatever is still mounted and stops each
+mount daemon by its pid.
 ``mnt`` is a mounted filesystem on the module's network, with an empty working directory per test.
 """
 
@@ -14,30 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fs_harness import Filesystem, Network, mounted
+from fs_harness import Filesystem, mounted
+from network import LocalNetwork
 
 if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
     pytest.skip("the mount tests need /dev/fuse and fusermount3", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def shared_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    network = Network.create(tmp_path_factory.mktemp("network"))
-    network.start()
-    try:
-        yield network
-    finally:
-        network.stop()
-
-
-@pytest.fixture
-def local_network(tmp_path: Path) -> Iterator[Network]:
-    network = Network.create(tmp_path / "network")
-    network.start()
-    try:
-        yield network
-    finally:
-        network.stop()
 
 
 MakeFs = Callable[..., Filesystem]
@@ -46,7 +28,7 @@ MakeFs = Callable[..., Filesystem]
 def _fs_factory(home: Path) -> tuple[MakeFs, list[Filesystem]]:
     made: list[Filesystem] = []
 
-    def make(network: Network, name: str = "testfs", mkfs: bool = True, **kwargs: object) -> Filesystem:
+    def make(network: LocalNetwork, name: str = "testfs", mkfs: bool = True, **kwargs: object) -> Filesystem:
         fs = Filesystem(name, home, network, **kwargs)  # type: ignore[arg-type]
         if mkfs:
             fs.mkfs()
@@ -71,7 +53,7 @@ def make_fs(tmp_path: Path) -> Iterator[MakeFs]:
 
 
 @pytest.fixture(scope="module")
-def module_fs(shared_network: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filesystem]:
+def module_fs(shared_network: LocalNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filesystem]:
     make, made = _fs_factory(tmp_path_factory.mktemp("home"))
     try:
         yield make(shared_network)

@@ -1,7 +1,6 @@
-"""Real storage networks and real FUSE mounts for the filesystem tests.
+"""Real FUSE mounts of walrusfs for the filesystem tests (the networks come from tests/support).
 
-Everything started here is stopped by the pid recorded when it started: node processes by the
-Popen handle, mount daemons by the pid in their status xattr or lock file. A mount that will not go
+Every mount daemon is stopped by the pid in its status xattr or lock file. A mount that will not go
 away is lazily unmounted and its FUSE connection aborted, so a failing test never leaves a hung
 mount point behind.
 
@@ -14,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,143 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from walrusfs.cluster import init_cluster
-from walrusfs.committee import Committee
+from network import LocalNetwork
 
 WALRUSFS = str(Path(sys.executable).with_name("walrusfs"))
-N_NODES = 7
-
-
-def free_base_port(count: int = N_NODES) -> int:
-    """A port p such that p .. p+count-1 are all free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no run of free ports found")
-
-
-@dataclass
-class NodeProc:
-    node_id: str
-    config: Path
-    url: str
-    log: Path
-    process: subprocess.Popen | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def spawn(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            cwd=self.config.parent)
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.node_id} exited with {self.process.returncode}:\n"
-                                     f"{self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.node_id} not healthy after {timeout} s")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def kill9(self) -> None:
-        if self.running:
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclass
-class Network:
-    """A committee of ``N_NODES`` node processes on 127.0.0.1 under ``root``."""
-
-    root: Path
-    nodes: list[NodeProc] = field(default_factory=list)
-
-    @property
-    def committee_path(self) -> Path:
-        return self.root / "committee.toml"
-
-    @property
-    def writer_key(self) -> Path:
-        return self.root / "writer.key"
-
-    @classmethod
-    def create(cls, root: Path, nodes: int = N_NODES) -> Network:
-        init_cluster(root, nodes=nodes, base_port=free_base_port(nodes))
-        committee = Committee.load(root / "committee.toml")
-        net = cls(root)
-        for info in committee.nodes:
-            directory = root / info.id
-            net.nodes.append(NodeProc(info.id, directory / "config.toml", info.url, directory / "node.log"))
-        return net
-
-    def start(self) -> None:
-        try:
-            for node in self.nodes:
-                if not node.running:
-                    node.spawn()
-            for node in self.nodes:
-                node.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            if node.running:
-                assert node.process is not None
-                node.process.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            node.stop()
-
-    def stop_nodes(self, indexes: list[int]) -> None:
-        for i in indexes:
-            self.nodes[i].stop()
-
-    def start_nodes(self, indexes: list[int]) -> None:
-        for i in indexes:
-            if not self.nodes[i].running:
-                self.nodes[i].spawn()
-        for i in indexes:
-            self.nodes[i].wait_healthy()
 
 
 # --- mounts ------------------------------------------------------------------------------------------
@@ -208,7 +72,7 @@ class Filesystem:
 
     name: str
     home: Path
-    network: Network
+    network: LocalNetwork
     blob_size_mib: int | None = None
     mounts: dict[Path, int] = field(default_factory=dict)  # mount point -> daemon pid
 
@@ -236,7 +100,7 @@ class Filesystem:
 
     def mkfs(self) -> None:
         args = [WALRUSFS, "mkfs", self.name, "--committee", str(self.network.committee_path),
-                "--writer-key", str(self.network.writer_key)]
+                "--writer-key", str(self.network.writer_key_path)]
         if self.blob_size_mib:
             args += ["--blob-size", str(self.blob_size_mib)]
         run(args, self.env)

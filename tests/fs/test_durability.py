@@ -69,7 +69,7 @@ def test_fsync_without_quorum_is_eio_then_succeeds_when_nodes_return(local_netwo
         data = distinct(4 * MiB + 77, 2)
         fd = os.open(mp / "f", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            local_network.stop_nodes(down)
+            local_network.stop(*down)
             try:
                 os.write(fd, data)
                 inode = os.fstat(fd).st_ino
@@ -94,7 +94,7 @@ def test_fsync_without_quorum_is_eio_then_succeeds_when_nodes_return(local_netwo
                 assert error.value.errno == errno.EIO
                 assert time.monotonic() - started < 45
             finally:
-                local_network.start_nodes(down)
+                local_network.start(*down)
             deadline = time.monotonic() + 90
             while status(mp)["staged_bytes"] and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -142,8 +142,7 @@ def test_two_nodes_down_during_a_copy_changes_nothing(local_network, make_fs, tm
         worker = threading.Thread(target=copy)
         worker.start()
         copied.wait(60)
-        local_network.nodes[2].kill9()
-        local_network.nodes[6].kill9()
+        local_network.kill9(2, 6)
         worker.join(60)
         assert not worker.is_alive(), "the copy (and its final fsync) did not finish within 60 s"
 
@@ -153,4 +152,4 @@ def test_two_nodes_down_during_a_copy_changes_nothing(local_network, make_fs, tm
         fs.clear_cache()
         fs.mount(mp)
         assert tree_snapshot(mp) == tree_snapshot(source)
-        local_network.start_nodes([2, 6])
+        local_network.start(2, 6)

@@ -164,7 +164,7 @@ def test_mount_errors_reach_the_caller(shared_network, make_fs, tmp_path: Path) 
     assert result.returncode != 0
     assert "unknown mount option" in result.stderr
     result = run([WALRUSFS, "mkfs", fs.name, "--committee", str(fs.network.committee_path),
-                  "--writer-key", str(fs.network.writer_key)], fs.env, check=False)
+                  "--writer-key", str(fs.network.writer_key_path)], fs.env, check=False)
     assert result.returncode != 0
     assert "already holds a filesystem" in result.stderr
     assert not is_mounted((tmp_path / "mnt").resolve())
