@@ -20,6 +20,14 @@ class ByteBudget:
         self.used += amount
         return amount
 
+    def try_acquire(self, amount: int) -> int | None:
+        """Take ``amount`` if it fits now; None if it does not."""
+        amount = min(amount, self.capacity)
+        if self.used + amount > self.capacity:
+            return None
+        self.used += amount
+        return amount
+
     def release(self, taken: int) -> None:
         self.used -= taken
         self._waiters.unpark_all()

@@ -43,6 +43,8 @@ class ClientSettings:
     store_deadline: float = 60.0  # seconds to reach a certificate
     background_deadline: float = 300.0  # seconds slow nodes keep being served after that
     memory_budget: int = 1 << 30  # bytes of encoded blobs in flight (store waits beyond it)
+    background_budget: int = 0  # bytes kept for slow nodes after certification (0: = memory_budget)
+    exit_grace: float = 10.0  # seconds background deliveries may go on when the client closes
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
     max_connections: int = 64
@@ -56,6 +58,7 @@ class BlobClient:
         self.settings = settings or ClientSettings()
         self.health = HealthBook()
         self._budget = ByteBudget(self.settings.memory_budget)
+        self._background = ByteBudget(self.settings.background_budget or self.settings.memory_budget)
         self._http: httpx.AsyncClient | None = None
         self._nursery: trio.Nursery | None = None
         self._nursery_manager = None
@@ -74,13 +77,15 @@ class BlobClient:
         return self
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        """Wait for background deliveries, unless leaving on an error: then stop them (the blobs
-        already returned are certified) and let the caller's exception through as it is, not
-        wrapped in a nursery's ExceptionGroup."""
+        """Wait for background deliveries (at most ``exit_grace`` seconds), unless leaving on an
+        error: then stop them at once (the blobs already returned are certified) and let the
+        caller's exception through as it is, not wrapped in a nursery's ExceptionGroup."""
         assert self._nursery_manager is not None and self._nursery is not None and self._http is not None
         try:
             if exc is not None:
                 self._nursery.cancel_scope.cancel()
+            else:  # every returned blob is certified: slow nodes get a last chance, then repair
+                self._nursery.cancel_scope.deadline = trio.current_time() + self.settings.exit_grace
             await self._nursery_manager.__aexit__(None, None, None)
         finally:
             with trio.CancelScope(shield=True):
@@ -97,29 +102,49 @@ class BlobClient:
         assert self._nursery is not None, "use BlobClient inside 'async with'"
         # Until every node is served the blob is held with all its slivers (its encoded length).
         layout = self.committee.geometry.layout(len(data))
-        taken = await self._budget.acquire(len(data) + layout.encoded_length)
-        try:
-            encoded, pairs = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
-        except BaseException:
-            self._budget.release(taken)
-            raise
-        progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
-                                 quorum=self.committee.geometry.quorum)
-        delivery = Delivery(self.committee, encoded, pairs, self.connections, progress)
-        self._nursery.start_soon(delivery.run, self.settings.store_deadline
-                                 + self.settings.background_deadline, lambda: self._budget.release(taken))
+        need = len(data) + layout.encoded_length
+        delivery: Delivery | None = None
         with trio.move_on_after(self.settings.store_deadline):
+            taken = await self._budget.acquire(need)
+            holder = [self._budget]  # which budget the delivery holds its memory in
+
+            def release() -> None:
+                holder[0].release(taken)
+
+            try:
+                encoded, pairs = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
+            except BaseException:
+                release()
+                raise
+            progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
+                                     quorum=self.committee.geometry.quorum)
+            delivery = Delivery(self.committee, encoded, pairs, self.connections, progress)
+            self._nursery.start_soon(delivery.run, self.settings.store_deadline
+                                     + self.settings.background_deadline, release)
             while not delivery.settled.is_set():
                 with trio.move_on_after(0.2):
                     await delivery.settled.wait()
                 if on_progress:
                     on_progress(progress)
+        if delivery is None:
+            raise StoreError(f"no memory for another blob within {self.settings.store_deadline:.0f} s: "
+                             f"{self._budget.used} bytes of earlier blobs are still being delivered", {})
         if on_progress:
             on_progress(progress)
         if delivery.certified():
             certificate = delivery.certificate()
             certificate.verify(self.committee)
+            # Slow nodes keep being served from the background budget; if it is full they are
+            # left to repair, so that memory held for them never blocks the next store.
+            if not delivery.finished.is_set():
+                moved = self._background.try_acquire(taken)
+                if moved is None:
+                    delivery.scope.cancel()
+                else:
+                    self._budget.release(taken)
+                    holder[0] = self._background
             return StoredBlob(encoded.blob_id, encoded.metadata, certificate)
+        delivery.scope.cancel()  # the caller retries the whole store; this attempt is over
         failures = dict(delivery.failures)
         for node_id in delivery.pending:
             failures.setdefault(node_id, "no confirmation yet")

@@ -62,6 +62,7 @@ class Delivery:
     pending: set[str] = field(default_factory=set)
     settled: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def blob_id(self) -> BlobId:
@@ -77,17 +78,20 @@ class Delivery:
         return Certificate(self.blob_id, self.committee.epoch, tuple(self.confirmations.values()))
 
     async def run(self, deadline: float, on_done: Callable[[], None]) -> None:
-        """Deliver to every node until each is done or ``deadline`` (seconds) passes."""
+        """Deliver to every node until each is done, ``deadline`` (seconds) passes, or ``scope`` is
+        cancelled (a failed store, or no memory left to keep serving slow nodes)."""
         self.pending = {node.id for node in self.committee.nodes}
         try:
-            with trio.move_on_after(deadline):
+            self.scope.deadline = trio.current_time() + deadline
+            with self.scope:
                 async with trio.open_nursery() as nursery:
                     for node in self.committee.nodes:
                         nursery.start_soon(self._deliver, node.id)
             for node_id in self.pending:
                 self.failures.setdefault(node_id, f"no confirmation within {deadline:.0f} s")
-                log.warning("blob %s: node %s not served within %.0f s; repair will heal it",
-                            self.blob_id, node_id, deadline)
+                log.warning("blob %s: node %s not served (%s); repair will heal it",
+                            self.blob_id, node_id, "stopped" if self.scope.cancel_called
+                            else f"not within {deadline:.0f} s")
         finally:
             self.settled.set()
             self.finished.set()

@@ -19,7 +19,7 @@ class BlockCorruptError(OSError):
 
 
 class BlockStore:
-    def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 64 << 20) -> None:
+    def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 16 << 20) -> None:
         self.db = db
         self.staging = staging
         self.cache = cache

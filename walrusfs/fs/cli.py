@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--writer-key", type=Path,
                       help="the filesystem's write key (default: the bundled network's writer.key)")
     mkfs.add_argument("--block-size", type=int, default=1024, help="KiB (default 1024)")
-    mkfs.add_argument("--blob-size", type=int, default=32, help="target blob size, MiB (default 32)")
+    mkfs.add_argument("--blob-size", type=int, default=16, help="target blob size, MiB (default 16)")
     mkfs.add_argument("--cache-size", type=int, default=2048, help="read cache, MiB (default 2048)")
     mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
     mkfs.set_defaults(func=_mkfs)
@@ -110,6 +110,13 @@ def _umount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.resolve()
     status = read_status(mountpoint)
     pid = status["pid"]
+    if _mounted_read_only(mountpoint):
+        # Nothing can be written through it; the daemon still uploads what an earlier writable
+        # mount left staged before it exits, and keeps the rest for the next mount.
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+        _wait_gone(pid)
+        print(f"unmounted {mountpoint} (read-only)", file=sys.stderr)
+        return 0
     error: list[BaseException] = []
 
     async def flush_with_progress() -> None:
@@ -141,11 +148,23 @@ def _umount(args: argparse.Namespace) -> int:
                         f"error: {last}). It stays staged and keeps being retried; bring the nodes back "
                         "and run 'walrusfs umount' again (a plain umount keeps it staged for the next mount).")
     subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
-    deadline = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_gone(pid)
     print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)
     return 0
+
+
+def _mounted_read_only(mountpoint: Path) -> bool:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mountpoint) and fields[2].startswith("fuse"):
+            return "ro" in fields[3].split(",")
+    return False
+
+
+def _wait_gone(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:

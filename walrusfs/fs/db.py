@@ -19,7 +19,7 @@ class Database:
         # sync() makes everything committed durable (called by fsync and unmount).
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=OFF")
-        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+        self.conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache
         self._depth = 0
         self._after_commit: list = []
 

@@ -164,7 +164,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     db = Database(state.db_path)
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
-    client_settings = ClientSettings(memory_budget=2 * per_blob, store_deadline=30.0)
+    client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
+                                     store_deadline=30.0)
     async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
 
         async def fetch(blob_id: str) -> bytes:
@@ -189,6 +190,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
                                       settings.staging_limit, status)
+        purged = operations.purge_orphans()
+        if purged:
+            log.info("removed %d inodes that no directory names any more (left by a crash)", purged)
         fuse_options = set(pyfuse3.default_options)
         fuse_options |= {f"fsname=walrusfs:{settings.fs_id[:16]}", "subtype=walrusfs"}
         if options.allow_other:

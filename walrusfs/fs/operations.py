@@ -50,7 +50,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     def __init__(self, db: Database, blocks: BlockStore, uploader: Uploader, block_size: int,
                  staging_limit: int, status: Callable[[], dict] | None = None,
-                 dirty_limit: int = 64 << 20, readahead_bytes: int = 64 << 20) -> None:
+                 dirty_limit: int = 32 << 20, readahead_bytes: int = 64 << 20) -> None:
         super().__init__()
         self.db = db
         self.blocks = blocks
@@ -294,6 +294,14 @@ class WalrusOperations(pyfuse3.Operations):
         if target is not None:
             self._maybe_purge(target)
 
+    def purge_orphans(self) -> int:
+        """At mount, before the kernel knows any inode: delete those no directory names (unlinked
+        while open, then a crash or unmount). Returns how many."""
+        orphans = [i for (i,) in self.db.execute("SELECT id FROM inodes WHERE refcount=0 AND id != ?", (ROOT,))]
+        for inode in orphans:
+            self._maybe_purge(inode)
+        return len(orphans)
+
     def _maybe_purge(self, inode: int) -> None:
         """Delete an inode and release its blocks once nothing refers to it any more."""
         if inode == ROOT or self.lookup_count.get(inode) or self.open_count.get(inode):
@@ -325,9 +333,9 @@ class WalrusOperations(pyfuse3.Operations):
             for offset, name, inode in ((1, b".", fh), (2, b"..", parent)):
                 if offset <= start_id:
                     continue
+                # The kernel takes no reference for "." and "..": no lookup count to add.
                 if not pyfuse3.readdir_reply(token, name, self._entry(self._row(inode)), offset):
                     return
-                self.lookup_count[inode] += 1
             start_id = 2
         start_id -= 2
         while True:
