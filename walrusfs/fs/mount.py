@@ -6,7 +6,6 @@ and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the p
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import os
@@ -24,6 +23,7 @@ from ..client import BlobClient, ClientSettings
 from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
+from ..malloc import set_thresholds
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
@@ -149,13 +149,7 @@ def _redirect_output(log_path: Path) -> None:
 def _return_freed_memory() -> None:
     """Have glibc map every buffer of 1 MiB or more on its own, so freeing one gives it back to the
     kernel: blobs come and go all the time, and the heap must not keep the high-water mark."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 20)
-    libc.mallopt(m_trim_threshold, 8 << 20)
+    set_thresholds(mmap_threshold=1 << 20, trim_threshold=8 << 20)
 
 
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: object,

@@ -1,0 +1,22 @@
+"""glibc malloc thresholds: how big a buffer gets its own mapping, and how much free heap is kept.
+
+Processes here allocate MiB-sized buffers all the time (slivers, blobs). Whether freed ones should
+be kept for reuse (fast, RSS stays at the high-water mark) or handed back (RSS follows use) depends
+on the process; each one sets its own policy once at start. Elsewhere than glibc: a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def set_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
