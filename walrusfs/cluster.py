@@ -188,6 +188,26 @@ def _health(node: ClusterNode, timeout: float = 1.0) -> dict | None:
         return None
 
 
+def wait_process_healthy(url: str, process: subprocess.Popen, name: str, log: Path,
+                         deadline: float) -> None:
+    """Wait until a node process we started answers /v1/health; RuntimeError (pointing at its log)
+    if it exits first or ``deadline`` (time.monotonic()) passes."""
+    import httpx
+
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {process.returncode}; see {log}:\n"
+                               f"{log.read_text(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} is not healthy after waiting; see {log}")
+        time.sleep(0.05)
+
+
 def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]:
     """Start every node not already running; wait until all answer /v1/health."""
     _, nodes = load_cluster(root)

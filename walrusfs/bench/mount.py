@@ -148,9 +148,7 @@ class Bench:
     # --- setup and teardown -------------------------------------------------------------------------
 
     def start_network(self) -> None:
-        import httpx
-
-        from ..cluster import init_cluster
+        from ..cluster import init_cluster, wait_process_healthy
 
         committee = init_cluster(self.root / "net", nodes=N_NODES, base_port=_free_base_port(N_NODES))
         for info in committee.nodes:
@@ -161,17 +159,7 @@ class Bench:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory))
         deadline = time.monotonic() + 60
         for info, process in zip(committee.nodes, self.nodes, strict=True):
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{info.id} exited at start (see {self.root / 'net' / info.id / 'node.log'})")
-                try:
-                    if httpx.get(f"{info.url}/v1/health", timeout=0.5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{info.id} not healthy after 60 s")
-                time.sleep(0.05)
+            wait_process_healthy(info.url, process, info.id, self.root / "net" / info.id / "node.log", deadline)
 
     def _cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         result = subprocess.run([self.walrusfs, *args], env=self.env, capture_output=True, text=True, timeout=timeout)

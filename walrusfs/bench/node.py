@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import trio
 
-from ..cluster import init_cluster, load_cluster
+from ..cluster import init_cluster, load_cluster, wait_process_healthy
 from ..keys import load_key
 from ..protocol import sign_request
 from ..redstuff import EncodedBlob, encode
@@ -127,7 +127,7 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
             process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(node.config),
                                         "--server", server], stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(node.info.url, process, node.log)
+            wait_process_healthy(node.info.url, process, node.info.id, node.log, time.monotonic() + 30)
             results = trio.run(_measure, node.info.url, load_key(root / "writer.key"), blobs, slivers,
                                concurrency, metadata_reads)
         finally:
@@ -138,20 +138,6 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
                 process.kill()
                 process.wait()
     return {"server": server, **results}
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the node exited; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"the node did not become healthy within {timeout} s; see {log}")
 
 
 def run(args: argparse.Namespace) -> int:
