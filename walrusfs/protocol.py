@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -174,20 +175,30 @@ class Confirmation:
             return False
         return True
 
-    def to_json(self) -> str:
-        return json.dumps({
+    def to_dict(self) -> dict:
+        return {
             "version": self.version,
             "epoch": self.epoch,
             "blob_id": str(self.blob_id),
             "node_id": self.node_id,
             "shards": list(self.shards),
             "signature": base64.b64encode(self.signature).decode(),
-        })
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Confirmation:
         try:
             data = json.loads(text)
+        except ValueError as error:
+            raise FormatError(f"not a confirmation: {error}") from error
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Confirmation:
+        try:
             if data["version"] != CONFIRMATION_VERSION:
                 raise FormatError(f"confirmation version {data['version']} is not one this walrusfs reads")
             shards = tuple(int(s) for s in data["shards"])

@@ -46,7 +46,7 @@ class Certificate:
             "version": CERTIFICATE_VERSION,
             "blob_id": str(self.blob_id),
             "epoch": self.epoch,
-            "confirmations": [json.loads(c.to_json()) for c in self.confirmations],
+            "confirmations": [c.to_dict() for c in self.confirmations],
         }, indent=1)
 
     @classmethod
@@ -55,7 +55,7 @@ class Certificate:
             data = json.loads(text)
             if data["version"] != CERTIFICATE_VERSION:
                 raise FormatError(f"certificate version {data['version']} is not one this walrusfs reads")
-            confirmations = tuple(Confirmation.from_json(json.dumps(c)) for c in data["confirmations"])
+            confirmations = tuple(Confirmation.from_dict(c) for c in data["confirmations"])
             return cls(BlobId.parse(data["blob_id"]), int(data["epoch"]), confirmations)
         except (KeyError, TypeError, ValueError) as error:
             raise FormatError(f"not a certificate: {error}") from error

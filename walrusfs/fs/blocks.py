@@ -4,7 +4,6 @@ blake3 hash (schema invariants I3-I5)."""
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -118,10 +117,3 @@ class BlockStore:
         if old is not None:
             self._memory_bytes -= len(old)
 
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

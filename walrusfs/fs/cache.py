@@ -75,12 +75,6 @@ class BlobCache:
                 if blob_id not in self.entries and blob_id in self._errors:
                     raise self._errors.pop(blob_id)
 
-    def put(self, blob_id: str, data: bytes | memoryview) -> None:
-        """Add a blob whose bytes are known to be right (the uploader's own, after certification)."""
-        if blob_id not in self.entries:
-            self.put_file(blob_id, data)
-            self.admit(blob_id, len(data))
-
     def put_file(self, blob_id: str, data: bytes | memoryview) -> None:
         """Write the file only (safe in a worker thread); admit() it afterwards."""
         tmp = self._path(blob_id + ".tmp")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -282,9 +281,3 @@ class InconsistencyProof:
             raise FormatError("inconsistency proof: trailing bytes")
         return cls(BlobId(blob_id), SliverKind(kind), index, tuple(symbols))
 
-
-def distinct_sources(symbols: Sequence[RecoverySymbol]) -> dict[int, RecoverySymbol]:
-    out: dict[int, RecoverySymbol] = {}
-    for symbol in symbols:
-        out.setdefault(symbol.source_index, symbol)
-    return out
