@@ -9,6 +9,7 @@ thread pool so the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
+from walrusfs.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 
 from . import metrics as metrics_format
 from .config import NodeConfig
@@ -48,6 +50,7 @@ from .http import (
     json_response,
 )
 from .metrics import Metrics
+from .roots import RootStore, StaleRecordError
 from .store import METADATA, BlobStore, CorruptObjectError, MissingMetadataError, StoreFullError, sliver_name
 
 log = logging.getLogger("nodes.app")
@@ -75,6 +78,8 @@ class NodeApp:
         # The largest sliver any blob this node accepts can have: the bound checked on Content-Length.
         self.max_sliver_body = SLIVER_HEADER_SIZE + largest.primary_sliver_size
         self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
+        self.roots = RootStore(store.root)
+        self.roots.open()
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
@@ -111,6 +116,8 @@ class NodeApp:
             route, table = "/metrics", {"GET": self.prometheus}
         elif s == ["v1", "inventory"]:
             route, table = "/v1/inventory", {"GET": self.inventory}
+        elif len(s) == 3 and s[:2] == ["v1", "roots"]:
+            route, table, args = "/v1/roots/{fs_id}", {"GET": self.get_root, "PUT": self.put_root}, (s[2],)
         elif len(s) >= 3 and s[:2] == ["v1", "blobs"]:
             route, table, args = self._blob_route(s[2:])
         else:
@@ -242,6 +249,31 @@ class NodeApp:
         limit = int(limit_text)
         blob_ids = await self._in_worker(self.store.list_blobs, after, limit)
         return json_response({"blob_ids": blob_ids, "next": blob_ids[-1] if len(blob_ids) == limit else None})
+
+    async def get_root(self, request: Request, fs_id: str) -> Response:
+        record = await self._in_worker(self.roots.get, _parse_fs_id(fs_id))
+        if record is None:
+            raise HTTPError(404, "not_found", f"this node holds no root record for filesystem {fs_id}")
+        return Response(200, record.to_json(), "application/json")
+
+    async def put_root(self, request: Request, fs_id: str) -> Response:
+        self._authorize(request)
+        fs_id = _parse_fs_id(fs_id)
+        body = await request.read_body(MAX_RECORD_BYTES)
+        try:
+            record = RootRecord.from_json(body)
+            record.verify(fs_id)
+        except RootRecordError as error:
+            raise HTTPError(422, "bad_root_record", str(error)) from None
+        try:
+            replaced = await self._in_worker(self.roots.put, record)
+        except StaleRecordError as error:
+            raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full() from None
+            raise
+        return json_response({"fs_id": fs_id, "seq": record.seq}, 201 if replaced else 200)
 
     async def put_metadata(self, request: Request, blob_id: BlobId) -> Response:
         self._authorize(request)
@@ -404,6 +436,12 @@ class NodeApp:
             raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
         log.info("deleted blob %s", blob_id)
         return json_response({"blob_id": str(blob_id), "deleted": True})
+
+
+def _parse_fs_id(text: str) -> str:
+    if not is_fs_id(text):
+        raise HTTPError(400, "bad_fs_id", f"not a filesystem ID: {text[:40]!r} (expected 32 hex digits)")
+    return text
 
 
 def _parse_blob_id(text: str) -> BlobId:

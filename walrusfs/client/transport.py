@@ -16,6 +16,7 @@ from httpcore._async.http11 import AsyncHTTP11Connection
 from ..committee import Committee, NodeInfo
 from ..protocol import Confirmation, sign_request
 from ..redstuff import BlobId, BlobMetadata, FormatError, RecoverySymbol, Sliver, SliverKind
+from ..roots import RootRecord
 from .health import HealthBook
 
 T = TypeVar("T")
@@ -122,7 +123,28 @@ class NodeConnection:
         return await self._call("get confirmation", lambda: self.http.get(self.base + path),
                                 lambda r: Confirmation.from_json(r.content))
 
+    async def get_root(self, fs_id: str) -> RootRecord | None:
+        """This node's root record of a filesystem (verified), or None if it holds none."""
+        path = f"/v1/roots/{fs_id}"
+
+        def parse(response: httpx.Response) -> RootRecord | None:
+            if response.status_code == 404:
+                return None
+            record = RootRecord.from_json(response.content)
+            record.verify(fs_id)
+            return record
+
+        return await self._call("get root record", lambda: self.http.get(self.base + path), parse,
+                                ok=(200, 404))
+
     # Writes (authorised)
+
+    async def put_root(self, record: RootRecord) -> None:
+        path = f"/v1/roots/{record.fs_id}"
+        body = record.to_json()
+        await self._call(f"store root record {record.seq}", lambda: self.http.put(
+            self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
+            ok=(200, 201))
 
     async def put_metadata(self, metadata: BlobMetadata) -> None:
         path = f"/v1/blobs/{metadata.blob_id}/metadata"

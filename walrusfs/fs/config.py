@@ -5,6 +5,9 @@
     <state>/staging/      blocks written but not yet in a certified blob, one file per block
     <state>/cache/        whole blobs read back from the network, bounded, LRU
     <state>/lock          held by the one writable mount
+    <state>/fs.key        the filesystem's own key: owns its ID and signs its root record (back it up!)
+    <state>/snapshot.json the last metadata snapshot published to the network (snapshot.py)
+    <state>/snapshots/    databases of older snapshots, restored for read-only mounts
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ class FsSettings:
     cache_size: int = 2 << 30  # read cache bound, bytes
     staging_limit: int = 4 << 30  # writes wait when this many bytes are staged
     upload_delay: float = 2.0  # seconds a partial blob waits for more blocks
+    fs_key: str = ""  # path of the filesystem's own key (fs_id is its hash)
+    snapshot_interval: float = 900.0  # seconds between metadata snapshots while changed (0: only at unmount)
+    snapshot_keep_last: int = 10  # retention: the newest N snapshots ...
+    snapshot_keep_daily: int = 14  # ... plus the newest of each of the last N days ...
+    snapshot_keep_monthly: int = 12  # ... plus the newest of each of the last N months
 
     def dump(self) -> str:
         lines = []
@@ -65,6 +73,22 @@ class FsState:
     @property
     def lock_path(self) -> Path:
         return self.root / "lock"
+
+    @property
+    def fs_key_path(self) -> Path:
+        return self.root / "fs.key"
+
+    @property
+    def snapshot_state(self) -> Path:
+        return self.root / "snapshot.json"
+
+    @property
+    def snapshot_manifest(self) -> Path:
+        return self.root / "snapshot.manifest"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     def load_settings(self) -> FsSettings:
         try:

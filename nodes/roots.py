@@ -1,0 +1,82 @@
+"""Root records of filesystems (walrusfs.roots): the node keeps the highest valid one of each.
+
+    <data>/roots/<fs id>.json
+
+A record replaces the stored one only if it verifies and its sequence number is higher, so neither
+a replay of an old record nor a forgery can roll a filesystem back on an honest node. Written like
+every other object: temporary file, fdatasync, rename, directory fsync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from walrusfs.roots import RootRecord, RootRecordError
+
+log = logging.getLogger(__name__)
+
+
+class StaleRecordError(Exception):
+    """A record whose sequence number is not above the stored one's (and which differs from it)."""
+
+    def __init__(self, stored: RootRecord) -> None:
+        super().__init__(f"this node holds record {stored.seq} already; a new record needs a higher seq")
+        self.stored = stored
+
+
+class RootStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = data_dir / "roots"
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for entry in self.directory.glob("*.tmp"):
+            entry.unlink()  # an unacknowledged write cut short
+
+    def _path(self, fs_id: str) -> Path:
+        return self.directory / f"{fs_id}.json"
+
+    def get(self, fs_id: str) -> RootRecord | None:
+        """The stored record, or None; a stored record that no longer verifies (rot) is dropped."""
+        try:
+            payload = self._path(fs_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            record = RootRecord.from_json(payload)
+            record.verify(fs_id)
+        except RootRecordError as error:
+            log.error("root record of %s on disk is damaged (%s): dropping it", fs_id, error)
+            self._path(fs_id).unlink(missing_ok=True)
+            return None
+        return record
+
+    def put(self, record: RootRecord) -> bool:
+        """Store a verified record; True if it replaced the stored one, False if identical.
+        Raises StaleRecordError for a lower or equal, different record."""
+        with self._lock:
+            stored = self.get(record.fs_id)
+            if stored is not None:
+                if stored == record:
+                    return False
+                if record.seq <= stored.seq:
+                    raise StaleRecordError(stored)
+            path = self._path(record.fs_id)
+            temp = path.with_suffix(".tmp")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, record.to_json())
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return True

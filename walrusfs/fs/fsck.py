@@ -1,0 +1,266 @@
+"""fsck: one check per invariant of schema.py, plus the staging directory and the snapshots.
+
+Each check finds what breaks its invariant, repairs what it safely can, and reports the rest. The
+crash states they cover (kill -9 of the mount daemon, power loss, a restore from an older
+snapshot) are listed in docs/crash-safety.md. The order matters: later checks recount what earlier
+ones removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import blake3
+
+from ..client.certificate import Certificate, CertificateError
+from ..committee import Committee
+from ..redstuff import FormatError
+from .config import FsSettings, FsState
+from .db import Database
+
+log = logging.getLogger(__name__)
+
+ROOT = 1  # pyfuse3.ROOT_INODE, without importing FUSE for an offline check
+
+
+@dataclass
+class Finding:
+    check: str
+    message: str
+    repaired: bool
+
+
+@dataclass
+class FsckReport:
+    findings: list[Finding] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> list[Finding]:
+        return [f for f in self.findings if f.repaired]
+
+    @property
+    def unrepaired(self) -> list[Finding]:
+        return [f for f in self.findings if not f.repaired]
+
+    @property
+    def exit_code(self) -> int:
+        """As fsck(8): 0 clean, 1 errors corrected, 4 errors left uncorrected."""
+        if self.unrepaired:
+            return 4
+        return 1 if self.findings else 0
+
+    def to_dict(self) -> dict:
+        return {"checks": self.checks, "clean": not self.findings, "exit_code": self.exit_code,
+                "findings": [f.__dict__ for f in self.findings]}
+
+
+class Fsck:
+    def __init__(self, db: Database, state: FsState, settings: FsSettings, committee: Committee | None,
+                 repair: bool = True, report: FsckReport | None = None) -> None:
+        self.db = db
+        self.state = state
+        self.settings = settings
+        self.committee = committee
+        self.repair = repair
+        self.report = report or FsckReport()
+
+    # --- reporting ---------------------------------------------------------------------------------
+
+    def found(self, check: str, message: str, repaired: bool) -> None:
+        repaired = repaired and self.repair
+        self.report.findings.append(Finding(check, message, repaired))
+        log.log(logging.WARNING if repaired else logging.ERROR, "fsck %s: %s%s", check, message,
+                " (repaired)" if repaired else "")
+
+    def path_of(self, inode: int) -> str:
+        """A path naming ``inode`` (any one of its hard links), for reports."""
+        parts: list[str] = []
+        seen = set()
+        while inode != ROOT and inode not in seen:
+            seen.add(inode)
+            row = self.db.get_row("SELECT parent, name FROM dirents WHERE inode=? LIMIT 1", (inode,))
+            if row is None:
+                return f"<unnamed inode {inode}>/" + "/".join(reversed(parts))
+            inode = row[0]
+            parts.append(bytes(row[1]).decode(errors="replace"))
+        return "/" + "/".join(reversed(parts))
+
+    # --- the local checks --------------------------------------------------------------------------
+
+    def run_local(self) -> FsckReport:
+        checks: list[tuple[str, Callable[[], None]]] = [
+            ("I2 directory entries", self.check_dirents),
+            ("I1 inode link counts", self.check_inode_refcounts),
+            ("I1 unreferenced inodes", self.check_orphan_inodes),
+            ("side tables", self.check_side_tables),
+            ("I7 blocks past end of file", self.check_past_eof),
+            ("I5 blocks in known blobs", self.check_block_blobs),
+            ("I4 staged blocks", self.check_staged_blocks),
+            ("I3 block reference counts", self.check_block_refcounts),
+            ("I4 staging directory", self.check_staging_orphans),
+            ("I6 blob reference counts", self.check_blob_refcounts),
+            ("I5 certificates", self.check_certificates),
+        ]
+        for name, check in checks:
+            self.report.checks.append(name)
+            if self.repair:
+                with self.db.transaction():
+                    check()
+            else:
+                check()
+        return self.report
+
+    def _execute(self, sql: str, params: tuple = ()) -> None:
+        if self.repair:
+            self.db.execute(sql, params)
+
+    def check_dirents(self) -> None:
+        rows = self.db.execute(
+            "SELECT d.id, d.parent, d.name, d.inode, p.mode FROM dirents d "
+            "LEFT JOIN inodes p ON p.id = d.parent LEFT JOIN inodes i ON i.id = d.inode "
+            "WHERE p.id IS NULL OR i.id IS NULL OR (p.mode & ?) != ?", (stat.S_IFMT, stat.S_IFDIR)).fetchall()
+        for dirent, parent, name, inode, _ in rows:
+            self.found("I2", f"entry {bytes(name)!r} in directory {parent} names inode {inode}, but the inode "
+                        "or its directory is missing (or not a directory): entry removed", True)
+            self._execute("DELETE FROM dirents WHERE id=?", (dirent,))
+
+    def check_inode_refcounts(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.id, i.refcount, (SELECT COUNT(*) FROM dirents d WHERE d.inode = i.id) "
+            "+ (i.id = ?) AS actual FROM inodes i WHERE i.refcount != actual", (ROOT,)).fetchall()
+        for inode, recorded, actual in rows:
+            self.found("I1", f"inode {inode} ({self.path_of(inode)}) has {actual} names, its link count said "
+                        f"{recorded}: corrected", True)
+            self._execute("UPDATE inodes SET refcount=? WHERE id=?", (actual, inode))
+
+    def check_orphan_inodes(self) -> None:
+        orphans = [i for (i,) in self.db.execute("SELECT id FROM inodes WHERE refcount=0 AND id != ?", (ROOT,))]
+        if orphans:
+            # Files unlinked while open when the daemon stopped: their data goes now.
+            self.found("I1", f"{len(orphans)} inodes no directory names (unlinked while open before a crash "
+                        "or unmount): deleted", True)
+        for inode in orphans:
+            for table in ("inode_blocks", "xattrs", "symlinks"):
+                self._execute(f"DELETE FROM {table} WHERE inode=?", (inode,))
+            self._execute("DELETE FROM inodes WHERE id=?", (inode,))
+
+    def check_side_tables(self) -> None:
+        for table in ("inode_blocks", "xattrs", "symlinks"):
+            count = self.db.get_val(f"SELECT COUNT(*) FROM {table} WHERE inode NOT IN (SELECT id FROM inodes)")
+            if count:
+                self.found("I2", f"{count} rows of {table} belong to no inode: removed", True)
+                self._execute(f"DELETE FROM {table} WHERE inode NOT IN (SELECT id FROM inodes)")
+        count = self.db.get_val(
+            "SELECT COUNT(*) FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")
+        if count:
+            inodes = [i for (i,) in self.db.execute(
+                "SELECT DISTINCT inode FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")]
+            self.found("I3", f"{count} blocks of files are missing, data lost in: "
+                        f"{', '.join(self.path_of(i) for i in inodes[:20])}: they read as zeros now", True)
+            self._execute("DELETE FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")
+
+    def check_past_eof(self) -> None:
+        count = self.db.get_val(
+            "SELECT COUNT(*) FROM inode_blocks ib JOIN inodes i ON i.id = ib.inode "
+            "WHERE ib.blockno * ? >= i.size", (self.settings.block_size,))
+        if count:
+            self.found("I7", f"{count} blocks lie past the end of their file: released", True)
+            self._execute(
+                "DELETE FROM inode_blocks WHERE (inode, blockno) IN (SELECT ib.inode, ib.blockno FROM "
+                "inode_blocks ib JOIN inodes i ON i.id = ib.inode WHERE ib.blockno * ? >= i.size)",
+                (self.settings.block_size,))
+
+    def _lose_block(self, block: int, why: str) -> None:
+        """A block whose bytes exist nowhere: files that used it get a hole there, and are named."""
+        inodes = [i for (i,) in self.db.execute("SELECT DISTINCT inode FROM inode_blocks WHERE block=?", (block,))]
+        names = ", ".join(self.path_of(i) for i in inodes[:20]) or "no file"
+        self.found("I4", f"block {block} {why}; its data is lost in {names} (reads as zeros there now)", True)
+        self._execute("DELETE FROM inode_blocks WHERE block=?", (block,))
+        self._execute("DELETE FROM blocks WHERE id=?", (block,))
+
+    def check_block_blobs(self) -> None:
+        for (block,) in self.db.execute(
+                "SELECT id FROM blocks WHERE blob IS NOT NULL AND blob NOT IN (SELECT id FROM blobs)").fetchall():
+            self._lose_block(block, "lies in a blob this filesystem has no record of")
+
+    def check_staged_blocks(self) -> None:
+        for block, digest, size in self.db.execute(
+                "SELECT id, hash, size FROM blocks WHERE blob IS NULL").fetchall():
+            path = self.state.staging / str(block)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                # Staged, never certified, and its file is gone: a power loss, or a restore from a
+                # snapshot taken while the block was staged.
+                self._lose_block(block, "was staged and never certified, and its staging file is gone")
+                continue
+            if len(data) != size or blake3.blake3(data).digest() != bytes(digest):
+                self._lose_block(block, "was staged and its staging file does not match its hash")
+                if self.repair:
+                    path.unlink(missing_ok=True)
+
+    def check_block_refcounts(self) -> None:
+        rows = self.db.execute(
+            "SELECT b.id, b.refcount, (SELECT COUNT(*) FROM inode_blocks ib WHERE ib.block = b.id) AS actual, "
+            "b.blob FROM blocks b WHERE b.refcount != actual").fetchall()
+        for block, recorded, actual, blob in rows:
+            if actual == 0:
+                self.found("I3", f"block {block} is used by no file (count said {recorded}): deleted", True)
+                self._execute("DELETE FROM blocks WHERE id=?", (block,))
+                if blob is None and self.repair:
+                    (self.state.staging / str(block)).unlink(missing_ok=True)
+            else:
+                self.found("I3", f"block {block} is used {actual} times, its count said {recorded}: corrected",
+                            True)
+                self._execute("UPDATE blocks SET refcount=? WHERE id=?", (actual, block))
+
+    def check_staging_orphans(self) -> None:
+        if not self.state.staging.is_dir():
+            return
+        staged = {str(b) for (b,) in self.db.execute("SELECT id FROM blocks WHERE blob IS NULL")}
+        orphans = [p for p in self.state.staging.iterdir() if p.name not in staged]
+        if orphans:
+            self.found("I4", f"{len(orphans)} files in staging/ belong to no staged block (written before a "
+                        "crash, or already in a certified blob): removed", True)
+            if self.repair:
+                for path in orphans:
+                    path.unlink(missing_ok=True)
+
+    def check_blob_refcounts(self) -> None:
+        rows = self.db.execute(
+            "SELECT o.id, o.blob_id, o.refcount, (SELECT COUNT(*) FROM blocks b WHERE b.blob = o.id) AS actual "
+            "FROM blobs o WHERE o.refcount != actual").fetchall()
+        for row_id, blob_id, recorded, actual in rows:
+            self.found("I6", f"blob {blob_id} holds {actual} live blocks, its count said {recorded}: corrected",
+                        True)
+            self._execute("UPDATE blobs SET refcount=? WHERE id=?", (actual, row_id))
+
+    def uncertified_blobs(self) -> list[tuple[int, str]]:
+        """Blobs whose recorded certificate does not hold n-f valid signatures of this committee."""
+        if self.committee is None:
+            return []
+        bad = []
+        for row_id, blob_id, certificate in self.db.execute("SELECT id, blob_id, certificate FROM blobs"):
+            if not certificate_holds(self.committee, blob_id, certificate):
+                bad.append((row_id, blob_id))
+        return bad
+
+    def check_certificates(self) -> None:
+        for _, blob_id in self.uncertified_blobs():
+            self.found("I5", f"blob {blob_id} has no valid availability certificate on record; 'walrusfs fsck' "
+                        "with the nodes reachable asks them for fresh confirmations", False)
+
+
+def certificate_holds(committee: Committee, blob_id: str, certificate: str) -> bool:
+    try:
+        parsed = Certificate.from_json(certificate)
+        if str(parsed.blob_id) != blob_id:
+            return False
+        parsed.verify(committee)
+    except (FormatError, CertificateError):
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""The checks of fsck that ask the nodes: certificates renewed from fresh confirmations, the root
+record and snapshot chain, and (``--deep``) every referenced blob read back and verified."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..client import BlobClient
+from ..client.certificate import Certificate
+from ..client.roots import RootQuorumError, find_root, publish_root
+from ..client.transport import NodeError
+from ..protocol import Confirmation
+from ..redstuff import BlobId
+from ..roots import RootRecord, fs_id_of_key
+from .fsck import Fsck
+from .publisher import LocalSnapshotState
+from .snapshot import Manifest, SnapshotError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+async def renew_certificates(fsck: Fsck, client: BlobClient) -> None:
+    """I5 repair: for a blob whose recorded certificate does not verify, ask every node for its
+    confirmation; n-f valid ones make a new certificate."""
+    for row_id, blob_id in fsck.uncertified_blobs():
+        parsed = BlobId.parse(blob_id)
+        confirmations: list[Confirmation] = []
+
+        async def one(node_id: str, parsed: BlobId = parsed, confirmations: list[Confirmation] = confirmations) -> None:
+            with contextlib.suppress(NodeError):
+                confirmations.append(await client.connections[node_id].get_confirmation(parsed))
+
+        async with trio.open_nursery() as nursery:
+            for node_id in client.connections:
+                nursery.start_soon(one, node_id)
+        certificate = Certificate(parsed, client.committee.epoch, tuple(confirmations))
+        try:
+            certificate.verify(client.committee)
+        except ValueError as error:
+            fsck.found("I5", f"blob {blob_id}: no valid certificate on record and the nodes cannot provide one "
+                        f"({error}); its data may be lost", False)
+            continue
+        fsck.found("I5", f"blob {blob_id}: certificate renewed from {len(confirmations)} node confirmations", True)
+        if fsck.repair:
+            fsck.db.execute("UPDATE blobs SET certificate=? WHERE id=?", (certificate.to_json(), row_id))
+
+
+async def check_snapshots(fsck: Fsck, client: BlobClient, key: Ed25519PrivateKey) -> None:
+    """The local record of the last snapshot agrees with the network's root record, and the
+    snapshot it names can be read and belongs to this filesystem."""
+    fsck.report.checks.append("snapshot chain")
+    fs_id = fs_id_of_key(key)
+    try:
+        local = LocalSnapshotState.load(fsck.state)
+    except SnapshotError as error:
+        fsck.found("snapshots", str(error), False)
+        return
+    try:
+        network = await find_root(client.connections, client.committee, fs_id)
+    except RootQuorumError as error:
+        fsck.found("snapshots", f"cannot check the root record: {error}", False)
+        return
+    if local.seq is None:
+        if network is not None:
+            fsck.found("snapshots", f"the network holds snapshot {network.seq} of this filesystem but this "
+                        "machine never published one: another machine writes it", False)
+        return
+    if network is None or network.seq < local.seq:
+        # Nodes lost it (wiped, or never got it): publish the same record again. Ed25519 signatures
+        # are deterministic, so it is bit for bit the record published before.
+        record = RootRecord.create(key, local.seq, BlobId.parse(local.manifest or ""), local.created_ns or 0)
+        what = "missing" if network is None else f"at {network.seq}"
+        try:
+            if fsck.repair:
+                await publish_root(client.connections, client.committee, record)
+            fsck.found("snapshots", f"root record {what} on the network, this machine published {local.seq}: "
+                        "published again", True)
+        except RootQuorumError as error:
+            fsck.found("snapshots", f"root record {what} on the network and cannot be published: {error}", False)
+    elif network.seq > local.seq and network.seq > local.attempted:
+        fsck.found("snapshots", f"the network holds snapshot {network.seq}, newer than this machine's "
+                    f"{local.seq}: another machine has written this filesystem", False)
+    try:
+        manifest = Manifest.from_bytes(await client.read(BlobId.parse(local.manifest or "")))
+    except Exception as error:  # any failure to read is the finding
+        fsck.found("snapshots", f"snapshot {local.seq} (manifest {local.manifest}) cannot be read: {error}", False)
+        return
+    if manifest.fs_id != fs_id or manifest.seq != local.seq:
+        fsck.found("snapshots", f"manifest {local.manifest} is snapshot {manifest.seq} of {manifest.fs_id}, "
+                    f"expected {local.seq} of {fs_id}", False)
+
+
+def referenced_blobs(fsck: Fsck) -> list[str]:
+    """Every blob the tree uses, then every blob the last snapshot uses."""
+    blobs = [b for (b,) in fsck.db.execute("SELECT blob_id FROM blobs WHERE refcount > 0 ORDER BY id")]
+    try:
+        local = LocalSnapshotState.load(fsck.state)
+        if local.manifest:
+            manifest = Manifest.from_bytes(fsck.state.snapshot_manifest.read_bytes())
+            blobs.append(local.manifest)
+            blobs.extend(dict.fromkeys(s.blob for s in manifest.segments))
+    except (OSError, SnapshotError):
+        pass
+    return blobs
+
+
+async def verify_blobs(fsck: Fsck, client: BlobClient, progress: Progress | None = None) -> None:
+    """--deep: read every referenced blob from the network, each byte verified against its ID."""
+    fsck.report.checks.append("deep: every referenced blob readable and verified")
+    blobs = referenced_blobs(fsck)
+    done = 0
+    limit = trio.CapacityLimiter(2)
+
+    async def one(blob_id: str) -> None:
+        nonlocal done
+        async with limit:
+            try:
+                await client.read(BlobId.parse(blob_id))
+            except Exception as error:  # a failed read is the finding
+                fsck.found("deep", f"blob {blob_id} cannot be read back verified: {error}", False)
+            done += 1
+            if progress:
+                progress("verifying blobs", done, len(blobs))
+
+    async with trio.open_nursery() as nursery:
+        for blob_id in blobs:
+            nursery.start_soon(one, blob_id)

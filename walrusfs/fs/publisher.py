@@ -1,0 +1,219 @@
+"""The mount's side of metadata snapshots: when to take one, and publishing it under the root record.
+
+Snapshots are taken every ``snapshot_interval`` seconds while the tree changed, when asked
+(``walrusfs snapshot DIR``), and at unmount. Sequence numbers only grow, even across failed
+attempts (the attempted number is written down before the root record goes out), so a half-
+published record can never be contradicted by a different one with the same number. A root
+record on the network with a number above ours means another machine wrote this filesystem: we
+refuse to publish over it and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..client import BlobClient
+from ..client.roots import RootQuorumError, find_root, publish_root
+from ..redstuff import BlobId
+from ..roots import RootRecord, fs_id_of_key
+from .config import FsSettings, FsState
+from .db import Database
+from .snapshot import (
+    Manifest,
+    RetentionPolicy,
+    SnapshotError,
+    SnapshotRef,
+    copy_database,
+    plan_segments,
+    settings_for_manifest,
+    store_segments,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalSnapshotState:
+    """<state>/snapshot.json: the last snapshot this machine published, and the highest number
+    it ever tried to publish."""
+
+    seq: int | None = None
+    created_ns: int | None = None
+    manifest: str | None = None
+    attempted: int = 0
+    up_to_date: bool = False  # the database has not changed since snapshot ``seq``
+
+    @classmethod
+    def load(cls, state: FsState) -> LocalSnapshotState:
+        try:
+            return cls(**json.loads(state.snapshot_state.read_text()))
+        except FileNotFoundError:
+            return cls()
+        except (ValueError, TypeError) as error:
+            raise SnapshotError(f"{state.snapshot_state} is damaged ({error}); run 'walrusfs fsck'") from None
+
+    def save(self, state: FsState) -> None:
+        write_durably(state.snapshot_state, json.dumps(self.__dict__).encode())
+
+    @property
+    def next_seq(self) -> int:
+        return max(self.seq or 0, self.attempted) + 1
+
+
+def write_durably(path: os.PathLike | str, payload: bytes) -> None:
+    temp = f"{path}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def retention_of(settings: FsSettings) -> RetentionPolicy:
+    return RetentionPolicy(settings.snapshot_keep_last, settings.snapshot_keep_daily, settings.snapshot_keep_monthly)
+
+
+class SnapshotPublisher:
+    def __init__(self, state: FsState, settings: FsSettings, db: Database, client: BlobClient,
+                 key: Ed25519PrivateKey) -> None:
+        self.state = state
+        self.settings = settings
+        self.db = db
+        self.client = client
+        self.key = key
+        self.fs_id = fs_id_of_key(key)
+        self.local = LocalSnapshotState.load(state)
+        self.last_error: str | None = None
+        self.last_db_bytes = 0
+        self.last_uploaded_bytes = 0
+        self._lock = trio.Lock()
+        self._changes_seen: int | None = None  # db total_changes at the last snapshot
+        self._next_due: float | None = None
+
+    def mark_mounted(self) -> None:
+        """From now on the tree may change; a crash before the next snapshot leaves it changed."""
+        if self.local.up_to_date and self.local.seq is not None:
+            self._changes_seen = self.db.conn.total_changes
+        self.local.up_to_date = False
+        self.local.save(self.state)
+
+    def mark_unmounted(self) -> None:
+        if self._changes_seen is not None and not self.changed():
+            self.local.up_to_date = True
+            self.local.save(self.state)
+
+    def changed(self) -> bool:
+        return self._changes_seen is None or self.db.conn.total_changes != self._changes_seen
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "seq": self.local.seq, "created_ns": self.local.created_ns, "manifest": self.local.manifest,
+            "db_bytes": self.last_db_bytes, "uploaded_bytes": self.last_uploaded_bytes,
+            "last_error": self.last_error,
+            "next_due_s": None if self._next_due is None else max(0.0, self._next_due - trio.current_time()),
+        }
+
+    def previous_manifest(self) -> Manifest | None:
+        if self.local.manifest is None:
+            return None
+        try:
+            return Manifest.from_bytes(self.state.snapshot_manifest.read_bytes())
+        except (OSError, SnapshotError) as error:
+            log.warning("previous snapshot manifest unreadable (%s): the next snapshot stores every segment", error)
+            return None
+
+    async def snapshot(self, reason: str) -> SnapshotRef:
+        """Take, store and publish a snapshot of the committed tree; returns it once the root
+        record is on a quorum. Raises SnapshotError (message says why) otherwise."""
+        async with self._lock:
+            try:
+                ref = await self._snapshot(reason)
+            except (SnapshotError, RootQuorumError) as error:
+                self.last_error = str(error)
+                raise SnapshotError(str(error)) from None
+            except Exception as error:  # a store that failed (StoreError), a full disk (OSError)
+                self.last_error = f"{type(error).__name__}: {error}"
+                raise SnapshotError(f"snapshot failed: {error}") from error
+            self.last_error = None
+            return ref
+
+    async def _snapshot(self, reason: str) -> SnapshotRef:
+        started = time.monotonic()
+        changes = self.db.conn.total_changes
+        seq = self.local.next_seq
+        network = await find_root(self.client.connections, self.client.committee, self.fs_id)
+        if network is not None and network.seq >= seq:
+            raise SnapshotError(
+                f"the network holds snapshot {network.seq} of this filesystem, newer than any this machine "
+                f"published ({self.local.seq}): another machine has written it. Not publishing over it; "
+                "unmount, and restore from the network to continue from that state.")
+        copy = self.state.root / "snapshot.db.tmp"
+        previous = self.previous_manifest()
+        try:
+            await trio.to_thread.run_sync(copy_database, self.db.path, copy)
+            plan = await trio.to_thread.run_sync(plan_segments, copy, previous)
+        finally:
+            copy.unlink(missing_ok=True)
+
+        async def store_blob(data: bytes) -> str:
+            return str((await self.client.store(data)).blob_id)
+
+        segments = await store_segments(plan, store_blob, self.settings.blob_size)
+        created = time.time_ns()
+        history: list[SnapshotRef] = []
+        if previous is not None and self.local.manifest is not None:
+            history = [*previous.history, SnapshotRef(previous.seq, previous.created_ns, self.local.manifest)]
+            history = retention_of(self.settings).keep(history, created)
+        manifest = Manifest(self.fs_id, seq, created, settings_for_manifest(self.settings), plan.db_size,
+                            plan.db_hash, segments, history)
+        manifest_bytes = manifest.to_bytes()
+        manifest_id = await store_blob(manifest_bytes)
+        self.local.attempted = seq
+        self.local.save(self.state)  # before any node sees the number: never reused
+        record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created)
+        await publish_root(self.client.connections, self.client.committee, record)
+        write_durably(self.state.snapshot_manifest, manifest_bytes)
+        self.local.seq, self.local.created_ns, self.local.manifest = seq, created, manifest_id
+        self.local.save(self.state)
+        self._changes_seen = changes
+        self.last_db_bytes = plan.db_size
+        self.last_uploaded_bytes = plan.new_bytes + len(manifest_bytes)
+        log.info("snapshot %d (%s) published: database %d bytes, %d new bytes stored (%d of %d segments "
+                 "new), %.1f s", seq, reason, plan.db_size, self.last_uploaded_bytes, len(plan.new),
+                 len(segments), time.monotonic() - started)
+        return SnapshotRef(seq, created, manifest_id)
+
+    async def run(self, before_snapshot: Any = None) -> None:
+        """Periodic snapshots while the tree changes. ``before_snapshot`` (async, optional) gets a
+        chance to certify staged data first, so the snapshot references fewer staged blocks."""
+        interval = self.settings.snapshot_interval
+        if interval <= 0:
+            return
+        wait = interval
+        while True:
+            self._next_due = trio.current_time() + wait
+            await trio.sleep_until(self._next_due)
+            wait = interval
+            if not self.changed():
+                continue
+            if before_snapshot is not None:
+                with trio.move_on_after(min(interval, 120)):
+                    try:
+                        await before_snapshot()
+                    except OSError as error:
+                        log.warning("staged data not certified before the snapshot: %s", error)
+            try:
+                await self.snapshot("periodic")
+            except SnapshotError as error:
+                wait = min(interval, 60)
+                log.error("periodic snapshot failed, retrying in %.0f s: %s", wait, error)

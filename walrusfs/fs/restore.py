@@ -1,0 +1,132 @@
+"""Rebuilding a filesystem's local state from the network: only the committee and the filesystem's
+key are needed. The root record names the latest snapshot; older ones are listed in its manifest."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..client import BlobClient
+from ..client.roots import RootQuorumError, find_root
+from ..committee import Committee
+from ..errors import UserError
+from ..keys import write_key
+from ..redstuff import BlobId
+from ..roots import fs_id_of_key
+from .config import FsSettings, FsState
+from .db import Database
+from .fsck import Fsck, FsckReport
+from .publisher import LocalSnapshotState, write_durably
+from .snapshot import Manifest, SnapshotError, SnapshotRef, restore_database
+
+
+@dataclass
+class SnapshotChain:
+    """The latest snapshot (from the root record) and the earlier ones it keeps listed."""
+
+    latest: Manifest
+    latest_id: str
+    history: list[SnapshotRef]
+
+    @property
+    def all(self) -> list[SnapshotRef]:
+        return [*self.history, SnapshotRef(self.latest.seq, self.latest.created_ns, self.latest_id)]
+
+
+async def read_manifest(client: BlobClient, blob_id: str, fs_id: str) -> Manifest:
+    try:
+        manifest = Manifest.from_bytes(await client.read(BlobId.parse(blob_id)))
+    except SnapshotError as error:
+        raise UserError(f"snapshot manifest {blob_id}: {error}") from None
+    if manifest.fs_id != fs_id:
+        raise UserError(f"snapshot manifest {blob_id} belongs to filesystem {manifest.fs_id}, not {fs_id}")
+    return manifest
+
+
+async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChain:
+    fs_id = fs_id_of_key(key)
+    try:
+        root = await find_root(client.connections, client.committee, fs_id)
+    except RootQuorumError as error:
+        raise UserError(str(error)) from None
+    if root is None:
+        raise UserError(f"the nodes hold no snapshot of filesystem {fs_id}: it was never unmounted or "
+                        "snapshotted with this committee, or this is not its key")
+    manifest = await read_manifest(client, str(root.snapshot), fs_id)
+    if manifest.seq != root.seq:
+        raise UserError(f"root record {root.seq} points at a manifest of snapshot {manifest.seq}")
+    return SnapshotChain(manifest, str(root.snapshot), manifest.history)
+
+
+async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: SnapshotChain,
+                      seq: int | None) -> tuple[Manifest, str]:
+    if seq is None or seq == chain.latest.seq:
+        return chain.latest, chain.latest_id
+    for ref in chain.history:
+        if ref.seq == seq:
+            manifest = await read_manifest(client, ref.manifest, fs_id_of_key(key))
+            if manifest.seq != seq:
+                raise UserError(f"manifest {ref.manifest} is snapshot {manifest.seq}, listed as {seq}")
+            return manifest, ref.manifest
+    kept = ", ".join(str(r.seq) for r in chain.all)
+    raise UserError(f"snapshot {seq} is not kept (kept: {kept}); see 'walrusfs snapshots'")
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"\rrestoring metadata: {done / 2**20:7.1f} of {total / 2**20:.1f} MiB", end="", file=sys.stderr,
+          flush=True)
+
+
+async def restore_db_file(client: BlobClient, manifest: Manifest, dest: Path, quiet: bool = False) -> None:
+    async def read_blob(blob_id: str) -> bytes:
+        return await client.read(BlobId.parse(blob_id))
+
+    try:
+        await restore_database(manifest, read_blob, dest, None if quiet else _progress)
+    except SnapshotError as error:
+        raise UserError(str(error)) from None
+    finally:
+        if not quiet:
+            print(file=sys.stderr)
+
+
+async def restore_state(state: FsState, committee_path: Path, committee: Committee, writer_key_path: Path,
+                        writer_key: Ed25519PrivateKey, fs_key: Ed25519PrivateKey, *, force: bool = False,
+                        quiet: bool = False) -> FsckReport:
+    """Create ``state`` from the latest snapshot on the network, then repair it with fsck (blocks
+    that were staged, never certified, when the snapshot was taken are reported as lost)."""
+    if state.settings_path.exists() and not force:
+        raise UserError(f"{state.root} already holds a filesystem; restoring would replace its local state "
+                        "(pass --force to do that)")
+    started = time.monotonic()
+    async with BlobClient(committee, writer_key=writer_key) as client:
+        chain = await find_chain(client, fs_key)
+        manifest = chain.latest
+        if state.root.exists():
+            shutil.rmtree(state.root)
+        state.root.mkdir(parents=True)
+        state.staging.mkdir()
+        write_key(state.fs_key_path, fs_key)
+        await restore_db_file(client, manifest, state.db_path, quiet)
+    write_durably(state.snapshot_manifest, manifest.to_bytes())
+    settings = FsSettings(**{**manifest.settings, "committee": str(committee_path),
+                             "writer_key": str(writer_key_path), "fs_key": str(state.fs_key_path)})
+    db = Database(state.db_path)
+    try:
+        report = Fsck(db, state, settings, committee).run_local()
+    finally:
+        db.close()
+    # Up to date with the snapshot unless fsck had to change something.
+    LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq,
+                       not report.findings).save(state)
+    write_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
+    if not quiet:
+        print(f"restored filesystem {settings.fs_id} from snapshot {manifest.seq} "
+              f"({manifest.db_size / 2**20:.1f} MiB of metadata) in {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
+    return report
