@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .fs import cli as fs_cli
 
     fs_cli.register(commands)
+    from .fs import admin as fs_admin
+
+    fs_admin.register(commands)
+    from .fs import status as fs_status
+
+    fs_status.register(commands)
     from . import cluster
 
     cluster.register(commands)

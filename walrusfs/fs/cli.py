@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--block-size", type=int, default=1024, help="KiB (default 1024)")
     mkfs.add_argument("--blob-size", type=int, default=16, help="target blob size, MiB (default 16)")
     mkfs.add_argument("--cache-size", type=int, default=2048, help="read cache, MiB (default 2048)")
+    mkfs.add_argument("--snapshot-interval", type=float, default=900,
+                      help="seconds between metadata snapshots on the network while the tree changes "
+                           "(default 900; 0: only at unmount)")
     mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
     mkfs.set_defaults(func=_mkfs)
 
@@ -40,6 +42,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("-o", dest="options", help="comma-separated options: ro, allow_other, debug")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    mount.add_argument("--key", type=Path, help="the filesystem's key: with no local state, restore it from the "
+                       "network first (same as -o key=PATH)")
+    mount.add_argument("--committee", type=Path, help="with --key: the committee file (default: the bundled network's)")
+    mount.add_argument("--writer-key", type=Path,
+                       help="with --key: the nodes' write key (default: the bundled network's writer.key)")
     for flag in ("-n", "-s", "-v"):  # passed by mount(8) to helpers; nothing to do for them
         mount.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     mount.set_defaults(func=_mount)
@@ -56,7 +63,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _mkfs(args: argparse.Namespace) -> int:
     from ..cluster import DEFAULT_CLUSTER_DIR
     from ..committee import Committee
-    from ..keys import load_key, public_bytes
+    from ..keys import generate_key, load_key, public_bytes, write_key
+    from ..roots import fs_id_of_key
 
     state = resolve_source(args.name)
     committee_path = (args.committee or Path(DEFAULT_CLUSTER_DIR) / "committee.toml").resolve()
@@ -74,9 +82,12 @@ def _mkfs(args: argparse.Namespace) -> int:
             raise UserError(f"{state.root} already holds a filesystem; pass --force to replace it")
         shutil.rmtree(state.root)
     state.root.mkdir(parents=True, exist_ok=True)
+    fs_key = generate_key()
+    write_key(state.fs_key_path, fs_key)
     settings = FsSettings(
-        fs_id=secrets.token_hex(16), committee=str(committee_path), writer_key=str(key_path),
-        block_size=args.block_size * 1024, blob_size=args.blob_size << 20, cache_size=args.cache_size << 20)
+        fs_id=fs_id_of_key(fs_key), committee=str(committee_path), writer_key=str(key_path),
+        block_size=args.block_size * 1024, blob_size=args.blob_size << 20, cache_size=args.cache_size << 20,
+        fs_key=str(state.fs_key_path), snapshot_interval=args.snapshot_interval)
     db = Database(state.db_path)
     db.conn.executescript(DDL)
     db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -89,14 +100,19 @@ def _mkfs(args: argparse.Namespace) -> int:
     print(f"created filesystem {settings.fs_id} in {state.root} on {committee.n_shards} shards "
           f"(blocks {args.block_size} KiB, blobs {args.blob_size} MiB)")
     print(f"mount it with: mount -t walrusfs {args.name} DIR   (or: walrusfs mount {args.name} DIR)")
+    print(f"back up {state.fs_key_path}: with it and the committee file, 'walrusfs mount --key' restores "
+          "this filesystem from the network on any machine")
     return 0
 
 
 def _mount(args: argparse.Namespace) -> int:
     from .mount import MountOptions, mount
 
-    return mount(resolve_source(args.source), args.mountpoint.resolve(),
-                 MountOptions.parse(args.options), args.foreground)
+    options = MountOptions.parse(args.options)
+    for name in ("key", "committee", "writer_key"):
+        if getattr(args, name):
+            setattr(options, name, str(getattr(args, name).resolve()))
+    return mount(resolve_source(args.source), args.mountpoint.resolve(), options, args.foreground)
 
 
 def read_status(mountpoint: Path) -> dict:
@@ -147,6 +163,15 @@ def _umount(args: argparse.Namespace) -> int:
         raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
                         f"error: {last}). It stays staged and keeps being retried; bring the nodes back "
                         "and run 'walrusfs umount' again (a plain umount keeps it staged for the next mount).")
+    print("publishing the metadata snapshot ...", end="", file=sys.stderr, flush=True)
+    try:
+        os.setxattr(mountpoint, CONTROL_PREFIX + b"snapshot", b"1")
+        seq = read_status(mountpoint).get("snapshot", {}).get("seq")
+        print(f" snapshot {seq} is on the network", file=sys.stderr)
+    except OSError:
+        reason = read_status(mountpoint).get("snapshot", {}).get("last_error")
+        print(f" failed: {reason}. Unmounting anyway: every byte is certified and the local metadata is "
+              "intact; the next mount publishes a snapshot.", file=sys.stderr)
     subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
     _wait_gone(pid)
     print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)

@@ -87,6 +87,11 @@ class FsState:
         return self.root / "snapshot.manifest"
 
     @property
+    def mounted_marker(self) -> Path:
+        """Present while a mount runs: found at mount time, it says the last one did not end cleanly."""
+        return self.root / "mounted"
+
+    @property
     def snapshots(self) -> Path:
         return self.root / "snapshots"
 

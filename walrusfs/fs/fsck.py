@@ -122,7 +122,7 @@ class Fsck:
         rows = self.db.execute(
             "SELECT d.id, d.parent, d.name, d.inode, p.mode FROM dirents d "
             "LEFT JOIN inodes p ON p.id = d.parent LEFT JOIN inodes i ON i.id = d.inode "
-            "WHERE p.id IS NULL OR i.id IS NULL OR (p.mode & ?) != ?", (stat.S_IFMT, stat.S_IFDIR)).fetchall()
+            "WHERE p.id IS NULL OR i.id IS NULL OR (p.mode & ?) != ?", (0o170000, stat.S_IFDIR)).fetchall()
         for dirent, parent, name, inode, _ in rows:
             self.found("I2", f"entry {bytes(name)!r} in directory {parent} names inode {inode}, but the inode "
                         "or its directory is missing (or not a directory): entry removed", True)

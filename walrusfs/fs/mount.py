@@ -6,18 +6,22 @@ and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the p
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyfuse3
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient, ClientSettings
 from ..committee import Committee
@@ -29,7 +33,13 @@ from .blocks import BlockStore
 from .cache import BlobCache
 from .config import FsSettings, FsState
 from .db import Database
+from .fsck import Fsck
+from .metrics import export_metrics, parse_listen
+from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
+from .publisher import SnapshotPublisher, write_durably
+from .restore import find_chain, manifest_of, resolve_staged, restore_db_file, restore_state
+from .snapshot import SnapshotError
 from .uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -44,7 +54,13 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = True
     debug: bool = False
+    metrics: str | None = None  # HOST:PORT of a Prometheus endpoint
+    metrics_textfile: str | None = None  # a node_exporter textfile to keep rewriting
     extra: list[str] = field(default_factory=list)
+    snapshot: int | None = None  # mount this older snapshot, read-only
+    key: str | None = None  # the filesystem's key: restore from the network when there is no local state
+    committee: str | None = None  # with key: the committee file (default: the bundled network's)
+    writer_key: str | None = None  # with key: the nodes' write key (default: the bundled network's)
 
     @classmethod
     def parse(cls, text: str | None) -> MountOptions:
@@ -59,10 +75,30 @@ class MountOptions:
                 options.allow_other = True
             elif item == "debug":
                 options.debug = True
+            elif item.startswith("snapshot="):
+                value = item.split("=", 1)[1]
+                if not value.isdigit():
+                    raise UserError(f"snapshot={value!r}: give a snapshot number (see 'walrusfs snapshots')")
+                options.snapshot = int(value)
+                options.read_only = True
+            elif item.split("=", 1)[0] in ("key", "committee", "writer_key") and "=" in item:
+                name, value = item.split("=", 1)
+                setattr(options, name, value)
             elif item.startswith("x-"):
                 continue  # userspace-only fstab options (x-systemd.*)
+            elif item.startswith("metrics="):
+                try:  # checked here so a typo fails the mount, not silently the exporter
+                    parse_listen(item.split("=", 1)[1])
+                except ValueError as error:
+                    raise UserError(f"mount option {item!r}: {error}") from None
+                options.metrics = item.split("=", 1)[1]
+            elif item.startswith("metrics_textfile="):
+                options.metrics_textfile = os.path.abspath(item.split("=", 1)[1])
+                if not os.path.isdir(os.path.dirname(options.metrics_textfile)):
+                    raise UserError(f"mount option {item!r}: its directory does not exist")
             else:
                 raise UserError(f"unknown mount option {item!r} (known: ro, rw, allow_other, debug, "
+                                "metrics=HOST:PORT, metrics_textfile=PATH, snapshot=N, key=, committee=, writer_key=, "
                                 "_netdev and the generic mount(8) ones)")
         return options
 
@@ -82,21 +118,44 @@ def acquire_lock(state: FsState) -> int:
     return fd
 
 
+def clear_dead_mount(mountpoint: Path) -> None:
+    """A walrusfs mount whose daemon died (kill -9, OOM) leaves its mount point answering ENOTCONN;
+    detach it so the filesystem can be mounted again."""
+    try:
+        os.stat(mountpoint)
+        return
+    except OSError as error:
+        if error.errno != errno.ENOTCONN:
+            return
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mountpoint) and fields[2] == "fuse.walrusfs":
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+            print(f"detached {mountpoint}: its mount daemon had died", file=sys.stderr)
+            return
+
+
 def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: bool) -> int:
+    clear_dead_mount(mountpoint)
+    if options.key and not state.settings_path.exists():
+        restore_from_network(state, options)
     settings = state.load_settings()
     if not mountpoint.is_dir():
         raise UserError(f"mount point {mountpoint} is not a directory")
     committee = Committee.load(settings.committee)
-    try:
-        key = load_key(Path(settings.writer_key))
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the filesystem's write key {settings.writer_key}: {error}") from error
+    key = _load(settings.writer_key, "the nodes' write key")
+    fs_key = _load(settings.fs_key or str(state.fs_key_path), "the filesystem's key")
+    db_path = state.db_path
+    if options.snapshot is not None:
+        db_path = trio.run(prepare_snapshot, state, committee, key, fs_key, options.snapshot)
+    args = (state, settings, committee, key, fs_key, mountpoint, options, db_path)
     if foreground:
-        lock = acquire_lock(state)
+        lock = None if options.snapshot is not None else acquire_lock(state)
         try:
-            trio.run(serve, state, settings, committee, key, mountpoint, options, None)
+            trio.run(serve, *args, None)
         finally:
-            os.close(lock)
+            if lock is not None:
+                os.close(lock)
         return 0
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -115,9 +174,10 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     status = 1
     try:
         _redirect_output(state.root / "mount.log")
-        lock = acquire_lock(state)
-        trio.run(serve, state, settings, committee, key, mountpoint, options, write_end)
-        os.close(lock)
+        lock = None if options.snapshot is not None else acquire_lock(state)
+        trio.run(serve, *args, write_end)
+        if lock is not None:
+            os.close(lock)
         status = 0
     except UserError as error:
         _report(write_end, str(error))
@@ -126,6 +186,45 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
         _report(write_end, f"mount failed: {error}")
     finally:
         os._exit(status)
+
+
+def _load(path: str, what: str) -> Ed25519PrivateKey:
+    try:
+        return load_key(Path(path))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load {what} {path}: {error}") from error
+
+
+def restore_from_network(state: FsState, options: MountOptions) -> None:
+    from ..cluster import DEFAULT_CLUSTER_DIR
+
+    committee_path = Path(options.committee or Path(DEFAULT_CLUSTER_DIR) / "committee.toml").resolve()
+    writer_key_path = Path(options.writer_key or Path(DEFAULT_CLUSTER_DIR) / "writer.key").resolve()
+    committee = Committee.load(committee_path)
+    writer_key = _load(str(writer_key_path), "the nodes' write key")
+    fs_key = _load(options.key or "", "the filesystem's key")
+    print(f"{state.root} has no local state: restoring it from the network", file=sys.stderr)
+    report = trio.run(partial(restore_state, state, committee_path, committee, writer_key_path, writer_key, fs_key))
+    for finding in report.findings:
+        print(f"fsck after restore: {finding.message}", file=sys.stderr)
+
+
+async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519PrivateKey,
+                           fs_key: Ed25519PrivateKey, seq: int) -> Path:
+    """The database of snapshot ``seq``, fetched once into <state>/snapshots/<seq>/."""
+    directory = state.snapshots / str(seq)
+    db_path = directory / "metadata.db"
+    if db_path.exists():
+        return db_path
+    directory.mkdir(parents=True, exist_ok=True)
+    async with BlobClient(committee, writer_key=key) as client:
+        chain = await find_chain(client, fs_key)
+        manifest, _ = await manifest_of(client, fs_key, chain, seq)
+        await restore_db_file(client, manifest, db_path)
+    if state.db_path.exists():
+        resolved, lost = resolve_staged(db_path, state.db_path)
+        log.info("snapshot %d: %d blocks staged when it was taken found certified since, %d not", seq, resolved, lost)
+    return db_path
 
 
 def _report(fd: int, message: str) -> None:
@@ -152,10 +251,20 @@ def _return_freed_memory() -> None:
     set_thresholds(mmap_threshold=1 << 20, trim_threshold=8 << 20)
 
 
-async def serve(state: FsState, settings: FsSettings, committee: Committee, key: object,
-                mountpoint: Path, options: MountOptions, ready_fd: int | None) -> None:
+async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
+                fs_key: Ed25519PrivateKey, mountpoint: Path, options: MountOptions, db_path: Path,
+                ready_fd: int | None) -> None:
     _return_freed_memory()
-    db = Database(state.db_path)
+    db = Database(db_path)
+    old_snapshot = options.snapshot is not None
+    staging = db_path.parent / "staging" if old_snapshot else state.staging
+    if not old_snapshot:
+        if state.mounted_marker.exists():
+            # The last mount did not end cleanly (kill -9, power loss): check before serving.
+            report = Fsck(db, state, settings, committee).run_local()
+            log.warning("the last mount did not end cleanly; fsck: %s",
+                        "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
+        write_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
@@ -166,8 +275,12 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             return await client.read(BlobId.parse(blob_id))
 
         cache = BlobCache(state.cache, settings.cache_size, fetch)
-        blocks = BlockStore(db, state.staging, cache)
+        blocks = BlockStore(db, staging, cache)
         uploader = Uploader(db, blocks, cache, client, settings.blob_size, settings.upload_delay)
+        publisher = None if options.read_only else SnapshotPublisher(
+            state, settings, db, client, fs_key, partial(_certify_staged, db, uploader))
+        if publisher is not None:
+            publisher.mark_mounted()
         started = time.time()
 
         def status() -> dict:
@@ -179,12 +292,15 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 "uploaded_blobs": uploader.stats.blobs, "uploaded_bytes": uploader.stats.bytes,
                 "upload_failures": uploader.stats.failures, "last_error": uploader.stats.last_error,
                 "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
-                "nodes": client.health.snapshot(),
+                "nodes": client.health.snapshot(), "read_only": options.read_only,
+                "snapshot": publisher.status() if publisher is not None else {"seq": options.snapshot},
             }
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
                                       settings.staging_limit, status)
-        purged = operations.purge_orphans()
+        if publisher is not None:
+            operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
+        purged = 0 if options.read_only else operations.purge_orphans()
         if purged:
             log.info("removed %d inodes that no directory names any more (left by a crash)", purged)
         fuse_options = set(pyfuse3.default_options)
@@ -204,15 +320,22 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                  settings.fs_id, blocks.staged_bytes)
         if ready_fd is not None:
             _report(ready_fd, "ok")
+        sd_notify(f"READY=1\nSTATUS=mounted on {mountpoint}: {describe(status())}")
         try:
             async with trio.open_nursery() as nursery:
                 operations.nursery = nursery
-                nursery.start_soon(uploader.run)
+                if not old_snapshot:
+                    nursery.start_soon(uploader.run)
+                if publisher is not None:
+                    nursery.start_soon(publisher.run)
+                nursery.start_soon(export_metrics, options.metrics, options.metrics_textfile, status)
+                nursery.start_soon(report_status, status)
                 nursery.start_soon(_terminate_on_signal)
                 nursery.start_soon(_raise_read_ahead, mountpoint)
                 await pyfuse3.main()
+                sd_notify("STOPPING=1\nSTATUS=unmounted; uploading what is staged")
                 log.info("unmounted; uploading what is staged (up to %.0f s)", EXIT_FLUSH_SECONDS)
-                with trio.move_on_after(EXIT_FLUSH_SECONDS):
+                with trio.move_on_after(0 if old_snapshot else EXIT_FLUSH_SECONDS):
                     try:
                         await operations.flush_all()
                     except OSError as error:
@@ -220,10 +343,35 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 if blocks.staged_bytes:
                     log.warning("%d bytes stay staged; they are uploaded at the next mount",
                                 blocks.staged_bytes)
+                if publisher is not None and publisher.changed():
+                    with trio.move_on_after(EXIT_FLUSH_SECONDS):
+                        try:
+                            await publisher.snapshot("unmount")
+                        except SnapshotError as error:
+                            log.error("no metadata snapshot at unmount (the next mount takes one): %s", error)
+                if publisher is not None:
+                    publisher.mark_unmounted()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
             db.close()
+        if not old_snapshot:
+            state.mounted_marker.unlink(missing_ok=True)
+
+
+async def _snapshot_now(publisher: SnapshotPublisher) -> None:
+    try:
+        await publisher.snapshot("asked")
+    except SnapshotError as error:
+        log.error("snapshot failed: %s", error)
+        raise OSError(errno.EIO, str(error)) from error
+
+
+async def _certify_staged(db: Database, uploader: Uploader) -> None:
+    """Wait until what is staged now is certified (newer writes are not waited for)."""
+    staged = [block for (block,) in db.execute("SELECT id FROM blocks WHERE blob IS NULL")]
+    if staged:
+        await uploader.wait_certified(staged)
 
 
 async def _terminate_on_signal() -> None:

@@ -18,7 +18,7 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -66,6 +66,8 @@ class WalrusOperations(pyfuse3.Operations):
         self.locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
         self.nursery: trio.Nursery | None = None  # for readahead, set by the mount
         self.readahead_blocks = max(readahead_bytes // block_size, 1)
+        # More control xattrs of the root (walrusfs.<name>), set by the mount: e.g. snapshot.
+        self.controls: dict[bytes, Callable[[], Awaitable[None]]] = {}
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -587,7 +589,13 @@ class WalrusOperations(pyfuse3.Operations):
                 log.error("flush failed: %s", error)
                 raise FUSEError(errno.EIO) from error
             return
-        raise FUSEError(errno.EINVAL)
+        handler = self.controls.get(command)
+        if handler is None:
+            raise FUSEError(errno.EINVAL)
+        try:
+            await handler()
+        except OSError as error:
+            raise FUSEError(error.errno or errno.EIO) from error
 
     # --- the whole filesystem ------------------------------------------------------------------
 

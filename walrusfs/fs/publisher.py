@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ from .snapshot import (
 )
 
 log = logging.getLogger(__name__)
+
+CERTIFY_WAIT = 120.0  # seconds a snapshot waits for staged data to be certified first
 
 
 @dataclass
@@ -85,12 +88,15 @@ def retention_of(settings: FsSettings) -> RetentionPolicy:
 
 class SnapshotPublisher:
     def __init__(self, state: FsState, settings: FsSettings, db: Database, client: BlobClient,
-                 key: Ed25519PrivateKey) -> None:
+                 key: Ed25519PrivateKey, certify_staged: Callable[[], Awaitable[None]] | None = None) -> None:
         self.state = state
         self.settings = settings
         self.db = db
         self.client = client
         self.key = key
+        # Called first (bounded in time): a snapshot that finds blocks certified records where they
+        # are on the network; one that finds them staged can only record that they were staged.
+        self.certify_staged = certify_staged
         self.fs_id = fs_id_of_key(key)
         self.local = LocalSnapshotState.load(state)
         self.last_error: str | None = None
@@ -136,6 +142,12 @@ class SnapshotPublisher:
         """Take, store and publish a snapshot of the committed tree; returns it once the root
         record is on a quorum. Raises SnapshotError (message says why) otherwise."""
         async with self._lock:
+            if self.certify_staged is not None:
+                with trio.move_on_after(CERTIFY_WAIT):
+                    try:
+                        await self.certify_staged()
+                    except OSError as error:
+                        log.warning("staged data not certified before the snapshot: %s", error)
             try:
                 ref = await self._snapshot(reason)
             except (SnapshotError, RootQuorumError) as error:
@@ -193,9 +205,8 @@ class SnapshotPublisher:
                  len(segments), time.monotonic() - started)
         return SnapshotRef(seq, created, manifest_id)
 
-    async def run(self, before_snapshot: Any = None) -> None:
-        """Periodic snapshots while the tree changes. ``before_snapshot`` (async, optional) gets a
-        chance to certify staged data first, so the snapshot references fewer staged blocks."""
+    async def run(self) -> None:
+        """Periodic snapshots while the tree changes."""
         interval = self.settings.snapshot_interval
         if interval <= 0:
             return
@@ -206,12 +217,6 @@ class SnapshotPublisher:
             wait = interval
             if not self.changed():
                 continue
-            if before_snapshot is not None:
-                with trio.move_on_after(min(interval, 120)):
-                    try:
-                        await before_snapshot()
-                    except OSError as error:
-                        log.warning("staged data not certified before the snapshot: %s", error)
             try:
                 await self.snapshot("periodic")
             except SnapshotError as error:

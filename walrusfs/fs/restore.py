@@ -4,6 +4,7 @@ key are needed. The root record names the latest snapshot; older ones are listed
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -75,6 +76,36 @@ async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: Snapsho
             return manifest, ref.manifest
     kept = ", ".join(str(r.seq) for r in chain.all)
     raise UserError(f"snapshot {seq} is not kept (kept: {kept}); see 'walrusfs snapshots'")
+
+
+def resolve_staged(db_path: Path, reference: Path) -> tuple[int, int]:
+    """Blocks a snapshot recorded as staged (written, not yet certified, when it was taken) are
+    content-addressed: where ``reference`` (the live database) has the same block in a certified
+    blob by now, point the snapshot's block at that blob. Returns (resolved, still staged)."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("ATTACH DATABASE ? AS ref", (f"file:{reference}?mode=ro",))
+        conn.execute("BEGIN")
+        staged = conn.execute("SELECT id, hash FROM blocks WHERE blob IS NULL").fetchall()
+        resolved = 0
+        for block, digest in staged:
+            found = conn.execute(
+                "SELECT o.blob_id, o.length, o.certificate, o.created_ns, b.offset FROM ref.blocks b "
+                "JOIN ref.blobs o ON o.id = b.blob WHERE b.hash = ?", (digest,)).fetchone()
+            if found is None:
+                continue
+            blob_id, length, certificate, created, offset = found
+            row = conn.execute("SELECT id FROM blobs WHERE blob_id=?", (blob_id,)).fetchone()
+            if row is None:
+                row = (conn.execute("INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) "
+                                    "VALUES (?, ?, ?, 0, ?)", (blob_id, length, certificate, created)).lastrowid,)
+            conn.execute("UPDATE blocks SET blob=?, offset=? WHERE id=?", (row[0], offset, block))
+            conn.execute("UPDATE blobs SET refcount=refcount+1 WHERE id=?", (row[0],))
+            resolved += 1
+        conn.execute("COMMIT")
+        return resolved, len(staged) - resolved
+    finally:
+        conn.close()
 
 
 def _progress(done: int, total: int) -> None:

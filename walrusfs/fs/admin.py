@@ -1,0 +1,156 @@
+"""``walrusfs fsck | restore | snapshots | snapshot``: looking after a filesystem's metadata."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from ..client import BlobClient
+from ..committee import Committee
+from ..errors import UserError
+from ..keys import load_key
+from .cli import read_status
+from .config import resolve_source
+from .db import Database
+from .fsck import Fsck
+from .mount import acquire_lock
+from .operations import CONTROL_PREFIX
+from .restore import find_chain, restore_state
+from .snapshot import describe
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    fsck = commands.add_parser("fsck", help="check a filesystem's metadata against its invariants and repair it")
+    fsck.add_argument("source", help="filesystem name or state directory (not mounted)")
+    fsck.add_argument("--deep", action="store_true", help="also read back and verify every referenced blob")
+    fsck.add_argument("--dry-run", "-n", action="store_true", help="report only, change nothing")
+    fsck.add_argument("--offline", action="store_true", help="do not contact the nodes")
+    fsck.add_argument("--json", action="store_true", help="machine-readable report")
+    fsck.set_defaults(func=_fsck)
+
+    restore = commands.add_parser("restore", help="rebuild a filesystem's local state from the network")
+    restore.add_argument("name", help="filesystem name (or a state directory path) to restore into")
+    restore.add_argument("--key", type=Path, required=True, help="the filesystem's key (fs.key)")
+    restore.add_argument("--committee", type=Path, help="committee file (default: the bundled network's)")
+    restore.add_argument("--writer-key", type=Path, help="the nodes' write key (default: the bundled network's)")
+    restore.add_argument("--force", action="store_true", help="replace existing local state")
+    restore.set_defaults(func=_restore)
+
+    snapshots = commands.add_parser("snapshots", help="list a filesystem's metadata snapshots on the network")
+    snapshots.add_argument("source", help="filesystem name or state directory")
+    snapshots.add_argument("--json", action="store_true")
+    snapshots.set_defaults(func=_snapshots)
+
+    snapshot = commands.add_parser("snapshot", help="publish a metadata snapshot of a mounted filesystem now")
+    snapshot.add_argument("mountpoint", type=Path)
+    snapshot.set_defaults(func=_snapshot)
+
+
+def _bundled(path: Path | None, name: str) -> Path:
+    from ..cluster import DEFAULT_CLUSTER_DIR
+
+    return (path or Path(DEFAULT_CLUSTER_DIR) / name).resolve()
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    print(f"\r{what}: {done} of {total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from .fsck_network import check_snapshots, renew_certificates, verify_blobs
+
+    state = resolve_source(args.source)
+    settings = state.load_settings()
+    lock = acquire_lock(state)  # refuses while mounted: the daemon owns the database then
+    try:
+        committee = Committee.load(settings.committee)
+        db = Database(state.db_path)
+        try:
+            fsck = Fsck(db, state, settings, committee, repair=not args.dry_run)
+            fsck.run_local()
+            if not args.offline:
+                key = load_key(Path(settings.writer_key))
+                fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
+
+                async def network() -> None:
+                    async with BlobClient(committee, writer_key=key) as client:
+                        await renew_certificates(fsck, client)
+                        await check_snapshots(fsck, client, fs_key)
+                        if args.deep:
+                            await verify_blobs(fsck, client, None if args.json else _progress)
+
+                trio.run(network)
+        finally:
+            db.close()
+    finally:
+        os.close(lock)
+    report = fsck.report
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        for check in report.checks:
+            print(f"  checked: {check}")
+        for finding in report.findings:
+            print(f"{'repaired' if finding.repaired else 'PROBLEM '}  [{finding.check}] {finding.message}")
+        print("clean" if not report.findings else
+              f"{len(report.repaired)} repaired, {len(report.unrepaired)} left unrepaired")
+    return report.exit_code
+
+
+def _restore(args: argparse.Namespace) -> int:
+    state = resolve_source(args.name)
+    committee_path = _bundled(args.committee, "committee.toml")
+    writer_key_path = _bundled(args.writer_key, "writer.key")
+    committee = Committee.load(committee_path)
+    report = trio.run(lambda: restore_state(state, committee_path, committee, writer_key_path,
+                                            load_key(writer_key_path), load_key(args.key), force=args.force))
+    for finding in report.findings:
+        print(f"fsck after restore: {finding.message}", file=sys.stderr)
+    print(f"mount it with: walrusfs mount {args.name} DIR")
+    return 0
+
+
+def _snapshots(args: argparse.Namespace) -> int:
+    state = resolve_source(args.source)
+    settings = state.load_settings()
+    committee = Committee.load(settings.committee)
+    fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
+
+    async def chain():
+        async with BlobClient(committee) as client:
+            return await find_chain(client, fs_key)
+
+    found = trio.run(chain)
+    if args.json:
+        print(json.dumps([{"seq": r.seq, "created_ns": r.created_ns, "manifest": r.manifest} for r in found.all],
+                         indent=1))
+        return 0
+    print(f"snapshots of filesystem {settings.fs_id} kept on the network (newest last):")
+    for ref in found.all:
+        print(f"  {describe(ref)}  manifest {ref.manifest}")
+    print(f"mount an older one read-only with: walrusfs mount {args.source} DIR -o snapshot=N")
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.resolve()
+    read_status(mountpoint)  # a clear error if it is not a walrusfs mount
+    started = time.monotonic()
+    try:
+        os.setxattr(mountpoint, CONTROL_PREFIX + b"snapshot", b"1")
+    except OSError as error:
+        reason = read_status(mountpoint).get("snapshot", {}).get("last_error") or error.strerror
+        raise UserError(f"no snapshot published: {reason}") from None
+    status = read_status(mountpoint)["snapshot"]
+    print(f"snapshot {status['seq']} published ({status['db_bytes'] / 2**20:.1f} MiB of metadata, "
+          f"{status['uploaded_bytes'] / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+__all__ = ["register"]
