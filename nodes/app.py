@@ -25,7 +25,6 @@ from walrusfs.redstuff import (
     BlobMetadata,
     FormatError,
     Sliver,
-    SliverExpansion,
     SliverKind,
     SliverVerificationError,
     verify_sliver,
@@ -50,8 +49,20 @@ from .http import (
     json_response,
 )
 from .metrics import Metrics
+from .peers import REPAIR_HEADER
+from .repair import RepairService
+from .repair_api import RepairAPI
 from .roots import RootStore, StaleRecordError
-from .store import METADATA, BlobStore, CorruptObjectError, MissingMetadataError, StoreFullError, sliver_name
+from .store import (
+    CERTIFICATE,
+    INCONSISTENCY,
+    METADATA,
+    BlobStore,
+    CorruptObjectError,
+    MissingMetadataError,
+    StoreFullError,
+    sliver_name,
+)
 
 log = logging.getLogger("nodes.app")
 T = TypeVar("T")
@@ -74,6 +85,8 @@ class NodeApp:
         self.expansions = ExpansionCache()
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
         self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
+        self.repair = RepairService(self)
+        self.repair_api = RepairAPI(self, self.repair)
         largest = self.geometry.layout(min(config.max_blob_size, self.geometry.max_blob_length))
         # The largest sliver any blob this node accepts can have: the bound checked on Content-Length.
         self.max_sliver_body = SLIVER_HEADER_SIZE + largest.primary_sliver_size
@@ -85,7 +98,7 @@ class NodeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self.repair)
             return
         if scope["type"] != "http":
             return
@@ -114,6 +127,8 @@ class NodeApp:
             route, table = "/v1/health", {"GET": self.health}
         elif s == ["metrics"]:
             route, table = "/metrics", {"GET": self.prometheus}
+        elif s == ["v1", "certified"] or s[:2] == ["v1", "repair"]:
+            route, table, args = self.repair_api.route(s)
         elif s == ["v1", "inventory"]:
             route, table = "/v1/inventory", {"GET": self.inventory}
         elif len(s) == 3 and s[:2] == ["v1", "roots"]:
@@ -137,6 +152,8 @@ class NodeApp:
         if rest == ["metadata"]:
             return ("/v1/blobs/{id}/metadata", {"GET": self.get_metadata, "PUT": self.put_metadata},
                     (blob_id,))
+        if rest in (["certificate"], ["inconsistency"]):
+            return self.repair_api.blob_route(rest[0], blob_id)
         if rest == ["status"]:
             return "/v1/blobs/{id}/status", {"GET": self.status}, (blob_id,)
         if rest == ["confirmation"]:
@@ -182,13 +199,26 @@ class NodeApp:
         return shard
 
     async def _read(self, blob_id: BlobId, name: str) -> bytes | None:
+        return await self.read_object(blob_id, name)
+
+    async def read_object(self, blob_id: BlobId, name: str, executor: ThreadPoolExecutor | None = None) -> bytes | None:
+        """A stored object, checksum-verified in ``executor`` (default: the foreground pool). 410 for
+        the slivers of a blob proven invalid; 404 ``quarantined`` (and repair told) for a bad checksum."""
+        if name not in (METADATA, CERTIFICATE, INCONSISTENCY):
+            self.repair_api.refuse_if_invalid(blob_id)
         try:
-            return await self._in_worker(self.store.get, blob_id, name)
+            return await asyncio.get_running_loop().run_in_executor(executor or self.executor, self.store.get,
+                                                                    blob_id, name)
         except CorruptObjectError as error:
             self.metrics.checksum_failures += 1
-            self._metadata_cache.pop(blob_id, None)
-            self.expansions.invalidate(lambda key: key[0] == blob_id)
+            self.forget_cached(blob_id)
+            if self.repair.knows_certified(str(blob_id)):
+                self.repair.enqueue(str(blob_id))
             raise HTTPError(404, "quarantined", f"{error}; this node no longer holds it") from None
+
+    def forget_cached(self, blob_id: BlobId) -> None:
+        self._metadata_cache.pop(blob_id, None)
+        self.expansions.invalidate(lambda key: key[0] == blob_id)
 
     async def _metadata(self, blob_id: BlobId) -> BlobMetadata | None:
         cached = self._metadata_cache.get(blob_id)
@@ -236,6 +266,7 @@ class NodeApp:
                                                     stats.quarantined),
             },
             {"node_id": self.config.node_id, "epoch": str(self.committee.epoch)},
+            self.repair_api.metrics_lines(),
         )
         return Response(200, text.encode(), metrics_format.CONTENT_TYPE)
 
@@ -299,6 +330,7 @@ class NodeApp:
             created = await self._in_worker(self.store.put_metadata, blob_id, bytes(body))
         except StoreFullError:
             raise self._disk_full() from None
+        self.repair.touch(blob_id)
         if created:
             log.info("stored metadata of blob %s (%d bytes)", blob_id, metadata.blob_length)
         return json_response({"blob_id": str(blob_id), "stored": True}, 201 if created else 200)
@@ -332,6 +364,7 @@ class NodeApp:
             raise
         except MissingMetadataError:
             raise HTTPError(409, "metadata_missing", f"blob {blob_id} was deleted meanwhile") from None
+        self.repair.touch(blob_id)
         log.debug("stored %s of blob %s", name, blob_id)
         return json_response({"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(),
                               "stored": True}, 201 if created else 200)
@@ -375,17 +408,10 @@ class NodeApp:
     async def recovery_symbol(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind,
                               target: int) -> Response:
         self._check_shard(blob_id, pair)
-        name = sliver_name(pair, kind)
-
-        async def build() -> SliverExpansion:
-            payload = await self._read(blob_id, name)
-            if payload is None:
-                raise _sliver_not_found(blob_id, pair, kind)
-            return await self._in_worker(lambda: SliverExpansion(Sliver.from_bytes(payload)))
-
-        expansion = await self.expansions.get((blob_id, pair, kind), build)
-        symbol = expansion.symbol_for(target)
-        return Response(200, symbol.to_bytes(), OCTETS)
+        if REPAIR_HEADER in request.headers:  # a peer repairing: its own bounded pool, may get 429
+            return await self.repair_api.serve_symbol(blob_id, pair, kind, target)
+        expansion = await self.repair.expansion(blob_id, pair, kind, self.executor)
+        return Response(200, expansion.symbol_for(target).to_bytes(), OCTETS)
 
     def _pairs(self, blob_id: BlobId) -> list[tuple[int, int]]:
         """(shard, pair) for each shard of this node, for one blob."""
@@ -429,9 +455,9 @@ class NodeApp:
 
     async def delete_blob(self, request: Request, blob_id: BlobId) -> Response:
         self._authorize(request)
+        await self._in_worker(self.store.bury, blob_id)  # so that repair does not bring it back
         deleted = await self._in_worker(self.store.delete_blob, blob_id)
-        self._metadata_cache.pop(blob_id, None)
-        self.expansions.invalidate(lambda key: key[0] == blob_id)
+        self.forget_cached(blob_id)
         if not deleted:
             raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
         log.info("deleted blob %s", blob_id)
@@ -463,11 +489,14 @@ def _parse_kind(text: str) -> SliverKind:
     return SliverKind.parse(text)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: Receive, send: Send, repair: RepairService) -> None:
+    """Repair runs in the server's event loop from startup to shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            repair.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await repair.stop()
             await send({"type": "lifespan.shutdown.complete"})
             return

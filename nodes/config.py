@@ -7,6 +7,17 @@
     committee = "../committee.toml"
     max_blob_size = 1073741824        # optional, bytes; bounds the sliver sizes accepted
     log_level = "info"                # optional
+
+    [repair]                          # optional; self-healing (docs/repair.md), defaults below
+    enabled = true                    # false: never recover slivers or scrub (serving is unaffected)
+    sync_interval = 30.0              # seconds between polls of each peer's certified-blob feed
+    grace = 30.0                      # seconds after the writer last sent a blob's parts before repairing it
+    concurrency = 2                   # blobs recovered at once
+    rate = 268435456                  # bytes/s of recovery symbols fetched, at most
+    serve_workers = 2                 # threads that build recovery symbols for peers (not the foreground pool)
+    serve_queue = 16                  # symbol requests waiting beyond that are refused with 429
+    scrub_interval = 86400.0          # seconds between the starts of two scrub passes (0: never)
+    scrub_rate = 52428800             # bytes/s the scrubber reads and verifies, at most
 """
 
 from __future__ import annotations
@@ -24,7 +35,45 @@ from walrusfs.keys import load_key, public_bytes
 from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30
-_KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level"}
+_KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair"}
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """The ``[repair]`` table: how hard self-healing may work (docs/repair.md explains the defaults)."""
+
+    enabled: bool = True
+    sync_interval: float = 30.0
+    grace: float = 30.0
+    concurrency: int = 2
+    rate: int = 256 << 20
+    serve_workers: int = 2
+    serve_queue: int = 16
+    scrub_interval: float = 86400.0
+    scrub_rate: int = 50 << 20
+
+    @classmethod
+    def from_dict(cls, data: object) -> RepairConfig:
+        if not isinstance(data, dict):
+            raise UserError("[repair] must be a table")
+        defaults = cls()
+        unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"[repair]: unknown settings {', '.join(unknown)} "
+                            f"(known: {', '.join(cls.__dataclass_fields__)})")
+        values: dict[str, Any] = {}
+        for name, field_ in cls.__dataclass_fields__.items():
+            value = data.get(name, getattr(defaults, name))
+            kind = type(getattr(defaults, name))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise UserError(f"[repair] {name} must be a {kind.__name__}, got {value!r}")
+            minimum = 0 if name in ("scrub_interval", "grace") else 1 if kind is int else 0.01
+            if kind is not bool and value < minimum:
+                raise UserError(f"[repair] {name} must be at least {minimum}")
+            values[field_.name] = value
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -38,6 +87,7 @@ class NodeConfig:
     committee_path: Path
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
     log_level: str = "info"
+    repair: RepairConfig = RepairConfig()
 
     @classmethod
     def load(cls, path: Path | str) -> NodeConfig:
@@ -78,7 +128,8 @@ class NodeConfig:
         if log_level not in ("debug", "info", "warning", "error"):
             raise UserError("log_level must be one of debug, info, warning, error")
         return cls(path, text("node_id"), host.strip("[]"), int(port_text), relative("data_dir"),
-                   relative("signing_key"), relative("committee"), max_blob, log_level)
+                   relative("signing_key"), relative("committee"), max_blob, log_level,
+                   RepairConfig.from_dict(data.get("repair", {})))
 
     def load_identity(self) -> tuple[Committee, Ed25519PrivateKey]:
         """The committee and this node's key, checked against each other."""

@@ -25,35 +25,38 @@ class Metrics:
         self.bytes_in += received
         self.bytes_out += sent
 
-    def render(self, gauges: dict[str, tuple[str, float]], info: dict[str, str]) -> str:
+    def render(self, gauges: dict[str, tuple[str, float]], info: dict[str, str],
+               extra: list[str] | None = None) -> str:
         lines: list[str] = []
-
-        def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{_labels(labels)} {_number(value)}")
-
-        family("walrusfs_node_info", "gauge", "Constant 1, labelled with the node's identity.", [(info, 1)])
-        family("walrusfs_node_http_requests_total", "counter", "HTTP requests by route, method and status.",
+        family(lines, "walrusfs_node_info", "gauge", "Constant 1, labelled with the node's identity.", [(info, 1)])
+        family(lines, "walrusfs_node_http_requests_total", "counter", "HTTP requests by route, method and status.",
                [({"route": r, "method": m, "status": str(s)}, v)
                 for (r, m, s), v in sorted(self.requests.items())])
-        family("walrusfs_node_received_bytes_total", "counter", "Request body bytes received.",
+        family(lines, "walrusfs_node_received_bytes_total", "counter", "Request body bytes received.",
                [({}, self.bytes_in)])
-        family("walrusfs_node_sent_bytes_total", "counter", "Response body bytes sent.",
+        family(lines, "walrusfs_node_sent_bytes_total", "counter", "Response body bytes sent.",
                [({}, self.bytes_out)])
-        family("walrusfs_node_verification_failures_total", "counter",
+        family(lines, "walrusfs_node_verification_failures_total", "counter",
                "Uploaded objects refused because they do not verify against the blob ID.",
                [({"object": k}, v) for k, v in sorted(self.verification_failures.items())]
                or [({"object": "sliver"}, 0)])
-        family("walrusfs_node_checksum_failures_total", "counter",
+        family(lines, "walrusfs_node_checksum_failures_total", "counter",
                "Stored files that failed their checksum on read and were quarantined.",
                [({}, self.checksum_failures)])
-        family("walrusfs_node_disk_full_total", "counter", "Writes refused because the disk was full.",
+        family(lines, "walrusfs_node_disk_full_total", "counter", "Writes refused because the disk was full.",
                [({}, self.disk_full)])
         for name, (help_text, value) in gauges.items():
-            family(name, "gauge", help_text, [({}, value)])
-        return "\n".join(lines) + "\n"
+            family(lines, name, "gauge", help_text, [({}, value)])
+        return "\n".join(lines + (extra or [])) + "\n"
+
+
+def family(lines: list[str], name: str, kind: str, help_text: str,
+           samples: list[tuple[dict[str, str], float]]) -> None:
+    """Append one metric family (HELP, TYPE and its samples) to ``lines``."""
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        lines.append(f"{name}{_labels(labels)} {_number(value)}")
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -70,7 +70,7 @@ def serve(config: NodeConfig, server: str = "uvicorn") -> None:
              config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
              config.data_dir)
     uvicorn_config = uvicorn.Config(
-        app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="off",
+        app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10,
     )
     server_ = _Server(uvicorn_config)

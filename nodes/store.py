@@ -4,6 +4,9 @@ Layout under the data directory::
 
     blobs/<first 2 chars of blob id>/<blob id>/metadata
     blobs/<..>/<blob id>/p<pair>.primary | p<pair>.secondary
+    blobs/<..>/<blob id>/certificate     the availability certificate (JSON), once the node knows it
+    blobs/<..>/<blob id>/inconsistency   an InconsistencyProof: the blob is invalid, never served
+    tombstones/<blob id>                 blobs deleted by a writer: repair does not bring them back
     quarantine/<blob id>.<object>.<ns>      files that failed their checksum, kept for inspection
     trash/                                  blob directories being deleted
 
@@ -40,6 +43,8 @@ _HEAD = struct.Struct("<4sB3x32s")
 _MAGIC = b"WFSO"
 HEADER_SIZE = _HEAD.size
 METADATA = "metadata"
+CERTIFICATE = "certificate"
+INCONSISTENCY = "inconsistency"
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -72,7 +77,12 @@ class BlobStore:
         self.blobs_dir = root / "blobs"
         self.quarantine_dir = root / "quarantine"
         self.trash_dir = root / "trash"
+        self.tombstones_dir = root / "tombstones"
         self.stats = StoreStats()
+        # Filled by open(): blob ids (text) with a stored certificate, an inconsistency proof, a tombstone.
+        self.certified: set[str] = set()
+        self.invalid: set[str] = set()
+        self.tombstones: set[str] = set()
         self._lock = threading.Lock()
         # Objects found corrupt (and not rewritten since), by blob id: shown in status.
         self._quarantined: dict[str, set[str]] = {}
@@ -81,7 +91,7 @@ class BlobStore:
 
     def open(self) -> None:
         """Create the layout, drop leftovers of interrupted writes and deletions, count contents."""
-        for directory in (self.root, self.blobs_dir, self.quarantine_dir, self.trash_dir):
+        for directory in (self.root, self.blobs_dir, self.quarantine_dir, self.trash_dir, self.tombstones_dir):
             directory.mkdir(parents=True, exist_ok=True)
         probe = self.root / f".probe{_TEMP_SUFFIX}"
         probe.write_bytes(b"")  # fails now, not on the first write, if the directory is read-only
@@ -99,11 +109,16 @@ class BlobStore:
                         leftovers += 1
                     else:
                         stats.bytes += entry.stat().st_size
+                        if entry.name == CERTIFICATE:
+                            self.certified.add(blob.name)
+                        elif entry.name == INCONSISTENCY:
+                            self.invalid.add(blob.name)
         for entry in os.scandir(self.quarantine_dir):
             blob_text, _, rest = entry.name.partition(".")
             name = rest.rsplit(".", 1)[0]
             self._quarantined.setdefault(blob_text, set()).add(name)
             stats.quarantined += 1
+        self.tombstones = set(os.listdir(self.tombstones_dir))
         self.stats = stats
         log.info("store %s: %d blobs, %d bytes, %d quarantined files, %d interrupted writes removed",
                  self.root, stats.blobs, stats.bytes, stats.quarantined, leftovers)
@@ -130,6 +145,27 @@ class BlobStore:
         if not (self.blob_dir(blob_id) / METADATA).exists():
             raise MissingMetadataError(str(blob_id))
         self._write(blob_id, sliver_name(pair, kind), payload)
+
+    def put_object(self, blob_id: BlobId, name: str, payload: bytes) -> None:
+        """Store the certificate or inconsistency proof of a blob whose metadata is stored."""
+        assert name in (CERTIFICATE, INCONSISTENCY)
+        if not (self.blob_dir(blob_id) / METADATA).exists():
+            raise MissingMetadataError(str(blob_id))
+        self._write(blob_id, name, payload)
+        (self.certified if name == CERTIFICATE else self.invalid).add(str(blob_id))
+
+    def bury(self, blob_id: BlobId, alive: bool = False) -> None:
+        """Record that a writer deleted the blob (so repair leaves it deleted), or, with ``alive``,
+        that it was certified again."""
+        path = self.tombstones_dir / str(blob_id)
+        if alive:
+            if str(blob_id) in self.tombstones:
+                _unlink_quietly(path)
+                self.tombstones.discard(str(blob_id))
+            return
+        path.touch()
+        _fsync_dir(self.tombstones_dir)
+        self.tombstones.add(str(blob_id))
 
     def _write(self, blob_id: BlobId, name: str, payload: bytes | bytearray) -> None:
         directory = self.blob_dir(blob_id)
@@ -238,7 +274,14 @@ class BlobStore:
             self.stats.bytes -= size
             self._verified = {entry for entry in self._verified if entry[0] != key}
             self._quarantined.pop(key, None)
+            self.certified.discard(key)
+            self.invalid.discard(key)
         return True
+
+    def quarantine(self, blob_id: BlobId, name: str) -> None:
+        """Move aside an object whose checksum passed but whose content is wrong (it does not verify
+        against the blob's metadata): what the scrubber does with a sliver that rotted undetectably."""
+        self._quarantine(blob_id, name, self.blob_dir(blob_id) / name)
 
     def _quarantine(self, blob_id: BlobId, name: str, path: Path) -> None:
         target = self.quarantine_dir / f"{blob_id}.{name}.{time.time_ns()}"

@@ -24,7 +24,7 @@ from .budget import ByteBudget
 from .certificate import Certificate
 from .health import HealthBook
 from .read import BlobReader, ReadReport
-from .store import Delivery, StoreError, StoreProgress, encode_for_upload
+from .store import Delivery, StoreError, StoreProgress, announce_certificate, encode_for_upload
 from .transport import NodeConnection, connections
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class BlobClient:
         if delivery.certified():
             certificate = delivery.certificate()
             certificate.verify(self.committee)
+            self._nursery.start_soon(announce_certificate, self.connections, certificate)
             # Slow nodes keep being served from the background budget; if it is full they are
             # left to repair, so that memory held for them never blocks the next store.
             if not delivery.finished.is_set():

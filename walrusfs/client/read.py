@@ -27,6 +27,7 @@ from ..redstuff import (
     SliverVerificationError,
     decode,
     decode_and_verify,
+    verify_inconsistency_proof,
     verify_sliver,
 )
 from .fanout import race
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 class ReadError(Exception):
     """The blob could not be read from the committee: says which nodes failed and how."""
+
+
+class BlobInvalidError(ReadError):
+    """The blob was proven inconsistently encoded by its writer: it has no content to read."""
 
 
 @dataclass
@@ -181,8 +186,25 @@ class BlobReader:
 
         for index, error in result.failures:
             report.note(node_of(index), error)
+            if isinstance(error, NodeError) and error.invalid:
+                await self._raise_if_proven_invalid(metadata, node_of(index))
         self._note_slow([node_of(index) for index in result.slow], report)
         return dict(result.successes)
+
+    async def _raise_if_proven_invalid(self, metadata: BlobMetadata, node: str) -> None:
+        """A node says the blob is invalid (410): BlobInvalidError if its proof checks out against
+        the metadata, else the node is lying and the read goes on without it."""
+        connection = self.connections[node]
+        try:
+            proof = await connection.get_inconsistency(metadata.blob_id)
+        except NodeError:
+            return
+        if await trio.to_thread.run_sync(verify_inconsistency_proof, metadata, proof):
+            raise BlobInvalidError(
+                f"blob {metadata.blob_id} is invalid: its writer encoded it inconsistently ({node} holds a "
+                f"proof, checked here: {proof.target_kind.name.lower()} sliver {proof.target_index} rebuilds "
+                "to bytes the metadata does not commit to); it has no content and is never served")
+        connection.health.lie(node, "inconsistency proof that does not verify")
 
     async def _read_cells(self, metadata: BlobMetadata, offset: int, end: int,
                           cells: list[tuple[int, int]], report: ReadReport) -> bytes:
@@ -275,4 +297,4 @@ def _assemble_range(metadata: BlobMetadata, offset: int, end: int,
     return bytes(out)
 
 
-__all__ = ["BlobReader", "ReadError", "ReadReport"]
+__all__ = ["BlobInvalidError", "BlobReader", "ReadError", "ReadReport"]

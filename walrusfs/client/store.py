@@ -32,6 +32,31 @@ def encode_for_upload(data: bytes | memoryview, n_shards: int) -> tuple[EncodedB
     return encoded, {pair: encoded.sliver_pair(pair) for pair in range(n_shards)}
 
 
+async def announce_certificate(connections: dict[str, NodeConnection], certificate: Certificate,
+                               deadline: float = 10.0) -> None:
+    """Best effort, after store() returned: every node learns that the blob is certified, so that
+    it keeps its slivers complete (repair). A node that misses this learns it from its peers."""
+    text = certificate.to_json()
+
+    async def one(connection: NodeConnection) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                await connection.put_certificate(certificate.blob_id, text)
+                return
+            except NodeError as error:
+                if not error.transient:
+                    log.debug("certificate of %s not taken by %s: %s", certificate.blob_id, connection.node_id, error)
+                    return
+            await trio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+
+    with trio.move_on_after(deadline):
+        async with trio.open_nursery() as nursery:
+            for connection in connections.values():
+                nursery.start_soon(one, connection)
+
+
 class StoreError(Exception):
     """No availability certificate could be had; says which nodes failed and why."""
 

@@ -15,7 +15,7 @@ from httpcore._async.http11 import AsyncHTTP11Connection
 
 from ..committee import Committee, NodeInfo
 from ..protocol import Confirmation, sign_request
-from ..redstuff import BlobId, BlobMetadata, FormatError, RecoverySymbol, Sliver, SliverKind
+from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
 from ..roots import RootRecord
 from .health import HealthBook
 
@@ -27,15 +27,17 @@ AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 
 class NodeError(Exception):
-    """A node did not give a usable answer. ``transient`` errors are worth retrying."""
+    """A node did not give a usable answer. ``transient`` errors are worth retrying; ``invalid``
+    means the node holds a proof that the blob is inconsistently encoded (HTTP 410)."""
 
     def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
-                 lie: bool = False) -> None:
+                 lie: bool = False, invalid: bool = False) -> None:
         super().__init__(f"node {node_id}: {what}: {reason}")
         self.node_id = node_id
         self.reason = reason
         self.transient = transient
         self.lie = lie
+        self.invalid = invalid
 
 
 class NodeConnection:
@@ -65,7 +67,7 @@ class NodeConnection:
             reason = f"HTTP {response.status_code}: {_reason(response)}"
             self.health.failure(self.node_id, reason)
             raise NodeError(self.node_id, what, reason, transient=response.status_code >= 500
-                            or response.status_code in (404, 409, 429))
+                            or response.status_code in (404, 409, 429), invalid=response.status_code == 410)
         try:
             value = parse(response)
         except (FormatError, ValueError) as error:
@@ -118,6 +120,12 @@ class NodeConnection:
         return await self._call("get status", lambda: self.http.get(self.base + path),
                                 lambda r: r.json())
 
+    async def get_inconsistency(self, blob_id: BlobId) -> InconsistencyProof:
+        """The node's proof that the blob is inconsistently encoded (the caller checks it)."""
+        path = f"/v1/blobs/{blob_id}/inconsistency"
+        return await self._call("get inconsistency proof", lambda: self.http.get(self.base + path),
+                                lambda r: InconsistencyProof.from_bytes(r.content))
+
     async def get_confirmation(self, blob_id: BlobId) -> Confirmation:
         path = f"/v1/blobs/{blob_id}/confirmation"
         return await self._call("get confirmation", lambda: self.http.get(self.base + path),
@@ -145,6 +153,13 @@ class NodeConnection:
         await self._call(f"store root record {record.seq}", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
             ok=(200, 201))
+
+    async def put_certificate(self, blob_id: BlobId, certificate_json: str) -> None:
+        """Tell the node the blob is certified, so that it keeps (and repairs) its slivers."""
+        path = f"/v1/blobs/{blob_id}/certificate"
+        await self._call("store certificate", lambda: self.http.put(
+            self.base + path, content=certificate_json.encode(), headers=self._auth("PUT", path)),
+            lambda r: None, ok=(200, 201))
 
     async def put_metadata(self, metadata: BlobMetadata) -> None:
         path = f"/v1/blobs/{metadata.blob_id}/metadata"
