@@ -1,0 +1,351 @@
+"""Prometheus metrics of a mount daemon: an HTTP endpoint and/or a node_exporter textfile.
+
+Both render the daemon's status dict (the one ``getfattr -n walrusfs.status`` returns), so the
+metrics never disagree with ``walrusfs status``. Every metric is described in docs/operating.md.
+
+The HTTP server is deliberately tiny: one request per connection, ``GET /metrics`` only, a bounded
+request head read under a deadline, a bounded number of connections. It runs inside the daemon's
+trio loop, so a client that never finishes its request must cost a socket and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_HOST = "127.0.0.1"
+TEXTFILE_INTERVAL = 15.0  # seconds between textfile rewrites (a typical scrape interval)
+REQUEST_TIMEOUT = 10.0  # a client gets this long to send its request head
+SEND_TIMEOUT = 10.0  # ... and this long to take the response
+MAX_REQUEST_HEAD = 8192
+MAX_CONNECTIONS = 16
+BIND_RETRY = 30.0  # seconds between attempts when the metrics port cannot be bound
+
+Sample = tuple[dict[str, str], float]
+
+# Top-level status fields exported as they are: (status key, metric suffix, type, help).
+_PLAIN: list[tuple[str, str, str, str]] = [
+    ("mounted_since", "start_time_seconds", "gauge", "When the mount daemon started (Unix time)."),
+    ("staged_bytes", "staged_bytes", "gauge",
+     "Bytes written and staged on local disk, not yet in a certified blob."),
+    ("dirty_bytes", "dirty_bytes", "gauge", "Bytes written into memory buffers, not yet staged."),
+    ("uploads_in_flight", "uploads_in_flight", "gauge", "Blobs being encoded or stored right now."),
+    ("uploaded_blobs", "uploaded_blobs_total", "counter", "Blobs certified since the mount started."),
+    ("uploaded_bytes", "uploaded_bytes_total", "counter", "Bytes in blobs certified since the mount started."),
+    ("upload_failures", "upload_failures_total", "counter",
+     "Blob uploads that failed (their blocks stay staged and are retried)."),
+    ("cache_bytes", "cache_bytes", "gauge", "Bytes held by the local read cache."),
+    ("cache_capacity", "cache_capacity_bytes", "gauge", "The read cache's bound."),
+    ("cache_hits", "cache_hits_total", "counter", "Block reads served by the read cache."),
+    ("cache_misses", "cache_misses_total", "counter", "Block reads that had to fetch a blob from the nodes."),
+    ("last_error_at", "last_upload_error_timestamp_seconds", "gauge", "When the last upload failed (Unix time)."),
+]
+
+# Fields of status["snapshot"] (metadata snapshots): (key, metric suffix, type, help, divisor to base units).
+_SNAPSHOT: list[tuple[str, str, str, str, float]] = [
+    ("seq", "snapshot_seq", "gauge", "Sequence number of the last metadata snapshot.", 1.0),
+    ("created_ns", "snapshot_last_timestamp_seconds", "gauge", "When the last metadata snapshot was taken.",
+     1e9),
+    ("db_bytes", "snapshot_db_bytes", "gauge", "Size of the metadata database the last snapshot covered.", 1.0),
+    ("uploaded_bytes", "snapshot_uploaded_bytes", "gauge", "Bytes of metadata snapshots uploaded.", 1.0),
+    ("next_due_s", "snapshot_next_due_seconds", "gauge", "Seconds until the next metadata snapshot is due.", 1.0),
+]
+
+# Fields of each status["nodes"][node_id] (the client's health book): (key, suffix, type, help, divisor).
+_NODE: list[tuple[str, str, str, str, float]] = [
+    ("latency_ms", "node_latency_seconds", "gauge", "Moving average of successful request latency, per node.",
+     1e3),
+    ("failure_score", "node_failure_score", "gauge",
+     "Recent failures of a node, decaying by half every 30 s (0: healthy; nodes are tried in score order).",
+     1.0),
+    ("successes", "node_successes_total", "counter", "Successful requests to a node.", 1.0),
+    ("failures", "node_failures_total", "counter", "Failed requests to a node (errors, timeouts, bad bytes).", 1.0),
+    ("lies", "node_lies_total", "counter", "Answers from a node whose bytes did not verify.", 1.0),
+]
+
+
+def uploads_failing(status: dict) -> bool:
+    """Whether staged data is currently failing to upload (as opposed to a failure long recovered).
+
+    With ``last_error_at`` and ``last_upload_at`` in the status the answer is exact: the latest
+    upload outcome was a failure. Without them, the best guess is: something has failed and data is
+    still waiting.
+    """
+    if not status.get("last_error") or not status.get("upload_failures"):
+        return False
+    pending = (status.get("staged_bytes") or 0) + (status.get("dirty_bytes") or 0)
+    if not pending:
+        return False
+    failed_at, uploaded_at = status.get("last_error_at"), status.get("last_upload_at")
+    if failed_at is not None and uploaded_at is not None:
+        return failed_at >= uploaded_at
+    return True
+
+
+def snapshot_failing(status: dict) -> bool:
+    snapshot = status.get("snapshot")
+    return bool(isinstance(snapshot, dict) and snapshot.get("last_error"))
+
+
+def render_metrics(status: dict) -> str:
+    """The status dict in the Prometheus text exposition format, version 0.0.4.
+
+    Fields missing from ``status`` (older or newer daemons) are left out rather than reported as 0.
+    """
+    out: list[str] = []
+
+    def family(suffix: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+        samples = list(samples)
+        if not samples:
+            return
+        name = "walrusfs_mount_" + suffix
+        out.append(f"# HELP {name} {_escape_help(help_text)}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{_render_labels(labels)} {_render_value(value)}" for labels, value in samples)
+
+    info = {"fs_id": str(status.get("fs_id", "")), "state": str(status.get("state", ""))}
+    family("info", "gauge", "Constant 1, labelled with the filesystem id and its local state directory.",
+           [(info, 1)])
+    if "read_only" in status:
+        family("read_only", "gauge", "1 if the filesystem is mounted read-only.", [({}, bool(status["read_only"]))])
+    for key, suffix, kind, help_text in _PLAIN:
+        value = status.get(key)
+        if _is_number(value):
+            family(suffix, kind, help_text, [({}, value)])
+    family("uploads_failing", "gauge", "1 while staged data is failing to upload (see last_error in status).",
+           [({}, uploads_failing(status))])
+
+    snapshot = status.get("snapshot")
+    if isinstance(snapshot, dict):
+        for key, suffix, kind, help_text, divisor in _SNAPSHOT:
+            value = snapshot.get(key)
+            if _is_number(value):
+                family(suffix, kind, help_text, [({}, _in_base_units(value, divisor))])
+        family("snapshot_failing", "gauge", "1 if the last metadata snapshot attempt failed.",
+               [({}, snapshot_failing(status))])
+
+    nodes = status.get("nodes")
+    if isinstance(nodes, dict):
+        for key, suffix, kind, help_text, divisor in _NODE:
+            family(suffix, kind, help_text,
+                   [({"node": str(node)}, _in_base_units(health[key], divisor))
+                    for node, health in sorted(nodes.items())
+                    if isinstance(health, dict) and _is_number(health.get(key))])
+    return "\n".join(out) + "\n"
+
+
+def _in_base_units(value: float, divisor: float) -> float:
+    return value if divisor == 1 else value / divisor  # integers stay integers
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _render_labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape_label(value)}"' for key, value in labels.items()) + "}"
+
+
+def _escape_label(value: str) -> str:
+    return _escape_help(value).replace('"', '\\"')
+
+
+def _render_value(value: float) -> str:
+    if isinstance(value, bool | int):
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+# --- the HTTP endpoint ---------------------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1); port 0 picks a free one."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"bad listen address {text!r} (expected [IPv6]:PORT)")
+        port_text = rest[1:]
+    elif ":" in text:
+        host, port_text = text.rsplit(":", 1)
+    else:
+        host, port_text = "", text
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad listen address {text!r}: the port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad listen address {text!r}: port out of range")
+    return host or DEFAULT_HOST, port
+
+
+class _BadRequest(Exception):
+    pass
+
+
+async def serve_metrics(listen: str, status_fn: Callable[[], dict], *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``GET /metrics`` on ``listen`` (only that address) until cancelled.
+
+    ``task_status.started`` gets the bound port, so ``HOST:0`` works with ``nursery.start``.
+    Raises OSError if the address cannot be bound.
+    """
+    host, port = parse_listen(listen)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
+    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return  # over the limit: closed at once (serve_listeners closes the stream)
+        try:
+            await _answer(stream, status_fn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the client went away or was too slow: nothing to tell anyone
+        finally:
+            limiter.release()
+
+    task_status.started(bound)
+    await trio.serve_listeners(handler, listeners)
+
+
+async def _answer(stream: trio.SocketStream, status_fn: Callable[[], dict]) -> None:
+    try:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            head = await _read_head(stream)
+        method, path = _parse_request_line(head)
+    except _BadRequest as error:
+        await _respond(stream, 400, "Bad Request", f"{error}\n".encode())
+        return
+    if path != "/metrics":
+        await _respond(stream, 404, "Not Found", b"walrusfs mount metrics are at /metrics\n")
+        return
+    if method not in ("GET", "HEAD"):
+        await _respond(stream, 405, "Method Not Allowed", b"GET /metrics\n", extra="Allow: GET, HEAD\r\n")
+        return
+    try:
+        body = render_metrics(status_fn()).encode()
+    except Exception:
+        log.exception("rendering metrics failed")
+        await _respond(stream, 500, "Internal Server Error", b"rendering metrics failed (see the mount log)\n")
+        return
+    await _respond(stream, 200, "OK", body, content_type=CONTENT_TYPE, head_only=method == "HEAD")
+
+
+async def _read_head(stream: trio.SocketStream) -> bytes:
+    buffer = bytearray()
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            end = buffer.find(b"\n\n")  # bare-LF clients (tolerated, as most servers do)
+        if end >= 0:
+            return bytes(buffer[:end])
+        if len(buffer) > MAX_REQUEST_HEAD:
+            raise _BadRequest("request head too large")
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise _BadRequest("connection closed before the end of the request head")
+        buffer += chunk
+
+
+def _parse_request_line(head: bytes) -> tuple[str, str]:
+    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise _BadRequest("malformed request line")
+    try:
+        method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise _BadRequest("non-ASCII request line") from None
+    return method, target.split("?", 1)[0]
+
+
+async def _respond(stream: trio.SocketStream, code: int, reason: str, body: bytes, *,
+                   content_type: str = "text/plain; charset=utf-8", extra: str = "",
+                   head_only: bool = False) -> None:
+    header = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+              f"Connection: close\r\n{extra}\r\n").encode()
+    with trio.fail_after(SEND_TIMEOUT):
+        await stream.send_all(header if head_only else header + body)
+
+
+# --- the textfile route and the daemon's entry point ---------------------------------------------------
+
+
+async def write_textfile(path: str | os.PathLike[str], status_fn: Callable[[], dict],
+                         interval: float = TEXTFILE_INTERVAL) -> None:
+    """Rewrite ``path`` (for node_exporter's textfile collector) every ``interval`` seconds.
+
+    Each write goes to a temporary name and is renamed over ``path``, so the collector never reads
+    half a file. When the task ends (the mount went away) the file is removed: stale figures of a
+    daemon that is gone must not look current.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.prom: the collector skips it
+    reported: str | None = None
+    try:
+        while True:
+            text = render_metrics(status_fn())
+            try:
+                await trio.to_thread.run_sync(_replace, temporary, path, text)
+                reported = None
+            except OSError as error:
+                if str(error) != reported:  # once per distinct error, not every interval
+                    log.warning("cannot write the metrics textfile %s: %s", path, error)
+                    reported = str(error)
+            await trio.sleep(interval)
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        with suppress(OSError):
+            temporary.unlink()
+
+
+def _replace(temporary: Path, path: Path, text: str) -> None:
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    os.replace(temporary, path)
+
+
+async def export_metrics(listen: str | None, textfile: str | None, status_fn: Callable[[], dict]) -> None:
+    """What the mount daemon runs for ``-o metrics=HOST:PORT`` and ``-o metrics_textfile=PATH``.
+
+    A port that cannot be bound is logged and retried: metrics are never a reason to take the
+    filesystem down.
+    """
+    async def keep_serving(listen: str) -> None:
+        while True:
+            try:
+                await serve_metrics(listen, status_fn)
+            except OSError as error:
+                log.error("cannot serve metrics on %s: %s (retrying every %.0f s)", listen, error, BIND_RETRY)
+            await trio.sleep(BIND_RETRY)
+
+    async with trio.open_nursery() as nursery:
+        if listen:
+            nursery.start_soon(keep_serving, listen)
+        if textfile:
+            nursery.start_soon(write_textfile, textfile, status_fn)

@@ -1,0 +1,277 @@
+"""``walrusfs status DIR [--json]``: what a mount daemon is doing, for people and for scripts.
+
+Exit status: 0 when all is well; 1 when DIR is not (inside) a mounted walrusfs filesystem or its
+daemon does not answer; 2 when staged data or metadata snapshots are failing to upload (the data
+stays staged and is retried; the output says why). Documented in docs/operating.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import UserError
+from .cli import read_status
+from .metrics import snapshot_failing, uploads_failing
+
+EXIT_FAILING = 2
+FSTYPE = "fuse.walrusfs"
+# A node whose decaying failure score is below this is "ok"; below FAILING_SCORE, "flaky".
+FLAKY_SCORE = 0.5
+FAILING_SCORE = 2.0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    status = commands.add_parser(
+        "status", help="what a mount is doing: staged bytes, uploads, cache, snapshots, node health",
+        description="Show a mount's state. Exit 0: healthy; 1: not a walrusfs mount (or no answer); "
+                    "2: uploads or metadata snapshots are failing.")
+    status.add_argument("dir", type=Path, help="the mount point (or any directory inside the mount)")
+    status.add_argument("--json", action="store_true", help="the daemon's status as JSON, with derived fields")
+    status.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the daemon to answer (default 10)")
+    status.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    mountpoint = find_mount_root(args.dir)
+    status = read_status_within(mountpoint, args.timeout)
+    status["mountpoint"] = str(mountpoint)
+    failing = uploads_failing(status) or snapshot_failing(status)
+    if args.json:
+        status["uploads_failing"] = uploads_failing(status)
+        status["snapshot_failing"] = snapshot_failing(status)
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status), end="")
+    return EXIT_FAILING if failing else 0
+
+
+# --- finding and asking the daemon ------------------------------------------------------------------------
+
+
+def _mounts() -> list[tuple[Path, str]]:
+    """(mount point, filesystem type) of every mount this process sees."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        try:
+            fstype = fields[fields.index("-") + 1]
+        except (ValueError, IndexError):
+            continue
+        # mountinfo escapes space, tab, newline and backslash as octal.
+        point = fields[4].encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
+        mounts.append((Path(point), fstype))
+    return mounts
+
+
+def find_mount_root(directory: Path) -> Path:
+    """The walrusfs mount point ``directory`` is in (the daemon answers only on the root).
+
+    Raises UserError, naming what is mounted there instead, if it is not in a walrusfs mount.
+    """
+    path = directory.absolute().resolve()
+    best: tuple[Path, str] | None = None
+    for point, fstype in _mounts():
+        if (path == point or point in path.parents) and (best is None or len(point.parts) >= len(best[0].parts)):
+            best = (point, fstype)
+    if best is None:
+        raise UserError(f"{directory}: no such mount (is /proc mounted?)")
+    point, fstype = best
+    if fstype != FSTYPE:
+        raise UserError(f"{directory} is not a walrusfs mount (it is on {point}, filesystem type {fstype}); "
+                        "give the directory a walrusfs filesystem is mounted on")
+    return point
+
+
+def read_status_within(mountpoint: Path, timeout: float) -> dict:
+    """read_status, but a daemon that is wedged costs ``timeout`` seconds and an error, not a hang."""
+    result: list[dict] = []
+    failure: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            result.append(read_status(mountpoint))
+        except BaseException as error:
+            failure.append(error)
+
+    # A daemon thread: if getxattr never returns, the process can still exit.
+    thread = threading.Thread(target=ask, name="walrusfs-status", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if result:
+        return result[0]
+    if not failure:
+        raise UserError(f"the mount daemon of {mountpoint} did not answer within {timeout:.0f} s: it is busy or "
+                        "wedged (see its log: <state>/mount.log)")
+    error = failure[0]
+    cause = error.__cause__
+    if isinstance(cause, OSError) and cause.errno == errno.ENOTCONN:
+        raise UserError(f"the mount daemon of {mountpoint} is gone (Transport endpoint is not connected); "
+                        f"run 'fusermount3 -u {mountpoint}' and mount again (staged data is uploaded then)") from cause
+    raise error
+
+
+# --- the human-readable form ------------------------------------------------------------------------------
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+
+def format_bytes(count: float | None) -> str:
+    if count is None:
+        return "-"
+    if abs(count) < KiB:
+        return f"{int(count)} B"
+    for unit, size, digits in (("KiB", KiB, 1), ("MiB", MiB, 1), ("GiB", GiB, 2)):
+        if abs(count) < size * 1024:
+            return f"{count / size:.{digits}f} {unit}"
+    return f"{count / TiB:.2f} TiB"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min"
+    if seconds < 86400:
+        hours, rest = divmod(seconds, 3600)
+        return f"{hours:.0f} h {rest // 60:.0f} min"
+    days = seconds / 86400
+    return f"{days:.0f} day" + ("" if round(days) == 1 else "s")
+
+
+def format_age(timestamp: float | None, now: float) -> str:
+    """'3 min ago' for a past Unix time, 'in 3 min' for a future one, '-' for none."""
+    if timestamp is None:
+        return "-"
+    delta = now - timestamp
+    if abs(delta) < 2:
+        return "just now"
+    return f"{format_duration(delta)} ago" if delta > 0 else f"in {format_duration(delta)}"
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _rows(pairs: list[tuple[str, str]], indent: str = "  ") -> list[str]:
+    width = max(len(label) for label, _ in pairs)
+    return [f"{indent}{label.ljust(width)}  {value}".rstrip() for label, value in pairs]
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def node_state(health: dict) -> str:
+    score = health.get("failure_score") or 0.0
+    state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
+    if health.get("lies"):
+        state += ", lied"
+    return state
+
+
+def format_status(status: dict, now: float | None = None) -> str:
+    """The status dict as an aligned report; fields a daemon does not report are left out."""
+    now = time.time() if now is None else now
+    lines: list[str] = []
+    where = status.get("mountpoint", "?")
+    mode = {True: " (read-only)", False: " (read-write)"}.get(status.get("read_only"), "")
+    lines.append(f"walrusfs {status.get('fs_id', '?')} mounted on {where}{mode}")
+    since = status.get("mounted_since")
+    daemon = f"pid {status.get('pid', '?')}"
+    if since is not None:
+        daemon += (f", up {format_duration(now - since)} "
+                   f"(since {datetime.fromtimestamp(since).strftime('%Y-%m-%d %H:%M:%S')})")
+    lines += _rows([("daemon", daemon), ("state", str(status.get("state", "?")))])
+
+    failures = int(status.get("upload_failures") or 0)
+    last_error = status.get("last_error")
+    snapshot = status.get("snapshot") if isinstance(status.get("snapshot"), dict) else None
+    alerts: list[str] = []
+    if uploads_failing(status):
+        alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
+                      "kept and retried, but it is not durable yet")
+        alerts.append(f"last error: {_shorten(str(last_error), 400)}")
+    if snapshot_failing(status):
+        alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
+    if alerts:
+        lines.append("")
+        lines += [f"!! {alert}" for alert in alerts]
+    lines.append("")
+
+    staged = int(status.get("staged_bytes") or 0)
+    dirty = int(status.get("dirty_bytes") or 0)
+    in_flight = int(status.get("uploads_in_flight") or 0)
+    uploads = [
+        ("staged", f"{format_bytes(staged):>10}  on local disk, not yet certified"),
+        ("in memory", f"{format_bytes(dirty):>10}  written, not yet staged"),
+        ("in flight", _plural(in_flight, "blob")),
+        ("certified", f"{_plural(int(status.get('uploaded_blobs') or 0), 'blob')}, "
+                      f"{format_bytes(status.get('uploaded_bytes') or 0)} since mount"),
+        ("failures", str(failures)),
+    ]
+    if last_error and not uploads_failing(status):
+        when = format_age(status.get("last_error_at"), now) if status.get("last_error_at") else "earlier"
+        uploads.append(("last error", f"{_shorten(str(last_error), 100)} ({when}; since recovered)"))
+    lines.append("uploads" + ("  (all certified)" if not staged and not dirty and not in_flight else ""))
+    lines += _rows(uploads)
+
+    hits, misses = int(status.get("cache_hits") or 0), int(status.get("cache_misses") or 0)
+    cache = format_bytes(status.get("cache_bytes") or 0)
+    if status.get("cache_capacity"):
+        cache += f" of {format_bytes(status['cache_capacity'])}"
+    cache += f" used, {_plural(hits, 'hit')}, {_plural(misses, 'miss', 'misses')}"
+    if hits + misses:
+        cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
+    other = [("cache", cache), ("last snapshot", _format_snapshot(status, snapshot, now))]
+    lines.append("")
+    lines += _rows(other, indent="")
+
+    nodes = status.get("nodes") if isinstance(status.get("nodes"), dict) else {}
+    lines.append("")
+    if not nodes:
+        lines.append("nodes: none contacted yet")
+    else:
+        healthy = sum(1 for health in nodes.values() if node_state(health) == "ok")
+        lines.append(f"nodes: {healthy} of {len(nodes)} healthy")
+        rows = []
+        for node, health in sorted(nodes.items()):
+            latency = health.get("latency_ms")
+            rows.append([str(node), node_state(health), "-" if latency is None else f"{latency:.1f} ms",
+                         f"{health.get('failure_score', 0):.2f}", str(health.get("successes", 0)),
+                         str(health.get("failures", 0)), str(health.get("lies", 0)),
+                         _shorten(str(health.get("last_error") or "-"), 60)])
+        lines += _table(["NODE", "STATE", "LATENCY", "SCORE", "OK", "FAILED", "LIES", "LAST ERROR"], rows)
+    return "\n".join(lines) + "\n"
+
+
+def _format_snapshot(status: dict, snapshot: dict | None, now: float) -> str:
+    if "snapshot" not in status:
+        return "- (this daemon does not report metadata snapshots)"
+    if snapshot is None:
+        return "-"
+    due = snapshot.get("next_due_s")
+    next_due = "" if due is None else f"; next due {format_age(now + due, now)}"
+    if snapshot.get("seq") is None:
+        return f"none yet{next_due}"
+    created = snapshot.get("created_ns")
+    text = f"#{snapshot['seq']}, {format_age(None if created is None else created / 1e9, now)}"
+    if snapshot.get("db_bytes"):
+        text += f", database {format_bytes(snapshot['db_bytes'])}"
+    if snapshot.get("manifest"):
+        text += f", manifest {snapshot['manifest']}"
+    return text + next_due
