@@ -140,8 +140,11 @@ class SnapshotPublisher:
 
     async def snapshot(self, reason: str) -> SnapshotRef:
         """Take, store and publish a snapshot of the committed tree; returns it once the root
-        record is on a quorum. Raises SnapshotError (message says why) otherwise."""
+        record is on a quorum (or the last one, if nothing changed since). Raises SnapshotError
+        (the message says why) otherwise."""
         async with self._lock:
+            if not self.changed() and self.local.seq is not None and self.local.manifest is not None:
+                return SnapshotRef(self.local.seq, self.local.created_ns or 0, self.local.manifest)
             if self.certify_staged is not None:
                 with trio.move_on_after(CERTIFY_WAIT):
                     try:

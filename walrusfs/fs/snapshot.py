@@ -31,7 +31,7 @@ from typing import Any
 import blake3
 import trio
 
-SEGMENT_SIZE = 256 << 10
+SEGMENT_SIZE = 64 << 10  # small enough that a change to a few pages re-stores little
 MANIFEST_MAGIC = b"WFSM"
 MANIFEST_VERSION = 1
 
