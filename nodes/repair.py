@@ -94,6 +94,7 @@ class RepairService:
         self._again: set[str] = set()  # asked for while being healed: healed once more afterwards
         self._retry: dict[str, tuple[float, int]] = {}  # blob -> (when, attempts)
         self._tasks: list[asyncio.Task[None]] = []
+        self._partial: dict[tuple[str, int, SliverKind], list[RecoverySymbol]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -231,6 +232,7 @@ class RepairService:
     def _forget_missing(self, blob: str) -> None:
         for key in [k for k in self.missing if k[0] == blob]:
             del self.missing[key]
+            self._partial.pop(key, None)
 
     async def _local_metadata(self, blob_id: BlobId) -> BlobMetadata | None:
         try:
@@ -342,11 +344,17 @@ class RepairService:
             return expansion.symbol_for(target)
         assert self.peers is not None
         await self.bucket.take(metadata.layout.symbol_size)
-        try:
-            body = await self.peers.symbol(holder, blob_id, pair, target_kind.other, target)
-        except PeerError as error:
-            self._peer_failed(error)
-            return None
+        for attempt in range(4):
+            try:
+                body = await self.peers.symbol(holder, blob_id, pair, target_kind.other, target)
+                break
+            except PeerError as error:
+                if error.status != 429 or attempt == 3:
+                    self._peer_failed(error)
+                    return None
+                # The holder is busy serving others: wait (jittered) rather than give up on a source
+                # that may be one of only just enough.
+                await asyncio.sleep(max(error.retry_after, 0.2) * random.uniform(0.5, 1.5) * (attempt + 1))
         self.stats.bytes_fetched += len(body)
 
         def check() -> RecoverySymbol | None:
@@ -371,8 +379,11 @@ class RepairService:
         blob = str(blob_id)
         target = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
         needed = self.geometry.n_secondary if kind is SliverKind.PRIMARY else self.geometry.n_primary
-        sources = self._sources(blob_id, kind)
-        symbols: list[RecoverySymbol] = []
+        key = (blob, pair, kind)
+        # Symbols of an earlier attempt that fell short are kept: a retry fetches only what it lacks.
+        symbols = self._partial.pop(key, [])
+        have = {symbol.source_index for symbol in symbols}
+        sources = [source for source in self._sources(blob_id, kind) if source[2] not in have]
         running: set[asyncio.Task[RecoverySymbol | None]] = set()
         try:
             # Ask exactly as many sources as are needed; each failure brings in one more.
@@ -388,6 +399,7 @@ class RepairService:
         if len(symbols) < needed:
             log.warning("cannot recover %s yet: %d of %d symbols", what, len(symbols), needed)
             self.stats.failed += 1
+            self._partial[key] = symbols
             return False
         try:
             sliver = await self.in_worker(recover_sliver, metadata, kind, target, symbols[:needed])

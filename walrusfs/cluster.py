@@ -1,4 +1,4 @@
-"""The bundled local network: ``walrusfs cluster init|up|status|down DIR``.
+"""The bundled local network: ``walrusfs cluster init|up|status|down|repair-status DIR``.
 
 A cluster directory holds everything for N storage nodes on 127.0.0.1::
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -326,6 +327,47 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPAIR_COLUMNS = [("certified", "certified_blobs"), ("missing", "missing_slivers"),
+                   ("recovered", "recovered_slivers"), ("failed", "failed_attempts"),
+                   ("fetched", "bytes_fetched"), ("lost", "bytes_lost"), ("invalid", "invalid_blobs")]
+
+
+def repair_status(root: Path) -> dict[str, dict]:
+    """Each node's ``/v1/repair/status`` (or ``{"error": ...}`` if it does not answer)."""
+    import httpx
+
+    _, nodes = load_cluster(root)
+    out: dict[str, dict] = {}
+    for node in nodes:
+        try:
+            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0)
+            out[node.info.id] = response.json() if response.status_code == 200 else {
+                "error": f"HTTP {response.status_code}"}
+        except (httpx.HTTPError, ValueError) as error:
+            out[node.info.id] = {"error": f"{type(error).__name__}: {error}"}
+    return out
+
+
+def _repair_row(node_id: str, status: dict) -> list[str]:
+    if "error" in status:
+        return [node_id, "down"] + ["-"] * (len(_REPAIR_COLUMNS) + 1)
+    scrub = status["scrub"]
+    state = "whole" if status["idle"] else "syncing" if status["synced_peers"] < status["peers"] else "repairing"
+    return ([node_id, state] + [str(status[key]) for _, key in _REPAIR_COLUMNS]
+            + [f"{scrub['passes']} passes, {scrub['position']} blobs into this one, {scrub['rot_found']} rotten"])
+
+
+def _cmd_repair_status(args: argparse.Namespace) -> int:
+    statuses = repair_status(args.dir)
+    if args.json:
+        print(json.dumps(statuses, indent=1))
+    else:
+        headers = ["node", "state"] + [label for label, _ in _REPAIR_COLUMNS] + ["scrub"]
+        print(_table(headers, [_repair_row(node, status) for node, status in statuses.items()]))
+        print("(fetched and lost in bytes since each node started; missing: slivers known missing now)")
+    return 0 if all("error" not in status for status in statuses.values()) else 3
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     key = generate_key()
     try:
@@ -367,6 +409,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     down = with_dir(actions.add_parser("down", help="stop the nodes started by `up`"))
     down.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds before SIGKILL")
     down.set_defaults(func=_cmd_down)
+    repair = with_dir(actions.add_parser("repair-status", help="what self-healing did on each node: slivers "
+                                         "missing, recovered, failed, bytes fetched and lost, scrubbing"))
+    repair.add_argument("--json", action="store_true", help="print each node's status as JSON")
+    repair.set_defaults(func=_cmd_repair_status)
 
     node = commands.add_parser("node", help="run one storage node")
     node_actions = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
