@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["codec", "node", "blob", "mount"]
+BENCHMARKS = ["codec", "node", "blob", "mount", "restore"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
