@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -205,3 +206,51 @@ def test_snapshots_are_incremental_and_skipped_when_nothing_changed(shared_netwo
     with mounted(fs, tmp_path / "mnt"):
         pass  # mounted and unmounted without a change
     assert json.loads((fs.state / "snapshot.json").read_text())["seq"] == seq_after_unmount
+
+
+def test_snapshots_are_taken_periodically_while_the_tree_changes(shared_network, make_fs, tmp_path):
+    fs = make_fs(shared_network, mkfs=False)
+    run([WALRUSFS, "mkfs", fs.name, "--committee", str(shared_network.committee_path), "--writer-key",
+         str(shared_network.writer_key_path), "--snapshot-interval", "1"], fs.env)
+    with mounted(fs, tmp_path / "mnt") as mnt:
+        (mnt / "a").write_text("periodic")
+        deadline = time.monotonic() + 60
+        while status(mnt)["snapshot"]["seq"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        first = status(mnt)["snapshot"]["seq"]
+        assert first is not None, "no periodic snapshot within 60 s"
+        time.sleep(3)  # nothing changes: no new snapshot
+        assert status(mnt)["snapshot"]["seq"] == first
+        (mnt / "b").write_text("more")
+        while status(mnt)["snapshot"]["seq"] == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status(mnt)["snapshot"]["seq"] == first + 1
+
+
+def test_a_snapshot_without_a_quorum_fails_loudly_and_the_next_one_catches_up(local_network, make_fs, tmp_path):
+    fs = make_fs(local_network, blob_size_mib=4)
+    mnt = tmp_path / "mnt"
+    with mounted(fs, mnt):
+        (mnt / "data").write_bytes(os.urandom(100_000))
+        os.sync()
+        run([WALRUSFS, "snapshot", str(mnt)], fs.env)
+        before = status(mnt)["snapshot"]["seq"]
+        local_network.stop(0, 1, 2)  # 4 of 7 nodes left: no certificate, no root record quorum
+        (mnt / "made-while-down").mkdir()
+        failed = run([WALRUSFS, "snapshot", str(mnt)], fs.env, check=False, timeout=300)
+        assert failed.returncode != 0
+        assert "no snapshot published" in failed.stderr
+        assert status(mnt)["snapshot"]["seq"] == before
+        assert status(mnt)["snapshot"]["last_error"]
+        result = fs.umount(mnt, timeout=300)  # the data is certified: unmounting still works, with a warning
+        assert "failed" in result.stderr and "Unmounting anyway" in result.stderr
+    local_network.start(0, 1, 2)
+    with mounted(fs, mnt):
+        assert (mnt / "made-while-down").is_dir()
+    assert json.loads((fs.state / "snapshot.json").read_text())["seq"] > before
+    wipe_local_state(fs, tmp_path / "fs.key")
+    fs.mount(mnt, *restore_args(fs, tmp_path / "fs.key"))
+    try:
+        assert (mnt / "made-while-down").is_dir()
+    finally:
+        fs.umount(mnt)
