@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cluster
 
     cluster.register(commands)
+    from .repair import audit
+
+    audit.register(commands)
     return parser
 
 

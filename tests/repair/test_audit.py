@@ -1,0 +1,77 @@
+"""``walrusfs audit``: storage challenges against real nodes. Honest nodes pass; a node that deleted
+slivers it signed for fails, and so does one that answers with symbols that fail their proofs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from blobtools import store
+from healing import configure, repair_network, wait_certified_everywhere
+from network import LocalNetwork, LyingProxy
+
+from walrusfs.redstuff import encode
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    with repair_network(tmp_path_factory.mktemp("audit")) as net:
+        for size in (400_000, 900_000):
+            store(net, os.urandom(size))
+        wait_certified_everywhere(net, 2)
+        yield net
+
+
+def audit(committee: Path, *extra: str) -> tuple[int, dict]:
+    result = subprocess.run([sys.executable, "-m", "walrusfs.cli", "audit", "--committee", str(committee),
+                             "--json", "--challenges", "4", *extra], capture_output=True, timeout=120)
+    assert b"Traceback" not in result.stderr, result.stderr.decode()
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_every_honest_node_passes(network):
+    code, report = audit(network.committee_path)
+    assert code == 0 and report["failed"] == []
+    assert len(report["blobs"]) == 2
+    assert all(v["verdict"] == "pass" and v["passed"] == v["challenges"] == 8 for v in report["nodes"].values())
+
+
+def test_a_node_that_deleted_what_it_signed_for_fails(network):
+    # node-4 throws its slivers away and does not repair (a cheating node).
+    network.stop("node-4")
+    configure(network, "node-4", enabled=False)
+    for path in (network.root / "node-4" / "data" / "blobs").rglob("p*.*"):
+        path.unlink()
+    network.start("node-4")
+    try:
+        code, report = audit(network.committee_path)
+        assert code == 1 and report["failed"] == ["node-4"]
+        failures = report["nodes"]["node-4"]["failures"]
+        assert len(failures) == 8 and all("404" in f["reason"] for f in failures)
+    finally:
+        network.stop("node-4")
+        configure(network, "node-4")
+        network.start("node-4")
+
+
+def test_a_node_answering_with_forged_symbols_fails(network):
+    with LyingProxy(network.url("node-2"), corrupt=("symbol",)) as proxy:
+        committee = network.client_committee({"node-2": proxy.url})
+        code, report = audit(committee)
+    assert code == 1 and "node-2" in report["failed"]
+    assert all("Merkle proof" in f["reason"] for f in report["nodes"]["node-2"]["failures"])
+
+
+def test_audit_of_a_named_blob_prints_a_readable_report(network, tmp_path):
+    data = os.urandom(100_000)
+    store(network, data)
+    blob_id = str(encode(data, network.committee.n_shards).blob_id)
+    result = subprocess.run([sys.executable, "-m", "walrusfs.cli", "audit", "--committee",
+                             str(network.committee_path), "--blob", blob_id], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"audited 1 certified blobs" in result.stdout and result.stdout.count(b": pass") == 7
