@@ -67,7 +67,10 @@ def _fsck(args: argparse.Namespace) -> int:
 
     state = resolve_source(args.source)
     settings = state.load_settings()
-    lock = acquire_lock(state)  # refuses while mounted: the daemon owns the database then
+    try:
+        lock = acquire_lock(state)
+    except UserError:  # the daemon owns the database while mounted
+        raise UserError(f"{state.root} is mounted: unmount it first (walrusfs umount DIR), then run fsck") from None
     try:
         committee = Committee.load(settings.committee)
         db = Database(state.db_path)
