@@ -3,14 +3,18 @@ notification protocol of a ``walrusfs mount --foreground`` run as a Type=notify 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,7 @@ from walrusfs.fs.notify import sd_notify
 from walrusfs.fs.status import format_bytes, format_status
 
 MiB = 1 << 20
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "walrusfs-mount@.service"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
@@ -123,6 +128,7 @@ def test_status_and_metrics_of_a_real_mount(shared_network, make_fs, tmp_path: P
         assert re.search(r"^  staged +0 B  on local disk", human, re.M), human
         assert "uploads  (all certified)" in human
         assert "nodes: 7 of 7 healthy" in human, human
+        assert re.search(r"^last snapshot +\S", human, re.M), human
         metrics = scrape(port)
         assert metrics["walrusfs_mount_staged_bytes"] == 0
         assert metrics["walrusfs_mount_uploaded_bytes_total"] == after["uploaded_bytes"]
@@ -198,7 +204,8 @@ def test_status_exits_2_and_says_why_when_uploads_fail(monkeypatch, capsys) -> N
                 "uploaded_bytes": 3 * MiB, "last_error": "no quorum", "next_due_s": 30.0}
     text = format_status(dict(recovered, snapshot=snapshot, read_only=True), now)
     assert "!! METADATA SNAPSHOTS FAILING: no quorum" in text
-    assert "#4, 3 min ago, database 3.0 MiB; next due in 30 s" in text and "(read-only)" in text
+    assert "#4, 3 min ago, database 3.0 MiB (3.0 MiB uploaded); next due in 30 s" in text
+    assert "(read-only)" in text
     assert "does not report metadata snapshots" in format_status(recovered, now)
     samples = parse_metrics(render_metrics(dict(recovered, snapshot=snapshot)))
     assert samples["walrusfs_mount_snapshot_failing"] == 1
@@ -221,7 +228,8 @@ def test_metrics_server_port_zero_and_textfile_rewrites(tmp_path: Path) -> None:
                 assert samples["walrusfs_mount_staged_bytes"] == value
                 assert samples['walrusfs_mount_node_failures_total{node="we\\"ird\\\\node"}'] == 1
                 with trio.fail_after(5):
-                    while parse_metrics(textfile.read_text()).get("walrusfs_mount_staged_bytes") != value:
+                    while not textfile.exists() or parse_metrics(textfile.read_text()).get(
+                            "walrusfs_mount_staged_bytes") != value:
                         await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
 
@@ -243,39 +251,101 @@ def test_sd_notify_path_abstract_and_unset(tmp_path: Path, monkeypatch) -> None:
     assert sd_notify("READY=1") is False  # best effort: no exception
 
 
-def test_foreground_mount_notifies_ready_then_stopping(shared_network, make_fs, tmp_path: Path) -> None:
-    """What systemd sees of ``Type=notify``: READY=1 once the mount answers, STOPPING=1 when it goes."""
-    fs = make_fs(shared_network)
-    mp = (tmp_path / "mnt").resolve()
-    mp.mkdir()
-    address = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
-        receiver.bind(str(address))
+@contextlib.contextmanager
+def notified_process(fs, command: list[str], mp: Path, tmp_path: Path
+                     ) -> Iterator[tuple[socket.socket, subprocess.Popen]]:
+    """``command`` (a foreground mount on ``mp``) run with NOTIFY_SOCKET bound to a real datagram
+    socket, as systemd runs a Type=notify service; ended by its pid whatever happens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver, \
+            open(tmp_path / "mount.log", "wb") as log:
+        receiver.bind(str(tmp_path / "notify"))
         receiver.settimeout(30)
-        log = open(tmp_path / "mount.log", "wb")  # noqa: SIM115 - closed in the finally
-        process = subprocess.Popen([WALRUSFS, "mount", fs.name, str(mp), "--foreground"],
-                                   env=dict(fs.env, NOTIFY_SOCKET=str(address)), stdout=log, stderr=log)
-        fs.mounts[mp] = process.pid  # so the fixture ends it even if this test fails
+        process = subprocess.Popen(command, env=dict(fs.env, NOTIFY_SOCKET=str(tmp_path / "notify")),
+                                   stdout=log, stderr=log)
+        fs.mounts[mp] = process.pid  # so the fixture ends it even if the with block cannot
         try:
-            ready = receiver.recv(4096).decode()
-            assert ready.startswith("READY=1\n"), ready
-            assert f"STATUS=mounted on {mp}: 0 B staged" in ready
-            assert is_mounted(mp)  # ready means mounted: a request now gets an answer
-            assert status(mp)["pid"] == process.pid  # sent by the main process (NotifyAccess=main)
-            (mp / "f").write_bytes(b"x" * 1000)
-            os.kill(process.pid, signal.SIGTERM)  # what systemd does once ExecStop has finished
-            stopping = receiver.recv(4096).decode()
-            assert stopping.startswith("STOPPING=1\n"), stopping
-            assert process.wait(timeout=60) == 0
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-u", str(mp)], check=True, timeout=30)
-            fs.mounts.pop(mp)
+            yield receiver, process
         finally:
             if process.poll() is None:
                 force_unmount(mp)
                 stop_pid(process.pid)
                 process.wait(timeout=30)
-            log.close()
-        assert wait_gone(process.pid, 5)
+            fs.mounts.pop(mp, None)
     logged = (tmp_path / "mount.log").read_text()
     assert "could not notify" not in logged, logged
+
+
+def test_foreground_mount_notifies_ready_then_stopping(shared_network, make_fs, tmp_path: Path) -> None:
+    """What systemd sees of ``Type=notify``: READY=1 once the mount answers, STOPPING=1 when it goes."""
+    fs = make_fs(shared_network)
+    mp = (tmp_path / "mnt").resolve()
+    mp.mkdir()
+    with notified_process(fs, [WALRUSFS, "mount", fs.name, str(mp), "--foreground"], mp, tmp_path) as (
+            receiver, process):
+        ready = receiver.recv(4096).decode()
+        assert ready.startswith("READY=1\n"), ready
+        assert f"STATUS=mounted on {mp}: 0 B staged" in ready
+        assert is_mounted(mp)  # ready means mounted: a request now gets an answer
+        assert status(mp)["pid"] == process.pid  # sent by the main process (NotifyAccess=main)
+        (mp / "f").write_bytes(b"x" * 1000)
+        os.kill(process.pid, signal.SIGTERM)  # what systemd does once ExecStop has finished
+        stopping = receiver.recv(4096).decode()
+        assert stopping.startswith("STOPPING=1\n"), stopping
+        assert process.wait(timeout=60) == 0
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-u", str(mp)], check=True, timeout=30)
+    assert wait_gone(process.pid, 5)
+    with fs.db() as db:  # the daemon uploaded what was staged before it exited
+        assert db.execute("SELECT COUNT(*) FROM blocks WHERE blob IS NULL").fetchone()[0] == 0
+
+
+def unit_command(key: str, instance: str, environment: dict[str, str]) -> list[str]:
+    """The unit's Exec line ``key`` as systemd would run it: %i and ${VAR} substituted, the
+    installed /opt/walrusfs/.venv replaced by this checkout's."""
+    for line in UNIT.read_text().splitlines():
+        if line.startswith(key + "="):
+            command = line.split("=", 1)[1].lstrip("-").replace("%i", instance)
+            command = re.sub(r"\$\{(\w+)\}", lambda match: environment[match.group(1)], command)
+            return [WALRUSFS if word.endswith("/.venv/bin/walrusfs") else word for word in shlex.split(command)]
+    raise AssertionError(f"no {key}= in {UNIT}")
+
+
+def unit_environment(instance: str) -> dict[str, str]:
+    line = next(line for line in UNIT.read_text().splitlines() if line.startswith("Environment="))
+    return dict(word.split("=", 1) for word in shlex.split(line.split("=", 1)[1].replace("%i", instance)))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_mount_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify checks that ExecStart's program exists: point it at this checkout's.
+    text = UNIT.read_text().replace("/opt/walrusfs/.venv/bin/walrusfs", WALRUSFS)
+    (tmp_path / UNIT.name).write_text(text)
+    shutil.copy(UNIT.with_name("walrusfs-nodes.target"), tmp_path)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "walrusfs-mount@archive.service")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert "Type=notify" in text and "NotifyAccess=main" in text and "TimeoutStopSec=infinity" in text
+
+
+def test_the_units_start_and_stop_commands(shared_network, make_fs, tmp_path: Path) -> None:
+    """What ``systemctl start`` and ``stop`` of walrusfs-mount@NAME run, with a real NOTIFY_SOCKET:
+    READY=1 once mounted; ExecStop (walrusfs umount) returns only once the data written is
+    certified, the daemon says STOPPING=1 and exits 0."""
+    fs = make_fs(shared_network, name="unitfs")
+    mp = (tmp_path / "mnt" / "unitfs").resolve()
+    environment = dict(unit_environment(fs.name), MOUNTPOINT=str(mp), OPTIONS="defaults,metrics=127.0.0.1:0")
+    assert unit_environment(fs.name)["MOUNTPOINT"] == "/mnt/unitfs"
+    run(unit_command("ExecStartPre", fs.name, environment), fs.env)  # mkdir -p the mount point
+    with notified_process(fs, unit_command("ExecStart", fs.name, environment), mp, tmp_path) as (receiver, process):
+        assert receiver.recv(4096).startswith(b"READY=1\n")
+        (mp / "f").write_bytes(os.urandom(2 * MiB))
+        stop = run(unit_command("ExecStop", fs.name, environment), fs.env, timeout=120)
+        assert "every byte is certified" in stop.stderr
+        assert receiver.recv(4096).startswith(b"STOPPING=1\n")
+        assert process.wait(timeout=60) == 0
+        assert not is_mounted(mp)
+    with fs.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM blocks WHERE blob IS NULL").fetchone()[0] == 0
+    # ExecStopPost after a clean stop: nothing to detach, and its failure is ignored ("-" prefix).
+    post = subprocess.run(unit_command("ExecStopPost", fs.name, environment), capture_output=True, timeout=30)
+    assert post.returncode != 0 and not is_mounted(mp)

@@ -56,7 +56,8 @@ _SNAPSHOT: list[tuple[str, str, str, str, float]] = [
     ("created_ns", "snapshot_last_timestamp_seconds", "gauge", "When the last metadata snapshot was taken.",
      1e9),
     ("db_bytes", "snapshot_db_bytes", "gauge", "Size of the metadata database the last snapshot covered.", 1.0),
-    ("uploaded_bytes", "snapshot_uploaded_bytes", "gauge", "Bytes of metadata snapshots uploaded.", 1.0),
+    ("uploaded_bytes", "snapshot_last_uploaded_bytes", "gauge",
+     "Bytes the last metadata snapshot uploaded (its new segments and manifest).", 1.0),
     ("next_due_s", "snapshot_next_due_seconds", "gauge", "Seconds until the next metadata snapshot is due.", 1.0),
 ]
 

@@ -272,6 +272,8 @@ def _format_snapshot(status: dict, snapshot: dict | None, now: float) -> str:
     text = f"#{snapshot['seq']}, {format_age(None if created is None else created / 1e9, now)}"
     if snapshot.get("db_bytes"):
         text += f", database {format_bytes(snapshot['db_bytes'])}"
+    if snapshot.get("uploaded_bytes"):
+        text += f" ({format_bytes(snapshot['uploaded_bytes'])} uploaded)"
     if snapshot.get("manifest"):
         text += f", manifest {snapshot['manifest']}"
     return text + next_due
