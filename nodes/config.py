@@ -12,7 +12,7 @@
     enabled = true                    # false: never recover slivers or scrub (serving is unaffected)
     sync_interval = 30.0              # seconds between polls of each peer's certified-blob feed
     grace = 30.0                      # seconds after the writer last sent a blob's parts before repairing it
-    concurrency = 2                   # blobs recovered at once
+    concurrency = 4                   # blobs recovered at once
     rate = 268435456                  # bytes/s of recovery symbols fetched, at most
     serve_workers = 2                 # threads that build recovery symbols for peers (not the foreground pool)
     serve_queue = 16                  # symbol requests waiting beyond that are refused with 429
@@ -45,7 +45,7 @@ class RepairConfig:
     enabled: bool = True
     sync_interval: float = 30.0
     grace: float = 30.0
-    concurrency: int = 2
+    concurrency: int = 4
     rate: int = 256 << 20
     serve_workers: int = 2
     serve_queue: int = 16
