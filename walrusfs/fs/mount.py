@@ -291,6 +291,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 "uploads_in_flight": uploader.stats.in_flight,
                 "uploaded_blobs": uploader.stats.blobs, "uploaded_bytes": uploader.stats.bytes,
                 "upload_failures": uploader.stats.failures, "last_error": uploader.stats.last_error,
+                "last_error_at": uploader.stats.last_error_at, "last_upload_at": uploader.stats.last_upload_at,
+                "cache_capacity": settings.cache_size,
                 "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
                 "nodes": client.health.snapshot(), "read_only": options.read_only,
                 "snapshot": publisher.status() if publisher is not None else {"seq": options.snapshot},

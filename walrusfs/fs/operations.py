@@ -567,7 +567,11 @@ class WalrusOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode == ROOT and name == CONTROL_PREFIX + b"status":
-            return json.dumps(self.status()).encode()
+            try:
+                return json.dumps(self.status()).encode()
+            except Exception as error:  # a bug in a report must not take the whole mount down
+                log.exception("building the status report failed")
+                raise FUSEError(errno.EIO) from error
         value = self.db.get_val("SELECT value FROM xattrs WHERE inode=? AND name=?", (inode, name))
         if value is None:
             raise FUSEError(errno.ENODATA)

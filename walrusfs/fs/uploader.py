@@ -44,6 +44,7 @@ class UploadStats:
     in_flight_bytes: int = 0
     last_error: str | None = None
     last_error_at: float | None = None  # time.time()
+    last_upload_at: float | None = None  # time.time() of the last certified blob
 
 
 class Uploader:
@@ -63,10 +64,12 @@ class Uploader:
         self._last_staged = time.monotonic()
         self._failure_seq = 0
         self._backoff = 0.0
+        self._idle = False  # waiting with nothing staged: only notify_staged wakes it
 
     def notify_staged(self) -> None:
         self._last_staged = time.monotonic()
-        if self.blocks.staged_bytes - self.stats.in_flight_bytes >= self.blob_size:
+        # Wake a full blob's upload at once, and an idle uploader so it starts the upload_delay clock.
+        if self._idle or self.blocks.staged_bytes - self.stats.in_flight_bytes >= self.blob_size:
             self._wake.set()
 
     async def run(self) -> None:
@@ -76,9 +79,10 @@ class Uploader:
                 pack = self._next_pack()
                 if pack is None:
                     idle = time.monotonic() - self._last_staged
-                    with trio.move_on_after(max(self.upload_delay - idle, 0.05)
-                                            if self._has_unpinned() else 3600):
+                    self._idle = not self._has_unpinned()
+                    with trio.move_on_after(3600 if self._idle else max(self.upload_delay - idle, 0.05)):
                         await self._wake.wait()
+                    self._idle = False
                     self._wake = trio.Event()
                     continue
                 await slots.acquire()
@@ -140,6 +144,7 @@ class Uploader:
             for block in pack:
                 self.blocks.staging_path(block.id).unlink(missing_ok=True)
             self.stats.blobs += 1
+            self.stats.last_upload_at = time.time()
             self.stats.bytes += len(data)
             self._backoff = 0.0
             log.debug("blob %s certified: %d blocks, %d bytes", blob_id, placed, len(data))

@@ -1,0 +1,24 @@
+"""The upload pipeline on a real mount: staged data leaves for the network on its own."""
+
+from __future__ import annotations
+
+import time
+
+from fs_harness import status
+
+
+def test_a_small_write_is_uploaded_without_fsync_after_the_upload_delay(module_mount, mnt):
+    # The uploader was idle (nothing staged) before this write: it must still wake up for a partial
+    # blob and upload it after upload_delay (2 s), not wait for a full blob, fsync or unmount.
+    deadline = time.monotonic() + 30
+    while status(module_mount)["staged_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (mnt / "small").write_bytes(b"s" * 100_000)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = status(module_mount)
+        if current["staged_bytes"] == 0 and current["dirty_bytes"] == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"still staged after 30 s without fsync: {status(module_mount)}")
