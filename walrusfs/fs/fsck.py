@@ -20,6 +20,8 @@ from ..committee import Committee
 from ..redstuff import FormatError
 from .config import FsSettings, FsState
 from .db import Database
+from .publisher import LocalSnapshotState
+from .snapshot import SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,27 @@ class Fsck:
         self.committee = committee
         self.repair = repair
         self.report = report or FsckReport()
+        self._snapshot_stale = False
+
+    def _mark_snapshot_stale(self) -> None:
+        """The published snapshot holds the metadata as it was before this repair: the next
+        unmount must publish a new one even if nothing else changes."""
+        self._snapshot_stale = True
+        try:
+            local = LocalSnapshotState.load(self.state)
+        except SnapshotError:
+            return  # reported by the snapshot check; the next snapshot rewrites it
+        if local.up_to_date:
+            local.up_to_date = False
+            local.save(self.state)
 
     # --- reporting ---------------------------------------------------------------------------------
 
     def found(self, check: str, message: str, repaired: bool) -> None:
         repaired = repaired and self.repair
         self.report.findings.append(Finding(check, message, repaired))
+        if repaired and not self._snapshot_stale:
+            self._mark_snapshot_stale()
         log.log(logging.WARNING if repaired else logging.ERROR, "fsck %s: %s%s", check, message,
                 " (repaired)" if repaired else "")
 
