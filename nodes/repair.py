@@ -121,6 +121,7 @@ class RepairService:
         if self.peers is not None:
             await self.peers.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.app.repair_api.serve_executor.shutdown(wait=True, cancel_futures=True)
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
