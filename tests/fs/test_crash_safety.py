@@ -253,8 +253,6 @@ def write_back(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "sync_file_range")
 
 
-@pytest.mark.xfail(strict=True, reason="operations.write records the new size before the data is staged: a "
-                   "crash shows the unsynced file at its full size with a zero-filled tail (docs/crash-safety.md)")
 def test_a_file_cut_short_by_a_crash_never_claims_bytes_it_lost(shared_network, make_fs, tmp_path: Path) -> None:
     """Not fsynced, so not all of it need survive; but what the file shows after the crash must be
     what was written: a prefix of it, not its full length with zeros where the data was."""

@@ -24,6 +24,8 @@ from .operations import CONTROL_PREFIX
 from .restore import find_chain, restore_state
 from .snapshot import describe
 
+FSCK_OPERATIONAL_ERROR = 8  # as fsck(8): fsck could not run at all
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     fsck = commands.add_parser("fsck", help="check a filesystem's metadata against its invariants and repair it")
@@ -66,11 +68,15 @@ def _fsck(args: argparse.Namespace) -> int:
     from .fsck_network import check_snapshots, renew_certificates, verify_blobs
 
     state = resolve_source(args.source)
-    settings = state.load_settings()
+    try:
+        settings = state.load_settings()
+    except UserError as error:
+        raise UserError(str(error), exit_code=FSCK_OPERATIONAL_ERROR) from None
     try:
         lock = acquire_lock(state)
     except UserError:  # the daemon owns the database while mounted
-        raise UserError(f"{state.root} is mounted: unmount it first (walrusfs umount DIR), then run fsck") from None
+        raise UserError(f"{state.root} is mounted: unmount it first (walrusfs umount DIR), then run fsck",
+                        exit_code=FSCK_OPERATIONAL_ERROR) from None
     try:
         committee = Committee.load(settings.committee)
         db = Database(state.db_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,8 +71,18 @@ class Database:
             callback()
 
     def sync(self) -> None:
-        """Make every committed transaction durable."""
+        """Make every committed transaction durable. A checkpoint syncs the WAL only when it can
+        copy pages back, which a reader holding an older snapshot may prevent: so the WAL file is
+        fsynced here too."""
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

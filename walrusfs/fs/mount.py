@@ -122,7 +122,7 @@ def clear_dead_mount(mountpoint: Path) -> None:
     """A walrusfs mount whose daemon died (kill -9, OOM) leaves its mount point answering ENOTCONN;
     detach it so the filesystem can be mounted again."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # stat() may be answered from the kernel's cache; statfs reaches the daemon
         return
     except OSError as error:
         if error.errno != errno.ENOTCONN:

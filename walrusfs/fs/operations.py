@@ -61,6 +61,9 @@ class WalrusOperations(pyfuse3.Operations):
         self.dirty_limit = dirty_limit
         self.dirty: dict[int, dict[int, bytearray]] = {}
         self.dirty_bytes = 0
+        # Sizes grown by writes still in dirty buffers: recorded only with the staged data, so a
+        # crash never leaves a file claiming bytes it lost (they would read as zeros).
+        self.pending_size: dict[int, int] = {}
         self.open_count: dict[int, int] = defaultdict(int)
         self.lookup_count: dict[int, int] = defaultdict(int)
         self.locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
@@ -75,6 +78,9 @@ class WalrusOperations(pyfuse3.Operations):
         row = self.db.get_row(f"SELECT {_ATTR_COLUMNS} FROM inodes WHERE id=?", (inode,))
         if row is None:
             raise FUSEError(errno.ENOENT)
+        pending = self.pending_size.get(inode)
+        if pending is not None and pending > row[5]:
+            row = (*row[:5], pending, *row[6:])
         return row
 
     def _entry(self, row: tuple) -> pyfuse3.EntryAttributes:
@@ -431,10 +437,11 @@ class WalrusOperations(pyfuse3.Operations):
         inode = fh
         view = memoryview(buf)
         async with self.locks[inode]:
-            # The size goes first: staging a full block trims it to the size on record.
             now = _now()
-            self.db.execute("UPDATE inodes SET size=MAX(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
-                            (offset + len(buf), now, now, inode))
+            end = offset + len(buf)
+            if end > self._row(inode)[5]:
+                self.pending_size[inode] = end  # first: staging a full block trims it to the size
+            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, inode))
             position = offset
             while view:
                 blockno, in_block = divmod(position, self.bs)
@@ -479,43 +486,71 @@ class WalrusOperations(pyfuse3.Operations):
         if len(data) < length:
             data += bytes(length - len(data))
         with self.db.transaction():
-            block = self.blocks.stage(data)
-            old = self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
-            self.db.execute("INSERT OR REPLACE INTO inode_blocks (inode, blockno, block) VALUES (?, ?, ?)",
-                            (inode, blockno, block))
-            if old is not None:
-                self.blocks.release(old)
+            self._map_block(inode, blockno, data)
+            # The file's recorded size covers this block's bytes from now on, in the same commit.
+            self.db.execute("UPDATE inodes SET size=MAX(size, ?) WHERE id=?", (blockno * self.bs + length, inode))
+        self._settle_size(inode)
         self.uploader.notify_staged()
         self._track_dirty()
+
+    def _map_block(self, inode: int, blockno: int, data: bytes) -> None:
+        """Stage ``data`` as block ``blockno`` of the file. Call inside a transaction."""
+        block = self.blocks.stage(data)
+        old = self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
+        self.db.execute("INSERT OR REPLACE INTO inode_blocks (inode, blockno, block) VALUES (?, ?, ?)",
+                        (inode, blockno, block))
+        if old is not None:
+            self.blocks.release(old)
+
+    def _settle_size(self, inode: int) -> None:
+        pending = self.pending_size.get(inode)
+        if pending is not None and self.db.get_val("SELECT size FROM inodes WHERE id=?", (inode,)) >= pending:
+            del self.pending_size[inode]
 
     async def _stage_inode(self, inode: int) -> None:
         for blockno in sorted(self.dirty.get(inode, {})):
             await self._stage(inode, blockno)
         self.dirty.pop(inode, None)
+        pending = self.pending_size.pop(inode, None)
+        if pending is not None:  # every written byte is staged: the size may all be recorded
+            self.db.execute("UPDATE inodes SET size=MAX(size, ?) WHERE id=?", (pending, inode))
 
     def _drop_dirty(self, inode: int) -> None:
         self.dirty.pop(inode, None)
+        self.pending_size.pop(inode, None)
         self._track_dirty()
 
     async def _truncate(self, inode: int, size: int) -> None:
         old_size = self._row(inode)[5]
-        if size < old_size:
-            last = (size - 1) // self.bs if size else -1  # the last block that keeps any byte
-            for blockno in [b for b in self.dirty.get(inode, {}) if b > last]:
-                del self.dirty[inode][blockno]
-            if size % self.bs and last >= 0:
-                # The kept block's tail must read as zeros if the file grows again.
-                buffer = await self._dirty_block(inode, last, whole=False)
-                del buffer[size % self.bs :]
-            with self.db.transaction():
-                for (block,) in self.db.execute(
-                        "SELECT block FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last)).fetchall():
-                    self.blocks.release(block)
-                self.db.execute("DELETE FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last))
         now = _now()
-        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
-        if size < old_size and size % self.bs:
-            await self._stage(inode, (size - 1) // self.bs)
+        if size >= old_size:
+            self.pending_size.pop(inode, None)
+            self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
+            return
+        last = (size - 1) // self.bs if size else -1  # the last block that keeps any byte
+        for blockno in [b for b in self.dirty.get(inode, {}) if b > last]:
+            del self.dirty[inode][blockno]
+        cut = None
+        if size % self.bs:
+            # The kept block, cut at the new end, is staged in the same commit as the new size: a
+            # crash never leaves its old tail to reappear if the file grows again.
+            buffer = await self._dirty_block(inode, last, whole=False)
+            cut = bytes(buffer[: size % self.bs])
+            cut += bytes(size % self.bs - len(cut))
+            while self.blocks.staged_bytes > self.staging_limit:
+                await self.uploader.wait_progress()
+            self.dirty.get(inode, {}).pop(last, None)
+        with self.db.transaction():
+            if cut is not None:
+                self._map_block(inode, last, cut)
+            for (block,) in self.db.execute(
+                    "SELECT block FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last)).fetchall():
+                self.blocks.release(block)
+            self.db.execute("DELETE FROM inode_blocks WHERE inode=? AND blockno>?", (inode, last))
+            self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
+        self.pending_size.pop(inode, None)
+        if cut is not None:
+            self.uploader.notify_staged()
         self._track_dirty()
 
     async def flush(self, fh: int) -> None:
