@@ -134,7 +134,9 @@ class BlobClient:
         if delivery.certified():
             certificate = delivery.certificate()
             certificate.verify(self.committee)
-            self._nursery.start_soon(announce_certificate, self.connections, certificate)
+            # Nodes down now learn it from their peers later: no longer than slow deliveries go on.
+            self._nursery.start_soon(announce_certificate, self.connections, certificate,
+                                     min(10.0, self.settings.background_deadline))
             # Slow nodes keep being served from the background budget; if it is full they are
             # left to repair, so that memory held for them never blocks the next store.
             if not delivery.finished.is_set():

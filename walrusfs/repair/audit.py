@@ -159,7 +159,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  "the slivers they signed for")
     parser.add_argument("--committee", type=Path, help="committee file (default: the bundled local network's)")
     parser.add_argument("--blob", action="append", default=[], metavar="BLOB_ID",
-                        help="audit this blob (repeatable; default: a sample of the nodes' certified blobs)")
+                        help="audit this blob (repeatable; write --blob=ID for an ID that starts with '-'; "
+                             "default: a sample of the nodes' certified blobs)")
     parser.add_argument("--sample", type=int, default=16, help="blobs to sample (default 16)")
     parser.add_argument("--challenges", type=int, default=2,
                         help="random symbols asked of each node per blob (default 2)")
