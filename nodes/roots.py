@@ -10,10 +10,10 @@ every other object: temporary file, fdatasync, rename, directory fsync.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
+from walrusfs.durable import replace_durably
 from walrusfs.roots import RootRecord, RootRecordError
 
 log = logging.getLogger(__name__)
@@ -65,18 +65,5 @@ class RootStore:
                     return False
                 if record.seq <= stored.seq:
                     raise StaleRecordError(stored)
-            path = self._path(record.fs_id)
-            temp = path.with_suffix(".tmp")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, record.to_json())
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replace_durably(self._path(record.fs_id), record.to_json(), 0o644)
             return True

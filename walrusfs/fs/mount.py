@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient, ClientSettings
 from ..committee import Committee
+from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
 from ..malloc import set_thresholds
@@ -37,7 +38,7 @@ from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
-from .publisher import SnapshotPublisher, write_durably
+from .publisher import SnapshotPublisher
 from .restore import find_chain, manifest_of, resolve_staged, restore_db_file, restore_state
 from .snapshot import SnapshotError
 from .uploader import Uploader
@@ -196,10 +197,10 @@ def _load(path: str, what: str) -> Ed25519PrivateKey:
 
 
 def restore_from_network(state: FsState, options: MountOptions) -> None:
-    from ..cluster import DEFAULT_CLUSTER_DIR
+    from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 
-    committee_path = Path(options.committee or Path(DEFAULT_CLUSTER_DIR) / "committee.toml").resolve()
-    writer_key_path = Path(options.writer_key or Path(DEFAULT_CLUSTER_DIR) / "writer.key").resolve()
+    committee_path = bundled_file(options.committee, COMMITTEE_FILE)
+    writer_key_path = bundled_file(options.writer_key, WRITER_KEY_FILE)
     committee = Committee.load(committee_path)
     writer_key = _load(str(writer_key_path), "the nodes' write key")
     fs_key = _load(options.key or "", "the filesystem's key")
@@ -264,7 +265,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             report = Fsck(db, state, settings, committee).run_local()
             log.warning("the last mount did not end cleanly; fsck: %s",
                         "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
-        write_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
+        replace_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,

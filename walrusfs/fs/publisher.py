@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient
 from ..client.roots import RootQuorumError, find_root, publish_root
+from ..durable import replace_durably
 from ..redstuff import BlobId
 from ..roots import RootRecord, fs_id_of_key
 from .config import FsSettings, FsState
@@ -64,22 +64,11 @@ class LocalSnapshotState:
             raise SnapshotError(f"{state.snapshot_state} is damaged ({error}); run 'walrusfs fsck'") from None
 
     def save(self, state: FsState) -> None:
-        write_durably(state.snapshot_state, json.dumps(self.__dict__).encode())
+        replace_durably(state.snapshot_state, json.dumps(self.__dict__).encode())
 
     @property
     def next_seq(self) -> int:
         return max(self.seq or 0, self.attempted) + 1
-
-
-def write_durably(path: os.PathLike | str, payload: bytes) -> None:
-    temp = f"{path}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
 
 
 def retention_of(settings: FsSettings) -> RetentionPolicy:
@@ -197,7 +186,7 @@ class SnapshotPublisher:
         self.local.save(self.state)  # before any node sees the number: never reused
         record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created)
         await publish_root(self.client.connections, self.client.committee, record)
-        write_durably(self.state.snapshot_manifest, manifest_bytes)
+        replace_durably(self.state.snapshot_manifest, manifest_bytes)
         self.local.seq, self.local.created_ns, self.local.manifest = seq, created, manifest_id
         self.local.save(self.state)
         self._changes_seen = changes

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..client import BlobClient
 from ..client.roots import RootQuorumError, find_root
 from ..committee import Committee
+from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import write_key
 from ..redstuff import BlobId
@@ -22,7 +23,7 @@ from ..roots import fs_id_of_key
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport
-from .publisher import LocalSnapshotState, write_durably
+from .publisher import LocalSnapshotState
 from .snapshot import Manifest, SnapshotError, SnapshotRef, restore_database
 
 
@@ -144,7 +145,7 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
         state.staging.mkdir()
         write_key(state.fs_key_path, fs_key)
         await restore_db_file(client, manifest, state.db_path, quiet)
-    write_durably(state.snapshot_manifest, manifest.to_bytes())
+    replace_durably(state.snapshot_manifest, manifest.to_bytes())
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path),
                              "writer_key": str(writer_key_path), "fs_key": str(state.fs_key_path)})
     db = Database(state.db_path)
@@ -155,7 +156,7 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     # Up to date with the snapshot unless fsck had to change something.
     LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq,
                        not report.findings).save(state)
-    write_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
+    replace_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
     if not quiet:
         print(f"restored filesystem {settings.fs_id} from snapshot {manifest.seq} "
               f"({manifest.db_size / 2**20:.1f} MiB of metadata) in {time.monotonic() - started:.1f} s",
