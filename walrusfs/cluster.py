@@ -38,6 +38,11 @@ DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
 WRITER_KEY_FILE = "writer.key"
+
+
+def bundled_file(given: Path | str | None, name: str) -> Path:
+    """``given`` if the user named a file, else that file of the bundled local network; absolute."""
+    return Path(given or DEFAULT_CLUSTER_DIR / name).resolve()
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 

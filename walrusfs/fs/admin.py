@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 
 from ..client import BlobClient
+from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
@@ -52,12 +53,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot = commands.add_parser("snapshot", help="publish a metadata snapshot of a mounted filesystem now")
     snapshot.add_argument("mountpoint", type=Path)
     snapshot.set_defaults(func=_snapshot)
-
-
-def _bundled(path: Path | None, name: str) -> Path:
-    from ..cluster import DEFAULT_CLUSTER_DIR
-
-    return (path or Path(DEFAULT_CLUSTER_DIR) / name).resolve()
 
 
 def _progress(what: str, done: int, total: int) -> None:
@@ -114,8 +109,8 @@ def _fsck(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     state = resolve_source(args.name)
-    committee_path = _bundled(args.committee, "committee.toml")
-    writer_key_path = _bundled(args.writer_key, "writer.key")
+    committee_path = bundled_file(args.committee, COMMITTEE_FILE)
+    writer_key_path = bundled_file(args.writer_key, WRITER_KEY_FILE)
     committee = Committee.load(committee_path)
     report = trio.run(lambda: restore_state(state, committee_path, committee, writer_key_path,
                                             load_key(writer_key_path), load_key(args.key), force=args.force))

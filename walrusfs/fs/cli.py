@@ -61,14 +61,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _mkfs(args: argparse.Namespace) -> int:
-    from ..cluster import DEFAULT_CLUSTER_DIR
+    from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
     from ..committee import Committee
     from ..keys import generate_key, load_key, public_bytes, write_key
     from ..roots import fs_id_of_key
 
     state = resolve_source(args.name)
-    committee_path = (args.committee or Path(DEFAULT_CLUSTER_DIR) / "committee.toml").resolve()
-    key_path = (args.writer_key or Path(DEFAULT_CLUSTER_DIR) / "writer.key").resolve()
+    committee_path = bundled_file(args.committee, COMMITTEE_FILE)
+    key_path = bundled_file(args.writer_key, WRITER_KEY_FILE)
     committee = Committee.load(committee_path)
     try:
         key = load_key(key_path)

@@ -170,9 +170,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import DEFAULT_CLUSTER_DIR
+    from ..cluster import COMMITTEE_FILE, bundled_file
 
-    path = args.committee or DEFAULT_CLUSTER_DIR / "committee.toml"
+    path = bundled_file(args.committee, COMMITTEE_FILE)
     if not Path(path).exists():
         raise UserError(f"no committee file at {path}: pass --committee")
     committee = Committee.load(path)
