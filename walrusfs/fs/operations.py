@@ -439,8 +439,11 @@ class WalrusOperations(pyfuse3.Operations):
         async with self.locks[inode]:
             now = _now()
             end = offset + len(buf)
-            if end > self._row(inode)[5]:
-                self.pending_size[inode] = end  # first: staging a full block trims it to the size
+            # First: staging a full block trims it to the size. A pending size is always above the
+            # recorded one, so appends need no database read here.
+            pending = self.pending_size.get(inode)
+            if end > (pending if pending is not None else self._row(inode)[5]):
+                self.pending_size[inode] = end
             self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, inode))
             position = offset
             while view:
