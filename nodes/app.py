@@ -33,6 +33,7 @@ from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 from walrusfs.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 
 from . import metrics as metrics_format
+from .buffers import ImagePool, ObjectImage
 from .config import NodeConfig
 from .expansions import ExpansionCache
 from .http import (
@@ -63,6 +64,7 @@ from .store import (
     StoreFullError,
     sliver_name,
 )
+from .store import HEADER_SIZE as STORED_HEADER_SIZE
 
 log = logging.getLogger("nodes.app")
 T = TypeVar("T")
@@ -84,6 +86,7 @@ class NodeApp:
         self.replay = ReplayGuard()
         self.expansions = ExpansionCache()
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
+        self.images = ImagePool()
         self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
         self.repair = RepairService(self)
         self.repair_api = RepairAPI(self, self.repair)
@@ -353,10 +356,11 @@ class NodeApp:
         if length is not None and length != expected:
             raise HTTPError(413 if length > expected else 400, "wrong_size",
                             f"a {kind.name.lower()} sliver of this blob is {expected} bytes, not {length}")
-        body = await request.read_body(expected)
         name = sliver_name(pair, kind)
         try:
-            created = await self._in_worker(self._verify_and_store, blob_id, pair, kind, metadata, body)
+            with self.images.image(STORED_HEADER_SIZE, expected) as image:
+                await request.read_body_into(image.payload)
+                created = await self._in_worker(self._verify_and_store, blob_id, pair, kind, metadata, image)
         except StoreFullError:
             raise self._disk_full() from None
         except HTTPError:
@@ -370,9 +374,10 @@ class NodeApp:
                               "stored": True}, 201 if created else 200)
 
     def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
-                          body: bytearray) -> bool:
+                          image: ObjectImage) -> bool:
+        """Verify the sliver received into ``image``, store it unless it is already stored."""
         try:
-            sliver = Sliver.from_bytes(body)
+            sliver = Sliver.from_bytes(image.payload)
         except FormatError as error:
             raise HTTPError(400, "bad_sliver", str(error)) from None
         index = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
@@ -389,7 +394,8 @@ class NodeApp:
         name = sliver_name(pair, kind)
         if self.store.has(blob_id, name):
             return False  # the same verified bytes are already durable
-        self.store.put_sliver(blob_id, pair, kind, body)
+        del sliver  # a view of the image, whose memory is reused after the request
+        self.store.put_sliver(blob_id, pair, kind, image)
         return True
 
     async def get_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:

@@ -88,7 +88,14 @@ class Request:
         if length is None:
             return await self._read_unsized(limit)
         buffer = bytearray(length)
-        view = memoryview(buffer)
+        await self.read_body_into(memoryview(buffer))
+        return buffer
+
+    async def read_body_into(self, view: memoryview) -> None:
+        """A body of exactly ``len(view)`` bytes, received into ``view`` (400 if it is not)."""
+        length = self.content_length()
+        if length is not None and length != len(view):
+            raise HTTPError(400, "bad_content_length", f"body of {length} bytes, expected {len(view)}")
         got = 0
         more = True
         while more:
@@ -96,15 +103,14 @@ class Request:
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             chunk = message.get("body", b"")
-            if got + len(chunk) > length:
-                raise HTTPError(400, "bad_content_length", "body longer than its Content-Length")
+            if got + len(chunk) > len(view):
+                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes")
             view[got : got + len(chunk)] = chunk
             got += len(chunk)
             more = message.get("more_body", False)
         self.received = got
-        if got != length:
-            raise HTTPError(400, "bad_content_length", f"body of {got} bytes, Content-Length {length}")
-        return buffer
+        if got != len(view):
+            raise HTTPError(400, "bad_content_length", f"body of {got} bytes, expected {len(view)}")
 
     async def _read_unsized(self, limit: int) -> bytearray:
         buffer = bytearray()

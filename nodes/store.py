@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -36,6 +37,8 @@ from pathlib import Path
 import blake3
 
 from walrusfs.redstuff import BlobId, SliverKind
+
+from .buffers import PAGE, ObjectImage
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,9 @@ class BlobStore:
         self.invalid: set[str] = set()
         self.tombstones: set[str] = set()
         self._lock = threading.Lock()
+        # Large objects received as page-aligned images are written with O_DIRECT (no page cache
+        # copy); cleared for good if the filesystem refuses it (tmpfs, some network filesystems).
+        self.direct_io = hasattr(os, "O_DIRECT")
         # Objects found corrupt (and not rewritten since), by blob id: shown in status.
         self._quarantined: dict[str, set[str]] = {}
         # Objects whose checksum passed on a read since the node started.
@@ -141,7 +147,8 @@ class BlobStore:
         self._write(blob_id, METADATA, payload)
         return True
 
-    def put_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind, payload: bytes | bytearray) -> None:
+    def put_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind,
+                   payload: bytes | bytearray | ObjectImage) -> None:
         if not (self.blob_dir(blob_id) / METADATA).exists():
             raise MissingMetadataError(str(blob_id))
         self._write(blob_id, sliver_name(pair, kind), payload)
@@ -167,20 +174,22 @@ class BlobStore:
         _fsync_dir(self.tombstones_dir)
         self.tombstones.add(str(blob_id))
 
-    def _write(self, blob_id: BlobId, name: str, payload: bytes | bytearray) -> None:
+    def _write(self, blob_id: BlobId, name: str, payload: bytes | bytearray | ObjectImage) -> None:
         directory = self.blob_dir(blob_id)
         final = directory / name
         temp = directory / f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-        header = _HEAD.pack(_MAGIC, 1, blake3.blake3(payload).digest())
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            raise MissingMetadataError(str(blob_id)) from None  # deleted meanwhile
-        except OSError as error:
-            _raise_full_or(error)
+        if isinstance(payload, ObjectImage):
+            payload.header[:] = _HEAD.pack(_MAGIC, 1, blake3.blake3(payload.payload).digest())
+            size, direct = payload.payload_size, self.direct_io
+        else:
+            size, direct = len(payload), False
+        fd = self._create(blob_id, temp, direct)
         try:
             try:
-                _write_all(fd, [header, payload])
+                if isinstance(payload, ObjectImage):
+                    self._write_image(fd, payload.file)
+                else:
+                    _write_all(fd, [_HEAD.pack(_MAGIC, 1, blake3.blake3(payload).digest()), payload])
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -197,11 +206,50 @@ class BlobStore:
         _fsync_dir(directory)
         key = str(blob_id)
         with self._lock:
-            self.stats.bytes += HEADER_SIZE + len(payload) - old_size
+            self.stats.bytes += HEADER_SIZE + size - old_size
             self._verified.add((key, name))
             names = self._quarantined.get(key)
             if names:
                 names.discard(name)
+
+    def _create(self, blob_id: BlobId, temp: Path, direct: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            if direct:
+                try:
+                    return os.open(temp, flags | os.O_DIRECT, 0o644)
+                except OSError as error:
+                    if error.errno != errno.EINVAL:
+                        raise
+                    self._no_direct_io(error)
+            return os.open(temp, flags, 0o644)
+        except FileNotFoundError:
+            raise MissingMetadataError(str(blob_id)) from None  # deleted meanwhile
+        except OSError as error:
+            _raise_full_or(error)
+            raise
+
+    def _write_image(self, fd: int, file: memoryview) -> None:
+        """Write a page-aligned image: whole pages with O_DIRECT (if the descriptor has it), the
+        last partial page through the page cache; the caller's fdatasync makes both durable."""
+        done = 0
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            aligned = len(file) // PAGE * PAGE
+            try:
+                while done < aligned and done % PAGE == 0:
+                    done += os.pwrite(fd, file[done:aligned], done)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self._no_direct_io(error)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        while done < len(file):
+            done += os.pwrite(fd, file[done:], done)
+
+    def _no_direct_io(self, error: OSError) -> None:
+        if self.direct_io:
+            log.info("O_DIRECT refused under %s (%s): writing through the page cache", self.root, error)
+        self.direct_io = False
 
     # --- reading ---------------------------------------------------------------------------------
 

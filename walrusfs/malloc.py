@@ -20,3 +20,11 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+
+
+def keep_freed_buffers() -> None:
+    """For processes that move blobs (storage nodes, blob commands, benchmarks): buffers up to
+    256 MiB (a whole encoded blob) come from the heap and up to 1 GiB of free heap is kept, so a
+    blob-sized buffer is reused instead of page-faulted in afresh (measured with
+    ``walrusfs bench blob``: client CPU per 32 MiB put 345 -> 246 ms)."""
+    set_thresholds(mmap_threshold=256 << 20, trim_threshold=1 << 30)

@@ -36,6 +36,7 @@ from ..client import BlobClient, ReadReport
 from ..cluster import cluster_status, init_cluster, start_cluster, stop_cluster
 from ..committee import Committee
 from ..keys import load_key
+from ..malloc import keep_freed_buffers
 from .report import emit, mb_per_s, progress
 
 N_NODES = 7
@@ -203,6 +204,7 @@ async def _measure(root: Path, committee: Committee, size: int, repeat: int) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_freed_buffers()  # as the blob commands do
     size = int(args.size * 2**20)
     if size <= 0 or args.repeat < 1:
         raise SystemExit("--size and --repeat must be positive")

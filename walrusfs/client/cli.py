@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from ..errors import UserError
+from ..malloc import keep_freed_buffers
 from ..redstuff import BlobId, FormatError
 from .certificate import CERTIFICATE_VERSION
 from .client import BlobClient, ClientSettings
@@ -101,6 +102,7 @@ class _ProgressLine:
 
 
 async def _put(args: argparse.Namespace) -> int:
+    keep_freed_buffers()
     from ..keys import load_key
 
     committee = _committee(args)
@@ -135,6 +137,7 @@ async def _put(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
+    keep_freed_buffers()
     committee = _committee(args)
     blob_id = _blob_id(args.blob_id)
     report = ReadReport()
