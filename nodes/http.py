@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .httpd import RECEIVE_INTO
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -48,6 +50,8 @@ class Request:
     headers: dict[str, str]
     receive: Receive
     received: int = 0
+    # The server's way to receive a body straight into a buffer (nodes.httpd), if it has one.
+    receive_into: Callable[[memoryview], Awaitable[int]] | None = None
 
     @classmethod
     def from_scope(cls, scope: Scope, receive: Receive) -> Request:
@@ -69,7 +73,9 @@ class Request:
         headers: dict[str, str] = {}
         for name, value in scope.get("headers", []):
             headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-        return cls(scope["method"], segments, target, dict(parse_qsl(query_string)), headers, receive)
+        receive_into = scope.get("extensions", {}).get(RECEIVE_INTO)
+        return cls(scope["method"], segments, target, dict(parse_qsl(query_string)), headers, receive,
+                   receive_into=receive_into)
 
     def content_length(self) -> int | None:
         value = self.headers.get("content-length")
@@ -96,6 +102,19 @@ class Request:
         length = self.content_length()
         if length is not None and length != len(view):
             raise HTTPError(400, "bad_content_length", f"body of {length} bytes, expected {len(view)}")
+        if self.receive_into is not None:
+            try:
+                got = await self.receive_into(view)
+            except ValueError:
+                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes") from None
+            self.received = got
+            if got != len(view):
+                if length is not None:  # the body stopped short of its Content-Length
+                    raise ClientDisconnected
+                raise HTTPError(400, "bad_content_length", f"body of {got} bytes, expected {len(view)}")
+            if length is None and (await self.receive()).get("body"):
+                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes")
+            return
         got = 0
         more = True
         while more:

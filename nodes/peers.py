@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from walrusfs.client.transport import tls_context
 from walrusfs.committee import NodeInfo
 from walrusfs.redstuff import BlobId, SliverKind
 
@@ -33,7 +34,7 @@ class Peers:
         self.nodes = {node.id: node for node in nodes if node.id != own_id}
         self.own_id = own_id
         self.bytes_received = 0
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=3.0),
+        self._http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(timeout, connect=3.0),
                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
                                        headers={REPAIR_HEADER: own_id})
 

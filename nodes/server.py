@@ -1,7 +1,8 @@
 """Running one storage node: check the configuration, open the store, serve HTTP until SIGTERM.
 
-The HTTP server is uvicorn with httptools and uvloop (see docs/node-api.md for the measurements
-behind the choice). ``granian`` remains selectable for comparison benchmarks.
+The HTTP server is the node's own (nodes.httpd: uvloop, llhttp, bodies received straight into the
+store's buffers); docs/node-api.md has the measurements behind the choice. uvicorn and granian remain
+selectable (``--server``) for comparison benchmarks.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import uvicorn
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
 
+from . import httpd
 from .app import NodeApp
 from .config import NodeConfig
 from .store import BlobStore
 
 log = logging.getLogger("nodes")
-SERVERS = ("uvicorn", "granian")
+SERVERS = ("httpd", "uvicorn", "granian")
 _CONFIG_ENV = "WALRUSFS_NODE_CONFIG"
 
 
@@ -59,7 +61,7 @@ def build_app(config: NodeConfig) -> NodeApp:
     return NodeApp(config, committee, key, store)
 
 
-def serve(config: NodeConfig, server: str = "uvicorn") -> None:
+def serve(config: NodeConfig, server: str = "httpd") -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
     if server == "granian":
         _serve_granian(config)
@@ -69,6 +71,15 @@ def serve(config: NodeConfig, server: str = "uvicorn") -> None:
     log.info("node %s (epoch %d, shards %s) listening on http://%s:%d, data in %s",
              config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
              config.data_dir)
+    if server == "httpd":
+        try:
+            httpd.run(app, config.host, config.port)
+        except OSError as error:
+            raise UserError(f"could not listen on {config.host}:{config.port}: {error}") from error
+        finally:
+            app.executor.shutdown(wait=True)
+        log.info("node %s stopped", config.node_id)
+        return
     uvicorn_config = uvicorn.Config(
         app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10,
@@ -108,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="the node's configuration file (TOML)")
-    parser.add_argument("--server", choices=SERVERS, default="uvicorn", help=argparse.SUPPRESS)
+    parser.add_argument("--server", choices=SERVERS, default="httpd", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import trio
 
+from nodes.server import SERVERS
+
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
 from ..keys import load_key
 from ..protocol import sign_request
@@ -36,8 +38,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--metadata-reads", type=int, default=3000,
                         help="small metadata GETs to time (default 3000)")
-    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
-                        help="HTTP server the node runs on (default uvicorn)")
+    parser.add_argument("--server", choices=SERVERS, default="httpd",
+                        help="HTTP server the node runs on (default httpd, its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 

@@ -25,7 +25,7 @@ from .certificate import Certificate
 from .health import HealthBook
 from .read import BlobReader, ReadReport
 from .store import Delivery, StoreError, StoreProgress, announce_certificate, encode_for_upload
-from .transport import NodeConnection, connections
+from .transport import NodeConnection, connections, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class BlobClient:
     async def __aenter__(self) -> BlobClient:
         s = self.settings
         self._http = httpx.AsyncClient(
+            verify=tls_context(),
             timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
             limits=httpx.Limits(max_connections=s.max_connections,
                                 max_keepalive_connections=s.max_connections),
