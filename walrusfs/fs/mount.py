@@ -28,7 +28,7 @@ from ..committee import Committee
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
-from ..malloc import set_thresholds
+from ..malloc import keep_freed_buffers
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
@@ -246,16 +246,10 @@ def _redirect_output(log_path: Path) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _return_freed_memory() -> None:
-    """Have glibc map every buffer of 1 MiB or more on its own, so freeing one gives it back to the
-    kernel: blobs come and go all the time, and the heap must not keep the high-water mark."""
-    set_thresholds(mmap_threshold=1 << 20, trim_threshold=8 << 20)
-
-
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
                 fs_key: Ed25519PrivateKey, mountpoint: Path, options: MountOptions, db_path: Path,
                 ready_fd: int | None) -> None:
-    _return_freed_memory()
+    keep_freed_buffers()
     db = Database(db_path)
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
