@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import secrets
@@ -36,9 +35,10 @@ from pathlib import Path
 
 import blake3
 
+from walrusfs.directio import open_direct, read_range, write_aligned
 from walrusfs.redstuff import BlobId, SliverKind
 
-from .buffers import PAGE, ObjectImage
+from .buffers import ObjectImage
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,6 @@ class BlobStore:
         self.invalid: set[str] = set()
         self.tombstones: set[str] = set()
         self._lock = threading.Lock()
-        # Large objects received as page-aligned images are written with O_DIRECT (no page cache
-        # copy); cleared for good if the filesystem refuses it (tmpfs, some network filesystems).
-        self.direct_io = hasattr(os, "O_DIRECT")
         # Objects found corrupt (and not rewritten since), by blob id: shown in status.
         self._quarantined: dict[str, set[str]] = {}
         # Objects whose checksum passed on a read since the node started.
@@ -180,14 +177,15 @@ class BlobStore:
         temp = directory / f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
         if isinstance(payload, ObjectImage):
             payload.header[:] = _HEAD.pack(_MAGIC, 1, blake3.blake3(payload.payload).digest())
-            size, direct = payload.payload_size, self.direct_io
+            size = payload.payload_size
         else:
-            size, direct = len(payload), False
-        fd = self._create(blob_id, temp, direct)
+            size = len(payload)
+        # An aligned image goes to disk with O_DIRECT (walrusfs.directio), anything else buffered.
+        fd = self._create(blob_id, temp, direct=isinstance(payload, ObjectImage))
         try:
             try:
                 if isinstance(payload, ObjectImage):
-                    self._write_image(fd, payload.file)
+                    write_aligned(fd, payload.file)
                 else:
                     _write_all(fd, [_HEAD.pack(_MAGIC, 1, blake3.blake3(payload).digest()), payload])
                 os.fdatasync(fd)
@@ -213,43 +211,14 @@ class BlobStore:
                 names.discard(name)
 
     def _create(self, blob_id: BlobId, temp: Path, direct: bool) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            if direct:
-                try:
-                    return os.open(temp, flags | os.O_DIRECT, 0o644)
-                except OSError as error:
-                    if error.errno != errno.EINVAL:
-                        raise
-                    self._no_direct_io(error)
-            return os.open(temp, flags, 0o644)
+            return open_direct(temp, flags) if direct else os.open(temp, flags | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             raise MissingMetadataError(str(blob_id)) from None  # deleted meanwhile
         except OSError as error:
             _raise_full_or(error)
             raise
-
-    def _write_image(self, fd: int, file: memoryview) -> None:
-        """Write a page-aligned image: whole pages with O_DIRECT (if the descriptor has it), the
-        last partial page through the page cache; the caller's fdatasync makes both durable."""
-        done = 0
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
-            aligned = len(file) // PAGE * PAGE
-            try:
-                while done < aligned and done % PAGE == 0:
-                    done += os.pwrite(fd, file[done:aligned], done)
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self._no_direct_io(error)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        while done < len(file):
-            done += os.pwrite(fd, file[done:], done)
-
-    def _no_direct_io(self, error: OSError) -> None:
-        if self.direct_io:
-            log.info("O_DIRECT refused under %s (%s): writing through the page cache", self.root, error)
-        self.direct_io = False
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -261,13 +230,13 @@ class BlobStore:
         file to quarantine) if the checksum fails."""
         path = self.blob_dir(blob_id) / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_direct(path, os.O_RDONLY)  # past the page cache: see walrusfs.directio
         except FileNotFoundError:
             return None
         try:
             size = os.fstat(fd).st_size
-            header = os.pread(fd, HEADER_SIZE, 0)
-            payload = _pread_all(fd, size - HEADER_SIZE, HEADER_SIZE) if size >= HEADER_SIZE else b""
+            header = read_range(fd, 0, HEADER_SIZE)
+            payload = read_range(fd, HEADER_SIZE, size - HEADER_SIZE)
         finally:
             os.close(fd)
         good = len(header) == HEADER_SIZE
@@ -380,21 +349,6 @@ def _write_all(fd: int, parts: list[bytes | bytearray]) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
-
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < size:
-        chunk = os.pread(fd, size - got, offset + got)
-        if not chunk:
-            break  # shorter than its header claims: the checksum will fail
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _fsync_dir(directory: Path) -> None:

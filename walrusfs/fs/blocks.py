@@ -9,6 +9,7 @@ from pathlib import Path
 
 import blake3
 
+from .. import directio
 from .cache import BlobCache
 from .db import Database
 
@@ -46,9 +47,7 @@ class BlockStore:
             (digest, len(data)))
         # Written before the row commits: a crash in between leaves an orphan file (fsck removes
         # it), never a row without its file.
-        path = self.staging_path(block_id)
-        with open(path, "wb") as handle:
-            handle.write(data)
+        directio.write_file(self.staging_path(block_id), data)  # past the page cache
         self.staged_bytes += len(data)
         self._remember(block_id, data)
         return block_id
@@ -100,8 +99,10 @@ class BlockStore:
         return data
 
     def read_staged(self, block_id: int) -> bytes:
-        with open(self.staging_path(block_id), "rb") as handle:
-            return handle.read()
+        data = directio.read_file(self.staging_path(block_id))
+        if data is None:
+            raise FileNotFoundError(f"staged block {block_id} is missing: {self.staging_path(block_id)}")
+        return data
 
     def _remember(self, block_id: int, data: bytes) -> None:
         if len(data) > self._memory_limit // 4:

@@ -57,7 +57,12 @@ def expand(geometry: EncodingGeometry, kind: SliverKind, line: np.ndarray) -> np
 
 
 def sliver_root(geometry: EncodingGeometry, kind: SliverKind, line: np.ndarray) -> bytes:
-    return merkle.root(merkle.line_leaf_digests(expand(geometry, kind, line)))
+    """The Merkle root over the sliver's expanded line: the same as hashing ``expand``'s cells, but
+    the sliver's own symbols are hashed where they are instead of being copied first."""
+    code_ = line_code(geometry, kind)
+    parity = np.empty((8, geometry.n_shards - code_.k, line.shape[2]), dtype=np.uint64)
+    code_.encode(symbols_of(line), symbols_of(parity))
+    return merkle.root(merkle.line_leaf_digests(line) + merkle.line_leaf_digests(parity))
 
 
 @dataclass(eq=False)
