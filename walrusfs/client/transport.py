@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import certifi
+import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
@@ -27,6 +28,18 @@ T = TypeVar("T")
 # httpcore reads responses 64 KiB at a time; slivers are MiB-sized, and every read is a trip
 # through h11 and the event loop. 1 MiB reads cut that cost per sliver by 16.
 AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+
+async def _send_event_without_copy(self: AsyncHTTP11Connection, event: h11.Event,
+                                   timeout: float | None = None) -> None:
+    """httpcore sends what ``h11.Connection.send`` returns: the event's bytes joined into one new
+    object, a copy of every sliver uploaded. h11's ``send_with_data_passthrough`` exists to avoid
+    exactly that; the pieces go out as they are (measured: 3-4% of a blob put's client CPU)."""
+    for data in self._h11_state.send_with_data_passthrough(event) or ():
+        await self._network_stream.write(data, timeout=timeout)
+
+
+AsyncHTTP11Connection._send_event = _send_event_without_copy  # httpcore 1.x (pinned below 2)
 
 
 @functools.cache
