@@ -56,6 +56,11 @@ class _Head:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpRequestParser | None = None
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -132,7 +137,8 @@ class _Connection(asyncio.BufferedProtocol):
         return memoryview(self.staging)[self.end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.since = time.monotonic()
+        if self.state == "body":
+            self.since = time.monotonic()
         if self._into_target:
             self.filled += nbytes
             if self.filled == len(self.target):  # type: ignore[arg-type]
@@ -220,6 +226,9 @@ class _Connection(asyncio.BufferedProtocol):
                 self._consume(2)  # empty lines between requests are allowed (RFC 9112 2.2)
             end = self.staging.find(b"\r\n\r\n", self.start + max(0, scanned - 3), self.end)
             if end >= 0:
+                if end + 4 - self.start > MAX_HEAD:
+                    self._refuse(431, "request head larger than 64 KiB")
+                    return None
                 break
             scanned = self.end - self.start
             if scanned > MAX_HEAD:
@@ -231,7 +240,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self.state, self.since = "head", time.monotonic()
             await self._wait()
         head = _Head()
-        parser = httptools.HttpRequestParser(head)
+        parser = head.parser = httptools.HttpRequestParser(head)
         size = end + 4 - self.start
         try:
             parser.feed_data(self._take(size))
@@ -241,6 +250,8 @@ class _Connection(asyncio.BufferedProtocol):
         except httptools.HttpParserError as error:
             self._refuse(400, f"malformed request: {error}")
             return None
+        finally:
+            head.parser = None
         return parser, head
 
     def _refuse(self, status: int, message: str) -> None:
@@ -262,7 +273,7 @@ class _Exchange:
         self.parser = parser
         self.head = head
         self.method = parser.get_method().decode("ascii")
-        self.keep_alive = parser.should_keep_alive()
+        self.keep_alive = head.keep_alive
         self.started = False  # response head sent
         self.done = False  # response complete
         self.status = 0
@@ -271,6 +282,9 @@ class _Exchange:
         self.body_mode = "none"
         self.body_left = 0
         self.error: tuple[int, str] | None = None  # a head llhttp let through that we refuse
+        self.disconnected = False
+        self.body_delivered = False
+        self.fed_tail = b""
         lengths = {value.strip() for name, value in head.headers if name == b"content-length"}
         encodings = [value for name, value in head.headers if name == b"transfer-encoding"]
         if encodings:
@@ -298,7 +312,7 @@ class _Exchange:
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": self.parser.get_http_version(), "scheme": "http",
             "method": self.method, "root_path": "",
-            "path": unquote_to_bytes(raw_path).decode("latin-1"), "raw_path": raw_path,
+            "path": unquote_to_bytes(raw_path).decode("utf-8", "replace"), "raw_path": raw_path,
             "query_string": url.query or b"", "headers": self.head.headers,
             "server": transport.get_extra_info("sockname") if transport else None,
             "client": transport.get_extra_info("peername") if transport else None,
@@ -320,7 +334,7 @@ class _Exchange:
             if not self.started:
                 connection._refuse(500, "internal error; see the node's log")
             return False
-        if connection.closed:
+        if connection.closed or self.disconnected:
             return False
         if not self.started:
             log.error("%s %s: the app sent no response", self.method, self.head.url[:200])
@@ -350,19 +364,30 @@ class _Exchange:
     async def _more(self) -> None:
         """Wait for more of the body (the watchdog ends a wait without progress)."""
         connection = self.connection
-        if connection.eof:
-            raise _Disconnected
         connection.state, connection.since = "body", time.monotonic()
         try:
+            if connection.eof:
+                raise _Disconnected
             await connection._wait()
+        except _Disconnected:
+            self.disconnected = True
+            raise
         finally:
             connection.state = "app"
 
     async def receive(self) -> dict[str, Any]:
+        if self.body_delivered:
+            with contextlib.suppress(_Disconnected):
+                while not self.done:
+                    await self.connection._wait()
+            return {"type": "http.disconnect"}
         try:
-            return {"type": "http.request", "body": await self._next_chunk(), "more_body": self._more_body()}
+            body = await self._next_chunk()
         except _Disconnected:
             return {"type": "http.disconnect"}
+        more = self._more_body()
+        self.body_delivered = not more
+        return {"type": "http.request", "body": body, "more_body": more}
 
     def _more_body(self) -> bool:
         return self.body_mode != "none"
@@ -385,19 +410,27 @@ class _Exchange:
         while not self.head.chunks and not self.head.complete:  # chunked: through the parser
             while connection.start == connection.end:
                 await self._more()
-            data = connection._take(connection.end - connection.start)
+            data = connection._take(self._chunked_piece())
+            self.fed_tail = (self.fed_tail + data)[-3:]
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as error:
                 connection._refuse(400, f"malformed chunked body: {error}")
                 raise _Disconnected from None
-            if self.head.complete and connection.start != connection.end:
-                self.keep_alive = False  # a pipelined request went into the parser: cannot serve it
         chunk = b"".join(self.head.chunks)
         self.head.chunks.clear()
         if self.head.complete:
             self.body_mode = "none"
         return chunk
+
+    def _chunked_piece(self) -> int:
+        connection = self.connection
+        start, end = connection.start, connection.end
+        seam = (self.fed_tail + connection.staging[start:start + 3]).find(b"\r\n\r\n")
+        if seam >= 0:
+            return seam + 4 - len(self.fed_tail)
+        cut = connection.staging.find(b"\r\n\r\n", start, end)
+        return end - start if cut < 0 else cut + 4 - start
 
     async def receive_into(self, view: memoryview) -> int:
         """Receive the next ``len(view)`` bytes of the body (fewer if it ends first) into ``view``;
@@ -410,10 +443,12 @@ class _Exchange:
                     chunk = await self._next_chunk()
                 except _Disconnected:
                     return got
-                if got + len(chunk) > len(view):
-                    raise ValueError(f"body longer than {len(view)} bytes")
-                view[got:got + len(chunk)] = chunk
-                got += len(chunk)
+                size = min(len(chunk), len(view) - got)
+                view[got:got + size] = memoryview(chunk)[:size]
+                got += size
+                if size < len(chunk):
+                    self.head.chunks.append(chunk[size:])
+                    self.body_mode = "chunked"
             return got
         if connection.closed:
             return 0
@@ -466,6 +501,7 @@ class _Exchange:
             transport.write(body)
         if not more:
             self.done = True
+            connection._wake()
         await connection._writable.wait()
 
     def _response_head(self, body_size: int, more: bool) -> bytes:
@@ -479,6 +515,8 @@ class _Exchange:
                 lines.append(b"content-length: %d\r\n" % body_size)
         if self.body_mode != "none" and self.body_left > DRAIN_LIMIT:
             self.keep_alive = False  # the app left a large body unread: say the connection ends
+        if self.body_mode != "none" and self.expect_continue:
+            self.keep_alive = False
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
@@ -569,7 +607,9 @@ class _Lifespan:
         self.task = asyncio.get_running_loop().create_task(self._run())
         await self.inbox.put({"type": "lifespan.startup"})
         reply = await self.replies.get()
-        if reply["type"] != "lifespan.startup.complete":
+        if reply["type"] == "lifespan.unsupported":
+            log.info("the app does not support the lifespan protocol")
+        elif reply["type"] != "lifespan.startup.complete":
             raise RuntimeError(f"the app failed to start: {reply.get('message', reply['type'])}")
 
     async def shutdown(self) -> None:
@@ -586,6 +626,8 @@ class _Lifespan:
         except Exception as error:
             log.exception("lifespan failed")
             await self.replies.put({"type": "lifespan.startup.failed", "message": str(error)})
+        else:
+            await self.replies.put({"type": "lifespan.unsupported"})
 
 
 def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None) -> None:
