@@ -74,6 +74,17 @@ def _free_base_port(count: int) -> int:
     raise RuntimeError("no run of free ports on 127.0.0.1")
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the given processes (all their threads) have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -194,6 +205,12 @@ class Bench:
             for entry in cache.iterdir():
                 entry.unlink()
 
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (the mount daemon, the nodes): what a phase costs, which on
+        a loaded machine says more than its speed."""
+        return (_cpu_seconds([self.daemon_pid] if self.daemon_pid else []),
+                _cpu_seconds([process.pid for process in self.nodes]))
+
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "walrusfs.status"))
 
@@ -229,6 +246,7 @@ class Bench:
         base = bytearray(random.randbytes(MiB))
         path = self.mountpoint / "big"
         progress(f"  sequential write of {size_mib} MiB (1 MiB writes, then fsync)")
+        cpu_before = self.cpu()
         start = time.perf_counter()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -240,8 +258,11 @@ class Bench:
         finally:
             os.close(fd)
         done = time.perf_counter()
+        cpu_after = self.cpu()
         total = size_mib * MiB
         results = {"write_bytes": total, "write_seconds": done - start,
+                   "write_daemon_cpu_s_per_gib": (cpu_after[0] - cpu_before[0]) * (1 << 30) / total,
+                   "write_nodes_cpu_s_per_gib": (cpu_after[1] - cpu_before[1]) * (1 << 30) / total,
                    "write_mb_s": mb_per_s(total, done - start),
                    "write_before_fsync_mb_s": mb_per_s(total, written - start),
                    "fsync_seconds": done - written}
@@ -249,6 +270,7 @@ class Bench:
         self.clear_cache()
         self.mount()
         progress("  cold sequential read (after unmount, empty cache, mount)")
+        cpu_before = self.cpu()
         start = time.perf_counter()
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -264,9 +286,12 @@ class Bench:
         finally:
             os.close(fd)
         seconds = time.perf_counter() - start
+        cpu_after = self.cpu()
         if i != size_mib:
             raise RuntimeError(f"read {i} MiB back, wrote {size_mib}")
-        results.update(cold_read_seconds=seconds, cold_read_mb_s=mb_per_s(total, seconds))
+        results.update(cold_read_seconds=seconds, cold_read_mb_s=mb_per_s(total, seconds),
+                       cold_read_daemon_cpu_s_per_gib=(cpu_after[0] - cpu_before[0]) * (1 << 30) / total,
+                       cold_read_nodes_cpu_s_per_gib=(cpu_after[1] - cpu_before[1]) * (1 << 30) / total)
         return results
 
     def small_files(self, count: int, size: int) -> dict[str, Any]:

@@ -19,7 +19,8 @@ class BlockCorruptError(OSError):
 
 
 class BlockStore:
-    def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 16 << 20) -> None:
+    def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 16 << 20,
+                 staged_memory_bytes: int = 32 << 20) -> None:
         self.db = db
         self.staging = staging
         self.cache = cache
@@ -30,6 +31,11 @@ class BlockStore:
         self._memory: OrderedDict[int, bytes] = OrderedDict()  # verified contents, LRU
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
+        # Blocks staged but not yet uploaded, kept so that the uploader, seconds later, packs them
+        # without reading the staging files back (bounded: beyond it, it reads the files).
+        self._staged: dict[int, bytes] = {}
+        self._staged_memory = 0
+        self._staged_limit = staged_memory_bytes
 
     def staging_path(self, block_id: int) -> Path:
         return self.staging / str(block_id)
@@ -50,7 +56,21 @@ class BlockStore:
         directio.write_file(self.staging_path(block_id), data)  # past the page cache
         self.staged_bytes += len(data)
         self._remember(block_id, data)
+        if self._staged_memory + len(data) <= self._staged_limit:
+            self._staged[block_id] = data
+            self._staged_memory += len(data)
         return block_id
+
+    def staged_in_memory(self, block_id: int) -> bytes | None:
+        """A staged block's content if it is still held in memory (safe from a worker thread)."""
+        return self._staged.get(block_id)
+
+    def unstage(self, block_id: int) -> None:
+        """The block's staging file is gone (uploaded, or the block deleted): remove it."""
+        self.staging_path(block_id).unlink(missing_ok=True)
+        data = self._staged.pop(block_id, None)
+        if data is not None:
+            self._staged_memory -= len(data)
 
     def release(self, block_id: int) -> None:
         """Drop one reference; the last one deletes the block. Call inside a transaction."""
@@ -69,7 +89,7 @@ class BlockStore:
                 if block_id in self.pinned:
                     self.doomed.add(block_id)
                 else:
-                    self.staging_path(block_id).unlink(missing_ok=True)
+                    self.unstage(block_id)
             self.db.after_commit(drop_file)
         else:
             self.db.execute("UPDATE blobs SET refcount=refcount-1 WHERE id=?", (blob,))

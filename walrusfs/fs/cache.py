@@ -12,6 +12,8 @@ from pathlib import Path
 
 import trio
 
+from .. import directio
+
 log = logging.getLogger(__name__)
 
 
@@ -75,11 +77,16 @@ class BlobCache:
                 if blob_id not in self.entries and blob_id in self._errors:
                     raise self._errors.pop(blob_id)
 
-    def put_file(self, blob_id: str, data: bytes | memoryview) -> None:
-        """Write the file only (safe in a worker thread); admit() it afterwards."""
+    def put_file(self, blob_id: str, data: bytes | memoryview, direct: bool = False) -> None:
+        """Write the file only (safe in a worker thread); admit() it afterwards. ``direct`` writes
+        it past the page cache (walrusfs.directio): for blobs nobody is reading right now, such as
+        those just uploaded, where filling the page cache would cost more than the write."""
         tmp = self._path(blob_id + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+        if direct:
+            directio.write_file(tmp, data)
+        else:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
         tmp.replace(self._path(blob_id))
 
     def admit(self, blob_id: str, size: int) -> None:

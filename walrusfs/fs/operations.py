@@ -37,7 +37,7 @@ CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
 _ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount"
 _TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
 _READAHEAD_EVERY = 4  # blocks between read-ahead checks of a file being read
-_READAHEAD_BLOBS = 2  # blobs fetched ahead at most per check
+_READAHEAD_BLOBS = 3  # blobs fetched ahead at most per check
 
 
 def _now() -> int:
@@ -50,7 +50,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     def __init__(self, db: Database, blocks: BlockStore, uploader: Uploader, block_size: int,
                  staging_limit: int, status: Callable[[], dict] | None = None,
-                 dirty_limit: int = 32 << 20, readahead_bytes: int = 64 << 20) -> None:
+                 dirty_limit: int = 32 << 20, readahead_bytes: int = 96 << 20) -> None:
         super().__init__()
         self.db = db
         self.blocks = blocks
@@ -444,12 +444,21 @@ class WalrusOperations(pyfuse3.Operations):
             pending = self.pending_size.get(inode)
             if end > (pending if pending is not None else self._row(inode)[5]):
                 self.pending_size[inode] = end
-            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, inode))
+            if not self.enable_writeback_cache:
+                # With the writeback cache the kernel owns a written file's times: it shows its own
+                # and sends them in a setattr when it flushes, which a late write must not overwrite.
+                self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, inode))
             position = offset
             while view:
                 blockno, in_block = divmod(position, self.bs)
                 take = min(self.bs - in_block, len(view))
-                block = await self._dirty_block(inode, blockno, whole=in_block == 0 and take == self.bs)
+                if in_block == 0 and take == self.bs:  # a whole block: staged as it came, no buffer
+                    self.dirty.get(inode, {}).pop(blockno, None)
+                    await self._stage(inode, blockno, buf if take == len(buf) else bytes(view[:take]))
+                    view = view[take:]
+                    position += take
+                    continue
+                block = await self._dirty_block(inode, blockno, whole=False)
                 if len(block) < in_block:
                     block.extend(bytes(in_block - len(block)))
                 block[in_block : in_block + take] = view[:take]
@@ -473,9 +482,10 @@ class WalrusOperations(pyfuse3.Operations):
     def _track_dirty(self) -> None:
         self.dirty_bytes = sum(len(b) for blocks in self.dirty.values() for b in blocks.values())
 
-    async def _stage(self, inode: int, blockno: int) -> None:
-        """Turn one dirty buffer into a staged block mapped at (inode, blockno)."""
-        buffer = self.dirty.get(inode, {}).pop(blockno, None)
+    async def _stage(self, inode: int, blockno: int, whole: bytes | None = None) -> None:
+        """Turn one dirty buffer (or ``whole``, the block's complete new content) into a staged
+        block mapped at (inode, blockno)."""
+        buffer = self.dirty.get(inode, {}).pop(blockno, None) if whole is None else whole
         if buffer is None:
             return
         while self.blocks.staged_bytes > self.staging_limit:  # backpressure: uploads catch up
@@ -485,7 +495,7 @@ class WalrusOperations(pyfuse3.Operations):
         length = min(self.bs, size - blockno * self.bs)
         if length <= 0:
             return  # truncated away meanwhile
-        data = bytes(buffer[:length])
+        data = buffer if len(buffer) == length and isinstance(buffer, bytes) else bytes(memoryview(buffer)[:length])
         if len(data) < length:
             data += bytes(length - len(data))
         with self.db.transaction():

@@ -138,11 +138,11 @@ class Uploader:
                 self.db.execute("UPDATE blobs SET refcount=? WHERE id=?", (placed, blob_row))
             # The certificate must be on disk before the staged copies go (invariant I4).
             self.db.sync()
-            await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)
+            await trio.to_thread.run_sync(self.cache.put_file, blob_id, data, True)
             self.cache.admit(blob_id, len(data))
             self.blocks.staged_bytes -= placed_bytes
             for block in pack:
-                self.blocks.staging_path(block.id).unlink(missing_ok=True)
+                self.blocks.unstage(block.id)
             self.stats.blobs += 1
             self.stats.last_upload_at = time.time()
             self.stats.bytes += len(data)
@@ -163,7 +163,7 @@ class Uploader:
                 self.blocks.pinned.discard(block.id)
                 if block.id in self.blocks.doomed:
                     self.blocks.doomed.discard(block.id)
-                    self.blocks.staging_path(block.id).unlink(missing_ok=True)
+                    self.blocks.unstage(block.id)
             self.stats.in_flight -= 1
             self.stats.in_flight_bytes -= size
             slots.release()
@@ -178,6 +178,10 @@ class Uploader:
     def _read_pack(self, pack: list[PackedBlock]) -> bytes:
         parts = []
         for block in pack:
+            held = self.blocks.staged_in_memory(block.id)  # hashed when it was staged
+            if held is not None:
+                parts.append(held)
+                continue
             data = self.blocks.read_staged(block.id)
             if len(data) != block.size or blake3.blake3(data).digest() != block.digest:
                 raise OSError(f"staged block {block.id} does not match its hash: the staging "
