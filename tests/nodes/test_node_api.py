@@ -144,6 +144,26 @@ def test_confirmation_only_once_every_sliver_of_its_shards_is_stored(node: Node,
     assert not is_certified(node.committee, covered)  # 4 of 7 shards; a quorum is 5
 
 
+def test_the_sliver_that_completes_the_blob_brings_the_confirmation(node: Node, blob: EncodedBlob) -> None:
+    node.store(blob, pairs=[])
+    pairs = node.pairs(blob)
+    answers = []
+    for pair in pairs:
+        for kind in SliverKind:
+            path = f"/v1/blobs/{blob.blob_id}/slivers/{pair}/{kind.name.lower()}"
+            response = node.put(path, node.sliver(blob, pair, kind).to_bytes())
+            assert response.status_code == 201
+            answers.append(response.json())
+    assert all("confirmation" not in answer for answer in answers[:-1])
+    confirmation = Confirmation.from_dict(answers[-1]["confirmation"])
+    assert confirmation.blob_id == blob.blob_id and confirmation.shards == node.shards
+    assert confirmation.verify(node.committee.node("node-0").public_key)
+    # Storing it again (idempotent) confirms again: a writer retrying gets what it missed.
+    path = f"/v1/blobs/{blob.blob_id}/slivers/{pairs[0]}/primary"
+    again = node.put(path, node.sliver(blob, pairs[0], SliverKind.PRIMARY).to_bytes())
+    assert again.status_code == 200 and "confirmation" in again.json()
+
+
 # --- refusing what does not verify ----------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Listens on 127.0.0.1 (a port of its own choosing, printed as ``READY <port>`` on stdout) and passes
 every request to UPSTREAM_URL, except that in successful responses of the kinds listed in KINDS
 (comma-separated: ``sliver``, ``symbol``, ``metadata``, ``confirmation``) it flips bits: one byte in
-the middle of a sliver, recovery symbol or metadata body; one byte of a confirmation's signature.
+the middle of a sliver, recovery symbol or metadata body; one byte of a confirmation's signature
+(also of the confirmation a sliver PUT's answer carries).
 Writes pass through untouched, so the node behind stores correct data and only its answers lie,
 unless KINDS has ``upload``: then the bodies of sliver PUTs are corrupted on their way to the node.
 
@@ -91,6 +92,12 @@ class Proxy:
             for kind in self.kinds - {"upload"}:
                 if _ROUTES[kind].match(path):
                     body = corrupt(kind, body)
+        if (scope["method"] == "PUT" and "confirmation" in self.kinds and _ROUTES["sliver"].match(path)
+                and 200 <= response.status_code < 300):
+            answer = json.loads(body)  # a node's last sliver brings its confirmation along
+            if "confirmation" in answer:
+                answer["confirmation"] = json.loads(corrupt("confirmation", json.dumps(answer["confirmation"])))
+                body = json.dumps(answer).encode()
         out_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()
                        if k.lower().encode() not in _HOP_BY_HOP]
         out_headers.append((b"content-length", str(len(body)).encode()))

@@ -134,15 +134,16 @@ class Delivery:
                     await connection.put_metadata(self.encoded.metadata)
                     metadata_sent = True
                 errors: list[NodeError] = []
+                offered: list[Confirmation] = []  # come with the node's last sliver
                 async with trio.open_nursery() as nursery:
                     for shard in self.committee.shards_of(node_id):
                         pair = geometry.pair_of_shard(shard, self.blob_id.raw)
                         for kind in SliverKind:
                             if (pair, kind) not in sent:
-                                nursery.start_soon(self._send, connection, pair, kind, sent, errors)
+                                nursery.start_soon(self._send, connection, pair, kind, sent, errors, offered)
                 if errors:  # a refusal (not worth retrying) before a transient error
                     raise min(errors, key=lambda error: error.transient)
-                confirmation = await connection.get_confirmation(self.blob_id)
+                confirmation = offered[-1] if offered else await connection.get_confirmation(self.blob_id)
                 break
             except NodeError as error:
                 if not error.transient:
@@ -166,16 +167,19 @@ class Delivery:
             self.settled.set()
 
     async def _send(self, connection: NodeConnection, pair: int, kind: SliverKind,
-                    sent: set[tuple[int, SliverKind]], errors: list[NodeError]) -> None:
+                    sent: set[tuple[int, SliverKind]], errors: list[NodeError],
+                    offered: list[Confirmation]) -> None:
         """Send one sliver; a failure goes to ``errors`` (raising it inside the nursery would reach
         the caller as an ExceptionGroup, past ``except NodeError``)."""
         primary, secondary = self.pairs[pair]
         sliver = primary if kind is SliverKind.PRIMARY else secondary
         try:
-            await connection.put_sliver(pair, sliver)
+            confirmation = await connection.put_sliver(pair, sliver)
         except NodeError as error:
             errors.append(error)
             return
+        if confirmation is not None:
+            offered.append(confirmation)
         sent.add((pair, kind))
         self.progress.bytes_sent += sliver.nbytes
 

@@ -191,7 +191,9 @@ class NodeConnection:
             self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
             ok=(200, 201))
 
-    async def put_sliver(self, pair: int, sliver: Sliver) -> None:
+    async def put_sliver(self, pair: int, sliver: Sliver) -> Confirmation | None:
+        """Store one sliver; the node's confirmation if this completed its slivers of the blob
+        (unverified: the caller checks it as it would a fetched one)."""
         path = f"/v1/blobs/{sliver.blob_id}/slivers/{pair}/{sliver.kind.name.lower()}"
         header = sliver.header()
         symbols = memoryview(sliver.data).cast("B")  # type: ignore[arg-type]
@@ -206,8 +208,13 @@ class NodeConnection:
             headers["Content-Length"] = str(len(header) + symbols.nbytes)
             return self.http.put(self.base + path, content=body(), headers=headers)
 
-        await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}", send,
-                         lambda r: None, ok=(200, 201))
+        def parse(response: httpx.Response) -> Confirmation | None:
+            answer = response.json()
+            confirmation = answer.get("confirmation") if isinstance(answer, dict) else None
+            return None if confirmation is None else Confirmation.from_dict(confirmation)
+
+        return await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}", send, parse,
+                                ok=(200, 201))
 
 
 def _reason(response: httpx.Response) -> str:
