@@ -25,11 +25,12 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int, arenas: int | None 
         libc.mallopt(_M_ARENA_MAX, arenas)
 
 
-def keep_freed_buffers() -> None:
+def keep_freed_buffers(keep: int = 1 << 30) -> None:
     """For processes that move blobs (storage nodes, blob commands, benchmarks): buffers up to
-    256 MiB (a whole encoded blob) come from the heap and up to 1 GiB of free heap is kept, so a
+    256 MiB (a whole encoded blob) come from the heap and up to ``keep`` bytes of free heap are kept
+    (a process with a memory budget, the mount daemon, keeps less), so a
     blob-sized buffer is reused instead of page-faulted in afresh (measured with
     ``walrusfs bench blob``: client CPU per 32 MiB put 345 -> 246 ms). One arena for all threads:
     a worker thread's own arena cannot hold a buffer over 64 MiB and maps each one afresh (encoding
     a 32 MiB blob in a worker thread spent 11% of the client's CPU zeroing new pages)."""
-    set_thresholds(mmap_threshold=256 << 20, trim_threshold=1 << 30, arenas=1)
+    set_thresholds(mmap_threshold=256 << 20, trim_threshold=keep, arenas=1)

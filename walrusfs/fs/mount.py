@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .. import directio
 from ..client import BlobClient, ClientSettings
 from ..committee import Committee
 from ..durable import replace_durably
@@ -249,7 +250,8 @@ def _redirect_output(log_path: Path) -> None:
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
                 fs_key: Ed25519PrivateKey, mountpoint: Path, options: MountOptions, db_path: Path,
                 ready_fd: int | None) -> None:
-    keep_freed_buffers()
+    keep_freed_buffers(keep=128 << 20)  # the daemon's RSS budget (bench mount: 400 MB)
+    directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
     db = Database(db_path)
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
