@@ -121,13 +121,13 @@ class BlobClient:
                 holder[0].release(taken)
 
             try:
-                encoded, pairs = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
+                encoded = await trio.to_thread.run_sync(encode_for_upload, data, self.committee.n_shards)
             except BaseException:
                 release()
                 raise
             progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
                                      quorum=self.committee.geometry.quorum)
-            delivery = Delivery(self.committee, encoded, pairs, self.connections, progress)
+            delivery = Delivery(self.committee, encoded, self.connections, progress)
             self._nursery.start_soon(delivery.run, self.settings.store_deadline
                                      + self.settings.background_deadline, release)
             while not delivery.settled.is_set():

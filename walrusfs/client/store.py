@@ -25,11 +25,16 @@ _RETRY_FIRST = 0.1
 _RETRY_MAX = 3.0
 
 
-def encode_for_upload(data: bytes | memoryview, n_shards: int) -> tuple[EncodedBlob, dict[int, tuple[Sliver, Sliver]]]:
-    """Encode and build every sliver pair up front (in a worker thread): gathering the secondary
-    slivers is copying, and copying is work the trio thread should not do."""
-    encoded = encode(data, n_shards)
-    return encoded, {pair: encoded.sliver_pair(pair) for pair in range(n_shards)}
+def encode_for_upload(data: bytes | memoryview, n_shards: int) -> EncodedBlob:
+    """Encode (in a worker thread: numpy and blake3 release the GIL)."""
+    return encode(data, n_shards)
+
+
+def secondary_slivers(encoded: EncodedBlob) -> dict[int, Sliver]:
+    """Every secondary sliver, by pair index. Gathering those of the source columns is copying (a
+    worker thread's job); it overlaps with the primary slivers (views, no copy) already flowing."""
+    geometry = encoded.layout.geometry
+    return {pair: encoded.secondary_sliver(geometry.secondary_of_pair(pair)) for pair in range(geometry.n_shards)}
 
 
 async def announce_certificate(connections: dict[str, NodeConnection], certificate: Certificate,
@@ -79,9 +84,10 @@ class Delivery:
 
     committee: Committee
     encoded: EncodedBlob
-    pairs: dict[int, tuple[Sliver, Sliver]]  # pair index -> (primary, secondary), ready to send
     connections: dict[str, NodeConnection]
     progress: StoreProgress
+    secondaries: dict[int, Sliver] = field(default_factory=dict)  # by pair, once gathered
+    secondaries_ready: trio.Event = field(default_factory=trio.Event)
     confirmations: dict[str, Confirmation] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
@@ -110,6 +116,7 @@ class Delivery:
             self.scope.deadline = trio.current_time() + deadline
             with self.scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._gather_secondaries)
                     for node in self.committee.nodes:
                         nursery.start_soon(self._deliver, node.id)
             for node_id in self.pending:
@@ -121,6 +128,10 @@ class Delivery:
             self.settled.set()
             self.finished.set()
             on_done()
+
+    async def _gather_secondaries(self) -> None:
+        self.secondaries = await trio.to_thread.run_sync(secondary_slivers, self.encoded)
+        self.secondaries_ready.set()
 
     async def _deliver(self, node_id: str) -> None:
         connection = self.connections[node_id]
@@ -171,8 +182,11 @@ class Delivery:
                     offered: list[Confirmation]) -> None:
         """Send one sliver; a failure goes to ``errors`` (raising it inside the nursery would reach
         the caller as an ExceptionGroup, past ``except NodeError``)."""
-        primary, secondary = self.pairs[pair]
-        sliver = primary if kind is SliverKind.PRIMARY else secondary
+        if kind is SliverKind.PRIMARY:
+            sliver = self.encoded.primary_sliver(pair)
+        else:
+            await self.secondaries_ready.wait()
+            sliver = self.secondaries[pair]
         try:
             confirmation = await connection.put_sliver(pair, sliver)
         except NodeError as error:
