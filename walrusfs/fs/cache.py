@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 class BlobCache:
     def __init__(self, directory: Path, capacity: int,
-                 fetch: Callable[[str], Awaitable[bytes]]) -> None:
+                 fetch: Callable[[str], Awaitable[bytes]], recent_blobs: int = 2) -> None:
         self.directory = directory
         self.capacity = capacity
         self.fetch = fetch  # blob id -> verified bytes
@@ -29,6 +29,10 @@ class BlobCache:
         self.misses = 0
         self._inflight: dict[str, trio.Event] = {}
         self._errors: dict[str, BaseException] = {}
+        # The blobs fetched last, served from memory while a reader works through them: their
+        # files are written past the page cache, which costs far less than filling it.
+        self._recent: OrderedDict[str, bytes | memoryview] = OrderedDict()
+        self._recent_limit = recent_blobs
         directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime):
             if path.name.endswith(".tmp"):
@@ -53,8 +57,15 @@ class BlobCache:
         else:
             self.hits += 1
         self.entries.move_to_end(blob_id)
-        with open(self._path(blob_id), "rb") as handle:
-            return os.pread(handle.fileno(), length, offset)
+        held = self._recent.get(blob_id)
+        if held is not None:
+            self._recent.move_to_end(blob_id)
+            return bytes(held[offset : offset + length])
+        fd = directio.open_direct(self._path(blob_id), os.O_RDONLY)
+        try:
+            return directio.read_range(fd, offset, length)
+        finally:
+            os.close(fd)
 
     async def ensure(self, blob_id: str) -> None:
         """Fetch ``blob_id`` into the cache unless it is there (one fetch however many wait)."""
@@ -64,8 +75,11 @@ class BlobCache:
                 event = self._inflight[blob_id] = trio.Event()
                 try:
                     data = await self.fetch(blob_id)
-                    await trio.to_thread.run_sync(self.put_file, blob_id, data)
+                    await trio.to_thread.run_sync(self.put_file, blob_id, data, True)
                     self.admit(blob_id, len(data))
+                    self._recent[blob_id] = data
+                    while len(self._recent) > self._recent_limit:
+                        self._recent.popitem(last=False)
                 except BaseException as error:
                     self._errors[blob_id] = error
                     raise
@@ -99,11 +113,13 @@ class BlobCache:
     def _evict(self, incoming: int) -> None:
         while self.entries and self.used + incoming > self.capacity:
             victim, size = self.entries.popitem(last=False)
+            self._recent.pop(victim, None)
             self.used -= size
             with contextlib.suppress(FileNotFoundError):
                 self._path(victim).unlink()
 
     def drop(self, blob_id: str) -> None:
+        self._recent.pop(blob_id, None)
         size = self.entries.pop(blob_id, None)
         if size is not None:
             self.used -= size
