@@ -103,10 +103,7 @@ class Request:
         if length is not None and length != len(view):
             raise HTTPError(400, "bad_content_length", f"body of {length} bytes, expected {len(view)}")
         if self.receive_into is not None:
-            try:
-                got = await self.receive_into(view)
-            except ValueError:
-                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes") from None
+            got = await self.receive_into(view)
             self.received = got
             if got != len(view):
                 if length is not None:  # the body stopped short of its Content-Length
