@@ -41,22 +41,24 @@ def test_put_get_status(shared_network, tmp_path: Path):
     certificate.verify(net.committee)
 
     out = tmp_path / "out.bin"
-    get = walrusfs("blob", "get", blob_id, "-o", str(out), "--committee", str(net.committee_path))
+    # --blob=ID works for every ID; a bare ID only if it does not start with '-' (1 in 64 do).
+    named = blob_id if not blob_id.startswith("-") else f"--blob={blob_id}"
+    get = walrusfs("blob", "get", named, "-o", str(out), "--committee", str(net.committee_path))
     assert get.returncode == 0, get.stderr.decode()
     assert out.read_bytes() == data
     assert not (tmp_path / "out.bin.part").exists()
 
-    to_stdout = walrusfs("blob", "get", blob_id, "--offset", "1000", "--length", "77",
+    to_stdout = walrusfs("blob", "get", f"--blob={blob_id}", "--offset", "1000", "--length", "77",
                          "--committee", str(net.committee_path))
     assert to_stdout.returncode == 0, to_stdout.stderr.decode()
     assert to_stdout.stdout == data[1000:1077]
 
-    status = walrusfs("blob", "status", blob_id, "--json", "--committee", str(net.committee_path))
+    status = walrusfs("blob", "status", f"--blob={blob_id}", "--json", "--committee", str(net.committee_path))
     assert status.returncode == 0, status.stderr.decode()
     statuses = json.loads(status.stdout)
     assert set(statuses) == set(net.node_ids)
     assert all(s["complete"] for s in statuses.values())
-    table = walrusfs("blob", "status", blob_id, "--committee", str(net.committee_path))
+    table = walrusfs("blob", "status", named, "--committee", str(net.committee_path))
     assert table.returncode == 0 and all(node.encode() in table.stdout for node in net.node_ids)
 
 

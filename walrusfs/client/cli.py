@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     put.set_defaults(func=lambda args: trio.run(_put, args))
 
     get = actions.add_parser("get", help="read a blob, verified, to a file or stdout")
-    get.add_argument("blob_id")
+    blob_argument(get)
     get.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     get.add_argument("--offset", type=int, default=0)
     get.add_argument("--length", type=int)
@@ -54,7 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     get.set_defaults(func=lambda args: trio.run(_get, args))
 
     status = actions.add_parser("status", help="which node holds which slivers of a blob")
-    status.add_argument("blob_id")
+    blob_argument(status)
     status.add_argument("--json", action="store_true")
     common(status)
     status.set_defaults(func=lambda args: trio.run(_status, args))
@@ -70,7 +70,17 @@ def _committee(args: argparse.Namespace):
     return Committee.load(path)
 
 
-def _blob_id(text: str) -> BlobId:
+def blob_argument(parser: argparse.ArgumentParser) -> None:
+    """BLOB_ID, or ``--blob=BLOB_ID`` for an ID that starts with '-' (argparse takes it for an
+    option; one ID in 64 does)."""
+    parser.add_argument("blob_id", nargs="?", metavar="BLOB_ID")
+    parser.add_argument("--blob", metavar="BLOB_ID", help="the blob, if its ID starts with '-'")
+
+
+def _blob_id(args: argparse.Namespace) -> BlobId:
+    text = args.blob if args.blob is not None else args.blob_id
+    if text is None or (args.blob is not None and args.blob_id is not None):
+        raise UserError("give one blob ID: BLOB_ID, or --blob=BLOB_ID if it starts with '-'")
     try:
         return BlobId.parse(text)
     except FormatError as error:
@@ -133,13 +143,15 @@ async def _put(args: argparse.Namespace) -> int:
         print(stored.blob_id)
         print(f"certificate (v{CERTIFICATE_VERSION}, {len(stored.certificate.confirmations)} "
               f"confirmations): {path}", file=sys.stderr)
+        if str(stored.blob_id).startswith("-"):
+            print(f"the ID starts with '-': name it as --blob={stored.blob_id}", file=sys.stderr)
     return 0
 
 
 async def _get(args: argparse.Namespace) -> int:
     keep_freed_buffers()
     committee = _committee(args)
-    blob_id = _blob_id(args.blob_id)
+    blob_id = _blob_id(args)
     report = ReadReport()
     async with BlobClient(committee) as client:
         try:
@@ -161,7 +173,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     committee = _committee(args)
-    blob_id = _blob_id(args.blob_id)
+    blob_id = _blob_id(args)
     async with BlobClient(committee) as client:
         statuses = await client.status(blob_id)
     if args.json:
