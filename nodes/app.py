@@ -360,7 +360,8 @@ class NodeApp:
         try:
             with self.images.image(STORED_HEADER_SIZE, expected) as image:
                 await request.read_body_into(image.payload)
-                created = await self._in_worker(self._verify_and_store, blob_id, pair, kind, metadata, image)
+                created, complete = await self._in_worker(self._verify_and_store, blob_id, pair, kind,
+                                                          metadata, image)
         except StoreFullError:
             raise self._disk_full() from None
         except HTTPError:
@@ -372,13 +373,14 @@ class NodeApp:
         log.debug("stored %s of blob %s", name, blob_id)
         answer = {"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(), "stored": True}
         # With the last of its slivers the writer gets the confirmation, sparing a round trip.
-        if not await self._in_worker(self._missing, blob_id):
+        if complete:
             answer["confirmation"] = self._confirmation(blob_id).to_dict()
         return json_response(answer, 201 if created else 200)
 
     def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
-                          image: ObjectImage) -> bool:
-        """Verify the sliver received into ``image``, store it unless it is already stored."""
+                          image: ObjectImage) -> tuple[bool, bool]:
+        """Verify the sliver received into ``image`` and store it unless it is already stored;
+        whether it was new, and whether the node now holds every sliver of the blob it should."""
         try:
             sliver = Sliver.from_bytes(image.payload)
         except FormatError as error:
@@ -395,11 +397,11 @@ class NodeApp:
             log.warning("refused %s sliver %d of blob %s: %s", kind.name.lower(), index, blob_id, error)
             raise HTTPError(422, "verification_failed", str(error)) from None
         name = sliver_name(pair, kind)
-        if self.store.has(blob_id, name):
-            return False  # the same verified bytes are already durable
         del sliver  # a view of the image, whose memory is reused after the request
-        self.store.put_sliver(blob_id, pair, kind, image)
-        return True
+        created = not self.store.has(blob_id, name)  # else the same verified bytes are durable
+        if created:
+            self.store.put_sliver(blob_id, pair, kind, image)
+        return created, not self._missing(blob_id)
 
     async def get_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
         self._check_shard(blob_id, pair)
