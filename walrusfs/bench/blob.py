@@ -37,7 +37,7 @@ from ..cluster import cluster_status, init_cluster, start_cluster, stop_cluster
 from ..committee import Committee
 from ..keys import load_key
 from ..malloc import keep_freed_buffers
-from .report import emit, mb_per_s, progress
+from .report import emit, mb_per_s, process_cpu_seconds, progress
 
 N_NODES = 7
 
@@ -104,14 +104,7 @@ def _stop_nodes(root: Path, node_ids: list[str]) -> None:
 
 def _node_cpu(root: Path) -> float:
     """CPU seconds (user + system) used so far by the running nodes of the cluster."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for state in cluster_status(root, probe=False):
-        if state.pid:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{state.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    return process_cpu_seconds(state.pid for state in cluster_status(root, probe=False) if state.pid)
 
 
 def _client_cpu() -> float:

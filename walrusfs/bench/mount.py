@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .report import emit, mb_per_s, progress
+from .report import emit, mb_per_s, process_cpu_seconds, progress
 
 MiB = 1 << 20
 N_NODES = 7
@@ -72,17 +72,6 @@ def _free_base_port(count: int) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError("no run of free ports on 127.0.0.1")
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the given processes (all their threads) have used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def _alive(pid: int) -> bool:
@@ -208,8 +197,8 @@ class Bench:
     def cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by (the mount daemon, the nodes): what a phase costs, which on
         a loaded machine says more than its speed."""
-        return (_cpu_seconds([self.daemon_pid] if self.daemon_pid else []),
-                _cpu_seconds([process.pid for process in self.nodes]))
+        return (process_cpu_seconds([self.daemon_pid] if self.daemon_pid else []),
+                process_cpu_seconds([process.pid for process in self.nodes]))
 
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "walrusfs.status"))

@@ -75,7 +75,7 @@ class BlobCache:
                 event = self._inflight[blob_id] = trio.Event()
                 try:
                     data = await self.fetch(blob_id)
-                    await trio.to_thread.run_sync(self.put_file, blob_id, data, True)
+                    await trio.to_thread.run_sync(self.put_file, blob_id, data)
                     self.admit(blob_id, len(data))
                     self._recent[blob_id] = data
                     while len(self._recent) > self._recent_limit:
@@ -91,16 +91,11 @@ class BlobCache:
                 if blob_id not in self.entries and blob_id in self._errors:
                     raise self._errors.pop(blob_id)
 
-    def put_file(self, blob_id: str, data: bytes | memoryview, direct: bool = False) -> None:
-        """Write the file only (safe in a worker thread); admit() it afterwards. ``direct`` writes
-        it past the page cache (walrusfs.directio): for blobs nobody is reading right now, such as
-        those just uploaded, where filling the page cache would cost more than the write."""
+    def put_file(self, blob_id: str, data: bytes | memoryview) -> None:
+        """Write the file only (safe in a worker thread); admit() it afterwards. It goes past the
+        page cache (walrusfs.directio): filling that would cost more than the write."""
         tmp = self._path(blob_id + ".tmp")
-        if direct:
-            directio.write_file(tmp, data)
-        else:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
+        directio.write_file(tmp, data)
         tmp.replace(self._path(blob_id))
 
     def admit(self, blob_id: str, size: int) -> None:

@@ -138,7 +138,7 @@ class Uploader:
                 self.db.execute("UPDATE blobs SET refcount=? WHERE id=?", (placed, blob_row))
             # The certificate must be on disk before the staged copies go (invariant I4).
             self.db.sync()
-            await trio.to_thread.run_sync(self.cache.put_file, blob_id, data, True)
+            await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)
             self.cache.admit(blob_id, len(data))
             self.blocks.staged_bytes -= placed_bytes
             for block in pack:
