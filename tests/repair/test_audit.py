@@ -69,11 +69,26 @@ def test_a_node_that_deleted_what_it_signed_for_fails(network):
 
 
 def test_a_node_answering_with_forged_symbols_fails(network):
+    # Whether or not node-2's confirmation made it into the certificates (a store keeps the first
+    # n - f), a forged answer is a lie and fails it.
     with LyingProxy(network.url("node-2"), corrupt=("symbol",)) as proxy:
         committee = network.client_committee({"node-2": proxy.url})
         code, report = audit(committee)
-    assert code == 1 and "node-2" in report["failed"]
-    assert all("Merkle proof" in f["reason"] for f in report["nodes"]["node-2"]["failures"])
+    assert code == 1 and "node-2" in report["failed"], report
+    failures = report["nodes"]["node-2"]["failures"]
+    assert len(failures) == 8 and all("Merkle proof" in f["reason"] for f in failures)
+
+
+def test_forging_symbols_of_a_blob_it_did_not_sign_fails_a_node_too(network):
+    entry = httpx.get(f"{network.url(0)}/v1/certified").json()["entries"][0]
+    certificate = json.loads(entry["certificate"])
+    signers = {c["node_id"] for c in certificate["confirmations"]}
+    liar = sorted(set(network.node_ids) - signers)[0]  # a certificate holds n - f of n confirmations
+    with LyingProxy(network.url(liar), corrupt=("symbol",)) as proxy:
+        committee = network.client_committee({liar: proxy.url})
+        code, report = audit(committee, f"--blob={entry['blob_id']}")
+    assert code == 1 and report["failed"] == [liar], report
+    assert len(report["nodes"][liar]["failures"]) == 4 and not report["nodes"][liar]["unsigned_failures"]
 
 
 def test_audit_of_a_named_blob_prints_a_readable_report(network, tmp_path):

@@ -5,8 +5,9 @@ what they signed for.
 A symbol of a sliver's expansion can only be computed from the whole sliver, and its proof is
 checked against the metadata (itself checked against the blob ID), so a node passes only by
 holding the sliver. The blobs come from the nodes' certified feeds (or ``--blob``); a node's
-confirmation inside a blob's certificate is what it signed for. Failures on blobs a node did not
-sign are reported apart: it should have repaired them, but it never claimed them.
+confirmation inside a blob's certificate is what it signed for. A missing sliver of a blob a node
+did not sign is reported apart: it should have repaired it, but it never claimed it. A symbol that
+fails its proof fails the node whatever it signed: it answered, and the answer was a lie.
 """
 
 from __future__ import annotations
@@ -91,18 +92,24 @@ async def certificate_of(http: httpx.AsyncClient, committee: Committee, blob_id:
     raise UserError(f"no node has a valid certificate of blob {blob_id}")
 
 
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    forged: bool  # the node answered with a symbol that fails its proof (rather than not answering)
+
+
 async def challenge(connection: NodeConnection, metadata: BlobMetadata, pair: int, kind: SliverKind,
-                    target: int) -> str | None:
+                    target: int) -> Problem | None:
     """None if the node proved it holds the sliver; else what went wrong."""
     try:
         symbol = await connection.get_recovery_symbol(metadata.blob_id, pair, kind, target)
     except NodeError as error:
-        return error.reason
+        return Problem(error.reason, forged=error.lie)
     geometry = metadata.geometry
     source = pair if kind is SliverKind.PRIMARY else geometry.secondary_of_pair(pair)
     if (symbol.target_kind is not kind.other or symbol.source_index != source or symbol.target_index != target
             or not await trio.to_thread.run_sync(symbol.is_valid_for, metadata)):
-        return "the symbol fails its Merkle proof against the blob's metadata"
+        return Problem("the symbol fails its Merkle proof against the blob's metadata", forged=True)
     return None
 
 
@@ -134,8 +141,8 @@ async def audit(committee: Committee, blob_ids: list[BlobId] | None, sample: int
                     verdict.passed += 1
                     continue
                 failure = {"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(), "target": target,
-                           "reason": problem}
-                (verdict.failures if signed else verdict.unsigned_failures).append(failure)
+                           "reason": problem.reason}
+                (verdict.failures if signed or problem.forged else verdict.unsigned_failures).append(failure)
 
         for blob_id in chosen:
             metadata = await metadata_of(nodes, blob_id)
