@@ -171,8 +171,9 @@ class BlobClient:
         )
 
     async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,
-                   report: ReadReport | None = None) -> bytes:
-        """The blob's bytes [offset, offset+length), every byte verified against ``blob_id``."""
+                   report: ReadReport | None = None) -> bytes | memoryview:
+        """The blob's bytes [offset, offset+length), every byte verified against ``blob_id``. A
+        whole-blob read returns a view of the decoder's buffer rather than copying it."""
         return await self._reader().read(blob_id, offset, length, report)
 
     async def metadata(self, blob_id: BlobId) -> BlobMetadata:

@@ -97,7 +97,7 @@ class BlobReader:
         return self.shard_owner(metadata.geometry.shard_of_pair(pair, metadata.blob_id.raw))
 
     async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,
-                   report: ReadReport | None = None) -> bytes:
+                   report: ReadReport | None = None) -> bytes | memoryview:
         report = report or ReadReport()
         metadata = await self.metadata(blob_id, report)
         size = metadata.blob_length
