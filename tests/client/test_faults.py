@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import statistics
 import time
 
 import pytest
@@ -243,21 +242,23 @@ def test_black_hole_costs_at_most_about_one_hedge_delay(shared_network):
         pytest.fail("no blob with a systematic row on node-0 in 30 tries")
     settings = ClientSettings(hedge_after=0.3)
 
-    def timed(committee: Committee) -> float:
+    def timed(committee: Committee) -> tuple[float, ReadReport]:
         samples = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.monotonic()
-            back, _ = read(net, stored.blob_id, committee, settings)
+            back, report = read(net, stored.blob_id, committee, settings)
             samples.append(time.monotonic() - start)
             assert back == data
-        return statistics.median(samples)
+        return min(samples), report  # the least disturbed run: the machine is shared
 
     with BlackHole() as hole:
         holed = Committee.load(net.client_committee({"node-0": hole.url}))
-        baseline = timed(net.committee)
-        with_hole = timed(holed)
+        baseline, _ = timed(net.committee)
+        with_hole, report = timed(holed)
     delay = with_hole - baseline
-    assert delay < settings.hedge_after + 0.25, (baseline, with_hole)
+    # Without the hedge the read would wait for the read timeout (30 s).
+    assert delay < settings.hedge_after + 0.5, (baseline, with_hole)
+    assert "node-0" in report.failures and "hedge" in report.failures["node-0"], report.failures
 
 
 def test_reads_prefer_healthy_nodes_after_a_failure(shared_network, stored_blob):
