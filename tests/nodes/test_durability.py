@@ -142,7 +142,10 @@ def test_kill_9_during_stores_never_leaves_a_torn_sliver(cluster_root: Path) -> 
             writer = threading.Thread(target=_store_forever,
                                       args=(process.url, key, blobs, pairs, events, stop))
             writer.start()
-            time.sleep(rng.uniform(0.05, 0.6))
+            deadline = time.monotonic() + 30
+            while sum(1 for event in events if event[0] == "stored") < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the kill lands amid stores, however slow the machine is today
+            time.sleep(rng.uniform(0.0, 0.5))
             process.kill9()
             stop.set()
             writer.join()

@@ -70,8 +70,9 @@ def test_a_wiped_node_rebuilds_every_sliver_fetching_about_what_it_lost(network,
     assert status["bytes_lost"] == lost
     assert status["recovered_slivers"] == 2 * len(blobs)
     # Symbols (with their headers and proofs) and metadata: close to the lost slivers, not n_s or
-    # n_p times more, and nowhere near the blobs (~2.7x the lost bytes here).
-    assert lost <= status["bytes_fetched"] <= 1.05 * lost
+    # n_p times more, and nowhere near the blobs (~2.7x the lost bytes here). A little less when a
+    # retried recovery could use a sliver of the pair already rebuilt here.
+    assert 0.75 * lost <= status["bytes_fetched"] <= 1.05 * lost
     assert status["feed_bytes"] < 0.05 * lost
 
 
