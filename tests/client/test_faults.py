@@ -11,6 +11,7 @@ import socket
 import time
 
 import pytest
+import trio
 from blobtools import FAST_FAIL, blob_client, pair_holder, random_bytes, run, store, systematic_holders
 from network import BlackHole, LyingProxy
 
@@ -137,6 +138,36 @@ def test_node_refusing_slivers_does_not_break_the_store(shared_network):
         stored = run(go)
     assert "node-1" not in {c.node_id for c in stored.certificate.confirmations}
     stored.certificate.verify(net.committee)
+    assert read(net, stored.blob_id)[0] == data
+
+
+def test_a_node_that_never_answers_does_not_hold_up_a_store(shared_network):
+    """node-0 accepts connections and never answers. The store is certified by the others without
+    waiting for it; node-0's slivers are kept for it from the background budget; leaving the client
+    gives up on it after the exit grace and every byte held is released."""
+    net = shared_network
+    data = random_bytes(3 * 2**20)
+    settings = ClientSettings(store_deadline=20.0, exit_grace=1.0)  # read timeout: 30 s
+    with BlackHole() as hole:
+        committee = Committee.load(net.client_committee({"node-0": hole.url}))
+
+        async def go():
+            client = blob_client(net, committee, settings)
+            async with client:
+                start = trio.current_time()
+                stored = await client.store(data)
+                certified = trio.current_time()
+                held = client._background.used
+            left = trio.current_time()
+            return stored, certified - start, left - certified, held, client._budget.used + client._background.used
+
+        stored, store_seconds, exit_seconds, held_for_node_0, held_after = run(go)
+    assert store_seconds < 5, store_seconds  # waiting for node-0 would take the 20 s store deadline
+    assert "node-0" not in {c.node_id for c in stored.certificate.confirmations}
+    stored.certificate.verify(net.committee)
+    assert held_for_node_0 > 0  # the blob stayed in memory for node-0 after the store returned
+    assert settings.exit_grace <= exit_seconds < settings.exit_grace + 2
+    assert held_after == 0
     assert read(net, stored.blob_id)[0] == data
 
 
