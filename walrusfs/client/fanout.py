@@ -1,8 +1,11 @@
 """The one fan-out pattern the client uses: try candidates concurrently until enough succeed.
 
-Start as many attempts as are needed; each failure starts the next candidate; and whenever
-``hedge_after`` seconds pass without an answer, one more candidate starts, so a node that hangs
-costs at most the hedge delay. Once enough have succeeded the rest are cancelled.
+Start as many attempts as are needed; each failure starts the next candidate. With ``hedge_after``,
+an attempt whose node has not begun to answer within that many seconds is overdue, and each overdue
+attempt starts one more candidate: a node that hangs costs at most the hedge delay. An attempt
+whose node is answering (a large body on its way) is overdue only after ``patience`` more seconds,
+so healthy nodes sharing a busy link are neither raced nor blamed. Once enough have succeeded the
+rest are cancelled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import trio
 C = TypeVar("C")
 R = TypeVar("R")
 
+Answered = Callable[[], None]  # an attempt calls it when its node begins to answer
+
 
 @dataclass
 class RaceResult(Generic[C, R]):
@@ -24,21 +29,29 @@ class RaceResult(Generic[C, R]):
     failures: list[tuple[C, BaseException]] = field(default_factory=list)
     untried: list[C] = field(default_factory=list)
     abandoned: list[C] = field(default_factory=list)  # still running when enough had succeeded
-    slow: list[C] = field(default_factory=list)  # abandoned after waiting at least the hedge delay
+    slow: list[C] = field(default_factory=list)  # abandoned while overdue
+
+
+@dataclass
+class _InFlight:
+    started: float
+    answered: bool = False
+    hedged: bool = False  # it has already started one more candidate
 
 
 async def race(
     candidates: Sequence[C],
-    attempt: Callable[[C], Awaitable[R]],
+    attempt: Callable[[C, Answered], Awaitable[R]],
     needed: int,
     *,
     hedge_after: float | None = None,
+    patience: float = 0.0,
     parallel: int | None = None,
 ) -> RaceResult[C, R]:
     """Run ``attempt`` on candidates, in order, until ``needed`` succeed or all were tried.
 
     ``parallel`` (default ``needed``) is how many run at first. Exceptions from ``attempt`` count as
-    failures (Exception only: cancellation passes through).
+    failures (Exception only: cancellation passes through). Candidates must be distinct.
     """
     result: RaceResult[C, R] = RaceResult()
     queue = list(candidates)
@@ -46,40 +59,47 @@ async def race(
         result.untried = queue
         return result
     send, receive = trio.open_memory_channel[tuple[C, R | None, BaseException | None]](math.inf)
-    in_flight: list[C] = []
-    started: list[float] = []  # start time of each in_flight candidate
+    in_flight: dict[C, _InFlight] = {}
+
+    def due(flight: _InFlight) -> float:
+        assert hedge_after is not None
+        return flight.started + hedge_after + (patience if flight.answered else 0.0)
 
     async with trio.open_nursery() as nursery:
 
-        async def one(candidate: C) -> None:
+        async def one(candidate: C, flight: _InFlight) -> None:
+            def answered() -> None:
+                flight.answered = True
+
             try:
-                value = await attempt(candidate)
+                value = await attempt(candidate, answered)
             except Exception as error:
                 send.send_nowait((candidate, None, error))
             else:
                 send.send_nowait((candidate, value, None))
 
-        def launch() -> bool:
-            if not queue:
-                return False
-            candidate = queue.pop(0)
-            in_flight.append(candidate)
-            started.append(trio.current_time())
-            nursery.start_soon(one, candidate)
-            return True
+        def launch() -> None:
+            if queue:
+                candidate = queue.pop(0)
+                in_flight[candidate] = flight = _InFlight(trio.current_time())
+                nursery.start_soon(one, candidate, flight)
 
         for _ in range(parallel or needed):
             launch()
         while len(result.successes) < needed and in_flight:
+            waiting = [due(f) for f in in_flight.values() if not f.hedged] if hedge_after is not None else []
             message = None
-            with trio.move_on_after(math.inf if hedge_after is None else hedge_after):
+            with trio.move_on_at(min(waiting, default=math.inf)):
                 message = await receive.receive()
-            if message is None:  # nobody answered in time: hedge with one more candidate
-                launch()
+            if message is None:  # overdue: each such attempt starts one more candidate
+                now = trio.current_time()
+                for flight in list(in_flight.values()):
+                    if not flight.hedged and due(flight) <= now:
+                        flight.hedged = True
+                        launch()
                 continue
             candidate, value, error = message
-            del started[in_flight.index(candidate)]
-            in_flight.remove(candidate)
+            del in_flight[candidate]
             if error is None:
                 result.successes.append((candidate, value))  # type: ignore[arg-type]
             else:
@@ -87,8 +107,8 @@ async def race(
                 launch()
         nursery.cancel_scope.cancel()
     result.untried = queue
-    result.abandoned = in_flight
+    result.abandoned = list(in_flight)
     if hedge_after is not None:
         now = trio.current_time()
-        result.slow = [c for c, t in zip(in_flight, started, strict=True) if now - t >= hedge_after]
+        result.slow = [c for c, flight in in_flight.items() if due(flight) <= now]
     return result

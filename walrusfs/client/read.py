@@ -30,8 +30,10 @@ from ..redstuff import (
     verify_inconsistency_proof,
     verify_sliver,
 )
-from .fanout import race
+from .fanout import Answered, race
 from .transport import NodeConnection, NodeError
+
+MIN_BODY_RATE = 10e6  # bytes/s: a node answering slower than this is overtaken like a silent one
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class BlobReader:
 
     async def metadata(self, blob_id: BlobId, report: ReadReport) -> BlobMetadata:
         nodes = sorted(self.connections, key=self.order_key)
-        result = await race(nodes, lambda node: self.connections[node].get_metadata(blob_id), 1,
+        result = await race(nodes, lambda node, _answered: self.connections[node].get_metadata(blob_id), 1,
                             hedge_after=self.hedge_after)
         for node, error in result.failures:
             report.note(node, error)
@@ -164,11 +166,11 @@ class BlobReader:
         """Fetch and verify slivers of ``kind`` (by sliver index, in order) until ``needed`` pass."""
         geometry = metadata.geometry
 
-        async def fetch_verified(index: int) -> Sliver:
+        async def fetch_verified(index: int, answered: Answered) -> Sliver:
             pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
             node = self._node_of_pair(metadata, pair)
             try:
-                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair, kind)
+                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair, kind, on_head=answered)
                 report.slivers_fetched += 1
                 report.bytes_fetched += sliver.nbytes
                 await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
@@ -179,7 +181,11 @@ class BlobReader:
                 raise
             return sliver
 
-        result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after)
+        # A node sending its sliver is not hung: it is raced only if its body arrives slower than
+        # MIN_BODY_RATE (slivers of big blobs take a while when several share the link).
+        body = metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
+        result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after,
+                            patience=body / MIN_BODY_RATE)
         def node_of(index: int) -> str:
             pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
             return self._node_of_pair(metadata, pair)

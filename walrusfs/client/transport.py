@@ -117,8 +117,17 @@ class NodeConnection:
 
         return await self._call("get metadata", lambda: self.http.get(self.base + path), parse)
 
-    async def get_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind) -> Sliver:
+    async def get_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind,
+                         on_head: Callable[[], None] | None = None) -> Sliver:
+        """``on_head`` is called once the node's response head has arrived (before the body)."""
         path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}"
+
+        async def send() -> httpx.Response:
+            async with self.http.stream("GET", self.base + path) as response:
+                if on_head is not None:
+                    on_head()
+                await response.aread()
+            return response
 
         def parse(response: httpx.Response) -> Sliver:
             sliver = Sliver.from_bytes(response.content)
@@ -128,8 +137,7 @@ class NodeConnection:
                                   f"got {sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
             return sliver
 
-        return await self._call(f"get {kind.name.lower()} sliver of pair {pair}",
-                                lambda: self.http.get(self.base + path), parse)
+        return await self._call(f"get {kind.name.lower()} sliver of pair {pair}", send, parse)
 
     async def get_recovery_symbol(self, blob_id: BlobId, pair: int, kind: SliverKind,
                                   target: int) -> RecoverySymbol:
