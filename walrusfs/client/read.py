@@ -166,19 +166,23 @@ class BlobReader:
         """Fetch and verify slivers of ``kind`` (by sliver index, in order) until ``needed`` pass."""
         geometry = metadata.geometry
 
+        def pair_of(index: int) -> int:
+            return index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
+
+        def node_of(index: int) -> str:
+            return self._node_of_pair(metadata, pair_of(index))
+
         async def fetch_verified(index: int, answered: Answered) -> Sliver:
-            pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
-            node = self._node_of_pair(metadata, pair)
+            node = node_of(index)
             try:
-                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair, kind, on_head=answered)
+                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair_of(index), kind,
+                                                                 on_head=answered)
                 report.slivers_fetched += 1
                 report.bytes_fetched += sliver.nbytes
                 await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
             except SliverVerificationError as error:
                 self.connections[node].health.lie(node, str(error))
                 raise NodeError(node, f"{kind.name.lower()} sliver {index}", str(error), lie=True) from error
-            except NodeError:
-                raise
             return sliver
 
         # A node sending its sliver is not hung: it is raced only if its body arrives slower than
@@ -186,9 +190,6 @@ class BlobReader:
         body = metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
         result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after,
                             patience=body / MIN_BODY_RATE)
-        def node_of(index: int) -> str:
-            pair = index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
-            return self._node_of_pair(metadata, pair)
 
         for index, error in result.failures:
             report.note(node_of(index), error)
