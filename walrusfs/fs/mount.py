@@ -312,6 +312,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             fuse_options.add("debug")
         try:
             pyfuse3.init(operations, str(mountpoint), fuse_options)
+            from .fuse_ext import install  # what pyfuse3 does not pass on: fallocate, DONT_MASK
+
+            install(operations.fallocate)
         except RuntimeError as error:
             db.close()
             raise UserError(f"cannot mount on {mountpoint}: {error}") from error
