@@ -261,6 +261,17 @@ def test_fallocate_punch_hole_zeroes_the_range_and_frees_whole_blocks(mnt: Path,
     assert (mnt / "f").read_bytes() == bytes(size)
 
 
+def test_fallocate_zero_range(mnt: Path) -> None:
+    data = pattern(2 * BS + 50, 45)
+    write_file(mnt / "f", data, fsync=True)
+    subprocess.run(["fallocate", "--zero-range", "--offset", "100", "--length", str(BS), str(mnt / "f")], check=True)
+    assert (mnt / "f").read_bytes() == data[:100] + bytes(BS) + data[BS + 100:]
+    subprocess.run(["fallocate", "--zero-range", "--offset", str(2 * BS), "--length", str(BS), str(mnt / "f")],
+                   check=True)  # past the end, without --keep-size: the file grows, with zeros
+    drop_page_cache(mnt / "f")
+    assert (mnt / "f").read_bytes() == data[:100] + bytes(BS) + data[BS + 100:2 * BS] + bytes(BS)
+
+
 def test_fallocate_modes_not_offered_are_eopnotsupp(mnt: Path) -> None:
     write_file(mnt / "f", pattern(2 * BS, 44))
     fd = os.open(mnt / "f", os.O_RDWR)
