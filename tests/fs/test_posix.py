@@ -797,6 +797,21 @@ def test_acls_behave_as_on_a_local_filesystem(mnt: Path, tmp_path: Path) -> None
     assert getfacl(mnt) == getfacl(tmp_path / "local")
 
 
+def test_setgid_directories_pass_their_group_on(mnt: Path, tmp_path: Path) -> None:
+    """As on ext4: entries made in a setgid directory get its group, new directories the bit too."""
+    def script(root: Path) -> dict[str, tuple[str, int]]:
+        (root / "team").mkdir()
+        os.chown(root / "team", 0, 100)
+        os.chmod(root / "team", 0o2775)
+        write_file(root / "team" / "file", b"x")
+        (root / "team" / "sub").mkdir()
+        os.mkfifo(root / "team" / "sub" / "fifo")
+        return {str(p.relative_to(root)): (oct(p.lstat().st_mode), p.lstat().st_gid) for p in root.rglob("*")}
+
+    (tmp_path / "local").mkdir()
+    assert script(mnt) == script(tmp_path / "local")
+
+
 def test_inherited_acl_is_enforced(mnt: Path) -> None:
     os.chmod(mnt, 0o755)
     (mnt / "shared").mkdir(mode=0o755)

@@ -191,13 +191,18 @@ class WalrusOperations(pyfuse3.Operations):
         elif target is None:
             # The kernel applied the umask already unless it was asked not to (fuse_ext.py).
             mode &= ~ctx.umask
+        gid = ctx.gid
+        if parent_row[1] & stat.S_ISGID:  # a setgid directory passes its group on, and to directories the bit
+            gid = parent_row[3]
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
         with self.db.transaction():
             if self.db.get_val("SELECT 1 FROM dirents WHERE parent=? AND name=?", (parent, name)):
                 raise FUSEError(errno.EEXIST)
             inode = self.db.rowid(
                 "INSERT INTO inodes (mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                (mode, ctx.uid, ctx.gid, rdev, len(target) if target is not None else 0, now, now, now))
+                (mode, ctx.uid, gid, rdev, len(target) if target is not None else 0, now, now, now))
             self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", (parent, name, inode))
             if target is not None:
                 self.db.execute("INSERT INTO symlinks (inode, target) VALUES (?, ?)", (inode, target))
