@@ -109,6 +109,7 @@ def install(fallocate: Fallocate) -> None:
         if capable.value & FUSE_CAP_DONT_MASK:
             want.value |= FUSE_CAP_DONT_MASK
             _Installed.dont_mask = True
+        log.info("FUSE session: fallocate handled, modes sent without the umask: %s", _Installed.dont_mask)
 
     async def answer(req: int, inode: int, mode: int, offset: int, length: int) -> None:
         error = 0
