@@ -23,6 +23,7 @@ import http
 import json
 import logging
 import signal
+import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -532,8 +533,10 @@ def _status_line(status: int) -> bytes:
 
 
 class HTTPServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, timeouts: Timeouts | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         self.app = app
+        self.ssl = ssl  # TLS (walrusfs.tls): the loop's TLS layer decrypts into get_buffer()'s buffers too
         self.host = host
         self.port = port
         self.timeouts = timeouts or Timeouts()
@@ -546,8 +549,9 @@ class HTTPServer:
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
         try:
-            server = await self.loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                   backlog=1024, reuse_address=True)
+            server = await self.loop.create_server(
+                lambda: _Connection(self), self.host, self.port, backlog=1024, reuse_address=True, ssl=self.ssl,
+                ssl_handshake_timeout=self.timeouts.head if self.ssl else None)  # the watchdog starts after it
             if on_listening is not None:
                 on_listening()
             watchdog = self.loop.create_task(self._watchdog())
@@ -630,7 +634,8 @@ class _Lifespan:
             await self.replies.put({"type": "lifespan.unsupported"})
 
 
-def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None) -> None:
+def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None,
+        ssl: ssl_module.SSLContext | None = None) -> None:
     """Serve ``app`` on uvloop until SIGTERM or SIGINT; OSError if the address cannot be bound."""
     import uvloop
 
@@ -640,7 +645,7 @@ def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | N
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await HTTPServer(app, host, port).serve(stop, on_listening)
+            await HTTPServer(app, host, port, ssl=ssl).serve(stop, on_listening)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -19,6 +20,7 @@ import uvicorn
 
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
+from walrusfs.tls import server_context
 
 from . import httpd
 from .app import NodeApp
@@ -61,6 +63,19 @@ def build_app(config: NodeConfig) -> NodeApp:
     return NodeApp(config, committee, key, store)
 
 
+def _tls(app: NodeApp, server: str) -> ssl.SSLContext | None:
+    """The TLS context if the committee gives this node a certificate (docs/node-api.md, TLS)."""
+    certificate = app.committee.node(app.config.node_id).tls_cert
+    if certificate is None:
+        return None
+    if server != "httpd":
+        raise UserError(f"the committee gives {app.config.node_id} a tls_cert, and only the node's own server "
+                        f"(not --server {server}) serves TLS")
+    # That certificate certifies the committee's key for this node, which is this node's key (both checked
+    # as they were loaded).
+    return server_context(app.key, certificate)
+
+
 def serve(config: NodeConfig, server: str = "httpd") -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
     if server == "granian":
@@ -68,12 +83,13 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
         return
     tune_malloc()
     app = build_app(config)
-    log.info("node %s (epoch %d, shards %s) listening on http://%s:%d, data in %s",
-             config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
-             config.data_dir)
+    tls = _tls(app, server)
+    log.info("node %s (epoch %d, shards %s) listening on %s://%s:%d, data in %s",
+             config.node_id, app.committee.epoch, list(app.shards), "https" if tls else "http", config.host,
+             config.port, config.data_dir)
     if server == "httpd":
         try:
-            httpd.run(app, config.host, config.port)
+            httpd.run(app, config.host, config.port, ssl=tls)
         except OSError as error:
             raise UserError(f"could not listen on {config.host}:{config.port}: {error}") from error
         finally:
@@ -105,7 +121,7 @@ def _serve_granian(config: NodeConfig) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    build_app(config)  # fail here, with a clear message, rather than in the worker
+    _tls(build_app(config), "granian")  # fail here, with a clear message, rather than in the worker
     os.environ[_CONFIG_ENV] = str(config.path)
     Granian("nodes.server:granian_app", address=config.host, port=config.port, interface=Interfaces.ASGI,
             factory=True, workers=1, log_access=False).serve()

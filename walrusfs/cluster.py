@@ -31,12 +31,16 @@ from pathlib import Path
 
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
-from .keys import generate_key, public_bytes, public_key_text, write_key
+from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
+from .tls import certificate_text, client_context, node_certificate
 
 DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
+# Whether `cluster init` makes nodes serve TLS: plain HTTP on loopback, where nobody is on the path and
+# TLS measurably costs speed (docs/performance.md: `walrusfs bench blob --tls`). Deployments use TLS.
+DEFAULT_LOOPBACK_TLS = False
 WRITER_KEY_FILE = "writer.key"
 
 
@@ -80,8 +84,9 @@ class NodeState:
 
 
 def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = None,
-                 base_port: int = DEFAULT_BASE_PORT, force: bool = False) -> Committee:
-    """Create keys, committee and node configurations for ``nodes`` nodes under ``root``."""
+                 base_port: int = DEFAULT_BASE_PORT, force: bool = False, tls: bool = False) -> Committee:
+    """Create keys, committee and node configurations for ``nodes`` nodes under ``root``. ``tls``:
+    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.tls)."""
     shards = nodes if shards is None else shards
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
@@ -109,7 +114,8 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
         (directory / "data").mkdir(parents=True)
         key = generate_key()
         write_key(directory / "node.key", key)
-        info = NodeInfo(f"node-{i}", f"http://127.0.0.1:{base_port + i}", public_bytes(key), node_shards)
+        info = NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{base_port + i}", public_bytes(key),
+                        node_shards, node_certificate(key) if tls else None)
         infos.append(info)
         (directory / "config.toml").write_text(
             f'node_id = "{info.id}"\n'
@@ -188,24 +194,25 @@ def _health(node: ClusterNode, timeout: float = 1.0) -> dict | None:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
-        response = httpx.get(f"{node.info.url}/v1/health", timeout=timeout)
+        response = httpx.get(f"{node.info.url}/v1/health", timeout=timeout, verify=client_context(node.info.tls_cert))
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
 
 
-def wait_process_healthy(url: str, process: subprocess.Popen, name: str, log: Path,
-                         deadline: float) -> None:
+def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, deadline: float) -> None:
     """Wait until a node process we started answers /v1/health; RuntimeError (pointing at its log)
     if it exits first or ``deadline`` (time.monotonic()) passes."""
     import httpx
+
+    url, name = node.url, node.id
 
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with status {process.returncode}; see {log}:\n"
                                f"{log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
+            if httpx.get(f"{url}/v1/health", timeout=0.5, verify=client_context(node.tls_cert)).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -308,7 +315,7 @@ _HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "bytes"]
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force)
+    committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force, args.tls)
     root = Path(args.dir).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
     print(f"writer key: {root / WRITER_KEY_FILE}; start it with `walrusfs cluster up {root}`")
@@ -345,7 +352,8 @@ def repair_status(root: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for node in nodes:
         try:
-            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0)
+            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0,
+                                 verify=client_context(node.info.tls_cert))
             out[node.info.id] = response.json() if response.status_code == 200 else {
                 "error": f"HTTP {response.status_code}"}
         except (httpx.HTTPError, ValueError) as error:
@@ -382,6 +390,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UserError(f"cannot write {args.file}: {error.strerror}") from error
     print(public_key_text(key))
+    print("its tls_cert for the committee file: `walrusfs node cert FILE`", file=sys.stderr)
+    return 0
+
+
+def _cmd_cert(args: argparse.Namespace) -> int:
+    print(certificate_text(node_certificate(load_key(args.file))))
     return 0
 
 
@@ -406,6 +420,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                       help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT})")
     init.add_argument("--force", action="store_true", help="replace an existing cluster and its data")
+    init.add_argument("--tls", action=argparse.BooleanOptionalAction, default=DEFAULT_LOOPBACK_TLS,
+                      help="serve https with self-signed certificates pinned in the committee (default: "
+                      f"{'on' if DEFAULT_LOOPBACK_TLS else 'off'} for this loopback network; docs/node-api.md)")
     init.set_defaults(func=_cmd_init)
     up = with_dir(actions.add_parser("up", help="start the nodes that are not running"))
     up.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds to wait for health")
@@ -430,6 +447,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                      "prints its public key for the committee file")
     keygen.add_argument("file", type=Path, help="where to write the key (must not exist; mode 0600)")
     keygen.set_defaults(func=_cmd_keygen)
+    cert = node_actions.add_parser("cert", help="print the tls_cert of a node key, for its committee entry")
+    cert.add_argument("file", type=Path, help="the node's key file")
+    cert.set_defaults(func=_cmd_cert)
 
 
 __all__ = ["DEFAULT_CLUSTER_DIR", "cluster_status", "init_cluster", "start_cluster", "stop_cluster"]

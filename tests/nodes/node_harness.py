@@ -86,13 +86,15 @@ class Node:
     def shards(self) -> tuple[int, ...]:
         return self.committee.shards_of(self.node_id)
 
-    def auth(self, method: str, path: str, key: object | None = None,
-             now: float | None = None) -> dict[str, str]:
-        return {"Authorization": sign_request(key or self.writer_key, method, path, now=now)}  # type: ignore[arg-type]
+    def auth(self, method: str, path: str, key: object | None = None, now: float | None = None,
+             body: bytes | None = b"") -> dict[str, str]:
+        """Signed for this node and ``body`` (None: unbound, as a client sends slivers)."""
+        return {"Authorization": sign_request(key or self.writer_key, method, path,  # type: ignore[arg-type]
+                                              self.committee.node(self.node_id), body, now=now)}
 
     def put(self, path: str, body: bytes, key: object | None = None,
             now: float | None = None) -> httpx.Response:
-        return self.http.put(path, content=body, headers=self.auth("PUT", path, key, now))
+        return self.http.put(path, content=body, headers=self.auth("PUT", path, key, now, body))
 
     def delete(self, path: str) -> httpx.Response:
         return self.http.delete(path, headers=self.auth("DELETE", path))

@@ -972,7 +972,7 @@ def node_conn(node: Node) -> Conn:
 def sliver_put(node: Node, blob: EncodedBlob, pair: int, kind: SliverKind) -> tuple[str, bytes, bytes]:
     path = f"/v1/blobs/{blob.blob_id}/slivers/{pair}/{kind.name.lower()}"
     body = node.sliver(blob, pair, kind).to_bytes()
-    auth = node.auth("PUT", path)["Authorization"]
+    auth = node.auth("PUT", path, body=body)["Authorization"]
     return path, body, request("PUT", path, body, headers=f"Authorization: {auth}\r\n")
 
 
@@ -1013,8 +1013,8 @@ def test_node_keep_alive_across_many_requests(node: Node) -> None:
     blob = encode(os.urandom(300_000), 7)
     with node_conn(node) as conn:
         path = f"/v1/blobs/{blob.blob_id}/metadata"
-        conn.send(request("PUT", path, blob.metadata.to_bytes(),
-                          headers=f"Authorization: {node.auth('PUT', path)['Authorization']}\r\n"))
+        auth = node.auth("PUT", path, body=blob.metadata.to_bytes())["Authorization"]
+        conn.send(request("PUT", path, blob.metadata.to_bytes(), headers=f"Authorization: {auth}\r\n"))
         assert conn.response().status == 201
         for pair in node.pairs(blob):
             for kind in SliverKind:
@@ -1031,7 +1031,8 @@ def test_node_keep_alive_across_many_requests(node: Node) -> None:
         path = f"/v1/blobs/{other.blob_id}/slivers/{node.pairs(other)[0]}/primary"
         body = node.sliver(other, node.pairs(other)[0], SliverKind.PRIMARY).to_bytes()
         for chunks, status in (((body[:1000], body[1000:], b"!"), 400), ((body[:1000], body[1000:]), 201)):
-            headers = f"Authorization: {node.auth('PUT', path)['Authorization']}\r\nTransfer-Encoding: chunked\r\n"
+            auth = node.auth("PUT", path, body=None)["Authorization"]
+            headers = f"Authorization: {auth}\r\nTransfer-Encoding: chunked\r\n"
             conn.send(request("PUT", path, headers=headers) + chunked(*chunks))
             response = conn.response()
             assert response.status == status, response

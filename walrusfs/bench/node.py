@@ -24,6 +24,7 @@ import trio
 from nodes.server import SERVERS
 
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
+from ..committee import NodeInfo
 from ..keys import load_key
 from ..protocol import sign_request
 from ..redstuff import EncodedBlob, encode
@@ -73,12 +74,15 @@ async def _run_all(jobs: list, concurrency: int, work: Any) -> None:
                 await send.send(job)
 
 
-async def _measure(url: str, key: Any, blobs: list[EncodedBlob], slivers: int, concurrency: int,
+async def _measure(node: NodeInfo, key: Any, blobs: list[EncodedBlob], slivers: int, concurrency: int,
                    metadata_reads: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=node.url, timeout=60, limits=limits) as http:
         async def put(path: str, body: bytes) -> None:
-            response = await http.put(path, content=body, headers={"Authorization": sign_request(key, "PUT", path)})
+            # Slivers unbound, as the client sends them (they certify themselves); metadata signed with its body.
+            signed_body = None if "/slivers/" in path else body
+            response = await http.put(path, content=body,
+                                      headers={"Authorization": sign_request(key, "PUT", path, node, signed_body)})
             if response.status_code not in (200, 201):
                 raise RuntimeError(f"PUT {path}: {response.status_code} {response.text}")
 
@@ -129,8 +133,8 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
             process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(node.config),
                                         "--server", server], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_process_healthy(node.info.url, process, node.info.id, node.log, time.monotonic() + 30)
-            results = trio.run(_measure, node.info.url, load_key(root / "writer.key"), blobs, slivers,
+            wait_process_healthy(node.info, process, node.log, time.monotonic() + 30)
+            results = trio.run(_measure, node.info, load_key(root / "writer.key"), blobs, slivers,
                                concurrency, metadata_reads)
         finally:
             process.terminate()
