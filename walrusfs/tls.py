@@ -30,6 +30,9 @@ from cryptography.x509.oid import NameOID
 
 from .keys import public_bytes, public_key_text
 
+# The one name in every node's certificate, for verifiers that insist on checking a name (Prometheus: ca_file
+# = the node's certificate, server_name = this). Which node it is, the pinned certificate itself says.
+CERTIFICATE_NAME = "walrusfs-node.invalid"
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)  # the committee, not a date, revokes
 
@@ -42,6 +45,7 @@ def node_certificate(key: Ed25519PrivateKey) -> bytes:
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                    .serial_number(serial).not_valid_before(_NOT_BEFORE).not_valid_after(_NOT_AFTER)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(CERTIFICATE_NAME)]), critical=False)
                    .sign(key, None))
     return certificate.public_bytes(Encoding.DER)
 
