@@ -39,7 +39,7 @@ DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
 # Whether `cluster init` makes nodes serve TLS: plain HTTP on loopback, where nobody is on the path and
-# TLS measurably costs speed (docs/performance.md: `walrusfs bench blob --tls`). Deployments use TLS.
+# TLS measurably costs speed (docs/performance.md: `walrusfs bench blob --transport both`). Deployments use TLS.
 DEFAULT_LOOPBACK_TLS = False
 WRITER_KEY_FILE = "writer.key"
 
