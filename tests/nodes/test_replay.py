@@ -100,3 +100,15 @@ def test_a_signed_body_cannot_be_swapped(two_nodes: tuple[Node, Node], blob: Enc
     headers = node.auth("PUT", path, body=b'{"a": "certificate"}')
     response = node.http.put(path, content=b'{"another": "body"}', headers=headers)
     assert response.status_code == 401 and "not the one the Authorization signature covers" in response.text
+
+
+def test_the_v1_format_which_named_no_node_is_refused(two_nodes: tuple[Node, Node], blob: EncodedBlob) -> None:
+    node = two_nodes[0]
+    node.store(blob, pairs=[])
+    path = f"/v1/blobs/{blob.blob_id}"
+    v2 = node.auth("DELETE", path)["Authorization"]
+    v1 = "WalrusFS-Ed25519 " + ", ".join(p for p in v2.split(" ", 1)[1].split(", ")
+                                        if not p.startswith(("node=", "body=")))
+    response = node.http.delete(path, headers={"Authorization": v1})
+    assert response.status_code == 401 and "upgrade walrusfs on the client" in response.json()["message"]
+    assert has_metadata(node, blob)
