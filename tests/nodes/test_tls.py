@@ -23,7 +23,7 @@ from nodes.peers import PeerError, Peers
 from walrusfs.client import BlobClient
 from walrusfs.committee import Committee
 from walrusfs.keys import load_key
-from walrusfs.tls import pinned_context
+from walrusfs.tls import certificate_text, node_certificate, pinned_context
 
 
 def walrusfs(*args: object) -> subprocess.CompletedProcess:
@@ -108,3 +108,9 @@ def test_nothing_is_served_in_the_clear_nor_to_a_ca_verifying_client(tls_cluster
         httpx.get(node.url.replace("https://", "http://") + "/v1/health", timeout=5)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{node.url}/v1/health", verify=ssl.create_default_context())
+
+
+def test_node_cert_prints_the_certificate_a_committee_entry_needs(tmp_path: Path) -> None:
+    walrusfs("node", "keygen", tmp_path / "node.key")
+    printed = walrusfs("node", "cert", tmp_path / "node.key").stdout.strip()
+    assert printed == certificate_text(node_certificate(load_key(tmp_path / "node.key")))
