@@ -32,8 +32,11 @@ from pathlib import Path
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
 from .keys import generate_key, public_bytes, public_key_text, write_key
+from .ports import ephemeral_range, exposed_ports
 
 DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
+# Below the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their
+# local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
@@ -307,10 +310,26 @@ def _state_rows(states: list[NodeState]) -> list[list[str]]:
 _HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "bytes"]
 
 
+def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:
+    """A warning if node ports ``base_port``.. lie in the kernel's ephemeral range, unreserved."""
+    exposed = exposed_ports(range(base_port, base_port + nodes))
+    if not exposed:
+        return None
+    low, high = ephemeral_range()
+    span = f"{exposed[0]}-{exposed[-1]}" if len(exposed) > 1 else str(exposed[0])
+    return (f"warning: node ports {span} lie in the kernel's ephemeral port range ({low}-{high}), where "
+            "outgoing connections take their local ports: `cluster up` may fail with 'address already in "
+            f"use'. Use a --base-port below {low - nodes + 1} (the default is {DEFAULT_BASE_PORT}), or reserve "
+            f"them: sysctl -w net.ipv4.ip_local_reserved_ports={span}")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force)
     root = Path(args.dir).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
+    warning = ephemeral_port_warning(args.base_port, len(committee.nodes))
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"writer key: {root / WRITER_KEY_FILE}; start it with `walrusfs cluster up {root}`")
     return 0
 
