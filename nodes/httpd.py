@@ -152,7 +152,6 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.release(self)
-        self.staging = bytearray()
         self._writable.set()
         self._wake()
 

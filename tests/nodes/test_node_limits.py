@@ -7,6 +7,7 @@ asserted are the ones docs/node-api.md ("Memory") states.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -19,6 +20,8 @@ import httpx
 import pytest
 from node_harness import Node, NodeProcess, make_cluster, node_process
 
+from nodes.httpd import ConnectionStats
+from nodes.memory import MemoryKeeper
 from walrusfs.redstuff import SliverKind, encode
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -249,3 +252,26 @@ def test_a_burst_of_hostile_requests_and_stores_stays_within_the_stated_bound(
         pair = node.pairs(blob)[0]
         body = node.http.get(f"/v1/blobs/{blob.blob_id}/slivers/{pair}/secondary").content
         assert body == node.sliver(blob, pair, SliverKind.SECONDARY).to_bytes()
+
+
+def test_memory_keeper_trims_when_a_burst_ends_and_when_freed_heap_passes_its_budget() -> None:
+    """nodes.memory's policy, on a mock clock and a fake heap (the real trim is exercised above)."""
+    stats = ConnectionStats(open=10, peak=10)
+    free, now, trims = [0], [100.0], []
+    keeper = MemoryKeeper(stats, free_budget=64 * MiB, free_heap=lambda: free[0],
+                          trim=lambda: trims.append(now[0]) or True, clock=lambda: now[0])
+    assert keeper.due() is None
+    stats.peak, stats.open = 300, 200  # 100 fewer than the peak: not a burst's end
+    assert keeper.due() is None
+    stats.open = 40
+    assert "a burst of 300 connections ended (40 open)" in str(keeper.due())
+    asyncio.run(keeper.check())
+    assert trims == [100.0] and stats.peak == 40 and keeper.due() is None
+
+    free[0] = 65 * MiB  # over the budget, but trimmed less than 10 s ago
+    now[0] += 5
+    assert keeper.due() is None
+    now[0] += 5
+    assert "65 MiB of freed heap, over the 64 MiB kept for reuse" in str(keeper.due())
+    asyncio.run(keeper.check())
+    assert trims == [100.0, 110.0] and keeper.trims == 2
