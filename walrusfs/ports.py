@@ -9,6 +9,8 @@ connect to itself. Servers the project starts by default listen below the range.
 
 from __future__ import annotations
 
+import random
+import socket
 from pathlib import Path
 
 _PROC = Path("/proc/sys/net/ipv4")
@@ -54,3 +56,20 @@ def exposed_ports(ports: range) -> list[int]:
         return []
     reserved = reserved_ports()
     return [port for port in candidates if port not in reserved]
+
+
+def free_port_range(count: int = 1, host: str = "127.0.0.1", lowest: int = 20000) -> int:
+    """The first of ``count`` consecutive ports free on ``host`` now, drawn at random below the
+    ephemeral range (where ``bind(0)`` would hand one out), for local test and benchmark networks."""
+    rng = random.SystemRandom()
+    top = ephemeral_range()[0] - count
+    for _ in range(200):
+        base = rng.randrange(lowest, max(top, lowest + 1))
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host} below {top + count}")

@@ -7,9 +7,7 @@ shadow the real ``nodes``.)
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,27 +19,16 @@ import httpx
 
 from walrusfs.cluster import init_cluster
 from walrusfs.committee import Committee
-from walrusfs.ports import ephemeral_range
+from walrusfs.ports import free_port_range
 from walrusfs.protocol import sign_request
 from walrusfs.redstuff import EncodedBlob, Sliver, SliverKind, encode
 
 
 def free_port(count: int = 1) -> int:
-    """The first of ``count`` consecutive ports free now, drawn below the kernel's ephemeral range.
-    (A port from ``bind(0)`` lies in that range, where any outgoing connection, a health probe or a
-    peer's poll, may take it as its local port before the node binds it.)"""
-    rng = random.SystemRandom()
-    top = min(ephemeral_range()[0], 65536) - count
-    for _ in range(200):
-        base = rng.randrange(20000, top)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError(f"no {count} consecutive free ports below {top + count}")
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range. (A port
+    from ``bind(0)`` lies in that range, where any outgoing connection, a health probe or a peer's
+    poll, may take it as its local port before the node binds it.)"""
+    return free_port_range(count)
 
 
 @dataclass
