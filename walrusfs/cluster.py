@@ -423,7 +423,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of nodes (default 7)")
     init.add_argument("--shards", type=int, help="number of shards (default: one per node)")
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT})")
+                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT}; keep them below the "
+                      "kernel's ephemeral port range, 32768 and up, or `init` warns)")
     init.add_argument("--force", action="store_true", help="replace an existing cluster and its data")
     init.set_defaults(func=_cmd_init)
     up = with_dir(actions.add_parser("up", help="start the nodes that are not running"))
