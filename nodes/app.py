@@ -49,7 +49,9 @@ from .http import (
     error_response,
     json_response,
 )
-from .metrics import Metrics
+from .httpd import ConnectionStats
+from .memory import MemoryKeeper
+from .metrics import Metrics, family
 from .nonces import JournalError, NonceJournal
 from .peers import REPAIR_HEADER
 from .repair import RepairService
@@ -84,6 +86,8 @@ class NodeApp:
         self.geometry = committee.geometry
         self.shards = committee.shards_of(config.node_id)
         self.metrics = Metrics()
+        self.connections = ConnectionStats()  # kept by nodes.httpd
+        self.memory = MemoryKeeper(self.connections)
         self.replay = ReplayGuard()
         self.expansions = ExpansionCache()
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
@@ -104,7 +108,7 @@ class NodeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.repair)
+            await _lifespan(receive, send, self.repair, self.memory)
             return
         if scope["type"] != "http":
             return
@@ -293,9 +297,19 @@ class NodeApp:
                                                     stats.quarantined),
             },
             {"node_id": self.config.node_id, "epoch": str(self.committee.epoch)},
-            self.repair_api.metrics_lines(),
+            self.repair_api.metrics_lines() + self._connection_lines(),
         )
         return Response(200, text.encode(), metrics_format.CONTENT_TYPE)
+
+    def _connection_lines(self) -> list[str]:
+        stats, lines = self.connections, []
+        family(lines, "walrusfs_node_http_connections", "gauge", "Client connections open.", [({}, stats.open)])
+        family(lines, "walrusfs_node_http_refused_connections_total", "counter",
+               "Connections answered 503 and closed because a cap was reached (total or per address).",
+               [({"cap": "total"}, stats.refused_total), ({"cap": "peer"}, stats.refused_peer)])
+        family(lines, "walrusfs_node_memory_trims_total", "counter",
+               "Times freed heap memory was returned to the kernel after a burst.", [({}, self.memory.trims)])
+        return lines
 
     async def inventory(self, request: Request) -> Response:
         after = request.query.get("after")
@@ -542,14 +556,16 @@ def _parse_kind(text: str) -> SliverKind:
     return SliverKind.parse(text)
 
 
-async def _lifespan(receive: Receive, send: Send, repair: RepairService) -> None:
-    """Repair runs in the server's event loop from startup to shutdown."""
+async def _lifespan(receive: Receive, send: Send, repair: RepairService, memory: MemoryKeeper) -> None:
+    """Repair and the memory keeper run in the server's event loop from startup to shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             repair.start()
+            memory.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await memory.stop()
             await repair.stop()
             await send({"type": "lifespan.shutdown.complete"})
             return

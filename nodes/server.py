@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -20,11 +21,13 @@ import uvicorn
 
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
+from walrusfs.ports import ephemeral_range, in_ephemeral_range
 from walrusfs.tls import server_context
 
 from . import httpd
 from .app import NodeApp
 from .config import NodeConfig
+from .memory import FREE_BUDGET
 from .store import BlobStore
 
 log = logging.getLogger("nodes")
@@ -49,8 +52,19 @@ class _Server(uvicorn.Server):
 def tune_malloc() -> None:
     """Keep freed sliver-sized buffers in the heap for reuse instead of handing them back to the
     kernel: each request allocates a few MiB, and fresh pages cost a page fault apiece (measured:
-    5-10% more PUT throughput, ~15% more GET). glibc only; elsewhere a no-op."""
-    keep_freed_buffers()
+    5-10% more PUT throughput, ~15% more GET). Up to ``FREE_BUDGET`` of them: beyond it they are
+    returned (and nodes.memory trims what fragmentation keeps). glibc only; elsewhere a no-op."""
+    keep_freed_buffers(FREE_BUDGET)
+
+
+def port_hint(port: int, error: OSError) -> str:
+    """What to do about a port in use that lies in the kernel's ephemeral range."""
+    if error.errno != errno.EADDRINUSE or not in_ephemeral_range(port):
+        return ""
+    low, high = ephemeral_range()
+    return (f"; port {port} lies in the kernel's ephemeral port range ({low}-{high}), where any outgoing "
+            f"connection may take it as its local port: listen on a port below {low}, or reserve it with "
+            f"`sysctl -w net.ipv4.ip_local_reserved_ports={port}`")
 
 
 def build_app(config: NodeConfig) -> NodeApp:
@@ -89,9 +103,11 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
              config.port, config.data_dir)
     if server == "httpd":
         try:
-            httpd.run(app, config.host, config.port, ssl=tls)
+            limits = httpd.Limits(config.http.max_connections, config.http.max_connections_per_peer)
+            httpd.run(app, config.host, config.port, limits=limits, stats=app.connections, ssl=tls)
         except OSError as error:
-            raise UserError(f"could not listen on {config.host}:{config.port}: {error}") from error
+            raise UserError(f"could not listen on {config.host}:{config.port}: {error}{port_hint(config.port, error)}"
+                            ) from error
         finally:
             app.executor.shutdown(wait=True)
         log.info("node %s stopped", config.node_id)

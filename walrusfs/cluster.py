@@ -32,9 +32,12 @@ from pathlib import Path
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
 from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
+from .ports import ephemeral_range, exposed_ports
 from .tls import certificate_text, client_context, node_certificate
 
 DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
+# Below the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their
+# local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
@@ -314,10 +317,26 @@ def _state_rows(states: list[NodeState]) -> list[list[str]]:
 _HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "bytes"]
 
 
+def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:
+    """A warning if node ports ``base_port``.. lie in the kernel's ephemeral range, unreserved."""
+    exposed = exposed_ports(range(base_port, base_port + nodes))
+    if not exposed:
+        return None
+    low, high = ephemeral_range()
+    span = f"{exposed[0]}-{exposed[-1]}" if len(exposed) > 1 else str(exposed[0])
+    return (f"warning: node ports {span} lie in the kernel's ephemeral port range ({low}-{high}), where "
+            "outgoing connections take their local ports: `cluster up` may fail with 'address already in "
+            f"use'. Use a --base-port below {low - nodes + 1} (the default is {DEFAULT_BASE_PORT}), or reserve "
+            f"them: sysctl -w net.ipv4.ip_local_reserved_ports={span}")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force, args.tls)
     root = Path(args.dir).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
+    warning = ephemeral_port_warning(args.base_port, len(committee.nodes))
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"writer key: {root / WRITER_KEY_FILE}; start it with `walrusfs cluster up {root}`")
     return 0
 
@@ -418,7 +437,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of nodes (default 7)")
     init.add_argument("--shards", type=int, help="number of shards (default: one per node)")
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT})")
+                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT}; keep them below the "
+                      "kernel's ephemeral port range, 32768 and up, or `init` warns)")
     init.add_argument("--force", action="store_true", help="replace an existing cluster and its data")
     init.add_argument("--tls", action=argparse.BooleanOptionalAction, default=DEFAULT_LOOPBACK_TLS,
                       help="serve https with self-signed certificates pinned in the committee (default: "

@@ -14,8 +14,10 @@ import httpx
 import pytest
 from node_harness import free_port
 
+from walrusfs.cluster import DEFAULT_BASE_PORT, DEFAULT_NODES
 from walrusfs.committee import Committee
 from walrusfs.keys import load_key, public_key_text
+from walrusfs.ports import ephemeral_range
 
 
 def walrusfs(*args: object, check: bool = True) -> subprocess.CompletedProcess:
@@ -27,18 +29,7 @@ def walrusfs(*args: object, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def free_port_range(count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free port range")
+    return free_port(count)
 
 
 def recorded_pids(root: Path) -> list[int]:
@@ -127,6 +118,9 @@ def test_up_names_the_node_that_cannot_start(cluster_dir: Path) -> None:
     (lambda text: text.replace('signing_key = "node.key"', 'signing_key = "../node-1/node.key"'),
      "does not match the public key"),
     (lambda text: text + "max_blob_size = -1\n", "max_blob_size"),
+    (lambda text: text + "[http]\nmax_connections = 10\nmax_connections_per_peer = 20\n",
+     "max_connections_per_peer must be at most max_connections"),
+    (lambda text: text + "[http]\nmax_connections = 0\n", "[http] max_connections must be an integer"),
     (lambda text: text.replace('committee = "../committee.toml"', 'committee = "missing.toml"'),
      "cannot read committee file"),
 ])
@@ -138,3 +132,30 @@ def test_a_node_refuses_to_start_on_a_bad_config(cluster_dir: Path, edit, compla
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert complaint in result.stderr and "refusing to start" in result.stderr
+
+
+def test_default_node_ports_lie_below_the_ephemeral_range(cluster_dir: Path) -> None:
+    """Outgoing connections take local ports from the kernel's ephemeral range: the bundled network's
+    ports stay out of it, and `init` warns, with what to do, when told to use ports inside it."""
+    low, high = ephemeral_range()
+    assert low > DEFAULT_BASE_PORT + DEFAULT_NODES - 1
+    quiet = walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", free_port_range(2))
+    assert "ephemeral" not in quiet.stderr
+    inside = low + 1000
+    warned = walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", inside, "--force")
+    assert f"node ports {inside}-{inside + 1} lie in the kernel's ephemeral port range ({low}-{high})" in warned.stderr
+    assert f"ip_local_reserved_ports={inside}-{inside + 1}" in warned.stderr
+
+
+def test_a_node_whose_port_is_taken_in_the_ephemeral_range_says_why(cluster_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # what an outgoing connection's local port looks like
+        taken.listen()
+        port = taken.getsockname()[1]
+        walrusfs("cluster", "init", cluster_dir, "--nodes", 1, "--shards", 4, "--base-port", port)
+        config = cluster_dir / "node-0" / "config.toml"
+        result = subprocess.run([sys.executable, "-m", "nodes", "--config", str(config)],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+    assert "ephemeral port range" in result.stderr and f"ip_local_reserved_ports={port}" in result.stderr

@@ -26,6 +26,7 @@ from nodes.server import SERVERS
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
 from ..committee import NodeInfo
 from ..keys import load_key
+from ..ports import free_port_range
 from ..protocol import sign_request
 from ..redstuff import EncodedBlob, encode
 from .report import emit, mb_per_s, progress
@@ -43,14 +44,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         help="HTTP server the node runs on (default httpd, its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _blobs(count_slivers: int) -> list[EncodedBlob]:
@@ -125,7 +118,7 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would be measured too
     with tempfile.TemporaryDirectory(prefix="walrusfs-bench-node-") as temp:
         root = Path(temp)
-        init_cluster(root, nodes=1, shards=N_SHARDS, base_port=_free_port())
+        init_cluster(root, nodes=1, shards=N_SHARDS, base_port=free_port_range())
         _, [node] = load_cluster(root)
         progress(f"bench node: {server} node on {node.info.url}, data in {root}")
         blobs = _blobs(slivers)
