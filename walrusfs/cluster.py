@@ -34,9 +34,12 @@ from urllib.parse import urlsplit
 
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
+from .fs.config import user_home
 from .keys import generate_key, public_bytes, public_key_text, write_key
 
-DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
+# The password database's home, not $HOME: mount(8) drops HOME, and mount.walrusfs must find the
+# same bundled committee (the default of -o committee=) as mkfs did.
+DEFAULT_CLUSTER_DIR = user_home() / ".local" / "share" / "walrusfs" / "cluster"
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
