@@ -208,7 +208,9 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     current = mounted_here(mountpoint)
     if current is not None:
         # mount -a, a repeated mount or a restarted unit: what is asked is already there.
-        if Path(current.get("state", "")) == state.root and bool(current.get("read_only")) == options.read_only:
+        same_snapshot = not options.read_only or (current.get("snapshot") or {}).get("seq") == options.snapshot
+        if Path(current.get("state", "")) == state.root and bool(current.get("read_only")) == options.read_only \
+                and same_snapshot:
             log.debug("%s is already mounted on %s", state.root, mountpoint)
             return 0
         raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.get('state')}"
