@@ -472,8 +472,8 @@ def _init_fuse(operations: WalrusOperations, mountpoint: Path, fuse_options: set
     reason = "; ".join(line.removeprefix("fuse: ") for line in text.splitlines()) or str(failure)
     hint = ""
     if "/dev/fuse" in text and "ermission denied" in text:
-        hint = (f" (uid {os.getuid()} may not open /dev/fuse: mount as root, or let this user use FUSE, "
-                "e.g. chmod 0666 /dev/fuse as most distributions ship it)")
+        hint = (f" (uid {os.getuid()} may not use FUSE here: mount as root, or give this user access to "
+                "/dev/fuse; most distributions make it mode 0666)")
     elif "user_allow_other" in text:
         hint = " (drop allow_other, or add user_allow_other to /etc/fuse.conf)"
     raise UserError(f"cannot mount on {mountpoint}: {reason}{hint}") from failure
