@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.committee import Committee
+from walrusfs.keys import public_key_text
 from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, SignedRequest, verify_request
 from walrusfs.redstuff import (
     BlobId,
@@ -82,6 +83,7 @@ class NodeApp:
         self.config = config
         self.committee = committee
         self.key = key
+        self.public_key = public_key_text(key)
         self.store = store
         self.geometry = committee.geometry
         self.shards = committee.shards_of(config.node_id)
@@ -282,7 +284,9 @@ class NodeApp:
     async def health(self, request: Request) -> Response:
         stats = self.store.stats
         return json_response({
-            "ok": True, "node_id": self.config.node_id, "epoch": self.committee.epoch,
+            # public_key: lets `walrusfs cluster up` tell this node from another network's node
+            # that answers on the same port (both are called node-0).
+            "ok": True, "node_id": self.config.node_id, "public_key": self.public_key, "epoch": self.committee.epoch,
             "n_shards": self.geometry.n_shards, "shards": list(self.shards),
             "blobs": stats.blobs, "bytes": stats.bytes, "quarantined": stats.quarantined,
         })

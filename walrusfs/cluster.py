@@ -17,25 +17,31 @@ still that node), never processes found by name.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
+from .fs.config import user_home
 from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from .ports import ephemeral_range, exposed_ports
 from .tls import certificate_text, client_context, node_certificate
 
-DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
+# The password database's home, not $HOME: mount(8) drops HOME, and mount.walrusfs must find the
+# same bundled committee (the default of -o committee=) as mkfs did.
+DEFAULT_CLUSTER_DIR = user_home() / ".local" / "share" / "walrusfs" / "cluster"
 # Below the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their
 # local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
@@ -193,14 +199,49 @@ def _spawn(node: ClusterNode) -> int:
 
 
 def _health(node: ClusterNode, timeout: float = 1.0) -> dict | None:
+    """The node's /v1/health if this node answers at its URL (its public key is the committee's);
+    None if nothing, or another process, answers there."""
+    answer = _probe(node.info, timeout)
+    return answer if answer is not None and _is_this_node(node, answer) else None
+
+
+def _probe(info: NodeInfo, timeout: float) -> dict | None:
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
-        response = httpx.get(f"{node.info.url}/v1/health", timeout=timeout, verify=client_context(node.info.tls_cert))
+        response = httpx.get(f"{info.url}/v1/health", timeout=timeout, verify=client_context(info.tls_cert))
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
+
+
+def _is_this_node(node: ClusterNode, health: dict) -> bool:
+    return health.get("public_key") == base64.b64encode(node.info.public_key).decode()
+
+
+def _check_port_free(node: ClusterNode) -> None:
+    """Before starting a node: its address must be free. Another network's nodes answer health
+    checks just like ours (same ids, same API), so one left on these ports would otherwise be
+    reported as this cluster, up."""
+    address = urlsplit(node.info.url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as error:
+            reason = error.strerror
+    other = _probe(node.info, timeout=2.0)
+    if other is not None and "node_id" in other:
+        raise UserError(f"{node.info.id} cannot start: {host}:{port} is already served by another walrusfs node "
+                        f"({other.get('node_id')} with a different key: another cluster on the same ports). "
+                        "Stop that cluster (`walrusfs cluster down ITS_DIR`), or give this one other ports: "
+                        "`walrusfs cluster init DIR --force --base-port N`.")
+    raise UserError(f"{node.info.id} cannot start: cannot listen on {host}:{port} ({reason}). "
+                    f"See what holds it with `ss -ltnp 'sport = :{port}'`, or give this cluster other ports: "
+                    "`walrusfs cluster init DIR --force --base-port N`.")
 
 
 def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, deadline: float) -> None:
@@ -227,15 +268,22 @@ def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, d
 def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]:
     """Start every node not already running; wait until all answer /v1/health."""
     _, nodes = load_cluster(root)
-    pids = {}
-    for node in nodes:
-        pids[node.info.id] = _running_pid(node) or _spawn(node)
+    stopped = [node for node in nodes if _running_pid(node) is None]
+    for node in stopped:  # all checked before any starts: a taken port leaves nothing half started
+        _check_port_free(node)
+    for node in stopped:
+        _spawn(node)
     deadline = time.monotonic() + timeout
     pending = list(nodes)
     while pending:
         for node in list(pending):
-            if _health(node, timeout=0.5) is not None:
+            answer = _probe(node.info, timeout=0.5)
+            if answer is not None and _is_this_node(node, answer):
                 pending.remove(node)
+            elif answer is not None and "node_id" in answer and _running_pid(node) is None:
+                raise UserError(f"{node.info.id} did not start: {node.info.url} is served by another walrusfs "
+                                "node (a different key: another cluster took the port meanwhile); see its log "
+                                f"{node.log}:\n" + _tail(node.log))
             elif _running_pid(node) is None:
                 raise UserError(f"node {node.info.id} exited while starting; see its log {node.log}:\n"
                                 + _tail(node.log))

@@ -36,17 +36,28 @@ def recorded_pids(root: Path) -> list[int]:
     return [int(p.read_text()) for p in root.glob("node-*/node.pid")]
 
 
-@pytest.fixture
-def cluster_dir(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "cluster"
-    yield root
-    # Whatever the test did, no node it started outlives it: SIGKILL by recorded pid.
+def kill_recorded(root: Path) -> None:
+    """No node a test started outlives it: SIGKILL by recorded pid (if that pid is still this node)."""
     for pid in recorded_pids(root):
         try:
             if str(root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "cluster"
+    yield root
+    kill_recorded(root)
+
+
+@pytest.fixture
+def other_cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "other-cluster"
+    yield root
+    kill_recorded(root)
 
 
 def table(output: str) -> dict[str, dict[str, str]]:
@@ -159,3 +170,40 @@ def test_a_node_whose_port_is_taken_in_the_ephemeral_range_says_why(cluster_dir:
     assert result.returncode == 2
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr
     assert "ephemeral port range" in result.stderr and f"ip_local_reserved_ports={port}" in result.stderr
+
+
+def test_up_refuses_ports_another_cluster_serves(cluster_dir: Path, other_cluster_dir: Path) -> None:
+    """A second cluster on the same ports: `up` must not count the first one's nodes as its own."""
+    base = free_port_range(2)
+    walrusfs("cluster", "init", other_cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", base)
+    walrusfs("cluster", "up", other_cluster_dir)
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", base)
+    up = walrusfs("cluster", "up", cluster_dir, "--timeout", 20, check=False)
+    assert up.returncode != 0, up.stdout
+    assert f"127.0.0.1:{base}" in up.stderr and "another walrusfs node" in up.stderr
+    assert "--base-port" in up.stderr  # says what to do
+    assert recorded_pids(cluster_dir) == []  # nothing half started
+    status = walrusfs("cluster", "status", cluster_dir, check=False)
+    assert status.returncode != 0 and {row["status"] for row in table(status.stdout).values()} == {"down"}
+    walrusfs("cluster", "down", other_cluster_dir)
+
+
+def test_up_says_which_port_is_taken_by_another_program(cluster_dir: Path) -> None:
+    base = free_port_range(2)
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 2, "--shards", 4, "--base-port", base)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 1))
+        squatter.listen()
+        up = walrusfs("cluster", "up", cluster_dir, "--timeout", 20, check=False)
+    assert up.returncode != 0
+    assert "node-1" in up.stderr and f"127.0.0.1:{base + 1}" in up.stderr and "ss -ltnp" in up.stderr
+    assert recorded_pids(cluster_dir) == []
+
+
+def test_health_names_the_node_by_its_key(cluster_dir: Path) -> None:
+    walrusfs("cluster", "init", cluster_dir, "--nodes", 1, "--shards", 4, "--base-port", free_port_range(1))
+    walrusfs("cluster", "up", cluster_dir)
+    node = Committee.load(cluster_dir / "committee.toml").nodes[0]
+    assert httpx.get(f"{node.url}/v1/health").json()["public_key"] == public_key_text(
+        load_key(cluster_dir / "node-0" / "node.key"))
+    walrusfs("cluster", "down", cluster_dir)
