@@ -173,7 +173,7 @@ class WalrusOperations(pyfuse3.Operations):
                 rdev: int = 0, target: bytes | None = None) -> pyfuse3.EntryAttributes:
         node = self.namespace.create(parent, name, mode, ctx.uid, ctx.gid, ctx.umask, rdev=rdev, target=target)
         self.lookup_count[node.id] += 1
-        return self._entry(self._inode(node.id))
+        return self._entry(node)  # new: nothing of it is buffered
 
     @_replies
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext):
@@ -199,9 +199,9 @@ class WalrusOperations(pyfuse3.Operations):
 
     @_replies
     async def link(self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext):
-        self.namespace.link(inode, new_parent, new_name)
+        node = self.namespace.link(inode, new_parent, new_name)
         self.lookup_count[inode] += 1
-        return self._entry(self._inode(inode))
+        return self._entry(self.writeback.visible(node))
 
     @_replies
     async def unlink(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
