@@ -18,6 +18,7 @@ from walrusfs.fs.blocks import BlockStore
 from walrusfs.fs.cache import BlobCache
 from walrusfs.fs.namespace import ROOT
 from walrusfs.fs.operations import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+from walrusfs.fs.writeback import InodeLocks
 
 
 def _counted(fs: UnitFs) -> int:
@@ -248,5 +249,39 @@ def test_a_new_store_serves_what_a_closed_one_wrote(tmp_path) -> None:
             assert await second.read(f) == b"s" * (BLOCK + 5)
         finally:
             second.close()
+
+    trio.run(main)
+
+
+def test_inode_locks_serialize_holders_and_forget_an_inode_nobody_holds() -> None:
+    async def main() -> None:
+        locks = InodeLocks()
+        order: list[str] = []
+
+        async def holder(name: str) -> None:
+            async with locks(7):
+                order.append(f"{name} in")
+                await trio.sleep(0.01)
+                order.append(f"{name} out")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder, "a")
+            nursery.start_soon(holder, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(locks) == 1  # one entry, held by one and waited for by the other
+        assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+        assert len(locks) == 0
+        async with locks(7), trio.open_nursery() as nursery:  # a waiter cancelled while waiting
+            waiter = trio.CancelScope()
+
+            async def wait() -> None:
+                with waiter:
+                    async with locks(7):
+                        raise AssertionError("the lock is held")
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            waiter.cancel()
+        assert len(locks) == 0
 
     trio.run(main)
