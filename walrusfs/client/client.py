@@ -201,12 +201,14 @@ class BlobClient:
 
 
 def describe_failures(failures: dict[str, str]) -> str:
-    """Each distinct reason once, with the nodes that gave it ("node-1, node-4: ..."), so that what
-    the nodes said survives where the message is shortened (status lines, logs)."""
+    """Each distinct reason once, with the nodes that gave it ("node-1, node-4: ..."); what nodes
+    answered (HTTP errors with their explanation) before connection failures and timeouts, so that
+    it survives where the message is shortened (status lines, logs)."""
     by_reason: dict[str, list[str]] = {}
     for node, why in sorted(failures.items()):
         by_reason.setdefault(why, []).append(node)
-    return "; ".join(f"{', '.join(nodes)}: {why}" for why, nodes in by_reason.items())
+    ordered = sorted(by_reason.items(), key=lambda item: not item[0].startswith("HTTP "))
+    return "; ".join(f"{', '.join(nodes)}: {why}" for why, nodes in ordered)
 
 
 __all__ = ["BlobClient", "ClientSettings", "StoreError", "StoredBlob"]

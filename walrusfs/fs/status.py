@@ -205,7 +205,7 @@ def format_status(status: dict, now: float | None = None) -> str:
     if uploads_failing(status):
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
-        alerts.append(f"last error: {_shorten(str(last_error), 400)}")
+        alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot_failing(status):
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
     if alerts:
