@@ -5,8 +5,9 @@
         data = await client.read(stored.blob_id)
 
 One pooled httpx client serves every request. The client owns a nursery for deliveries that go on
-after store() returned (slow nodes), so leaving the ``async with`` waits for them, up to their
-deadline.
+after store() returned (slow nodes), so leaving the ``async with`` waits for them, at most
+``exit_grace`` seconds; nodes that cannot even be connected to (down) are not waited for: their
+slivers and the certificate are left to the nodes' own repair at once.
 """
 
 from __future__ import annotations
