@@ -18,7 +18,7 @@ from network import LyingProxy
 
 from walrusfs.client import ReadError, ReadReport, StoreError
 from walrusfs.committee import Committee
-from walrusfs.fs.status import format_status
+from walrusfs.fs.status import format_status, node_state
 
 
 @contextlib.contextmanager
@@ -108,13 +108,15 @@ def test_nodes_caught_lying_are_not_asked_again_while_avoided(shared_network):
                             await client.read(stored.blob_id)
                         errors.append(str(failed.value))
                     while_down = requests()
-                return caught, while_up, while_down, errors, reports
+                return caught, while_up, while_down, errors, reports, client.health.snapshot()
 
-        caught, while_up, while_down, errors, reports = run(go)
+        caught, while_up, while_down, errors, reports, health = run(go)
     assert all(count >= 1 for count in caught)
     assert while_up == caught and while_down == caught, (caught, while_up, while_down)
     assert all(set(report.avoided) == set(liars) for report in reports)
     assert all("served bad data recently" in error for error in errors)
+    # The mount's status shows them as avoided (its node table is the client's health).
+    assert all("avoided" in node_state(health[liar]) for liar in liars)
 
 
 # --- nodes that are down ----------------------------------------------------------------------------

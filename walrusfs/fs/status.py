@@ -181,6 +181,8 @@ def node_state(health: dict) -> str:
     state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
     if health.get("lies"):
         state += ", lied"
+    if health.get("avoided_s"):
+        state += f", avoided {health['avoided_s']:.0f} s"  # not asked by reads for now
     return state
 
 
