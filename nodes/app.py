@@ -49,6 +49,8 @@ from .http import (
     error_response,
     json_response,
 )
+from .lease_api import LeaseAPI, fenced_error
+from .leases import FencedError, LeaseStore
 from .metrics import Metrics
 from .peers import REPAIR_HEADER
 from .repair import RepairService
@@ -96,6 +98,9 @@ class NodeApp:
         self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
         self.roots = RootStore(store.root)
         self.roots.open()
+        self.leases = LeaseStore(store.root)
+        self.leases.open()
+        self.lease_api = LeaseAPI(self, self.leases)
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
@@ -136,6 +141,8 @@ class NodeApp:
             route, table = "/v1/inventory", {"GET": self.inventory}
         elif len(s) == 3 and s[:2] == ["v1", "roots"]:
             route, table, args = "/v1/roots/{fs_id}", {"GET": self.get_root, "PUT": self.put_root}, (s[2],)
+        elif len(s) == 3 and s[:2] == ["v1", "leases"]:
+            route, table, args = self.lease_api.route(s[2])
         elif len(s) >= 3 and s[:2] == ["v1", "blobs"]:
             route, table, args = self._blob_route(s[2:])
         else:
@@ -300,7 +307,9 @@ class NodeApp:
         except RootRecordError as error:
             raise HTTPError(422, "bad_root_record", str(error)) from None
         try:
-            replaced = await self._in_worker(self.roots.put, record)
+            replaced = await self._in_worker(self.leases.put_fenced, self.roots, record)
+        except FencedError as error:
+            raise fenced_error(error) from None
         except StaleRecordError as error:
             raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
         except OSError as error:

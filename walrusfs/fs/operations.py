@@ -26,7 +26,7 @@ from pyfuse3 import FUSEError
 
 from .blocks import BlockCorruptError, BlockStore
 from .db import Database
-from .uploader import Uploader, UploadError
+from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class WalrusOperations(pyfuse3.Operations):
         self.readahead_blocks = max(readahead_bytes // block_size, 1)
         # More control xattrs of the root (walrusfs.<name>), set by the mount: e.g. snapshot.
         self.controls: dict[bytes, Callable[[], Awaitable[None]]] = {}
+        # Set by a writable mount: raises OSError unless this writer provably holds the filesystem
+        # (its writer lease), so that fsync never reports durable what another writer may discard.
+        self.durability_guard: Callable[[], Awaitable[None]] | None = None
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -585,12 +588,14 @@ class WalrusOperations(pyfuse3.Operations):
         blocks = [b for (b,) in self.db.execute(
             "SELECT blocks.id FROM inode_blocks JOIN blocks ON blocks.id = inode_blocks.block "
             "WHERE inode_blocks.inode=? AND blocks.blob IS NULL", (fh,))]
-        if blocks:
-            try:
+        try:
+            if blocks:
                 await self.uploader.wait_certified(blocks)
-            except UploadError as error:
-                log.error("fsync of inode %d failed: %s", fh, error)
-                raise FUSEError(errno.EIO) from error
+            if self.durability_guard is not None:
+                await self.durability_guard()
+        except OSError as error:  # UploadError, or the writer lease lost
+            log.error("fsync of inode %d failed: %s", fh, error)
+            raise FUSEError(errno.EIO) from error
         self.db.sync()
 
     async def flush_all(self) -> None:
@@ -599,6 +604,8 @@ class WalrusOperations(pyfuse3.Operations):
             async with self.locks[inode]:
                 await self._stage_inode(inode)
         await self.uploader.wait_certified()
+        if self.durability_guard is not None:
+            await self.durability_guard()
         self.db.sync()
 
     # --- extended attributes -----------------------------------------------------------------
@@ -637,7 +644,7 @@ class WalrusOperations(pyfuse3.Operations):
         if command == b"flush":
             try:
                 await self.flush_all()
-            except UploadError as error:
+            except OSError as error:  # UploadError, or the writer lease lost
                 log.error("flush failed: %s", error)
                 raise FUSEError(errno.EIO) from error
             return
