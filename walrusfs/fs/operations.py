@@ -26,7 +26,7 @@ from pyfuse3 import FUSEError
 
 from .blocks import BlockCorruptError, BlockStore
 from .db import Database
-from .uploader import Uploader
+from .uploader import Uploader, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -604,8 +604,6 @@ class WalrusOperations(pyfuse3.Operations):
             async with self.locks[inode]:
                 await self._stage_inode(inode)
         await self.uploader.wait_certified()
-        if self.durability_guard is not None:
-            await self.durability_guard()
         self.db.sync()
 
     # --- extended attributes -----------------------------------------------------------------
@@ -644,7 +642,7 @@ class WalrusOperations(pyfuse3.Operations):
         if command == b"flush":
             try:
                 await self.flush_all()
-            except OSError as error:  # UploadError, or the writer lease lost
+            except UploadError as error:
                 log.error("flush failed: %s", error)
                 raise FUSEError(errno.EIO) from error
             return
