@@ -103,25 +103,22 @@ async def read_leases(connections: dict[str, NodeConnection], committee: Committ
 
 
 async def send_lease(connections: dict[str, NodeConnection], record: LeaseRecord, deadline: float) -> LeaseRound:
-    """Send one lease request to every node, retrying transient failures until ``deadline``."""
+    """Send one lease request to every node, once (a node that does not answer within ``deadline``
+    counts as a failure). Rounds are cheap and repeated by the caller: a round that waited out
+    retries of a node that is down would hold up every fsync behind it."""
     result = LeaseRound(record)
 
     async def one(connection: NodeConnection) -> None:
-        delay = 0.1
-        while True:
-            try:
-                result.answers[connection.node_id] = await connection.put_lease(record)
-                result.failures.pop(connection.node_id, None)
-                return
-            except NodeError as error:
-                result.failures[connection.node_id] = error.reason
-                if not error.transient:
-                    return
-            await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        try:
+            result.answers[connection.node_id] = await connection.put_lease(record)
+        except NodeError as error:
+            result.failures[connection.node_id] = error.reason
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:
             for connection in connections.values():
                 nursery.start_soon(one, connection)
+    for node in connections:
+        if node not in result.answers and node not in result.failures:
+            result.failures[node] = f"no answer within {deadline:.1f} s"
     return result

@@ -98,7 +98,7 @@ class WriterLease:
         self.deposed_by: LeaseState | None = None
         self.last_error: str | None = None
         self._renewal = 0
-        self._confirmed_at = -1.0  # when the last renewal that reached a quorum was sent
+        self._last_round = (-1.0, False)  # when the last renewal round was sent, and whether it reached a quorum
         self._poke = trio.Event()
         self._round_done = trio.Event()
         self._lapsed_logged = False
@@ -125,18 +125,19 @@ class WriterLease:
 
     async def ensure_held(self, wait: float | None = None) -> None:
         """Return once nodes covering n-f shards have renewed the lease in answer to a request sent
-        after this call began; raise NotDurableError if deposed, or if that does not happen within
-        ``wait`` (default: one term).
+        after this call began; raise NotDurableError if deposed, if that renewal round fails, or if
+        none completes within ``wait`` (default: one term).
 
         A takeover needs a quorum of grants too, and the two quorums share an honest node, which
         refuses the old holder once it has granted the new one: so an fsync that returns happened
-        before any takeover. Concurrent callers share renewals."""
+        before any takeover. Concurrent callers share renewal rounds."""
         asked = trio.current_time()
         deadline = asked + (self.term if wait is None else wait)
         while True:
-            if self.deposed_by is None and self.held() and self._confirmed_at >= asked:
+            sent, renewed = self._last_round
+            if self.deposed_by is None and sent >= asked and renewed and self.held():
                 return
-            if self.deposed_by is not None or trio.current_time() >= deadline:
+            if self.deposed_by is not None or sent >= asked or trio.current_time() >= deadline:
                 message = self.not_durable_message()
                 log.error("not durable: %s", message)
                 raise NotDurableError(message)
@@ -186,7 +187,6 @@ class WriterLease:
             round_ = await send_lease(self.client.connections, self._record(self.term, takeover), deadline=15.0)
             if self._quorum(round_):
                 self.valid_until = sent + self.term * SAFE_FRACTION
-                self._confirmed_at = sent
                 if takeover and others:
                     log.warning("took over filesystem %s from %s", self.name, describe_holder(others[0]))
                 log.info("writer lease of %s held: generation %d, term %.0f s", self.name, self.generation, self.term)
@@ -198,7 +198,10 @@ class WriterLease:
                                                key=lambda lease: lease.record.generation))
             stale = [a.current for a in round_.refusals().values() if a.current is not None]
             if not round_.refusals("stale_generation") and not round_.refusals("stale_renewal"):
-                break
+                if not round_.failures:
+                    break
+                await trio.sleep(0.5)  # nodes that did not answer: one more round
+                continue
             # Raced with another writer, or a node knew more than the read quorum: go above it.
             if any(a.code == "stale_generation" for a in round_.refusals().values()):
                 self.generation = max(lease.record.generation for lease in stale) + 1
@@ -225,9 +228,10 @@ class WriterLease:
         sent = trio.current_time()
         round_ = await send_lease(self.client.connections, self._record(self.term),
                                   deadline=max(1.0, self.term / RENEWALS_PER_TERM))
-        if self._quorum(round_):
+        renewed = self._quorum(round_)
+        self._last_round = (sent, renewed)
+        if renewed:
             self.valid_until = sent + self.term * SAFE_FRACTION
-            self._confirmed_at = sent
             self.last_error = None
             if self._lapsed_logged:
                 log.info("writer lease of %s renewed again", self.name)
