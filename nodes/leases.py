@@ -8,9 +8,15 @@ Each file holds the last request the node granted for a filesystem and when it e
 
 ``checksum`` is blake3 (16 bytes, hex) of ``json.dumps([lease, expires_wall_ns], sort_keys=True)``.
 Written like every other object (temporary file, fdatasync, rename, directory fsync) before the
-grant is answered, so a granted lease survives a node crash or restart. While the process runs,
-expiry is decided on the monotonic clock; the wall-clock expiry is only what a restarted node
-starts from (clamped to at most one term, so a clock set back cannot stretch a lease).
+answer, so a granted lease survives a node crash or restart. While the process runs, expiry is
+decided on the monotonic clock; the wall-clock expiry on disk is only what a restarted node starts
+from, clamped to at most one term from its restart (a clock set back cannot stretch a lease).
+
+The expiry on disk is written two terms ahead (``HORIZON_TERMS``), so a renewal by the same holder
+and generation - four a term, and one per fsync - is written only when the horizon on disk would no
+longer cover its new expiry: a restarted node then keeps the lease at least as long as it would
+have running, and the writer's fsync does not wait for a disk flush on every node each time. A new
+holder, a new generation, a takeover and a release are always written before they are answered.
 
 Rules (docs/writer-lease.md): a request of the current holder renews (its renewal counter must
 grow); another holder's request is granted only with a higher generation, and only if the current
@@ -39,6 +45,7 @@ from .roots import RootStore
 log = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
+HORIZON_TERMS = 2
 
 
 class LeaseRefused(Exception):
@@ -63,7 +70,7 @@ class FencedError(Exception):
 class _Held:
     record: LeaseRecord
     expires_mono: float
-    expires_wall_ns: int
+    on_disk_until_ns: int  # the wall-clock expiry written to disk: at or after the real one
 
 
 def describe(record: LeaseRecord) -> str:
@@ -139,18 +146,25 @@ class LeaseStore:
             current = None if held is None else self._state(held)
             self._decide(record, current)
             now_mono, now_wall = self._monotonic(), self._wall_ns()
-            term_s = record.term_ms / 1000
-            granted = _Held(record, now_mono + term_s, now_wall + record.term_ms * 1_000_000)
-            lease = record.to_dict()
-            payload = {"format": FILE_FORMAT, "lease": lease, "expires_wall_ns": granted.expires_wall_ns,
-                       "checksum": _checksum(lease, granted.expires_wall_ns)}
-            replace_durably(self._path(record.fs_id), json.dumps(payload, sort_keys=True).encode(), 0o644)
+            term_ns = record.term_ms * 1_000_000
+            granted = _Held(record, now_mono + term_ns / 1e9, held.on_disk_until_ns if held else 0)
+            same = (held is not None and held.record.holder == record.holder
+                    and held.record.generation == record.generation and not held.record.release)
+            if not same or record.release or record.takeover or granted.on_disk_until_ns < now_wall + term_ns:
+                granted.on_disk_until_ns = now_wall + HORIZON_TERMS * term_ns if term_ns else now_wall
+                self._write(record, granted.on_disk_until_ns)
             self._held[record.fs_id] = granted
             if current is None or current.record.holder != record.holder or record.release:
                 log.info("lease of %s %s: %s%s", record.fs_id, "released" if record.release else "granted",
                          describe(record), " (takeover)" if record.takeover and current is not None
                          and current.record.holder != record.holder else "")
             return self._state(granted)
+
+    def _write(self, record: LeaseRecord, expires_wall_ns: int) -> None:
+        lease = record.to_dict()
+        payload = {"format": FILE_FORMAT, "lease": lease, "expires_wall_ns": expires_wall_ns,
+                   "checksum": _checksum(lease, expires_wall_ns)}
+        replace_durably(self._path(record.fs_id), json.dumps(payload, sort_keys=True).encode(), 0o644)
 
     @staticmethod
     def _decide(record: LeaseRecord, current: LeaseState | None) -> None:
