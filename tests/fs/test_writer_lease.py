@@ -92,6 +92,9 @@ def test_a_takeover_deposes_the_old_writer_whose_fsync_and_umount_fail(shared_ne
         lease = status(one)["lease"]
         assert not lease["held"] and lease["deposed_by"]["label"].endswith(str(other.state))
         assert "took over" in first.log_tail()
+        report = run([WALRUSFS, "status", str(one)], first.env, check=False)
+        assert report.returncode == 2 and "NOT DURABLE, WRITER LEASE NOT HELD" in report.stdout
+        assert "DEPOSED by" in report.stdout
 
         # The deposed writer's unmount does not claim success; its data stays in its state.
         pid = status(one)["pid"]

@@ -197,7 +197,11 @@ class SnapshotPublisher:
         fence = None if self.lease is None else self.lease.fence
         record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created, fence)
         await self._ensure_lease()
-        await publish_root(self.client.connections, self.client.committee, record)
+        try:
+            await publish_root(self.client.connections, self.client.committee, record)
+        except RootQuorumError:
+            await self._ensure_lease()  # fenced out by a takeover? then say that, not "no quorum"
+            raise
         replace_durably(self.state.snapshot_manifest, manifest_bytes)
         self.local.seq, self.local.created_ns, self.local.manifest = seq, created, manifest_id
         self.local.holder, self.local.generation = fence or ("", 0)
