@@ -163,10 +163,10 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq,
                        not report.findings).save(state)
     replace_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
-    if aside is not None:
-        print(compare(aside, state.db_path).warning(state.root.name), file=sys.stderr)
     if not quiet:
         print(f"restored filesystem {settings.fs_id} from snapshot {manifest.seq} "
               f"({manifest.db_size / 2**20:.1f} MiB of metadata) in {time.monotonic() - started:.1f} s",
               file=sys.stderr)
+    if aside is not None:  # last, so that it is what the user reads
+        print(compare(aside, state.db_path).warning(state.root.name), file=sys.stderr)
     return report

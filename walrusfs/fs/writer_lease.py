@@ -65,9 +65,11 @@ def writer_id(state: FsState) -> str:
     return text
 
 
-def describe_holder(lease: LeaseState) -> str:
+def describe_holder(lease: LeaseState, expiry: bool = True) -> str:
     record = lease.record
     where = record.label or f"writer {record.holder}"
+    if not expiry:
+        return f"{where} (lease generation {record.generation})"
     if lease.held:
         return f"{where} (lease generation {record.generation}, expires in {lease.expires_in_ms / 1000:.0f} s)"
     return f"{where} (lease generation {record.generation}, expired)"
@@ -115,9 +117,9 @@ class WriterLease:
 
     def not_durable_message(self) -> str:
         if self.deposed_by is not None:
-            return (f"another writer took over filesystem {self.name}: {describe_holder(self.deposed_by)}. "
-                    "Nothing written through this mount since is durable or will be published. It stays in "
-                    "this machine's state directory; to continue from the network's state, unmount and run "
+            return (f"another writer took over filesystem {self.name}: {describe_holder(self.deposed_by, False)}. "
+                    "Nothing written through this mount since the takeover is durable or will be published. "
+                    "It stays in this machine's state directory; to continue from the network's state, unmount and run "
                     f"'walrusfs restore {self.name} --force' (it sets this state aside)")
         why = self.last_error or "no quorum of nodes"
         return (f"the writer lease of filesystem {self.name} could not be renewed in time ({why}): durability "
@@ -215,7 +217,8 @@ class WriterLease:
             f"filesystem {self.name} is mounted writable elsewhere: {describe_holder(lease)}. One writer at a "
             "time: unmount it there first, or mount read-only here (-o ro). If that writer is dead (its machine "
             f"is gone), wait for its lease to expire, or take over now with 'walrusfs mount {self.name} DIR "
-            "-o takeover' (what it had not published is then lost to the filesystem).")
+            "-o takeover' (what it wrote and had not published in a snapshot then stays on its machine, outside the "
+            "filesystem).")
 
     async def renew(self) -> None:
         try:
