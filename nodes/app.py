@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.committee import Committee
-from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, verify_request
+from walrusfs.keys import public_key_text
+from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, SignedRequest, verify_request
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -49,9 +50,12 @@ from .http import (
     error_response,
     json_response,
 )
+from .httpd import ConnectionStats
 from .lease_api import LeaseAPI, fenced_error
 from .leases import FencedError, LeaseStore
-from .metrics import Metrics
+from .memory import MemoryKeeper
+from .metrics import Metrics, family
+from .nonces import JournalError, NonceJournal
 from .peers import REPAIR_HEADER
 from .repair import RepairService
 from .repair_api import RepairAPI
@@ -81,10 +85,13 @@ class NodeApp:
         self.config = config
         self.committee = committee
         self.key = key
+        self.public_key = public_key_text(key)
         self.store = store
         self.geometry = committee.geometry
         self.shards = committee.shards_of(config.node_id)
         self.metrics = Metrics()
+        self.connections = ConnectionStats()  # kept by nodes.httpd
+        self.memory = MemoryKeeper(self.connections)
         self.replay = ReplayGuard()
         self.expansions = ExpansionCache()
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
@@ -98,6 +105,8 @@ class NodeApp:
         self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
         self.roots = RootStore(store.root)
         self.roots.open()
+        self.journal = NonceJournal(store.root)
+        self.journal.open()
         self.leases = LeaseStore(store.root)
         self.leases.open()
         self.lease_api = LeaseAPI(self, self.leases)
@@ -106,7 +115,7 @@ class NodeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.repair)
+            await _lifespan(receive, send, self.repair, self.memory)
             return
         if scope["type"] != "http":
             return
@@ -190,14 +199,35 @@ class NodeApp:
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
-    def _authorize(self, request: Request) -> None:
+    async def _authorize(self, request: Request, *, body_bound: bool = True,
+                         durable: bool = False) -> SignedRequest:
+        """Check the writer's signature (made for this node, within the clock window) and that its
+        nonce is new. ``durable``: the write is dangerous to replay (docs/threat-model.md), so its
+        nonce goes to the on-disk journal before the write takes effect and is refused after a
+        restart too; otherwise it is remembered in memory. ``body_bound=False``: the route's body
+        certifies itself, so the signature may leave it unbound."""
         try:
-            verify_request(request.headers.get("authorization"), request.method, request.target,
-                           self.committee, replay=self.replay)
+            signed = verify_request(request.headers.get("authorization"), request.method, request.target,
+                                    self.committee, self.config.node_id, body_bound=body_bound,
+                                    replay=None if durable else self.replay)
         except AuthError as error:
-            status = 403 if error.forbidden else 401
-            raise HTTPError(status, "unauthorized" if status == 401 else "forbidden", str(error),
-                            [("www-authenticate", AUTH_SCHEME)]) from None
+            raise _unauthorized(error) from None
+        if durable:
+            try:
+                fresh = await self._in_worker(self.journal.remember, signed.nonce, signed.expiry)
+            except JournalError as error:
+                log.error("%s", error)
+                raise HTTPError(503, "replay_journal", str(error), [("retry-after", "60")]) from None
+            if not fresh:
+                raise _unauthorized(AuthError("Authorization nonce was already used (replayed request)"))
+        return signed
+
+    @staticmethod
+    def _check_body(signed: SignedRequest, body: bytes | bytearray | memoryview) -> None:
+        try:
+            signed.check_body(body)
+        except AuthError as error:
+            raise _unauthorized(error) from None
 
     def _check_shard(self, blob_id: BlobId, pair: int) -> int:
         shard = self.geometry.shard_of_pair(pair, blob_id.raw)
@@ -261,7 +291,9 @@ class NodeApp:
     async def health(self, request: Request) -> Response:
         stats = self.store.stats
         return json_response({
-            "ok": True, "node_id": self.config.node_id, "epoch": self.committee.epoch,
+            # public_key: lets `walrusfs cluster up` tell this node from another network's node
+            # that answers on the same port (both are called node-0).
+            "ok": True, "node_id": self.config.node_id, "public_key": self.public_key, "epoch": self.committee.epoch,
             "n_shards": self.geometry.n_shards, "shards": list(self.shards),
             "blobs": stats.blobs, "bytes": stats.bytes, "quarantined": stats.quarantined,
         })
@@ -276,9 +308,19 @@ class NodeApp:
                                                     stats.quarantined),
             },
             {"node_id": self.config.node_id, "epoch": str(self.committee.epoch)},
-            self.repair_api.metrics_lines(),
+            self.repair_api.metrics_lines() + self._connection_lines(),
         )
         return Response(200, text.encode(), metrics_format.CONTENT_TYPE)
+
+    def _connection_lines(self) -> list[str]:
+        stats, lines = self.connections, []
+        family(lines, "walrusfs_node_http_connections", "gauge", "Client connections open.", [({}, stats.open)])
+        family(lines, "walrusfs_node_http_refused_connections_total", "counter",
+               "Connections answered 503 and closed because a cap was reached (total or per address).",
+               [({"cap": "total"}, stats.refused_total), ({"cap": "peer"}, stats.refused_peer)])
+        family(lines, "walrusfs_node_memory_trims_total", "counter",
+               "Times freed heap memory was returned to the kernel after a burst.", [({}, self.memory.trims)])
+        return lines
 
     async def inventory(self, request: Request) -> Response:
         after = request.query.get("after")
@@ -298,9 +340,11 @@ class NodeApp:
         return Response(200, record.to_json(), "application/json")
 
     async def put_root(self, request: Request, fs_id: str) -> Response:
-        self._authorize(request)
+        # Not journalled: a record certifies itself and a replayed older one is refused as stale.
+        signed = await self._authorize(request)
         fs_id = _parse_fs_id(fs_id)
         body = await request.read_body(MAX_RECORD_BYTES)
+        self._check_body(signed, body)
         try:
             record = RootRecord.from_json(body)
             record.verify(fs_id)
@@ -319,8 +363,11 @@ class NodeApp:
         return json_response({"fs_id": fs_id, "seq": record.seq}, 201 if replaced else 200)
 
     async def put_metadata(self, request: Request, blob_id: BlobId) -> Response:
-        self._authorize(request)
+        # Journalled: storing metadata (re)creates a blob, so a replay after a later DELETE would bring
+        # the deleted blob back; slivers and certificates are refused (409) without it.
+        signed = await self._authorize(request, durable=True)
         body = await request.read_body(self.metadata_body)
+        self._check_body(signed, body)
         try:
             metadata = BlobMetadata.from_bytes(body)
         except FormatError as error:
@@ -354,7 +401,8 @@ class NodeApp:
         return Response(200, payload, OCTETS)
 
     async def put_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
-        self._authorize(request)
+        # Slivers certify themselves against the stored metadata: the signature may leave them unbound.
+        signed = await self._authorize(request, body_bound=False)
         length = request.content_length()
         if length is not None and length > self.max_sliver_body:
             raise HTTPError(413, "too_large", f"body of {length} bytes; no sliver of a blob this node "
@@ -370,7 +418,7 @@ class NodeApp:
             with self.images.image(STORED_HEADER_SIZE, expected) as image:
                 await request.read_body_into(image.payload)
                 created, complete = await self._in_worker(self._verify_and_store, blob_id, pair, kind,
-                                                          metadata, image)
+                                                          metadata, image, signed)
         except StoreFullError:
             raise self._disk_full() from None
         except HTTPError:
@@ -387,9 +435,10 @@ class NodeApp:
         return json_response(answer, 201 if created else 200)
 
     def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
-                          image: ObjectImage) -> tuple[bool, bool]:
+                          image: ObjectImage, signed: SignedRequest) -> tuple[bool, bool]:
         """Verify the sliver received into ``image`` and store it unless it is already stored;
         whether it was new, and whether the node now holds every sliver of the blob it should."""
+        self._check_body(signed, image.payload)  # a no-op unless the writer chose to sign the body
         try:
             sliver = Sliver.from_bytes(image.payload)
         except FormatError as error:
@@ -477,7 +526,9 @@ class NodeApp:
         return unsigned.signed_by(self.key)
 
     async def delete_blob(self, request: Request, blob_id: BlobId) -> Response:
-        self._authorize(request)
+        # Journalled: replayed later (after the blob was stored again) it would destroy data.
+        signed = await self._authorize(request, durable=True)
+        self._check_body(signed, b"")  # the body is ignored; the signature must say there was none
         await self._in_worker(self.store.bury, blob_id)  # so that repair does not bring it back
         deleted = await self._in_worker(self.store.delete_blob, blob_id)
         self.forget_cached(blob_id)
@@ -485,6 +536,12 @@ class NodeApp:
             raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
         log.info("deleted blob %s", blob_id)
         return json_response({"blob_id": str(blob_id), "deleted": True})
+
+
+def _unauthorized(error: AuthError) -> HTTPError:
+    status = 403 if error.forbidden else 401
+    return HTTPError(status, "unauthorized" if status == 401 else "forbidden", str(error),
+                     [("www-authenticate", AUTH_SCHEME)])
 
 
 def _parse_fs_id(text: str) -> str:
@@ -512,14 +569,16 @@ def _parse_kind(text: str) -> SliverKind:
     return SliverKind.parse(text)
 
 
-async def _lifespan(receive: Receive, send: Send, repair: RepairService) -> None:
-    """Repair runs in the server's event loop from startup to shutdown."""
+async def _lifespan(receive: Receive, send: Send, repair: RepairService, memory: MemoryKeeper) -> None:
+    """Repair and the memory keeper run in the server's event loop from startup to shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             repair.start()
+            memory.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await memory.stop()
             await repair.stop()
             await send({"type": "lifespan.shutdown.complete"})
             return

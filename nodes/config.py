@@ -18,6 +18,10 @@
     serve_queue = 16                  # symbol requests waiting beyond that are refused with 429
     scrub_interval = 86400.0          # seconds between the starts of two scrub passes (0: never)
     scrub_rate = 52428800             # bytes/s the scrubber reads and verifies, at most
+
+    [http]                            # optional; connection caps (docs/node-api.md, "Memory")
+    max_connections = 2048            # client connections held at once; more are answered 503
+    max_connections_per_peer = 256    # of them from one IP address (at most max_connections)
 """
 
 from __future__ import annotations
@@ -35,7 +39,35 @@ from walrusfs.keys import load_key, public_bytes
 from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30
-_KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair"}
+_KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair",
+          "http"}
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The ``[http]`` table: how many connections the node holds (each costs memory, see
+    docs/node-api.md); one over a cap is answered 503 ``too_many_connections`` and closed."""
+
+    max_connections: int = 2048
+    max_connections_per_peer: int = 256
+
+    @classmethod
+    def from_dict(cls, data: object) -> HTTPConfig:
+        if not isinstance(data, dict):
+            raise UserError("[http] must be a table")
+        unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"[http]: unknown settings {', '.join(unknown)} "
+                            f"(known: {', '.join(cls.__dataclass_fields__)})")
+        defaults = cls()
+        values = {name: data.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        for name, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
+                raise UserError(f"[http] {name} must be an integer in [1, 1000000], got {value!r}")
+        if values["max_connections_per_peer"] > values["max_connections"]:
+            raise UserError("[http] max_connections_per_peer must be at most max_connections, so that one "
+                            "address cannot hold every connection")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -88,6 +120,7 @@ class NodeConfig:
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
     log_level: str = "info"
     repair: RepairConfig = RepairConfig()
+    http: HTTPConfig = HTTPConfig()
 
     @classmethod
     def load(cls, path: Path | str) -> NodeConfig:
@@ -129,7 +162,7 @@ class NodeConfig:
             raise UserError("log_level must be one of debug, info, warning, error")
         return cls(path, text("node_id"), host.strip("[]"), int(port_text), relative("data_dir"),
                    relative("signing_key"), relative("committee"), max_blob, log_level,
-                   RepairConfig.from_dict(data.get("repair", {})))
+                   RepairConfig.from_dict(data.get("repair", {})), HTTPConfig.from_dict(data.get("http", {})))
 
     def load_identity(self) -> tuple[Committee, Ed25519PrivateKey]:
         """The committee and this node's key, checked against each other."""

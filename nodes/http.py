@@ -110,7 +110,7 @@ class Request:
                     raise ClientDisconnected
                 raise HTTPError(400, "bad_content_length", f"body of {got} bytes, expected {len(view)}")
             if length is None and (await self.receive()).get("body"):
-                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes")
+                raise _longer_than(len(view))
             return
         got = 0
         more = True
@@ -120,7 +120,7 @@ class Request:
                 raise ClientDisconnected
             chunk = message.get("body", b"")
             if got + len(chunk) > len(view):
-                raise HTTPError(400, "bad_content_length", f"body longer than {len(view)} bytes")
+                raise _longer_than(len(view))
             view[got : got + len(chunk)] = chunk
             got += len(chunk)
             more = message.get("more_body", False)
@@ -141,6 +141,13 @@ class Request:
             more = message.get("more_body", False)
         self.received = len(buffer)
         return buffer
+
+
+def _longer_than(size: int) -> HTTPError:
+    """A body without Content-Length (chunked) that ran past the ``size`` it must have: 413, as for
+    a Content-Length over the limit, and the rest of it is not read."""
+    return HTTPError(413, "too_large", f"body longer than {size} bytes, the most this request takes; "
+                     "nothing was stored")
 
 
 @dataclass

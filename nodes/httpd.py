@@ -13,6 +13,13 @@ Request heads are parsed by llhttp (httptools), the parser uvicorn uses; chunked
 too. One request at a time per connection (keep-alive; pipelined requests wait their turn). Idle,
 slow-head and stalled-body connections are closed by a watchdog. SIGTERM or SIGINT stops accepting,
 lets in-flight requests finish (up to ``grace`` seconds), then runs the app's lifespan shutdown.
+
+Memory per connection is bounded and mostly zero while it idles: its staging buffer is allocated when
+bytes arrive (4 KiB, doubled as a head needs, at most ``STAGING_MAX``) and dropped whenever it is
+empty between requests; bodies read with ``receive_into`` bypass it. Connections are capped in
+total and per peer address (``Limits``); one over a cap is answered 503 ``too_many_connections``
+and closed, without a buffer. The listening socket is bound before the app's lifespan startup, so
+nothing the app starts (peer polling) can take the port first. docs/node-api.md states the bound.
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ import contextlib
 import http
 import json
 import logging
+import resource
 import signal
+import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -37,8 +47,32 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
 RECEIVE_INTO = "walrusfs.receive_into"
 
 MAX_HEAD = 64 * 1024  # request line and headers; more is answered 431
-_STAGING = 256 * 1024  # per connection: heads, small bodies, chunked bodies
+# A connection's staging buffer (heads, small and chunked bodies): allocated at its first bytes,
+# doubled while a head needs room, never above STAGING_MAX, dropped when empty between requests.
+_STAGING_FIRST = 4 * 1024
+STAGING_MAX = MAX_HEAD + 4 * 1024
 DRAIN_LIMIT = 1 << 20  # unread body bytes read and dropped to keep a connection; more closes it
+_FILES_RESERVED = 1024  # file descriptors kept for everything but client connections (store, peers)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many connections the server holds at once. One more is answered 503 and closed."""
+
+    max_connections: int = 2048
+    max_connections_per_peer: int = 256  # per client IP address; below the total, so one cannot starve others
+    refusing: int = 256  # refused connections kept open for ``Timeouts.refused`` so the client reads the 503
+
+
+@dataclass
+class ConnectionStats:
+    """What the server did with connections, for metrics and the node's memory keeper."""
+
+    open: int = 0
+    peak: int = 0  # most open at once since the memory keeper last reset it
+    accepted: int = 0
+    refused_total: int = 0  # over Limits.max_connections
+    refused_peer: int = 0  # over Limits.max_connections_per_peer
 
 
 class Timeouts:
@@ -46,6 +80,7 @@ class Timeouts:
     head = 30.0  # from the first byte of a request head to its end
     body = 60.0  # without a byte of a body the app is waiting for
     grace = 10.0  # in-flight requests at shutdown
+    refused = 2.0  # a refused connection, for its client to read the 503 before the close
 
 
 class _Head:
@@ -84,7 +119,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.staging = bytearray(_STAGING)
+        self.peer: str | None = None  # the client's IP address
+        self.admitted = False  # counted in the server's connections (refused ones are not)
+        self.staging = bytearray()  # see _STAGING_FIRST
         self.start = self.end = 0
         self.target: memoryview | None = None  # receive_into: the socket reads into this
         self.filled = 0
@@ -105,19 +142,43 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
-        self.server.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else None
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            self._refuse_connection(refusal)
+            return
         self.task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.release(self)
         self._writable.set()
         self._wake()
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.state == "refused":
+            self.close()
+            return False
         self._wake()
         return True  # keep the transport: a response may still be owed; _serve closes it
+
+    def _refuse_connection(self, message: str) -> None:
+        """Answer 503 before reading anything, then end the connection: at once if many refused ones
+        are lingering, else after the client closes or ``Timeouts.refused`` (closing with its request
+        unread could reset the connection before the client reads the answer)."""
+        self.state, self.since = "refused", time.monotonic()
+        body = json.dumps({"error": "too_many_connections", "message": message}).encode()
+        transport = self.transport
+        assert transport is not None
+        transport.write(_status_line(503) + b"content-type: application/json\r\nretry-after: 1\r\n"
+                        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+        if len(self.server.refusing) >= self.server.limits.refusing or not transport.can_write_eof():
+            self.close()
+            return
+        self.server.refusing.add(self)
+        transport.write_eof()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -126,17 +187,21 @@ class _Connection(asyncio.BufferedProtocol):
         self._writable.set()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.state == "refused":
+            return self.server.discard
         self._into_target = self.target is not None and self.filled < len(self.target)
         if self._into_target:
             return self.target[self.filled:]  # type: ignore[index]
         if self.end == len(self.staging):
             if self.start:
                 self._compact()
-            else:  # reading is being paused; a read already under way still needs room
-                self.staging.extend(bytes(4096))
+            if self.end == len(self.staging):
+                self._grow()
         return memoryview(self.staging)[self.end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.state == "refused":
+            return  # dropped unread
         if self.state == "body":
             self.since = time.monotonic()
         if self._into_target:
@@ -145,12 +210,10 @@ class _Connection(asyncio.BufferedProtocol):
                 self._wake()
             return
         self.end += nbytes
-        if self.end == len(self.staging):
-            if self.start:
-                self._compact()
-            else:  # full: wait until the request consumes some
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self.reading_paused = True
+        if self.end - self.start >= STAGING_MAX and not self.reading_paused:
+            # Full: wait until the request consumes some (or, for a head, until it is refused 431).
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.reading_paused = True
         self._wake()
 
     # --- buffer -----------------------------------------------------------------------------------
@@ -159,6 +222,22 @@ class _Connection(asyncio.BufferedProtocol):
         size = self.end - self.start
         self.staging[:size] = self.staging[self.start:self.end]
         self.start, self.end = 0, size
+
+    def _grow(self) -> None:
+        """Room for more: double the buffer up to STAGING_MAX. Past it reading is being paused,
+        but a read already under way still needs room (a little more is given)."""
+        size = len(self.staging)
+        larger = min(max(_STAGING_FIRST, 2 * size), STAGING_MAX) if size < STAGING_MAX else size + 4096
+        # A new buffer rather than a resize: a view of the old one may still be alive.
+        grown = bytearray(larger)
+        grown[:size] = self.staging
+        self.staging = grown
+
+    def _release_staging(self) -> None:
+        """Drop the buffer when it holds nothing: an idle connection costs no staging memory."""
+        if self.start == self.end and self.staging:
+            self.staging = bytearray()
+            self.start = self.end = 0
 
     def _take(self, size: int) -> bytes:
         data = bytes(self.staging[self.start:self.start + size])
@@ -169,7 +248,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.start += size
         if self.start == self.end:
             self.start = self.end = 0
-        if self.reading_paused and not self.closed:
+        if self.reading_paused and not self.closed and self.end - self.start < STAGING_MAX:
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
@@ -210,6 +289,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if not keep_alive:
                     break
                 self.state, self.since = "idle", time.monotonic()
+                self._release_staging()
         except _Disconnected:
             pass
         except Exception:
@@ -252,13 +332,24 @@ class _Connection(asyncio.BufferedProtocol):
             return None
         finally:
             head.parser = None
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # An HTTP/0.9 request line (no version) wants a bare body with no status or headers,
+            # which nothing here can check; other versions do not belong on an HTTP/1 connection.
+            if version == "0.9":
+                self._refuse(400, "a request line needs an HTTP version (HTTP/0.9 is not supported): "
+                                  "send HTTP/1.1")
+            else:
+                self._refuse(505, f"HTTP/{version} is not supported on this connection: send HTTP/1.1")
+            return None
         return parser, head
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer with an error and end the connection (what follows in it cannot be trusted)."""
         if self.closed:
             return
-        code = {431: "head_too_large", 500: "internal", 501: "not_implemented"}.get(status, "bad_request")
+        code = {431: "head_too_large", 500: "internal", 501: "not_implemented",
+                505: "http_version_not_supported"}.get(status, "bad_request")
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.write(_status_line(status) + b"content-type: application/json\r\n"  # type: ignore[union-attr]
                              + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
@@ -532,22 +623,83 @@ def _status_line(status: int) -> bytes:
 
 
 class HTTPServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, timeouts: Timeouts | None = None,
+                 limits: Limits | None = None, stats: ConnectionStats | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         self.app = app
+        self.ssl = ssl  # TLS (walrusfs.tls): the loop's TLS layer decrypts into get_buffer()'s buffers too
         self.host = host
         self.port = port
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self.stats = stats or ConnectionStats()
         self.connections: set[_Connection] = set()
+        self.per_peer: dict[str | None, int] = {}
+        self.refusing: set[_Connection] = set()  # refused, waiting for the client to close
+        self.discard = memoryview(bytearray(16 * 1024))  # what refused connections send goes here, unread
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._refusals_logged = 0
+        self._refusal_logged_at = 0.0
+
+    def admit(self, connection: _Connection) -> str | None:
+        """Count a new connection in, or say why it is refused (over a cap)."""
+        limits, peer = self.limits, connection.peer
+        if len(self.connections) >= limits.max_connections:
+            self.stats.refused_total += 1
+            return self._refusal(f"the node holds at most {limits.max_connections} connections at once and "
+                                 "all are in use; retry shortly")
+        if self.per_peer.get(peer, 0) >= limits.max_connections_per_peer:
+            self.stats.refused_peer += 1
+            return self._refusal(f"the node holds at most {limits.max_connections_per_peer} connections at "
+                                 f"once from one address ({peer}); reuse connections, or retry when some close")
+        connection.admitted = True
+        self.connections.add(connection)
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
+        stats = self.stats
+        stats.accepted += 1
+        stats.open = len(self.connections)
+        stats.peak = max(stats.peak, stats.open)
+        return None
+
+    def release(self, connection: _Connection) -> None:
+        self.refusing.discard(connection)
+        if not connection.admitted:
+            return
+        connection.admitted = False
+        self.connections.discard(connection)
+        left = self.per_peer.get(connection.peer, 0) - 1
+        if left > 0:
+            self.per_peer[connection.peer] = left
+        else:
+            self.per_peer.pop(connection.peer, None)
+        self.stats.open = len(self.connections)
+
+    def _refusal(self, message: str) -> str:
+        """``message``; logged once per 10 s at most, with the number refused meanwhile."""
+        now = time.monotonic()
+        refused = self.stats.refused_total + self.stats.refused_peer
+        if now - self._refusal_logged_at >= 10.0:
+            log.warning("refusing connections (%d since the last report): %s",
+                        refused - self._refusals_logged, message)
+            self._refusal_logged_at, self._refusals_logged = now, refused
+        return message
 
     async def serve(self, stop: asyncio.Event, on_listening: Callable[[], None] | None = None) -> None:
-        """Run the app's lifespan startup, listen, serve until ``stop`` is set, shut down."""
+        """Bind, run the app's lifespan startup, listen, serve until ``stop`` is set, shut down."""
         self.loop = asyncio.get_running_loop()
+        # Bound before the app starts: its startup begins polling peers, and an outgoing connection
+        # could otherwise take this port as its local port (when the port is in the ephemeral range).
+        server = await self.loop.create_server(
+            lambda: _Connection(self), self.host, self.port, backlog=1024, reuse_address=True, start_serving=False,
+            ssl=self.ssl, ssl_handshake_timeout=self.timeouts.head if self.ssl else None)  # watchdog starts after it
         lifespan = _Lifespan(self.app)
-        await lifespan.startup()
         try:
-            server = await self.loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                   backlog=1024, reuse_address=True)
+            await lifespan.startup()
+        except BaseException:
+            server.close()
+            raise
+        try:
+            await server.start_serving()
             if on_listening is not None:
                 on_listening()
             watchdog = self.loop.create_task(self._watchdog())
@@ -564,7 +716,7 @@ class HTTPServer:
             await lifespan.shutdown()
 
     async def _finish_requests(self) -> None:
-        for connection in list(self.connections):
+        for connection in [*self.connections, *self.refusing]:
             if not connection.in_request:
                 connection.close()
         deadline = time.monotonic() + self.timeouts.grace
@@ -586,8 +738,9 @@ class HTTPServer:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            limits = {"idle": self.timeouts.keepalive, "head": self.timeouts.head, "body": self.timeouts.body}
-            for connection in list(self.connections):
+            limits = {"idle": self.timeouts.keepalive, "head": self.timeouts.head, "body": self.timeouts.body,
+                      "refused": self.timeouts.refused}
+            for connection in [*self.connections, *self.refusing]:
                 limit = limits.get(connection.state)  # none while the app works ("app")
                 if limit is not None and now - connection.since > limit:
                     log.debug("closing a connection: %s timeout", connection.state)
@@ -630,9 +783,36 @@ class _Lifespan:
             await self.replies.put({"type": "lifespan.unsupported"})
 
 
-def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None) -> None:
+def fit_file_limit(limits: Limits) -> Limits:
+    """``limits``, within the process's open-file limit: the soft limit is raised (up to the hard
+    one) to hold every connection and ``_FILES_RESERVED`` other files; failing that, the connection
+    cap is lowered, with a warning, so that the node refuses connections (503) instead of failing
+    to accept them (EMFILE) or to open its own files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections + limits.refusing + _FILES_RESERVED
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return limits
+    fitting = max(1, soft - limits.refusing - _FILES_RESERVED)
+    log.warning("the open-file limit (%d) holds only %d client connections, not max_connections = %d; "
+                "raise it (LimitNOFILE in the systemd unit, ulimit -n) to serve more", soft, fitting,
+                limits.max_connections)
+    return Limits(fitting, min(limits.max_connections_per_peer, fitting), limits.refusing)
+
+
+def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None,
+        limits: Limits | None = None, stats: ConnectionStats | None = None,
+        ssl: ssl_module.SSLContext | None = None) -> None:
     """Serve ``app`` on uvloop until SIGTERM or SIGINT; OSError if the address cannot be bound."""
     import uvloop
+
+    limits = fit_file_limit(limits or Limits())
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -640,7 +820,7 @@ def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | N
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await HTTPServer(app, host, port).serve(stop, on_listening)
+            await HTTPServer(app, host, port, limits=limits, stats=stats, ssl=ssl).serve(stop, on_listening)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from walrusfs.client.transport import tls_context
+from walrusfs.client.transport import node_mounts, tls_context
 from walrusfs.committee import NodeInfo
 from walrusfs.redstuff import BlobId, SliverKind
 
@@ -34,9 +34,11 @@ class Peers:
         self.nodes = {node.id: node for node in nodes if node.id != own_id}
         self.own_id = own_id
         self.bytes_received = 0
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        # Peers with a pinned certificate get a transport each that trusts only it (walrusfs.tls).
         self._http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(timeout, connect=3.0),
-                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                                       headers={REPAIR_HEADER: own_id})
+                                       limits=limits, headers={REPAIR_HEADER: own_id},
+                                       mounts=node_mounts(self.nodes.values(), limits=limits))
 
     async def close(self) -> None:
         await self._http.aclose()

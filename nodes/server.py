@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -19,10 +21,13 @@ import uvicorn
 
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
+from walrusfs.ports import ephemeral_range, in_ephemeral_range
+from walrusfs.tls import server_context
 
 from . import httpd
 from .app import NodeApp
 from .config import NodeConfig
+from .memory import FREE_BUDGET
 from .store import BlobStore
 
 log = logging.getLogger("nodes")
@@ -47,8 +52,19 @@ class _Server(uvicorn.Server):
 def tune_malloc() -> None:
     """Keep freed sliver-sized buffers in the heap for reuse instead of handing them back to the
     kernel: each request allocates a few MiB, and fresh pages cost a page fault apiece (measured:
-    5-10% more PUT throughput, ~15% more GET). glibc only; elsewhere a no-op."""
-    keep_freed_buffers()
+    5-10% more PUT throughput, ~15% more GET). Up to ``FREE_BUDGET`` of them: beyond it they are
+    returned (and nodes.memory trims what fragmentation keeps). glibc only; elsewhere a no-op."""
+    keep_freed_buffers(FREE_BUDGET)
+
+
+def port_hint(port: int, error: OSError) -> str:
+    """What to do about a port in use that lies in the kernel's ephemeral range."""
+    if error.errno != errno.EADDRINUSE or not in_ephemeral_range(port):
+        return ""
+    low, high = ephemeral_range()
+    return (f"; port {port} lies in the kernel's ephemeral port range ({low}-{high}), where any outgoing "
+            f"connection may take it as its local port: listen on a port below {low}, or reserve it with "
+            f"`sysctl -w net.ipv4.ip_local_reserved_ports={port}`")
 
 
 def build_app(config: NodeConfig) -> NodeApp:
@@ -61,6 +77,19 @@ def build_app(config: NodeConfig) -> NodeApp:
     return NodeApp(config, committee, key, store)
 
 
+def _tls(app: NodeApp, server: str) -> ssl.SSLContext | None:
+    """The TLS context if the committee gives this node a certificate (docs/node-api.md, TLS)."""
+    certificate = app.committee.node(app.config.node_id).tls_cert
+    if certificate is None:
+        return None
+    if server != "httpd":
+        raise UserError(f"the committee gives {app.config.node_id} a tls_cert, and only the node's own server "
+                        f"(not --server {server}) serves TLS")
+    # That certificate certifies the committee's key for this node, which is this node's key (both checked
+    # as they were loaded).
+    return server_context(app.key, certificate)
+
+
 def serve(config: NodeConfig, server: str = "httpd") -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
     if server == "granian":
@@ -68,14 +97,17 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
         return
     tune_malloc()
     app = build_app(config)
-    log.info("node %s (epoch %d, shards %s) listening on http://%s:%d, data in %s",
-             config.node_id, app.committee.epoch, list(app.shards), config.host, config.port,
-             config.data_dir)
+    tls = _tls(app, server)
+    log.info("node %s (epoch %d, shards %s) listening on %s://%s:%d, data in %s",
+             config.node_id, app.committee.epoch, list(app.shards), "https" if tls else "http", config.host,
+             config.port, config.data_dir)
     if server == "httpd":
         try:
-            httpd.run(app, config.host, config.port)
+            limits = httpd.Limits(config.http.max_connections, config.http.max_connections_per_peer)
+            httpd.run(app, config.host, config.port, limits=limits, stats=app.connections, ssl=tls)
         except OSError as error:
-            raise UserError(f"could not listen on {config.host}:{config.port}: {error}") from error
+            raise UserError(f"could not listen on {config.host}:{config.port}: {error}{port_hint(config.port, error)}"
+                            ) from error
         finally:
             app.executor.shutdown(wait=True)
         log.info("node %s stopped", config.node_id)
@@ -105,7 +137,7 @@ def _serve_granian(config: NodeConfig) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    build_app(config)  # fail here, with a clear message, rather than in the worker
+    _tls(build_app(config), "granian")  # fail here, with a clear message, rather than in the worker
     os.environ[_CONFIG_ENV] = str(config.path)
     Granian("nodes.server:granian_app", address=config.host, port=config.port, interface=Interfaces.ASGI,
             factory=True, workers=1, log_access=False).serve()

@@ -17,26 +17,39 @@ still that node), never processes found by name.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
-from .keys import generate_key, public_bytes, public_key_text, write_key
+from .fs.config import user_home
+from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
+from .ports import ephemeral_range, exposed_ports
+from .tls import certificate_text, client_context, node_certificate
 
-DEFAULT_CLUSTER_DIR = Path.home() / ".local" / "share" / "walrusfs" / "cluster"
+# The password database's home, not $HOME: mount(8) drops HOME, and mount.walrusfs must find the
+# same bundled committee (the default of -o committee=) as mkfs did.
+DEFAULT_CLUSTER_DIR = user_home() / ".local" / "share" / "walrusfs" / "cluster"
+# Below the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their
+# local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
 COMMITTEE_FILE = "committee.toml"
+# Whether `cluster init` makes nodes serve TLS: plain HTTP on loopback, where nobody is on the path and
+# TLS measurably costs speed (docs/performance.md: `walrusfs bench blob --transport both`). Deployments use TLS.
+DEFAULT_LOOPBACK_TLS = False
 WRITER_KEY_FILE = "writer.key"
 
 
@@ -80,8 +93,9 @@ class NodeState:
 
 
 def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = None,
-                 base_port: int = DEFAULT_BASE_PORT, force: bool = False) -> Committee:
-    """Create keys, committee and node configurations for ``nodes`` nodes under ``root``."""
+                 base_port: int = DEFAULT_BASE_PORT, force: bool = False, tls: bool = False) -> Committee:
+    """Create keys, committee and node configurations for ``nodes`` nodes under ``root``. ``tls``:
+    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.tls)."""
     shards = nodes if shards is None else shards
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
@@ -109,7 +123,8 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
         (directory / "data").mkdir(parents=True)
         key = generate_key()
         write_key(directory / "node.key", key)
-        info = NodeInfo(f"node-{i}", f"http://127.0.0.1:{base_port + i}", public_bytes(key), node_shards)
+        info = NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{base_port + i}", public_bytes(key),
+                        node_shards, node_certificate(key) if tls else None)
         infos.append(info)
         (directory / "config.toml").write_text(
             f'node_id = "{info.id}"\n'
@@ -184,28 +199,64 @@ def _spawn(node: ClusterNode) -> int:
 
 
 def _health(node: ClusterNode, timeout: float = 1.0) -> dict | None:
+    """The node's /v1/health if this node answers at its URL (its public key is the committee's);
+    None if nothing, or another process, answers there."""
+    answer = _probe(node.info, timeout)
+    return answer if answer is not None and _is_this_node(node, answer) else None
+
+
+def _probe(info: NodeInfo, timeout: float) -> dict | None:
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
-        response = httpx.get(f"{node.info.url}/v1/health", timeout=timeout)
+        response = httpx.get(f"{info.url}/v1/health", timeout=timeout, verify=client_context(info.tls_cert))
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
 
 
-def wait_process_healthy(url: str, process: subprocess.Popen, name: str, log: Path,
-                         deadline: float) -> None:
+def _is_this_node(node: ClusterNode, health: dict) -> bool:
+    return health.get("public_key") == base64.b64encode(node.info.public_key).decode()
+
+
+def _check_port_free(node: ClusterNode) -> None:
+    """Before starting a node: its address must be free. Another network's nodes answer health
+    checks just like ours (same ids, same API), so one left on these ports would otherwise be
+    reported as this cluster, up."""
+    address = urlsplit(node.info.url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as error:
+            reason = error.strerror
+    other = _probe(node.info, timeout=2.0)
+    if other is not None and "node_id" in other:
+        raise UserError(f"{node.info.id} cannot start: {host}:{port} is already served by another walrusfs node "
+                        f"({other.get('node_id')} with a different key: another cluster on the same ports). "
+                        "Stop that cluster (`walrusfs cluster down ITS_DIR`), or give this one other ports: "
+                        "`walrusfs cluster init DIR --force --base-port N`.")
+    raise UserError(f"{node.info.id} cannot start: cannot listen on {host}:{port} ({reason}). "
+                    f"See what holds it with `ss -ltnp 'sport = :{port}'`, or give this cluster other ports: "
+                    "`walrusfs cluster init DIR --force --base-port N`.")
+
+
+def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, deadline: float) -> None:
     """Wait until a node process we started answers /v1/health; RuntimeError (pointing at its log)
     if it exits first or ``deadline`` (time.monotonic()) passes."""
     import httpx
+
+    url, name = node.url, node.id
 
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with status {process.returncode}; see {log}:\n"
                                f"{log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
+            if httpx.get(f"{url}/v1/health", timeout=0.5, verify=client_context(node.tls_cert)).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -217,15 +268,22 @@ def wait_process_healthy(url: str, process: subprocess.Popen, name: str, log: Pa
 def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]:
     """Start every node not already running; wait until all answer /v1/health."""
     _, nodes = load_cluster(root)
-    pids = {}
-    for node in nodes:
-        pids[node.info.id] = _running_pid(node) or _spawn(node)
+    stopped = [node for node in nodes if _running_pid(node) is None]
+    for node in stopped:  # all checked before any starts: a taken port leaves nothing half started
+        _check_port_free(node)
+    for node in stopped:
+        _spawn(node)
     deadline = time.monotonic() + timeout
     pending = list(nodes)
     while pending:
         for node in list(pending):
-            if _health(node, timeout=0.5) is not None:
+            answer = _probe(node.info, timeout=0.5)
+            if answer is not None and _is_this_node(node, answer):
                 pending.remove(node)
+            elif answer is not None and "node_id" in answer and _running_pid(node) is None:
+                raise UserError(f"{node.info.id} did not start: {node.info.url} is served by another walrusfs "
+                                "node (a different key: another cluster took the port meanwhile); see its log "
+                                f"{node.log}:\n" + _tail(node.log))
             elif _running_pid(node) is None:
                 raise UserError(f"node {node.info.id} exited while starting; see its log {node.log}:\n"
                                 + _tail(node.log))
@@ -307,10 +365,26 @@ def _state_rows(states: list[NodeState]) -> list[list[str]]:
 _HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "bytes"]
 
 
+def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:
+    """A warning if node ports ``base_port``.. lie in the kernel's ephemeral range, unreserved."""
+    exposed = exposed_ports(range(base_port, base_port + nodes))
+    if not exposed:
+        return None
+    low, high = ephemeral_range()
+    span = f"{exposed[0]}-{exposed[-1]}" if len(exposed) > 1 else str(exposed[0])
+    return (f"warning: node ports {span} lie in the kernel's ephemeral port range ({low}-{high}), where "
+            "outgoing connections take their local ports: `cluster up` may fail with 'address already in "
+            f"use'. Use a --base-port below {low - nodes + 1} (the default is {DEFAULT_BASE_PORT}), or reserve "
+            f"them: sysctl -w net.ipv4.ip_local_reserved_ports={span}")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
-    committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force)
+    committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force, args.tls)
     root = Path(args.dir).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
+    warning = ephemeral_port_warning(args.base_port, len(committee.nodes))
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"writer key: {root / WRITER_KEY_FILE}; start it with `walrusfs cluster up {root}`")
     return 0
 
@@ -345,7 +419,8 @@ def repair_status(root: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for node in nodes:
         try:
-            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0)
+            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0,
+                                 verify=client_context(node.info.tls_cert))
             out[node.info.id] = response.json() if response.status_code == 200 else {
                 "error": f"HTTP {response.status_code}"}
         except (httpx.HTTPError, ValueError) as error:
@@ -382,6 +457,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UserError(f"cannot write {args.file}: {error.strerror}") from error
     print(public_key_text(key))
+    print("its tls_cert for the committee file: `walrusfs node cert FILE`", file=sys.stderr)
+    return 0
+
+
+def _cmd_cert(args: argparse.Namespace) -> int:
+    print(certificate_text(node_certificate(load_key(args.file))))
     return 0
 
 
@@ -404,8 +485,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of nodes (default 7)")
     init.add_argument("--shards", type=int, help="number of shards (default: one per node)")
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT})")
+                      help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT}; keep them below the "
+                      "kernel's ephemeral port range, 32768 and up, or `init` warns)")
     init.add_argument("--force", action="store_true", help="replace an existing cluster and its data")
+    init.add_argument("--tls", action=argparse.BooleanOptionalAction, default=DEFAULT_LOOPBACK_TLS,
+                      help="serve https with self-signed certificates pinned in the committee (default: "
+                      f"{'on' if DEFAULT_LOOPBACK_TLS else 'off'} for this loopback network; docs/node-api.md)")
     init.set_defaults(func=_cmd_init)
     up = with_dir(actions.add_parser("up", help="start the nodes that are not running"))
     up.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds to wait for health")
@@ -430,6 +515,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                      "prints its public key for the committee file")
     keygen.add_argument("file", type=Path, help="where to write the key (must not exist; mode 0600)")
     keygen.set_defaults(func=_cmd_keygen)
+    cert = node_actions.add_parser("cert", help="print the tls_cert of a node key, for its committee entry")
+    cert.add_argument("file", type=Path, help="the node's key file")
+    cert.set_defaults(func=_cmd_cert)
 
 
 __all__ = ["DEFAULT_CLUSTER_DIR", "cluster_status", "init_cluster", "start_cluster", "stop_cluster"]

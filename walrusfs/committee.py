@@ -10,11 +10,15 @@ File format (TOML)::
 
     [[nodes]]
     id = "node-0"
-    url = "http://127.0.0.1:31400"
+    url = "https://127.0.0.1:31400"
     public_key = "<base64 ed25519>"
+    tls_cert = "<base64 DER>"       # optional: the node's self-signed certificate (walrusfs.tls)
     shards = [0, 7]
 
-Every shard 0..n_shards-1 is held by exactly one node; a node may hold several.
+Every shard 0..n_shards-1 is held by exactly one node; a node may hold several. With ``tls_cert`` the
+node serves TLS with that certificate, which must certify ``public_key``, and clients trust exactly it;
+the url is then ``https://``. Without it (files written before TLS, or a node behind a TLS proxy) the
+url says how to reach the node: ``http://``, or ``https://`` checked against the CA bundle.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit
 from .errors import UserError
 from .keys import decode_public_key
 from .redstuff import EncodingGeometry, GeometryError
+from .tls import certificate_text, certified_key, decode_certificate
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class NodeInfo:
     url: str  # base URL, no trailing slash: routes are appended to it
     public_key: bytes  # raw ed25519
     shards: tuple[int, ...]
+    tls_cert: bytes | None = None  # DER; pinned by clients (walrusfs.tls)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class Committee:
                 url=_field(entry, "url", str, where).rstrip("/"),
                 public_key=_public_key(_field(entry, "public_key", str, where), where),
                 shards=tuple(shards),
+                tls_cert=_certificate(_field(entry, "tls_cert", str, where), where) if "tls_cert" in entry else None,
             ))
         writers = data.get("writers", {})
         if not isinstance(writers, dict):
@@ -145,6 +152,7 @@ class Committee:
                 f"id = {_quote(node.id)}",
                 f"url = {_quote(node.url)}",
                 f"public_key = {_quote(b64(node.public_key))}",
+                *([f"tls_cert = {_quote(certificate_text(node.tls_cert))}"] if node.tls_cert else []),
                 "shards = [" + ", ".join(str(s) for s in node.shards) + "]",
             ]
         return "\n".join(lines) + "\n"
@@ -177,6 +185,12 @@ def _validate(committee: Committee) -> None:
         parts = urlsplit(node.url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
             raise UserError(f"node {node.id!r}: url {node.url!r} must look like http://HOST:PORT")
+        if node.tls_cert is not None:
+            if certified_key(node.tls_cert) != node.public_key:
+                raise UserError(f"node {node.id!r}: tls_cert certifies another key than its public_key "
+                                "(print the right one with `walrusfs node cert KEYFILE`)")
+            if parts.scheme != "https":
+                raise UserError(f"node {node.id!r}: it has a tls_cert, so its url must be https://, not {node.url!r}")
         if not node.shards:
             raise UserError(f"node {node.id!r} holds no shards")
         for shard in node.shards:
@@ -207,6 +221,13 @@ def _public_key(text: str, where: str) -> bytes:
         return decode_public_key(text)
     except ValueError as error:
         raise UserError(f"{where}: bad public key: {error}") from error
+
+
+def _certificate(text: str, where: str) -> bytes:
+    try:
+        return decode_certificate(text)
+    except ValueError as error:
+        raise UserError(f"{where}: bad tls_cert: {error}") from error
 
 
 def _quote(text: str) -> str:

@@ -14,10 +14,38 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def set_thresholds(mmap_threshold: int, trim_threshold: int, arenas: int | None = None) -> None:
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
+        return None
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes of freed memory the heap holds (glibc's mallinfo2 ``fordblks``); None elsewhere."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().fordblks)
+
+
+def trim() -> bool:
+    """Hand every whole free page of the heap back to the kernel (``malloc_trim(0)``): resident
+    memory falls to what is in use. Takes the heap's lock while it walks it (milliseconds for a
+    large heap): call it from a thread other than an event loop's. Whether anything was returned."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+def set_thresholds(mmap_threshold: int, trim_threshold: int, arenas: int | None = None) -> None:
+    libc = _libc()
+    if libc is None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)

@@ -63,7 +63,8 @@ def module_fs(shared_network: LocalNetwork, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def module_mount(module_fs: Filesystem, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with mounted(module_fs, tmp_path_factory.mktemp("mnt")) as mountpoint:
+    # allow_other: tests (POSIX ACLs) act in it as other users, which FUSE refuses without it.
+    with mounted(module_fs, tmp_path_factory.mktemp("mnt"), "-o", "allow_other") as mountpoint:
         yield mountpoint
 
 

@@ -373,3 +373,45 @@ def test_fsck_of_a_missing_filesystem_is_an_error(make_fs, shared_network) -> No
     result = subprocess.run([WALRUSFS, "fsck", fs.name], env=fs.env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "not a walrusfs filesystem" in result.stderr
+
+
+def test_a_wrong_directory_link_count_is_corrected(shared_network, make_fs, tmp_path: Path) -> None:
+    fs, mp = populated(make_fs, shared_network, tmp_path)
+    damage(fs, ("UPDATE inodes SET subdirs=7 WHERE id=?", (inode_of(fs, "dir"),)),
+           ("UPDATE inodes SET subdirs=0 WHERE id=?", (ROOT,)))
+    code, report = fsck(fs)
+    assert code == 1
+    assert_finding(report, "I10", "/dir", "holds 1 subdirectories", "said 7")
+    assert_finding(report, "I10", "holds 2 subdirectories", "said 0")
+    assert_clean_and_mounts(fs, mp, contents())
+    assert query(fs, "SELECT subdirs FROM inodes WHERE id IN (?, ?) ORDER BY id", (ROOT, inode_of(fs, "dir"))) == [
+        (2,), (1,)]
+
+
+def test_acls_out_of_step_with_the_mode_are_repaired(shared_network, make_fs, tmp_path: Path) -> None:
+    import struct
+
+    def acl(*entries: tuple[int, int, int]) -> bytes:
+        return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+    undef = 0xFFFFFFFF
+    fs, mp = populated(make_fs, shared_network, tmp_path)
+    a, b, big, docs = (inode_of(fs, p) for p in ("docs/a.txt", "docs/b.txt", "big.bin", "docs"))
+    extended = acl((1, 7, undef), (2, 4, 65534), (4, 4, undef), (0x10, 4, undef), (0x20, 0, undef))  # says 0740
+    damage(fs, ("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (a, b"system.posix_acl_access", extended)),
+           ("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
+            (b, b"system.posix_acl_access", acl((1, 6, undef), (4, 4, undef), (0x20, 4, undef)))),
+           ("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (big, b"system.posix_acl_access", b"junk")),
+           ("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (big, b"system.posix_acl_default", extended)),
+           ("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (docs, b"system.posix_acl_default", extended)))
+    code, report = fsck(fs)
+    assert code == 1
+    assert_finding(report, "I11", "/docs/a.txt", "grants 740", "the mode 644", "in line with the mode")
+    assert_finding(report, "I11", "/docs/b.txt", "says only what the mode says")
+    assert_finding(report, "I11", "/big.bin", "not a valid ACL")
+    assert_finding(report, "I11", "/big.bin", "default ACL on a non-directory")
+    assert_clean_and_mounts(fs, mp, contents())
+    stored = dict(query(fs, "SELECT inode || ':' || name, value FROM xattrs"))
+    assert stored == {f"{a}:system.posix_acl_access": acl((1, 6, undef), (2, 4, 65534), (4, 4, undef),
+                                                          (0x10, 4, undef), (0x20, 4, undef)),
+                      f"{docs}:system.posix_acl_default": extended}

@@ -159,6 +159,10 @@ def test_mount_errors_reach_the_caller(shared_network, make_fs, tmp_path: Path) 
     assert "not a walrusfs filesystem" in result.stderr
     result = run([WALRUSFS, "mount", fs.name, str(tmp_path / "nonexistent")], fs.env, check=False)
     assert result.returncode != 0
+    assert "does not exist" in result.stderr
+    (tmp_path / "a-file").write_text("")
+    result = run([WALRUSFS, "mount", fs.name, str(tmp_path / "a-file")], fs.env, check=False)
+    assert result.returncode != 0
     assert "not a directory" in result.stderr
     result = fs.mount(tmp_path / "mnt", "-o", "bogus", check=False)
     assert result.returncode != 0

@@ -11,6 +11,7 @@ import errno
 import mmap
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -189,6 +190,100 @@ def test_ftruncate_on_open_file_with_unflushed_writes(mnt: Path) -> None:
     assert (mnt / "f").read_bytes() == pattern(500, 3) + bytes(1500) + b"x"
 
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE = 0x01, 0x02, 0x08
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def test_fallocate_plain_mode_grows_the_file_with_zeros(mnt: Path) -> None:
+    write_file(mnt / "f", b"head")
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, 3 * BS + 10)
+        assert os.fstat(fd).st_size == 3 * BS + 10
+        os.posix_fallocate(fd, 0, 100)  # inside the file: nothing changes
+        assert os.fstat(fd).st_size == 3 * BS + 10
+        os.pwrite(fd, b"tail", 3 * BS + 6)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    subprocess.run(["fallocate", "-l", str(5 * BS), str(mnt / "g")], check=True)  # the util-linux tool
+    drop_page_cache(mnt / "f")
+    assert (mnt / "f").read_bytes() == b"head" + bytes(3 * BS - 4 + 6) + b"tail"
+    assert (mnt / "g").stat().st_size == 5 * BS
+    assert (mnt / "g").read_bytes() == bytes(5 * BS)
+
+
+def test_fallocate_keep_size_leaves_size_and_data(mnt: Path) -> None:
+    data = pattern(BS + 500, 41)
+    write_file(mnt / "f", data, fsync=True)
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 8 * BS)
+        assert os.fstat(fd).st_size == BS + 500
+    finally:
+        os.close(fd)
+    drop_page_cache(mnt / "f")
+    assert (mnt / "f").read_bytes() == data
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["written", "certified"])
+def test_fallocate_punch_hole_zeroes_the_range_and_frees_whole_blocks(mnt: Path, module_fs, staged: bool) -> None:
+    size = 4 * BS + 1000
+    data = pattern(size, 43)
+    write_file(mnt / "f", data, fsync=staged)
+    inode = (mnt / "f").stat().st_ino
+    expected = bytearray(data)
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        # From the middle of block 0 to the middle of block 3: blocks 1 and 2 are whole holes.
+        start, end = BS // 2, 3 * BS + 100
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
+        expected[start:end] = bytes(end - start)
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size - 10, 1000)  # past the end: cut there
+        expected[size - 10:] = bytes(10)
+        assert os.fstat(fd).st_size == size
+        assert os.pread(fd, size, 0) == bytes(expected)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with module_fs.db() as db:
+        mapped = [b for (b,) in db.execute("SELECT blockno FROM inode_blocks WHERE inode=? ORDER BY blockno", (inode,))]
+    assert mapped == [0, 3, 4]
+    drop_page_cache(mnt / "f")
+    assert (mnt / "f").read_bytes() == bytes(expected)
+    subprocess.run(["fallocate", "--punch-hole", "--offset", "0", "--length", str(size), str(mnt / "f")], check=True)
+    assert (mnt / "f").read_bytes() == bytes(size)
+
+
+def test_fallocate_zero_range(mnt: Path) -> None:
+    data = pattern(2 * BS + 50, 45)
+    write_file(mnt / "f", data, fsync=True)
+    subprocess.run(["fallocate", "--zero-range", "--offset", "100", "--length", str(BS), str(mnt / "f")], check=True)
+    assert (mnt / "f").read_bytes() == data[:100] + bytes(BS) + data[BS + 100:]
+    subprocess.run(["fallocate", "--zero-range", "--offset", str(2 * BS), "--length", str(BS), str(mnt / "f")],
+                   check=True)  # past the end, without --keep-size: the file grows, with zeros
+    drop_page_cache(mnt / "f")
+    assert (mnt / "f").read_bytes() == data[:100] + bytes(BS) + data[BS + 100:2 * BS] + bytes(BS)
+
+
+def test_fallocate_modes_not_offered_are_eopnotsupp(mnt: Path) -> None:
+    write_file(mnt / "f", pattern(2 * BS, 44))
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as error:
+            fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, BS)
+        assert error.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    assert (mnt / "f").read_bytes() == pattern(2 * BS, 44)
+
+
 # --- names ---------------------------------------------------------------------------------------
 
 
@@ -321,6 +416,42 @@ def test_hard_links(mnt: Path) -> None:
         os.link(mnt / "sub", mnt / "sublink")
 
 
+def test_directory_link_counts(mnt: Path) -> None:
+    """A directory's st_nlink is 2 + its subdirectories, as ext4, xfs and tmpfs report (find and
+    other tools rely on it), through mkdir, rmdir, renames across directories and exchanges."""
+    def nlink(path: str) -> int:
+        return (mnt / path).stat().st_nlink
+
+    (mnt / "d").mkdir()
+    assert nlink("d") == 2
+    (mnt / "d" / "a").mkdir()
+    (mnt / "d" / "b").mkdir()
+    write_file(mnt / "d" / "file", b"not a directory")
+    os.symlink("a", mnt / "d" / "link")
+    assert (nlink("d"), nlink("d/a")) == (4, 2)
+    (mnt / "e").mkdir()
+    os.rename(mnt / "d" / "b", mnt / "e" / "b")
+    assert (nlink("d"), nlink("e")) == (3, 3)
+    os.rename(mnt / "e" / "b", mnt / "e" / "b2")  # same directory: no change
+    assert nlink("e") == 3
+    (mnt / "d" / "empty").mkdir()
+    os.rename(mnt / "e" / "b2", mnt / "d" / "empty")  # over an empty directory elsewhere
+    assert (nlink("d"), nlink("e")) == (4, 2)
+    write_file(mnt / "e" / "f", b"f")
+    renameat2(mnt / "d" / "a", mnt / "e" / "f", RENAME_EXCHANGE)  # a directory and a file swap places
+    assert (nlink("d"), nlink("e")) == (3, 3)
+    assert nlink(".") == 4  # the test's own directory: d and e
+    fd = os.open(mnt / "e" / "f", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(mnt / "e" / "f")
+        assert os.fstat(fd).st_nlink == 0  # removed while open
+    finally:
+        os.close(fd)
+    assert nlink("e") == 2
+    result = subprocess.run(["find", str(mnt), "-name", "f*"], capture_output=True, text=True, check=True)
+    assert sorted(Path(line).name for line in result.stdout.split()) == ["file"]
+
+
 def test_symlinks(mnt: Path) -> None:
     write_file(mnt / "target", b"pointed at")
     os.symlink("target", mnt / "rel")
@@ -372,6 +503,39 @@ def test_long_and_odd_names(mnt: Path) -> None:
     with pytest.raises(OSError) as error:
         (mnt / ("b" * 256)).touch()
     assert error.value.errno == errno.ENAMETOOLONG
+
+
+def test_every_operation_refuses_a_name_over_255_bytes(mnt: Path) -> None:
+    """statfs says 255: no operation may treat a longer name as absent (ENOENT) or create it."""
+    long = mnt / ("n" * 256)
+    write_file(mnt / "file", b"x")
+    (mnt / "dir").mkdir()
+    attempts = {
+        "stat": lambda: os.stat(long),
+        "lstat": lambda: os.lstat(long),
+        "open": lambda: os.open(long, os.O_RDONLY),
+        "create": lambda: os.open(long, os.O_CREAT | os.O_WRONLY, 0o644),
+        "mkdir": lambda: os.mkdir(long),
+        "mknod": lambda: os.mknod(long),
+        "symlink": lambda: os.symlink("file", long),
+        "link": lambda: os.link(mnt / "file", long),
+        "rename to": lambda: os.rename(mnt / "file", long),
+        "rename dir to": lambda: os.rename(mnt / "dir", long),
+        "rename from": lambda: os.rename(long, mnt / "other"),
+        "unlink": lambda: os.unlink(long),
+        "rmdir": lambda: os.rmdir(long),
+        "getxattr": lambda: os.getxattr(long, "user.x"),
+    }
+    results = {}
+    for what, attempt in attempts.items():
+        try:
+            attempt()
+            results[what] = "succeeded"
+        except OSError as error:
+            results[what] = errno.errorcode.get(error.errno, str(error.errno))
+    assert results == dict.fromkeys(attempts, "ENAMETOOLONG")
+    assert sorted(os.listdir(mnt)) == ["dir", "file"]
+    assert (mnt / "file").stat().st_nlink == 1
 
 
 # --- attributes ----------------------------------------------------------------------------------
@@ -469,42 +633,196 @@ def test_xattr_value_too_large_for_buffer_is_erange(mnt: Path) -> None:
     assert _libc.getxattr(os.fsencode(mnt / "f"), b"user.v", None, 0) == 10
 
 
+def as_nobody(directory: Path, action) -> int:
+    """Run ``action()`` in a child process that works in ``directory`` as uid/gid 65534 (it enters
+    the directory as root first: pytest's temporary directories above it are 0700). The child's
+    exit code: 0 if ``action`` was allowed, 13 if it raised PermissionError, 2 on anything else."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(directory)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            action()
+            os._exit(0)
+        except PermissionError:
+            os._exit(13)
+        except BaseException:
+            os._exit(2)
+    _, code = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(code)
+
+
+def read_it(name: str):
+    return lambda: Path(name).read_bytes()
+
+
+def write_it(name: str):
+    return lambda: Path(name).write_bytes(b"written by nobody")
+
+
+def acl_xattr(*entries: tuple[int, int, int]) -> bytes:
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
+
+
+UNDEF = 0xFFFFFFFF
+
+
 def test_posix_acls_are_enforced_or_refused(mnt: Path) -> None:
     """An ACL the filesystem accepts must be enforced: an ACL entry denying uid 65534 must keep that
     user out even though "other" may read. A filesystem that cannot enforce ACLs must refuse them
     (EOPNOTSUPP), as tar --acls and rsync -A then report, instead of silently storing them."""
-    import struct
-
     write_file(mnt / "secret", b"secret")
     os.chmod(mnt / "secret", 0o644)
     os.chmod(mnt, 0o755)
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in [
-        (0x01, 6, 0xFFFFFFFF),  # user::rw-
-        (0x02, 0, 65534),       # user:nobody:---
-        (0x04, 4, 0xFFFFFFFF),  # group::r--
-        (0x10, 4, 0xFFFFFFFF),  # mask::r--
-        (0x20, 4, 0xFFFFFFFF),  # other::r--
-    ])
+    assert as_nobody(mnt, read_it("secret")) == 0, "the test cannot work: nobody cannot read a 0644 file"
+    acl = acl_xattr((0x01, 6, UNDEF), (0x02, 0, 65534), (0x04, 4, UNDEF), (0x10, 4, UNDEF), (0x20, 4, UNDEF))
     try:
         os.setxattr(mnt / "secret", "system.posix_acl_access", acl)
     except OSError as error:
         assert error.errno == errno.EOPNOTSUPP
         return
-    pid = os.fork()
-    if pid == 0:  # the child: become nobody and try to read
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            with open(mnt / "secret", "rb"):
-                os._exit(1)  # read allowed: the ACL is not enforced
-        except PermissionError:
-            os._exit(0)
-        except BaseException:
-            os._exit(2)
-    _, code = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(code) == 0, (
+    assert as_nobody(mnt, read_it("secret")) == 13, (
         "the ACL was accepted (setxattr system.posix_acl_access succeeded) but not enforced: "
         "uid 65534 can read a file its ACL entry denies")
+
+
+def test_an_acl_entry_grants_what_the_mode_does_not(mnt: Path) -> None:
+    write_file(mnt / "private", b"private")
+    os.chmod(mnt / "private", 0o600)
+    os.chmod(mnt, 0o755)
+    assert as_nobody(mnt, read_it("private")) == 13
+    subprocess.run(["setfacl", "-m", "u:65534:rw", str(mnt / "private")], check=True)
+    assert stat.S_IMODE((mnt / "private").stat().st_mode) == 0o660  # the group bits show the mask
+    assert as_nobody(mnt, read_it("private")) == 0
+    assert as_nobody(mnt, write_it("private")) == 0
+    os.chmod(mnt / "private", 0o600)  # chmod sets the mask: the entry no longer grants anything
+    assert as_nobody(mnt, read_it("private")) == 13
+
+
+def test_setting_a_minimal_acl_sets_the_mode(mnt: Path) -> None:
+    """What GNU cp -a and rsync -A do for every file: the ACL's owner/group/other entries are the
+    mode, and nothing is stored besides it."""
+    write_file(mnt / "f", b"x")
+    os.chmod(mnt / "f", 0o600)
+    os.setxattr(mnt / "f", "system.posix_acl_access", acl_xattr((0x01, 7, UNDEF), (0x04, 5, UNDEF), (0x20, 4, UNDEF)))
+    assert stat.S_IMODE((mnt / "f").stat().st_mode) == 0o754
+    assert "system.posix_acl_access" not in os.listxattr(mnt / "f")
+    with pytest.raises(OSError) as error:
+        os.getxattr(mnt / "f", "system.posix_acl_access")
+    assert error.value.errno == errno.ENODATA
+
+
+def varied_tree(root: Path) -> None:
+    """Files and directories of many modes (setuid, setgid, sticky too), hard and symbolic links,
+    and a part of /usr/share/doc as a real tree."""
+    root.mkdir()
+    for mode in (0o644, 0o755, 0o600, 0o700, 0o444, 0o640, 0o750, 0o711, 0o604, 0o4755, 0o2755, 0o000):
+        write_file(root / f"file-{mode:04o}", f"{mode:o}".encode())
+        os.chmod(root / f"file-{mode:04o}", mode)
+    for mode in (0o755, 0o700, 0o750, 0o711, 0o1777, 0o2775, 0o555):
+        (root / f"dir-{mode:04o}" / "inner").mkdir(parents=True)
+        write_file(root / f"dir-{mode:04o}" / "inner" / "f", b"in")
+        os.chmod(root / f"dir-{mode:04o}", mode)
+    os.link(root / "file-0640", root / "hardlink-0640")
+    os.symlink("file-0755", root / "symlink")
+    docs = sorted(Path("/usr/share/doc").iterdir())[:60]
+    subprocess.run(["cp", "-a", *map(str, docs), str(root / "dir-0755")], check=True)
+
+
+def modes_under(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): oct(path.lstat().st_mode) for path in sorted(root.rglob("*"))}
+
+
+def getfacl(root: Path) -> dict[str, str]:
+    """path -> getfacl's report, for every path under ``root`` (numeric ids; in any directory order)."""
+    result = subprocess.run(["getfacl", "-R", "-n", "-p", "."], cwd=root, capture_output=True, text=True, check=True)
+    return {block.split("\n", 1)[0]: block for block in result.stdout.strip().split("\n\n")}
+
+
+def test_cp_a_keeps_every_mode(mnt: Path, tmp_path: Path) -> None:
+    varied_tree(tmp_path / "src")
+    expected = modes_under(tmp_path / "src")
+    assert len(expected) > 200
+    subprocess.run(["cp", "-a", str(tmp_path / "src"), str(mnt)], check=True)
+    copied = modes_under(mnt / "src")
+    wrong = {path: (expected[path], copied.get(path)) for path in expected if copied.get(path) != expected[path]}
+    assert not wrong, f"{len(wrong)} of {len(expected)} entries lost their mode, e.g. {list(wrong.items())[:5]}"
+    assert getfacl(mnt / "src") == getfacl(tmp_path / "src")
+
+
+def acl_script(root: Path) -> None:
+    """setfacl, chmod and creation under default ACLs, as a user would type them."""
+    def sh(*args: str) -> None:
+        subprocess.run(args, cwd=root, check=True)
+
+    old_umask = os.umask(0o022)
+    try:
+        write_file(root / "f", b"f")
+        os.chmod(root / "f", 0o640)
+        sh("setfacl", "-m", "u:65534:rw,g:65534:r", "f")
+        os.chmod(root / "f", 0o604)  # the mask follows the group bits: ---
+        sh("setfacl", "-m", "m::rw", "f")
+        write_file(root / "g", b"g")
+        sh("setfacl", "-m", "u:1000:rwx", "g")
+        sh("setfacl", "-b", "g")  # back to the mode alone
+        write_file(root / "h", b"h")
+        sh("setfacl", "-m", "u:1000:r,u:1001:rw,g:50:x", "h")
+        sh("setfacl", "-x", "u:1000", "h")
+        (root / "d").mkdir(mode=0o750)
+        sh("setfacl", "-d", "-m", "u:65534:rw,g::rx,o::-", "d")
+        os.close(os.open(root / "d" / "new", os.O_CREAT | os.O_WRONLY, 0o666))  # umask 022: not applied
+        (root / "d" / "sub").mkdir(mode=0o777)
+        write_file(root / "d" / "sub" / "deeper", b"inherits twice")
+        os.mkfifo(root / "d" / "fifo", 0o640)
+        os.symlink("new", root / "d" / "link")
+        (root / "e").mkdir()
+        sh("setfacl", "-d", "-m", "u:65534:rwx", "e")
+        sh("setfacl", "-k", "e")  # default ACL removed again
+        write_file(root / "e" / "plain", b"umask applies")
+    finally:
+        os.umask(old_umask)
+
+
+def test_acls_behave_as_on_a_local_filesystem(mnt: Path, tmp_path: Path) -> None:
+    """The same setfacl/chmod/create script on the local ext4 and on the mount: getfacl and the
+    modes show the same everywhere (access ACLs, masks, default ACLs and their inheritance)."""
+    (tmp_path / "local").mkdir()
+    acl_script(tmp_path / "local")
+    acl_script(mnt)
+    assert modes_under(mnt) == modes_under(tmp_path / "local")
+    assert getfacl(mnt) == getfacl(tmp_path / "local")
+
+
+def test_setgid_directories_pass_their_group_on(mnt: Path, tmp_path: Path) -> None:
+    """As on ext4: entries made in a setgid directory get its group, new directories the bit too."""
+    def script(root: Path) -> dict[str, tuple[str, int]]:
+        (root / "team").mkdir()
+        os.chown(root / "team", 0, 100)
+        os.chmod(root / "team", 0o2775)
+        write_file(root / "team" / "file", b"x")
+        (root / "team" / "sub").mkdir()
+        os.mkfifo(root / "team" / "sub" / "fifo")
+        return {str(p.relative_to(root)): (oct(p.lstat().st_mode), p.lstat().st_gid) for p in root.rglob("*")}
+
+    (tmp_path / "local").mkdir()
+    assert script(mnt) == script(tmp_path / "local")
+
+
+def test_inherited_acl_is_enforced(mnt: Path) -> None:
+    os.chmod(mnt, 0o755)
+    (mnt / "shared").mkdir(mode=0o755)
+    subprocess.run(["setfacl", "-d", "-m", "u:65534:rw,o::-", str(mnt / "shared")], check=True)
+    subprocess.run(["setfacl", "-m", "o::rx", str(mnt / "shared")], check=True)
+    os.close(os.open(mnt / "shared" / "doc", os.O_CREAT | os.O_WRONLY, 0o666))
+    assert as_nobody(mnt, write_it("shared/doc")) == 0
+    assert (mnt / "shared" / "doc").read_bytes() == b"written by nobody"
+    os.close(os.open(mnt / "shared" / "closed", os.O_CREAT | os.O_WRONLY, 0o666))
+    subprocess.run(["setfacl", "-x", "u:65534", str(mnt / "shared" / "closed")], check=True)
+    assert as_nobody(mnt, read_it("shared/closed")) == 13
 
 
 def test_statfs(mnt: Path) -> None:

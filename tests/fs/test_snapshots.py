@@ -143,7 +143,8 @@ def test_nodes_refuse_root_records_that_would_roll_back_or_are_not_signed_by_the
 
     def put(record: RootRecord | bytes, signed: bool = True) -> httpx.Response:
         body = record if isinstance(record, bytes) else record.to_json()
-        headers = {"Authorization": sign_request(shared_network.writer_key, "PUT", path)} if signed else {}
+        headers = ({"Authorization": sign_request(shared_network.writer_key, "PUT", path, shared_network.info(0),
+                                                  body)} if signed else {})
         return httpx.put(url, content=body, headers=headers)
 
     blob = BlobId(bytes(32))

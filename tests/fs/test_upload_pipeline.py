@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fs_harness import status
@@ -22,3 +23,18 @@ def test_a_small_write_is_uploaded_without_fsync_after_the_upload_delay(module_m
         time.sleep(0.2)
     else:
         raise AssertionError(f"still staged after 30 s without fsync: {status(module_mount)}")
+
+
+def test_content_uploaded_again_after_its_file_was_deleted_is_certified(module_mount, module_fs, mnt):
+    """Identical staged blocks pack into an identical blob, with the ID of one this filesystem
+    recorded before (now unreferenced): the upload reuses that record instead of failing forever."""
+    data = bytes(range(256)) * 5000
+    for attempt in range(2):
+        with open(mnt / f"copy{attempt}", "wb") as handle:
+            handle.write(data)
+            os.fsync(handle.fileno())  # EIO if the upload keeps failing
+        if attempt == 0:
+            os.unlink(mnt / "copy0")
+    with module_fs.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM blocks WHERE blob IS NULL").fetchone() == (0,)
+    assert (mnt / "copy1").read_bytes() == data

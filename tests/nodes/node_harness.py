@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +19,16 @@ import httpx
 
 from walrusfs.cluster import init_cluster
 from walrusfs.committee import Committee
+from walrusfs.ports import free_port_range
 from walrusfs.protocol import sign_request
 from walrusfs.redstuff import EncodedBlob, Sliver, SliverKind, encode
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range. (A port
+    from ``bind(0)`` lies in that range, where any outgoing connection, a health probe or a peer's
+    poll, may take it as its local port before the node binds it.)"""
+    return free_port_range(count)
 
 
 @dataclass
@@ -38,10 +40,12 @@ class NodeProcess:
     log: Path
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, preexec: Callable[[], None] | None = None) -> None:
+        """Start the node (``preexec`` runs in the child first, e.g. to set resource limits)."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -86,13 +90,15 @@ class Node:
     def shards(self) -> tuple[int, ...]:
         return self.committee.shards_of(self.node_id)
 
-    def auth(self, method: str, path: str, key: object | None = None,
-             now: float | None = None) -> dict[str, str]:
-        return {"Authorization": sign_request(key or self.writer_key, method, path, now=now)}  # type: ignore[arg-type]
+    def auth(self, method: str, path: str, key: object | None = None, now: float | None = None,
+             body: bytes | None = b"") -> dict[str, str]:
+        """Signed for this node and ``body`` (None: unbound, as a client sends slivers)."""
+        return {"Authorization": sign_request(key or self.writer_key, method, path,  # type: ignore[arg-type]
+                                              self.committee.node(self.node_id), body, now=now)}
 
     def put(self, path: str, body: bytes, key: object | None = None,
             now: float | None = None) -> httpx.Response:
-        return self.http.put(path, content=body, headers=self.auth("PUT", path, key, now))
+        return self.http.put(path, content=body, headers=self.auth("PUT", path, key, now, body))
 
     def delete(self, path: str) -> httpx.Response:
         return self.http.delete(path, headers=self.auth("DELETE", path))
@@ -123,7 +129,7 @@ class Node:
 
 
 def make_cluster(root: Path, nodes: int = 2, shards: int = 7) -> Committee:
-    return init_cluster(root, nodes=nodes, shards=shards, base_port=free_port())
+    return init_cluster(root, nodes=nodes, shards=shards, base_port=free_port(nodes))
 
 
 def node_process(root: Path, index: int = 0) -> NodeProcess:

@@ -4,6 +4,7 @@ certificates. Pure functions: no processes."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import replace
 
@@ -13,15 +14,18 @@ from walrusfs.committee import Committee, NodeInfo, round_robin_shards
 from walrusfs.errors import UserError
 from walrusfs.keys import generate_key, public_bytes, public_key_text
 from walrusfs.protocol import (
+    AUTH_SCHEME,
     AuthError,
     Confirmation,
     ReplayGuard,
+    body_digest,
     is_certified,
     sign_request,
     verify_certificate,
     verify_request,
 )
 from walrusfs.redstuff import BlobId
+from walrusfs.tls import certificate_text, node_certificate
 
 NODE_KEYS = [generate_key() for _ in range(4)]
 WRITER = generate_key()
@@ -60,35 +64,93 @@ def test_a_bad_committee_file_is_refused_with_what_to_fix(edit, complaint: str) 
     assert complaint in str(caught.value)
 
 
+def tls_committee() -> Committee:
+    """The committee with node-1 serving TLS with its certificate pinned."""
+    base = committee()
+    node1 = replace(base.node("node-1"), url="https://127.0.0.1:9001", tls_cert=node_certificate(NODE_KEYS[1]))
+    return replace(base, nodes=(base.nodes[0], node1, *base.nodes[2:]))
+
+
+def test_a_pinned_certificate_round_trips_and_files_without_one_still_load() -> None:
+    loaded = Committee.loads(tls_committee().dumps())
+    assert loaded == tls_committee()
+    assert loaded.node("node-1").tls_cert == node_certificate(NODE_KEYS[1])  # the same bytes from the same key
+    assert loaded.node("node-0").tls_cert is None and "tls_cert" not in committee().dumps()
+
+
+@pytest.mark.parametrize(("edit", "complaint"), [
+    (lambda t: t.replace(certificate_text(node_certificate(NODE_KEYS[1])),
+                         certificate_text(node_certificate(NODE_KEYS[2]))), "certifies another key"),
+    (lambda t: t.replace("https://127.0.0.1:9001", "http://127.0.0.1:9001"), "must be https://"),
+    (lambda t: t.replace(certificate_text(node_certificate(NODE_KEYS[1])), "bm90IGEgY2VydA=="), "bad tls_cert"),
+])
+def test_a_bad_pinned_certificate_is_refused(edit, complaint: str) -> None:
+    with pytest.raises(UserError, match=complaint):
+        Committee.loads(edit(tls_committee().dumps()))
+
+
 # --- signed requests --------------------------------------------------------------------------------------
 
 
 def test_a_writer_signed_request_verifies_once() -> None:
-    header = sign_request(WRITER, "PUT", "/v1/blobs/x/metadata")
+    node = committee().node("node-1")
+    header = sign_request(WRITER, "PUT", "/v1/blobs/x/metadata", node, b"body")
     guard = ReplayGuard()
-    assert verify_request(header, "PUT", "/v1/blobs/x/metadata", committee(), replay=guard) == public_bytes(WRITER)
+    signed = verify_request(header, "PUT", "/v1/blobs/x/metadata", committee(), "node-1", replay=guard)
+    assert signed.writer == public_bytes(WRITER)
+    signed.check_body(b"body")
     with pytest.raises(AuthError, match="replayed"):
-        verify_request(header, "PUT", "/v1/blobs/x/metadata", committee(), replay=guard)
+        verify_request(header, "PUT", "/v1/blobs/x/metadata", committee(), "node-1", replay=guard)
+
+
+def sign(method: str = "PUT", path: str = "/a", node: str = "node-0", body: bytes | None = b"", **kw) -> str:
+    return sign_request(WRITER, method, path, committee().node(node), body, **kw)
 
 
 @pytest.mark.parametrize(("make_header", "method", "path", "complaint"), [
     (lambda: None, "PUT", "/a", "need an Authorization"),
     (lambda: "Bearer abc", "PUT", "/a", "scheme"),
-    (lambda: sign_request(WRITER, "PUT", "/a"), "DELETE", "/a", "does not verify"),
-    (lambda: sign_request(WRITER, "PUT", "/a"), "PUT", "/b", "does not verify"),
-    (lambda: sign_request(WRITER, "PUT", "/a", now=time.time() - 310), "PUT", "/a", "clock"),
-    (lambda: sign_request(WRITER, "PUT", "/a", now=time.time() + 310), "PUT", "/a", "clock"),
-    (lambda: sign_request(WRITER, "PUT", "/a").replace('sig="', 'sig="AAAA'), "PUT", "/a", "wrong length"),
-    (lambda: sign_request(WRITER, "PUT", "/a").replace('ts="', 'ts="x'), "PUT", "/a", "not well formed"),
+    (lambda: sign(), "DELETE", "/a", "does not verify"),
+    (lambda: sign(), "PUT", "/b", "does not verify"),
+    (lambda: sign(now=time.time() - 310), "PUT", "/a", "clock"),
+    (lambda: sign(now=time.time() + 310), "PUT", "/a", "clock"),
+    (lambda: sign().replace('sig="', 'sig="AAAA'), "PUT", "/a", "wrong length"),
+    (lambda: sign().replace('ts="', 'ts="x'), "PUT", "/a", "not well formed"),
+    (lambda: sign(node="node-2"), "PUT", "/a", "signed for node 'node-2', and this is 'node-0'"),
+    (lambda: sign().replace('node="node-0"', 'node="node-2"'), "PUT", "/a", "signed for node 'node-2'"),
+    (lambda: sign(body=None), "PUT", "/a", "needs the body's blake3 digest"),
+    (lambda: sign(nonce="a b c d e f g h"), "PUT", "/a", "nonce must be"),
+    (lambda: sign().replace(AUTH_SCHEME + " ", "WalrusFS-Ed25519 "), "PUT", "/a", "upgrade walrusfs"),
 ])
 def test_bad_authorisation_is_refused(make_header, method: str, path: str, complaint: str) -> None:
-    with pytest.raises(AuthError, match=complaint):
-        verify_request(make_header(), method, path, committee())
+    with pytest.raises(AuthError, match=re.escape(complaint)):
+        verify_request(make_header(), method, path, committee(), "node-0")
+
+
+def test_a_request_is_valid_only_at_the_node_whose_key_the_signer_named() -> None:
+    """A node whose key changed (or a signer with another committee file) does not accept it either."""
+    header = sign()
+    rekeyed = replace(committee(), nodes=(replace(committee().node("node-0"), public_key=public_bytes(WRITER)),
+                                          *committee().nodes[1:]))
+    with pytest.raises(AuthError, match="does not verify"):
+        verify_request(header, "PUT", "/a", rekeyed, "node-0")
+
+
+def test_the_signature_binds_the_body_unless_the_route_allows_it_unbound() -> None:
+    signed = verify_request(sign(body=b"metadata"), "PUT", "/a", committee(), "node-0")
+    with pytest.raises(AuthError, match="not the one the Authorization signature covers"):
+        signed.check_body(b"other metadata")
+    unbound = verify_request(sign(body=None), "PUT", "/a", committee(), "node-0", body_bound=False)
+    unbound.check_body(b"any sliver: it is checked against the blob's metadata instead")
+    with pytest.raises(AuthError, match="body"):  # the body field is signed too: "-" cannot be slipped in
+        verify_request(sign(body=b"x").replace(f'body="{base64.b64encode(body_digest(b"x")).decode()}"',
+                                               'body="-"'), "PUT", "/a", committee(), "node-0", body_bound=False)
 
 
 def test_a_key_that_is_not_a_writer_is_forbidden() -> None:
+    header = sign_request(NODE_KEYS[0], "PUT", "/a", committee().node("node-0"))
     with pytest.raises(AuthError) as caught:
-        verify_request(sign_request(NODE_KEYS[0], "PUT", "/a"), "PUT", "/a", committee())
+        verify_request(header, "PUT", "/a", committee(), "node-0")
     assert caught.value.forbidden
 
 

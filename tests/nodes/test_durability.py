@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from node_harness import Node, NodeProcess, node_process
 
-from walrusfs.committee import Committee
+from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import load_key
 from walrusfs.protocol import sign_request
 from walrusfs.redstuff import EncodedBlob, Sliver, SliverKind, encode, verify_sliver
@@ -78,14 +78,14 @@ def test_a_truncated_file_is_never_served(node: Node, blob: EncodedBlob, cluster
     assert node.http.get(f"/v1/blobs/{blob.blob_id}/metadata").status_code == 404
 
 
-def _store_forever(url: str, key: object, blobs: list[EncodedBlob], pairs: dict, events: list,
+def _store_forever(node: NodeInfo, key: object, blobs: list[EncodedBlob], pairs: dict, events: list,
                    stop: threading.Event) -> None:
     """PUT metadata and slivers (and now and then DELETE the blob) over and over until the node dies.
 
     ``events`` records, in order, each acknowledged sliver ("stored", blob id, pair, kind) and each
     deletion that was acknowledged or cut short by the kill ("deleted", blob id).
     """
-    with httpx.Client(base_url=url, timeout=5) as http:
+    with httpx.Client(base_url=node.url, timeout=5) as http:
         while not stop.is_set():
             for blob in blobs:
                 uploads = [(f"/v1/blobs/{blob.blob_id}/metadata", blob.metadata.to_bytes(), None)]
@@ -98,7 +98,7 @@ def _store_forever(url: str, key: object, blobs: list[EncodedBlob], pairs: dict,
                 for path, body, kind in uploads:
                     try:
                         response = http.put(path, content=body,
-                                            headers={"Authorization": sign_request(key, "PUT", path)})
+                                            headers={"Authorization": sign_request(key, "PUT", path, node, body)})
                     except httpx.HTTPError:
                         return  # the node was killed
                     if response.status_code in (200, 201) and kind is not None:
@@ -107,7 +107,7 @@ def _store_forever(url: str, key: object, blobs: list[EncodedBlob], pairs: dict,
                 if random.random() < 0.3:
                     path = f"/v1/blobs/{blob.blob_id}"
                     try:
-                        http.delete(path, headers={"Authorization": sign_request(key, "DELETE", path)})
+                        http.delete(path, headers={"Authorization": sign_request(key, "DELETE", path, node)})
                     except httpx.HTTPError:
                         events.append(("deleted", blob.blob_id))  # it may or may not have happened
                         return
@@ -140,7 +140,7 @@ def test_kill_9_during_stores_never_leaves_a_torn_sliver(cluster_root: Path) -> 
             events: list = []
             stop = threading.Event()
             writer = threading.Thread(target=_store_forever,
-                                      args=(process.url, key, blobs, pairs, events, stop))
+                                      args=(committee.node("node-0"), key, blobs, pairs, events, stop))
             writer.start()
             deadline = time.monotonic() + 30
             while sum(1 for event in events if event[0] == "stored") < 2 and time.monotonic() < deadline:

@@ -43,10 +43,22 @@ import nodes.httpd as httpd
 RECORDS = {}
 
 
+def port_held():
+    """Whether something (the server) holds this app's port: a plain bind of it must fail."""
+    import socket
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", int(sys.argv[1])))
+        except OSError:
+            return True
+    return False
+
+
 async def lifespan(receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            RECORDS["startup"] = {"port_held": port_held()}
             await send({"type": "lifespan.startup.complete"})
         else:
             await send({"type": "lifespan.shutdown.complete"})
@@ -687,6 +699,25 @@ def test_identical_duplicate_content_lengths_are_refused_or_served(server: Serve
             assert_refused(response, 400, conn)
 
 
+def test_http_0_9_request_line_is_refused(server: Server) -> None:
+    """A request line without a version is HTTP/0.9, whose response would be a bare body: refused."""
+    for wire in (b"GET /hello\r\n\r\n", b"GET /hello HTTP/0.9\r\n\r\n"):
+        with server.connect() as conn:
+            conn.send(wire)
+            response = conn.response()
+            assert_refused(response, 400, conn)
+            assert "HTTP/0.9" in response.json()["message"]  # type: ignore[index]
+
+
+def test_http_2_0_request_line_gets_505(server: Server) -> None:
+    """llhttp lets "HTTP/2.0" through (other versions are malformed: 400); HTTP/1 framing cannot carry it."""
+    with server.connect() as conn:
+        conn.send(request("GET", "/hello", version="HTTP/2.0"))
+        response = conn.response()
+        assert_refused(response, 505, conn)
+        assert response.json()["error"] == "http_version_not_supported"  # type: ignore[index]
+
+
 def test_head_over_64_kib_gets_431(server: Server) -> None:
     with server.connect() as conn:  # never ending
         conn.send(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (70 * 1024))
@@ -949,6 +980,12 @@ def test_sigterm_cuts_off_a_request_running_past_the_grace_period(tmp_path: Path
         running.stop()
 
 
+def test_port_is_bound_before_the_app_starts(server: Server) -> None:
+    """The app's startup (where a node starts polling its peers) runs with the port already bound, so
+    no outgoing connection can take it as its local port in the meantime."""
+    assert server.record("startup") == {"port_held": True}
+
+
 def test_app_without_lifespan_support_is_served(tmp_path: Path) -> None:
     running = start_server(tmp_path, "no-lifespan")
     try:
@@ -972,7 +1009,7 @@ def node_conn(node: Node) -> Conn:
 def sliver_put(node: Node, blob: EncodedBlob, pair: int, kind: SliverKind) -> tuple[str, bytes, bytes]:
     path = f"/v1/blobs/{blob.blob_id}/slivers/{pair}/{kind.name.lower()}"
     body = node.sliver(blob, pair, kind).to_bytes()
-    auth = node.auth("PUT", path)["Authorization"]
+    auth = node.auth("PUT", path, body=body)["Authorization"]
     return path, body, request("PUT", path, body, headers=f"Authorization: {auth}\r\n")
 
 
@@ -1009,12 +1046,45 @@ def test_node_sliver_put_cut_off_halfway_stores_nothing(node: Node) -> None:
     assert "Traceback" not in log and "sent no response" not in log, log
 
 
+def test_node_chunked_sliver_longer_than_the_sliver_gets_413(node: Node) -> None:
+    """docs/node-api.md: a body without Content-Length is cut off with 413 as soon as it passes the
+    sliver size; nothing is stored."""
+    blob = encode(os.urandom(300_000), 7)
+    node.store(blob, pairs=[])
+    pair = node.pairs(blob)[0]
+    path = f"/v1/blobs/{blob.blob_id}/slivers/{pair}/primary"
+    body = node.sliver(blob, pair, SliverKind.PRIMARY).to_bytes()
+    response = node.http.put(path, content=iter([body, b"one byte too many"]), headers=node.auth("PUT", path))
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "too_large"
+    assert node.http.get(path).status_code == 404
+
+
+def test_node_refuses_a_sliver_whose_header_padding_is_not_zero(node: Node) -> None:
+    """The two padding bytes of a sliver header are zero: a signed PUT with anything else is refused,
+    not stored and served back as sent."""
+    blob = encode(os.urandom(300_000), 7)
+    node.store(blob, pairs=[])
+    pair = node.pairs(blob)[0]
+    path = f"/v1/blobs/{blob.blob_id}/slivers/{pair}/primary"
+    body = bytearray(node.sliver(blob, pair, SliverKind.PRIMARY).to_bytes())
+    assert body[46:48] == b"\0\0"
+    body[46:48] = b"\xab\xcd"
+    response = node.put(path, bytes(body))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_sliver" and "padding" in response.json()["message"]
+    assert node.http.get(path).status_code == 404
+    body[46:48] = b"\0\0"
+    assert node.put(path, bytes(body)).status_code == 201
+    assert node.http.get(path).content == bytes(body)
+
+
 def test_node_keep_alive_across_many_requests(node: Node) -> None:
     blob = encode(os.urandom(300_000), 7)
     with node_conn(node) as conn:
         path = f"/v1/blobs/{blob.blob_id}/metadata"
-        conn.send(request("PUT", path, blob.metadata.to_bytes(),
-                          headers=f"Authorization: {node.auth('PUT', path)['Authorization']}\r\n"))
+        auth = node.auth("PUT", path, body=blob.metadata.to_bytes())["Authorization"]
+        conn.send(request("PUT", path, blob.metadata.to_bytes(), headers=f"Authorization: {auth}\r\n"))
         assert conn.response().status == 201
         for pair in node.pairs(blob):
             for kind in SliverKind:
@@ -1030,8 +1100,9 @@ def test_node_keep_alive_across_many_requests(node: Node) -> None:
         node.store(other, pairs=[])
         path = f"/v1/blobs/{other.blob_id}/slivers/{node.pairs(other)[0]}/primary"
         body = node.sliver(other, node.pairs(other)[0], SliverKind.PRIMARY).to_bytes()
-        for chunks, status in (((body[:1000], body[1000:], b"!"), 400), ((body[:1000], body[1000:]), 201)):
-            headers = f"Authorization: {node.auth('PUT', path)['Authorization']}\r\nTransfer-Encoding: chunked\r\n"
+        for chunks, status in (((body[:1000], body[1000:], b"!"), 413), ((body[:1000], body[1000:]), 201)):
+            auth = node.auth("PUT", path, body=None)["Authorization"]
+            headers = f"Authorization: {auth}\r\nTransfer-Encoding: chunked\r\n"
             conn.send(request("PUT", path, headers=headers) + chunked(*chunks))
             response = conn.response()
             assert response.status == status, response

@@ -240,7 +240,7 @@ def test_writes_without_a_valid_writer_signature_are_refused(node: Node, blob: E
 
 def test_a_signed_request_cannot_be_replayed(node: Node, blob: EncodedBlob) -> None:
     path = f"/v1/blobs/{blob.blob_id}/metadata"
-    headers = node.auth("PUT", path)
+    headers = node.auth("PUT", path, body=blob.metadata.to_bytes())
     assert node.http.put(path, content=blob.metadata.to_bytes(), headers=headers).status_code == 201
     assert node.http.put(path, content=blob.metadata.to_bytes(), headers=headers).status_code == 401
 

@@ -100,7 +100,8 @@ def test_a_full_disk_is_answered_507(tmp_path: Path, monkeypatch: pytest.MonkeyP
         path = f"/v1/blobs/{blob.blob_id}/metadata"
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as http:
             return await http.put(path, content=blob.metadata.to_bytes(),
-                                  headers={"Authorization": sign_request(writer, "PUT", path)})
+                                  headers={"Authorization": sign_request(writer, "PUT", path, committee.node("node-0"),
+                                                                       blob.metadata.to_bytes())})
 
     response = asyncio.run(put_metadata())
     assert response.status_code == 507 and response.json()["error"] == "disk_full"

@@ -130,6 +130,8 @@ def test_truncated_or_extended_sliver_bytes_are_rejected(encoded, kind):
         (10, struct.pack("<I", 0), "symbol size"),
         (10, struct.pack("<I", 100), "symbol size"),
         (10, struct.pack("<I", 192), "bytes of symbols"),
+        (46, b"\x01", "header padding is 0100, must be zero"),
+        (47, b"\xff", "header padding is 00ff, must be zero"),
     ],
 )
 def test_malformed_sliver_headers_raise_format_error_saying_what_is_wrong(encoded, offset, value, message):

@@ -105,7 +105,8 @@ def test_a_blob_deleted_by_the_writer_is_not_brought_back(network, blobs):
     blob = blobs[2]
     path = f"/v1/blobs/{blob.blob_id}"
     response = httpx.delete(network.url("node-2") + path,
-                            headers={"Authorization": sign_request(network.writer_key, "DELETE", path)})
+                            headers={"Authorization": sign_request(network.writer_key, "DELETE", path,
+                                                                  network.info("node-2"))})
     assert response.status_code == 200
 
     # Its peers still list the blob as certified; after a restart node-2 reads all their feeds again.

@@ -48,6 +48,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median; default 5)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="write a cProfile of the client (put and get phases) to FILE")
+    parser.add_argument("--transport", choices=("http", "https", "both"), default="http",
+                        help="plain HTTP, TLS with pinned certificates, or both one after the other on fresh "
+                        "networks (default http)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -71,9 +74,9 @@ def _free_base_port(count: int) -> int:
 
 
 @contextlib.contextmanager
-def bundled_network(root: Path) -> Iterator[Committee]:
+def bundled_network(root: Path, tls: bool = False) -> Iterator[Committee]:
     """A running 7-node cluster under ``root``; every node is stopped (by pid) when leaving."""
-    committee = init_cluster(root, nodes=N_NODES, base_port=_free_base_port(N_NODES))
+    committee = init_cluster(root, nodes=N_NODES, base_port=_free_base_port(N_NODES), tls=tls)
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -201,35 +204,47 @@ def run(args: argparse.Namespace) -> int:
     size = int(args.size * 2**20)
     if size <= 0 or args.repeat < 1:
         raise SystemExit("--size and --repeat must be positive")
+    transports = ["http", "https"] if args.transport == "both" else [args.transport]
+    measured = {transport: _run_one(args, size, transport == "https") for transport in transports}
+    if len(measured) == 1:
+        emit({"transport": transports[0], **measured[transports[0]]}, args.json,
+             _rows(measured[transports[0]], size, args.repeat, transports[0]))
+    else:
+        emit(measured, args.json, [row for transport, results in measured.items()
+                                   for row in _rows(results, size, args.repeat, transport)])
+    return 0
+
+
+def _run_one(args: argparse.Namespace, size: int, tls: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="walrusfs-bench-blob-") as tmp:
         root = Path(tmp) / "cluster"
-        with bundled_network(root) as committee:
+        with bundled_network(root, tls) as committee:
             if args.profile:
                 import cProfile
 
                 profiler = cProfile.Profile()
                 profiler.enable()
                 try:
-                    results = trio.run(_measure, root, committee, size, args.repeat)
+                    return trio.run(_measure, root, committee, size, args.repeat)
                 finally:
                     profiler.disable()
                     profiler.dump_stats(args.profile)
                     progress(f"  client profile written to {args.profile}")
-            else:
-                results = trio.run(_measure, root, committee, size, args.repeat)
+            return trio.run(_measure, root, committee, size, args.repeat)
+
+
+def _rows(results: dict[str, Any], size: int, repeat: int, transport: str) -> list[tuple[str, str]]:
 
     def cpu(key: str) -> str:
         wall, client, nodes = (results[f"{key}_{what}"] * 1e3 for what in ("wall_s", "client_cpu_s", "nodes_cpu_s"))
         return f"wall {wall:.0f} ms; CPU client {client:.0f} ms, nodes {nodes:.0f} ms"
 
-    rows = [
-        ("network", f"{N_NODES} nodes on 127.0.0.1 (n=7, f=2), blob {size / 2**20:.1f} MiB, "
-                    f"median of {args.repeat}"),
+    return [
+        ("network", f"{N_NODES} nodes on 127.0.0.1 (n=7, f=2) over {transport}, blob {size / 2**20:.1f} MiB, "
+                    f"median of {repeat}"),
         ("put (to certificate)", f"{results['put_mb_s']:8.0f} MB/s  (runs: {results['put_runs_mb_s']})"),
         ("put (all 7 nodes served)", f"{results['put_all_nodes_mb_s']:8.0f} MB/s  ({cpu('put')})"),
         ("get", f"{results['get_mb_s']:8.0f} MB/s  ({results['get_path']}; {cpu('get')})"),
         ("get, 2 nodes down", f"{results['get_2_down_mb_s']:8.0f} MB/s  ({results['get_2_down_path']}; "
                               f"stopped {', '.join(results['nodes_down'])}; {cpu('get_2_down')})"),
     ]
-    emit(results, args.json, rows)
-    return 0

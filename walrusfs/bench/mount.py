@@ -159,7 +159,7 @@ class Bench:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory))
         deadline = time.monotonic() + 60
         for info, process in zip(committee.nodes, self.nodes, strict=True):
-            wait_process_healthy(info.url, process, info.id, self.root / "net" / info.id / "node.log", deadline)
+            wait_process_healthy(info, process, self.root / "net" / info.id / "node.log", deadline)
 
     def _cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         result = subprocess.run([self.walrusfs, *args], env=self.env, capture_output=True, text=True, timeout=timeout)

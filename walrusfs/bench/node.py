@@ -24,7 +24,9 @@ import trio
 from nodes.server import SERVERS
 
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
+from ..committee import NodeInfo
 from ..keys import load_key
+from ..ports import free_port_range
 from ..protocol import sign_request
 from ..redstuff import EncodedBlob, encode
 from .report import emit, mb_per_s, progress
@@ -42,14 +44,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         help="HTTP server the node runs on (default httpd, its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _blobs(count_slivers: int) -> list[EncodedBlob]:
@@ -73,12 +67,15 @@ async def _run_all(jobs: list, concurrency: int, work: Any) -> None:
                 await send.send(job)
 
 
-async def _measure(url: str, key: Any, blobs: list[EncodedBlob], slivers: int, concurrency: int,
+async def _measure(node: NodeInfo, key: Any, blobs: list[EncodedBlob], slivers: int, concurrency: int,
                    metadata_reads: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=node.url, timeout=60, limits=limits) as http:
         async def put(path: str, body: bytes) -> None:
-            response = await http.put(path, content=body, headers={"Authorization": sign_request(key, "PUT", path)})
+            # Slivers unbound, as the client sends them (they certify themselves); metadata signed with its body.
+            signed_body = None if "/slivers/" in path else body
+            response = await http.put(path, content=body,
+                                      headers={"Authorization": sign_request(key, "PUT", path, node, signed_body)})
             if response.status_code not in (200, 201):
                 raise RuntimeError(f"PUT {path}: {response.status_code} {response.text}")
 
@@ -121,7 +118,7 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would be measured too
     with tempfile.TemporaryDirectory(prefix="walrusfs-bench-node-") as temp:
         root = Path(temp)
-        init_cluster(root, nodes=1, shards=N_SHARDS, base_port=_free_port())
+        init_cluster(root, nodes=1, shards=N_SHARDS, base_port=free_port_range())
         _, [node] = load_cluster(root)
         progress(f"bench node: {server} node on {node.info.url}, data in {root}")
         blobs = _blobs(slivers)
@@ -129,8 +126,8 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
             process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(node.config),
                                         "--server", server], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_process_healthy(node.info.url, process, node.info.id, node.log, time.monotonic() + 30)
-            results = trio.run(_measure, node.info.url, load_key(root / "writer.key"), blobs, slivers,
+            wait_process_healthy(node.info, process, node.log, time.monotonic() + 30)
+            results = trio.run(_measure, node.info, load_key(root / "writer.key"), blobs, slivers,
                                concurrency, metadata_reads)
         finally:
             process.terminate()

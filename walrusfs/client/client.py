@@ -72,7 +72,7 @@ class BlobClient:
         per_node = max(4, s.max_connections // len(self.committee.nodes))
         for node in self.committee.nodes:
             http = httpx.AsyncClient(
-                verify=tls_context(),
+                verify=tls_context(node),
                 timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
                 limits=httpx.Limits(max_connections=per_node, max_keepalive_connections=per_node),
             )

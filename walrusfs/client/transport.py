@@ -6,14 +6,13 @@ metadata) is the caller's business, because that is where it knows what to do ab
 
 from __future__ import annotations
 
-import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import certifi
 import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
@@ -23,6 +22,7 @@ from ..lease import LeaseRecord, LeaseState
 from ..protocol import Confirmation, sign_request
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
 from ..roots import RootRecord
+from ..tls import client_context, pinned_context
 from .health import HealthBook
 
 T = TypeVar("T")
@@ -44,11 +44,18 @@ async def _send_event_without_copy(self: AsyncHTTP11Connection, event: h11.Event
 AsyncHTTP11Connection._send_event = _send_event_without_copy  # httpcore 1.x (pinned below 2)
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process (httpx's CA bundle). Left to itself httpx builds one per
-    client, loading every CA certificate: ~17 ms of CPU per blob command, even over plain HTTP."""
-    return ssl.create_default_context(cafile=certifi.where())
+def tls_context(node: NodeInfo | None = None) -> ssl.SSLContext:
+    """How to verify ``node``: exactly its certificate if the committee pins one (walrusfs.tls), else
+    the CA bundle (one context per process either way)."""
+    return client_context(None if node is None else node.tls_cert)
+
+
+def node_mounts(nodes: Iterable[NodeInfo], **options: Any) -> dict[str, httpx.AsyncHTTPTransport]:
+    """For one httpx client shared by several nodes: a transport per node with a pinned certificate,
+    so that each is held to its own (a single context trusting all would let one pose as another)."""
+    return {f"all://{urlsplit(node.url).netloc}": httpx.AsyncHTTPTransport(verify=pinned_context(node.tls_cert),
+                                                                            **options)
+            for node in nodes if node.tls_cert is not None}
 
 
 class NodeError(Exception):
@@ -112,11 +119,12 @@ class NodeConnection:
         self.health.success(self.node_id, time.monotonic() - start)
         return value
 
-    def _auth(self, method: str, path: str) -> dict[str, str]:
+    def _auth(self, method: str, path: str, body: bytes | None = b"") -> dict[str, str]:
+        """Signed for this node and this body (None: a self-certifying sliver, left unbound)."""
         if self.writer_key is None:
             raise NodeError(self.node_id, f"{method} {path}", "no writer key: writes need one",
                             transient=False)
-        return {"Authorization": sign_request(self.writer_key, method, path)}
+        return {"Authorization": sign_request(self.writer_key, method, path, self.node, body)}  # type: ignore[arg-type]
 
     # Reads (public)
 
@@ -215,28 +223,29 @@ class NodeConnection:
                                None if current is None else LeaseState.from_dict(current, record.fs_id))
 
         return await self._call("writer lease", lambda: self.http.put(
-            self.base + path, content=body, headers=self._auth("PUT", path)), parse, ok=(200, 409))
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), parse, ok=(200, 409))
 
 
     async def put_root(self, record: RootRecord) -> None:
         path = f"/v1/roots/{record.fs_id}"
         body = record.to_json()
         await self._call(f"store root record {record.seq}", lambda: self.http.put(
-            self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
             ok=(200, 201))
 
     async def put_certificate(self, blob_id: BlobId, certificate_json: str) -> None:
         """Tell the node the blob is certified, so that it keeps (and repairs) its slivers."""
         path = f"/v1/blobs/{blob_id}/certificate"
+        body = certificate_json.encode()
         await self._call("store certificate", lambda: self.http.put(
-            self.base + path, content=certificate_json.encode(), headers=self._auth("PUT", path)),
+            self.base + path, content=body, headers=self._auth("PUT", path, body)),
             lambda r: None, ok=(200, 201))
 
     async def put_metadata(self, metadata: BlobMetadata) -> None:
         path = f"/v1/blobs/{metadata.blob_id}/metadata"
         body = metadata.to_bytes()
         await self._call("store metadata", lambda: self.http.put(
-            self.base + path, content=body, headers=self._auth("PUT", path)), lambda r: None,
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
             ok=(200, 201))
 
     async def put_sliver(self, pair: int, sliver: Sliver) -> Confirmation | None:
@@ -252,7 +261,7 @@ class NodeConnection:
             yield symbols
 
         def send() -> Awaitable[httpx.Response]:
-            headers = self._auth("PUT", path)
+            headers = self._auth("PUT", path, None)
             headers["Content-Length"] = str(len(header) + symbols.nbytes)
             return self.http.put(self.base + path, content=body(), headers=headers)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
-from .cli import read_status
+from .cli import WRITER_KEY_HELP, read_status
 from .config import resolve_source
 from .db import Database
 from .fsck import Fsck
@@ -41,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("name", help="filesystem name (or a state directory path) to restore into")
     restore.add_argument("--key", type=Path, required=True, help="the filesystem's key (fs.key)")
     restore.add_argument("--committee", type=Path, help="committee file (default: the bundled network's)")
-    restore.add_argument("--writer-key", type=Path, help="the nodes' write key (default: the bundled network's)")
+    restore.add_argument("--writer-key", type=Path, help=WRITER_KEY_HELP)
     restore.add_argument("--force", action="store_true", help="replace existing local state")
     restore.set_defaults(func=_restore)
 
@@ -72,11 +73,14 @@ def _fsck(args: argparse.Namespace) -> int:
     except UserError:  # the daemon owns the database while mounted
         raise UserError(f"{state.root} is mounted: unmount it first (walrusfs umount DIR), then run fsck",
                         exit_code=FSCK_OPERATIONAL_ERROR) from None
+    silent: list[str] = []  # nodes that never answered the network checks
     try:
         committee = Committee.load(settings.committee)
         db = Database(state.db_path)
         try:
             fsck = Fsck(db, state, settings, committee, repair=not args.dry_run)
+            # The report below prints every finding: logging them as well said each one twice.
+            logging.getLogger("walrusfs.fs.fsck").setLevel(logging.CRITICAL)
             fsck.run_local()
             if not args.offline:
                 key = load_key(Path(settings.writer_key))
@@ -88,6 +92,8 @@ def _fsck(args: argparse.Namespace) -> int:
                         await check_snapshots(fsck, client, fs_key)
                         if args.deep:
                             await verify_blobs(fsck, client, None if args.json else _progress)
+                        silent.extend(node for node, health in client.health.snapshot().items()
+                                      if health["failures"] and not health["successes"])
 
                 trio.run(network)
         finally:
@@ -104,6 +110,10 @@ def _fsck(args: argparse.Namespace) -> int:
             print(f"{'repaired' if finding.repaired else 'PROBLEM '}  [{finding.check}] {finding.message}")
         print("clean" if not report.findings else
               f"{len(report.repaired)} repaired, {len(report.unrepaired)} left unrepaired")
+    if not args.offline and silent and report.unrepaired:
+        print(f"{len(silent)} of {len(committee.nodes)} nodes did not answer ({', '.join(silent)}): start them "
+              "(walrusfs cluster up, for the bundled network) and run fsck again, or check only the local "
+              f"metadata now with: walrusfs fsck {args.source} --offline", file=sys.stderr)
     return report.exit_code
 
 

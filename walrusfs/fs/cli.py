@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,14 +23,16 @@ from .operations import CONTROL_PREFIX, make_root
 from .schema import DDL, SCHEMA_VERSION
 
 HELPER_PATH = Path("/usr/sbin/mount.walrusfs")
+# One wording for the one key wherever a command takes it (mkfs, mount, restore).
+WRITER_KEY_HELP = ("a writer key the committee accepts: signs every write to the nodes "
+                   "(default: the bundled network's writer.key)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     mkfs = commands.add_parser("mkfs", help="create a filesystem on a committee")
     mkfs.add_argument("name", help="filesystem name (or a state directory path)")
     mkfs.add_argument("--committee", type=Path, help="committee file (default: the bundled network's)")
-    mkfs.add_argument("--writer-key", type=Path,
-                      help="the filesystem's write key (default: the bundled network's writer.key)")
+    mkfs.add_argument("--writer-key", type=Path, help=WRITER_KEY_HELP)
     mkfs.add_argument("--block-size", type=int, default=1024, help="KiB (default 1024)")
     mkfs.add_argument("--blob-size", type=int, default=16, help="target blob size, MiB (default 16)")
     mkfs.add_argument("--cache-size", type=int, default=2048, help="read cache, MiB (default 2048)")
@@ -37,25 +42,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
     mkfs.set_defaults(func=_mkfs)
 
-    mount = commands.add_parser("mount", help="mount a filesystem (what mount -t walrusfs runs)")
-    mount.add_argument("source", help="filesystem name or state directory")
-    mount.add_argument("mountpoint", type=Path)
-    mount.add_argument("-o", dest="options", help="comma-separated options: ro, allow_other, debug")
+    from .mount import OPTION_HELP
+
+    mount = commands.add_parser(
+        "mount", help="mount a filesystem (what mount -t walrusfs runs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="mount options (-o, comma-separated; the same in fstab):\n" + "\n".join(
+            textwrap.fill(name, 78, initial_indent="  ", subsequent_indent="  ") + "\n"
+            + textwrap.fill(text, 78, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            for name, text in OPTION_HELP.items()))
+    mount.add_argument("source", help="filesystem name (its state is HOME/fs/NAME, see --home) or state directory")
+    mount.add_argument("mountpoint", type=Path, help="an existing, empty directory (see -o nonempty)")
+    mount.add_argument("-o", dest="options", metavar="OPTIONS", help="comma-separated mount options (below)")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     mount.add_argument("--key", type=Path, help="the filesystem's key: with no local state, restore it from the "
                        "network first (same as -o key=PATH)")
     mount.add_argument("--committee", type=Path, help="with --key: the committee file (default: the bundled network's)")
-    mount.add_argument("--writer-key", type=Path,
-                       help="with --key: the nodes' write key (default: the bundled network's writer.key)")
+    mount.add_argument("--writer-key", type=Path, help=f"with --key: {WRITER_KEY_HELP}")
     mount.add_argument("--takeover", action="store_true",
                        help="take the filesystem's writer lease over from a writer that died (same as -o takeover)")
-    for flag in ("-n", "-s", "-v"):  # passed by mount(8) to helpers; nothing to do for them
+    for flag in ("-n", "-s"):  # passed by mount(8) to helpers; nothing to do for them
         mount.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    # mount -v passes -v to the helper: the daemon logs debug messages, as walrusfs -v mount does.
+    mount.add_argument("-v", dest="mount_verbose", action="store_true", help=argparse.SUPPRESS)
     mount.set_defaults(func=_mount)
 
     umount = commands.add_parser("umount", help="upload everything staged, then unmount")
     umount.add_argument("mountpoint", type=Path)
     umount.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
+    umount.add_argument("--lazy", "-l", action="store_true",
+                        help="if files in it are still open, detach it now anyway; the daemon ends when they close")
     umount.set_defaults(func=_umount)
 
     helper = commands.add_parser("install-helper", help=f"install {HELPER_PATH} for mount -t walrusfs")
@@ -110,12 +126,15 @@ def _mkfs(args: argparse.Namespace) -> int:
 def _mount(args: argparse.Namespace) -> int:
     from .mount import MountOptions, mount
 
+    if args.mount_verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     options = MountOptions.parse(args.options)
     for name in ("key", "committee", "writer_key"):
         if getattr(args, name):
             setattr(options, name, str(getattr(args, name).resolve()))
     options.takeover = options.takeover or args.takeover
-    return mount(resolve_source(args.source), args.mountpoint.resolve(), options, args.foreground)
+    options.fsname = args.source
+    return mount(resolve_source(args.source, options.home), args.mountpoint.resolve(), options, args.foreground)
 
 
 def read_status(mountpoint: Path) -> dict:
@@ -132,8 +151,8 @@ def _umount(args: argparse.Namespace) -> int:
     if _mounted_read_only(mountpoint):
         # Nothing can be written through it; the daemon still uploads what an earlier writable
         # mount left staged before it exits, and keeps the rest for the next mount.
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
-        _wait_gone(pid)
+        if _unmount(mountpoint, args.lazy, certified=False):
+            _wait_gone(pid)
         print(f"unmounted {mountpoint} (read-only)", file=sys.stderr)
         return 0
     error: list[BaseException] = []
@@ -161,7 +180,7 @@ def _umount(args: argparse.Namespace) -> int:
 
     trio.run(flush_with_progress)
     print(file=sys.stderr)
-    _refuse_if_not_writer(mountpoint, pid)
+    _refuse_if_not_writer(mountpoint, pid, args.lazy)
     if error:
         last = read_status(mountpoint).get("last_error")
         raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
@@ -173,17 +192,17 @@ def _umount(args: argparse.Namespace) -> int:
         seq = read_status(mountpoint).get("snapshot", {}).get("seq")
         print(f" snapshot {seq} is on the network", file=sys.stderr)
     except OSError:
-        _refuse_if_not_writer(mountpoint, pid)
+        _refuse_if_not_writer(mountpoint, pid, args.lazy)
         reason = read_status(mountpoint).get("snapshot", {}).get("last_error")
         print(f" failed: {reason}. Unmounting anyway: every byte is certified and the local metadata is "
               "intact; the next mount publishes a snapshot.", file=sys.stderr)
-    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
-    _wait_gone(pid)
+    if _unmount(mountpoint, args.lazy, certified=True):
+        _wait_gone(pid)
     print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)
     return 0
 
 
-def _refuse_if_not_writer(mountpoint: Path, pid: int) -> None:
+def _refuse_if_not_writer(mountpoint: Path, pid: int, lazy: bool) -> None:
     """A mount that lost the writer lease can never make its data durable: unmount it (what it holds
     stays in its state directory) and fail, saying so, rather than claim success."""
     from .writer_lease import deposed_message
@@ -191,9 +210,61 @@ def _refuse_if_not_writer(mountpoint: Path, pid: int) -> None:
     message = deposed_message(read_status(mountpoint))
     if message is None:
         return
-    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
-    _wait_gone(pid)
+    if _unmount(mountpoint, lazy, certified=False):
+        _wait_gone(pid)
     raise UserError(f"unmounted {mountpoint}, but NOT durable: {message}")
+
+
+def _unmount(mountpoint: Path, lazy: bool, certified: bool) -> bool:
+    """fusermount3 -u; True once unmounted, False if detached lazily (files still open, the daemon
+    serves them until they close). A busy mount raises UserError naming what holds it."""
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode == 0:
+        return True
+    busy = "busy" in result.stderr.lower()
+    if busy and lazy:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False)
+        print(f"{mountpoint} is busy: detached it; its daemon ends when the last file in it is closed",
+              file=sys.stderr)
+        return False
+    if not busy:
+        said = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
+        raise UserError(f"cannot unmount {mountpoint}: {said}")
+    holders = holders_of(mountpoint)
+    held = "; ".join(holders[:10]) + (f"; and {len(holders) - 10} more" if len(holders) > 10 else "")
+    done = "every byte is certified, but it" if certified else "it"
+    raise UserError(f"{mountpoint} is busy: {done} is still mounted, because "
+                    f"{held or 'a process (not visible to this user) uses it'}. Close those files (or leave "
+                    f"the directory) and run 'walrusfs umount {mountpoint}' again, or 'walrusfs umount --lazy "
+                    f"{mountpoint}' to detach it now (the daemon ends when they close).")
+
+
+def holders_of(mountpoint: Path) -> list[str]:
+    """Which processes keep ``mountpoint`` busy: their open files, working directories and roots in it,
+    from /proc's links (reading a link does not ask the mount's daemon)."""
+    inside = str(mountpoint).rstrip("/") + "/"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        uses = []
+        links = [("working directory", proc / "cwd"), ("root", proc / "root")]
+        with contextlib.suppress(OSError):
+            links += [("open", fd) for fd in (proc / "fd").iterdir()]
+        for what, link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == str(mountpoint) or target.startswith(inside):
+                uses.append(f"{what} {target}" if what == "open" else f"its {what} {target}")
+        if uses:
+            try:
+                command = (proc / "comm").read_text().strip()
+            except OSError:
+                command = "?"
+            found.append(f"pid {proc.name} ({command}) has {', '.join(sorted(set(uses)))}")
+    return found
 
 
 def _mounted_read_only(mountpoint: Path) -> bool:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +23,32 @@ from ..errors import UserError
 FS_HOME_ENV = "WALRUSFS_HOME"
 
 
-def fs_home() -> Path:
-    return Path(os.environ.get(FS_HOME_ENV) or Path.home() / ".local/share/walrusfs") / "fs"
+def walrusfs_home(home: str | Path | None = None) -> Path:
+    """Where filesystems' local state lives: ``<home>/fs/NAME``.
+
+    ``home`` if given (``--home``, ``-o home=``), else $WALRUSFS_HOME, else ~/.local/share/walrusfs
+    of the user as the password database names it. Not $HOME: mount(8) drops HOME before it runs
+    mount.walrusfs, so a name resolved from $HOME in mkfs would mean another directory (another
+    filesystem) under ``mount -t walrusfs``. WALRUSFS_HOME does reach the helper.
+    """
+    if home:
+        return Path(home).expanduser().resolve()
+    if os.environ.get(FS_HOME_ENV):
+        return Path(os.environ[FS_HOME_ENV]).expanduser().resolve()
+    return user_home() / ".local/share/walrusfs"
+
+
+def user_home() -> Path:
+    """The running user's home directory from the password database, whatever $HOME says (mount(8)
+    drops HOME, so this is what every command, run directly or by mount(8), agrees on)."""
+    try:
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a uid with no passwd entry (containers): all that is left is $HOME
+        return Path.home()
+
+
+def fs_home(home: str | Path | None = None) -> Path:
+    return walrusfs_home(home) / "fs"
 
 
 @dataclass(frozen=True)
@@ -109,10 +134,14 @@ class FsState:
             raise UserError(f"{self.settings_path}: {error}") from error
 
 
-def resolve_source(source: str) -> FsState:
-    """A mount SOURCE is a filesystem name (under the walrusfs home) or a state directory path."""
+def resolve_source(source: str, home: str | Path | None = None) -> FsState:
+    """A mount SOURCE is a filesystem name (under the walrusfs home, see walrusfs_home) or a state
+    directory path. mkfs, mount, the mount.walrusfs helper and the other commands all resolve
+    names here, so one name means one directory whichever way it is mounted."""
     if "/" in source:
         return FsState(Path(source).expanduser().resolve())
     if source.startswith("walrusfs:"):
         source = source.split(":", 1)[1]
-    return FsState(fs_home() / source)
+    if not source or source in (".", ".."):
+        raise UserError(f"{source!r} is not a filesystem name")
+    return FsState(fs_home(home) / source)

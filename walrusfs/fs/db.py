@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -23,6 +26,16 @@ class Database:
         self.conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache
         self._depth = 0
         self._after_commit: list = []
+        # A database made by an older walrusfs is brought up to this one's schema before anything
+        # reads it (schema.py: MIGRATIONS); one made by a newer walrusfs is refused.
+        from .schema import migrate
+
+        try:
+            for note in migrate(self):
+                log.warning("%s: %s", path, note)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)

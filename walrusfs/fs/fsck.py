@@ -18,6 +18,7 @@ import blake3
 from ..client.certificate import Certificate, CertificateError
 from ..committee import Committee
 from ..redstuff import FormatError
+from .acl import ACCESS, DEFAULT, Acl, AclError
 from .config import FsSettings, FsState
 from .db import Database
 from .publisher import LocalSnapshotState
@@ -114,6 +115,8 @@ class Fsck:
             ("I1 inode link counts", self.check_inode_refcounts),
             ("I1 unreferenced inodes", self.check_orphan_inodes),
             ("side tables", self.check_side_tables),
+            ("I10 directory link counts", self.check_subdir_counts),
+            ("I11 ACLs", self.check_acls),
             ("I7 blocks past end of file", self.check_past_eof),
             ("I5 blocks in known blobs", self.check_block_blobs),
             ("I4 staged blocks", self.check_staged_blocks),
@@ -179,6 +182,45 @@ class Fsck:
             self.found("I3", f"{count} blocks of files are missing, data lost in: "
                         f"{', '.join(self.path_of(i) for i in inodes[:20])}: they read as zeros now", True)
             self._execute("DELETE FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")
+
+    def check_subdir_counts(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.id, i.subdirs, (SELECT COUNT(*) FROM dirents d JOIN inodes c ON c.id = d.inode "
+            "WHERE d.parent = i.id AND (c.mode & ?) = ?) AS actual FROM inodes i WHERE i.subdirs != actual",
+            (0o170000, stat.S_IFDIR)).fetchall()
+        for inode, recorded, actual in rows:
+            self.found("I10", f"directory {inode} ({self.path_of(inode)}) holds {actual} subdirectories, its count "
+                        f"said {recorded} (its link count was {2 + recorded}): corrected", True)
+            self._execute("UPDATE inodes SET subdirs=? WHERE id=?", (actual, inode))
+
+    def check_acls(self) -> None:
+        rows = self.db.execute(
+            "SELECT x.inode, x.name, x.value, i.mode FROM xattrs x JOIN inodes i ON i.id = x.inode "
+            "WHERE x.name IN (?, ?)", (ACCESS, DEFAULT)).fetchall()
+        for inode, name, value, mode in rows:
+            name = bytes(name)
+            where = f"{name.decode()} of inode {inode} ({self.path_of(inode)})"
+            try:
+                acl = Acl.parse(bytes(value))
+            except AclError as error:
+                self.found("I11", f"{where} is not a valid ACL ({error}): removed, the mode alone applies", True)
+                self._execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+                continue
+            if name == DEFAULT:
+                if not stat.S_ISDIR(mode):
+                    self.found("I11", f"{where}: a default ACL on a non-directory means nothing: removed", True)
+                    self._execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+                continue
+            if acl.is_minimal:
+                self.found("I11", f"{where} says only what the mode says: removed, the mode is "
+                            f"{stat.S_IMODE(mode):04o}", True)
+                self._execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+            elif acl.mode_bits() != mode & 0o777:
+                # The mode is what stat shows and chmod set last: the ACL's class entries follow it.
+                self.found("I11", f"{where} grants {acl.mode_bits():03o} to owner/group class/other, the mode "
+                            f"{mode & 0o777:03o}: ACL brought in line with the mode", True)
+                self._execute("UPDATE xattrs SET value=? WHERE inode=? AND name=?",
+                              (acl.with_mode(mode).to_bytes(), inode, name))
 
     def check_past_eof(self) -> None:
         count = self.db.get_val(

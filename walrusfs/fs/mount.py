@@ -10,9 +10,11 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -52,10 +54,39 @@ log = logging.getLogger(__name__)
 EXIT_FLUSH_SECONDS = 30.0
 
 
+# Every mount option, for `walrusfs mount --help`, the man page and the unknown-option error.
+OPTION_HELP: dict[str, str] = {
+    "ro": "read-only",
+    "rw": "read-write (the default)",
+    "allow_other": "let users other than the one who mounted use the mount (off by default; a non-root "
+                   "mount needs user_allow_other in /etc/fuse.conf)",
+    "nonempty": "mount even on a directory that is not empty (its entries are hidden while mounted)",
+    "home=DIR": "where filesystems' local state lives: DIR/fs/NAME (as WALRUSFS_HOME; for fstab, since "
+                "mount(8) drops HOME)",
+    "snapshot=N": "mount metadata snapshot N, read-only (see 'walrusfs snapshots')",
+    "key=PATH": "the filesystem's key: with no local state, restore it from the network first",
+    "committee=PATH": "with key=: the committee file (default: the bundled network's)",
+    "writer_key=PATH": "with key=: a writer key the committee accepts (default: the bundled network's)",
+    "takeover": "take the filesystem's writer lease over from a writer that died (docs/writer-lease.md)",
+    "lease_term=SECONDS": "how long the nodes keep this writer's lease between renewals (default 30; a dead "
+                          "writer blocks others this long)",
+    "metrics=HOST:PORT": "serve Prometheus metrics there",
+    "metrics_textfile=PATH": "keep a node_exporter textfile there",
+    "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
+    "_netdev, defaults, auto, noauto, nofail, user, nouser, noatime, relatime, exec, noexec, suid, nosuid, dev, "
+    "nodev, x-*": "for mount(8) and fstab: accepted, nothing to do",
+}
+IGNORED_OPTIONS = frozenset(("rw", "defaults", "_netdev", "auto", "noauto", "user", "nouser", "nofail",
+                             "noatime", "relatime", "exec", "noexec", "suid", "nosuid", "dev", "nodev"))
+
+
 @dataclass
 class MountOptions:
     read_only: bool = False
-    allow_other: bool = True
+    allow_other: bool = False  # as FUSE filesystems do: only the user who mounted sees into it
+    nonempty: bool = False  # mount over a directory with entries (hiding them)
+    home: str | None = None  # where filesystems' local state lives (walrusfs_home)
+    fsname: str | None = None  # the mount's source in /proc/mounts: the name the caller gave
     debug: bool = False
     metrics: str | None = None  # HOST:PORT of a Prometheus endpoint
     metrics_textfile: str | None = None  # a node_exporter textfile to keep rewriting
@@ -73,13 +104,18 @@ class MountOptions:
         for item in filter(None, (text or "").split(",")):
             if item == "ro":
                 options.read_only = True
-            elif item in ("rw", "defaults", "_netdev", "auto", "noauto", "user", "nouser", "nofail",
-                          "noatime", "relatime", "exec", "noexec", "suid", "nosuid", "dev", "nodev"):
+            elif item in IGNORED_OPTIONS:
                 continue  # for mount(8) and fstab, or what walrusfs does anyway
             elif item == "allow_other":
                 options.allow_other = True
+            elif item == "nonempty":
+                options.nonempty = True
             elif item == "debug":
                 options.debug = True
+            elif item.startswith("home="):
+                options.home = item.split("=", 1)[1]
+                if not options.home:
+                    raise UserError("mount option 'home=': give a directory (filesystems are DIR/fs/NAME)")
             elif item.startswith("snapshot="):
                 value = item.split("=", 1)[1]
                 if not value.isdigit():
@@ -106,10 +142,9 @@ class MountOptions:
                 if not os.path.isdir(os.path.dirname(options.metrics_textfile)):
                     raise UserError(f"mount option {item!r}: its directory does not exist")
             else:
-                raise UserError(f"unknown mount option {item!r} (known: ro, rw, allow_other, debug, "
-                                "metrics=HOST:PORT, metrics_textfile=PATH, snapshot=N, key=, committee=, writer_key=, "
-                                "takeover, lease_term=SECONDS, "
-                                "_netdev and the generic mount(8) ones)")
+                known = ", ".join(name for name in OPTION_HELP if not name.startswith("_netdev"))
+                raise UserError(f"unknown mount option {item!r} (known: {known}, and the generic mount(8) "
+                                "ones; 'walrusfs mount --help' says what each does)")
         return options
 
 
@@ -145,13 +180,56 @@ def clear_dead_mount(mountpoint: Path) -> None:
             return
 
 
+def mounted_here(mountpoint: Path) -> dict | None:
+    """The status of the live walrusfs mount on ``mountpoint`` itself, or None if there is none."""
+    from .status import read_status_within
+
+    if not any(point == mountpoint and fstype == "fuse.walrusfs" for point, fstype in _mounts()):
+        return None
+    try:
+        return read_status_within(mountpoint, timeout=10.0)
+    except UserError:
+        return None  # dead or wedged: clear_dead_mount's business, or the kernel refuses the mount
+
+
+def _mounts() -> list[tuple[Path, str]]:
+    from .status import _mounts as mounts
+
+    return mounts()
+
+
+def check_mountpoint(mountpoint: Path, options: MountOptions) -> None:
+    if not mountpoint.exists():
+        raise UserError(f"mount point {mountpoint} does not exist: create it first (mkdir -p {mountpoint})")
+    if not mountpoint.is_dir():
+        raise UserError(f"mount point {mountpoint} is not a directory")
+    if options.nonempty:
+        return
+    with os.scandir(mountpoint) as entries:
+        names = [entry.name for _, entry in zip(range(3), entries, strict=False)]
+    if names:
+        raise UserError(f"mount point {mountpoint} is not empty (it holds {', '.join(map(repr, names))}"
+                        f"{' ...' if len(names) == 3 else ''}): the mount would hide what is there. Mount on an "
+                        "empty directory, or pass -o nonempty to hide them while mounted.")
+
+
 def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: bool) -> int:
     clear_dead_mount(mountpoint)
+    current = mounted_here(mountpoint)
+    if current is not None:
+        # mount -a, a repeated mount or a restarted unit: what is asked is already there.
+        same_snapshot = not options.read_only or (current.get("snapshot") or {}).get("seq") == options.snapshot
+        if Path(current.get("state", "")) == state.root and bool(current.get("read_only")) == options.read_only \
+                and same_snapshot:
+            log.debug("%s is already mounted on %s", state.root, mountpoint)
+            return 0
+        raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.get('state')}"
+                        f"{', read-only' if current.get('read_only') else ''}, daemon pid {current.get('pid')}): "
+                        f"unmount it first (walrusfs umount {mountpoint})")
     if options.key and not state.settings_path.exists():
         restore_from_network(state, options)
     settings = state.load_settings()
-    if not mountpoint.is_dir():
-        raise UserError(f"mount point {mountpoint} is not a directory")
+    check_mountpoint(mountpoint, options)
     committee = Committee.load(settings.committee)
     key = _load(settings.writer_key, "the nodes' write key")
     fs_key = _load(settings.fs_key or str(state.fs_key_path), "the filesystem's key")
@@ -183,7 +261,7 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     os.setsid()
     status = 1
     try:
-        _redirect_output(state.root / "mount.log")
+        _redirect_output(state.root / "mount.log", logging.getLogger().getEffectiveLevel())
         lock = None if options.snapshot is not None else acquire_lock(state)
         trio.run(serve, *args, write_end)
         if lock is not None:
@@ -243,7 +321,7 @@ def _report(fd: int, message: str) -> None:
         os.close(fd)
 
 
-def _redirect_output(log_path: Path) -> None:
+def _redirect_output(log_path: Path, level: int) -> None:
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -251,7 +329,8 @@ def _redirect_output(log_path: Path) -> None:
     os.dup2(log_fd, 2)
     os.close(null)
     os.close(log_fd)
-    logging.basicConfig(level=logging.INFO, force=True, stream=sys.stderr,
+    # The level the command line chose (walrusfs -v: debug) carries over to the daemon.
+    logging.basicConfig(level=min(level, logging.INFO), force=True, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -260,6 +339,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 ready_fd: int | None) -> None:
     keep_freed_buffers(keep=128 << 20)  # the daemon's RSS budget (bench mount: 400 MB)
     directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
+    log.debug("serving %s (database %s) with %s", state.root, db_path, options)
     db = Database(db_path)
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
@@ -323,7 +403,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         if purged:
             log.info("removed %d inodes that no directory names any more (left by a crash)", purged)
         fuse_options = set(pyfuse3.default_options)
-        fuse_options |= {f"fsname=walrusfs:{settings.fs_id[:16]}", "subtype=walrusfs"}
+        fuse_options |= {f"fsname={_fsname(options.fsname, settings.fs_id)}", "subtype=walrusfs"}
         if options.allow_other:
             fuse_options.add("allow_other")
         if options.read_only:
@@ -331,10 +411,15 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         if options.debug:
             fuse_options.add("debug")
         try:
-            pyfuse3.init(operations, str(mountpoint), fuse_options)
-        except RuntimeError as error:
+            _init_fuse(operations, mountpoint, fuse_options)
+            from .fuse_ext import install  # what pyfuse3 does not pass on: fallocate, DONT_MASK
+
+            install(operations.fallocate)
+        except UserError:
             db.close()
-            raise UserError(f"cannot mount on {mountpoint}: {error}") from error
+            if not old_snapshot:  # it never mounted: no crash for the next mount to check for
+                state.mounted_marker.unlink(missing_ok=True)
+            raise
         log.info("mounted %s on %s (fs %s, %d staged bytes to upload)", state.root, mountpoint,
                  settings.fs_id, blocks.staged_bytes)
         if ready_fd is not None:
@@ -381,6 +466,47 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             db.close()
         if not old_snapshot:
             state.mounted_marker.unlink(missing_ok=True)
+
+
+def _fsname(source: str | None, fs_id: str) -> str:
+    """The source /proc/mounts shows: the name the caller mounted, so that mount(8) finds an fstab
+    entry already mounted (mount -a) and df names it as fstab does. libfuse splits options at commas
+    and mountinfo at spaces, so a name with those falls back to the filesystem's ID."""
+    if source and re.fullmatch(r"[^\s,\\]+", source):
+        return source
+    return f"walrusfs:{fs_id[:16]}"
+
+
+def _init_fuse(operations: WalrusOperations, mountpoint: Path, fuse_options: set[str]) -> None:
+    """pyfuse3.init, with the reason a mount failed: its RuntimeError says only "fuse_session_mount
+    failed"; libfuse and fusermount3 print why (no access to /dev/fuse, allow_other not allowed, ...)
+    on stderr, which is caught here, kept in the log and made part of the error."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as said:
+        saved = os.dup(2)
+        os.dup2(said.fileno(), 2)
+        try:
+            pyfuse3.init(operations, str(mountpoint), fuse_options)
+            failure = None
+        except RuntimeError as error:
+            failure = error
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        text = said.read().decode(errors="replace").strip()
+    if text:
+        print(text, file=sys.stderr)  # as libfuse meant it (the log, or the terminal in the foreground)
+    if failure is None:
+        return
+    reason = "; ".join(line.removeprefix("fuse: ") for line in text.splitlines()) or str(failure)
+    hint = ""
+    if "/dev/fuse" in text and "ermission denied" in text:
+        hint = (f" (uid {os.getuid()} may not use FUSE here: mount as root, or give this user access to "
+                "/dev/fuse; most distributions make it mode 0666)")
+    elif "user_allow_other" in text:
+        hint = " (drop allow_other, or add user_allow_other to /etc/fuse.conf)"
+    raise UserError(f"cannot mount on {mountpoint}: {reason}{hint}") from failure
 
 
 async def _snapshot_now(publisher: SnapshotPublisher) -> None:

@@ -5,8 +5,12 @@ dirty buffers; a buffer is staged (hashed, deduplicated, written to the staging 
 as it is full, when the file is flushed, and when the buffers outgrow their bound. fsync waits until
 every block of the file is in a certified blob. The kernel's writeback cache merges small writes.
 
-Directories report st_nlink = 1 (like btrfs): tools then make no assumption from it.
+A directory's st_nlink is 2 + its subdirectories, as on ext4, xfs and tmpfs (schema I10).
 Reading does not update atime (as with the noatime mount option).
+
+POSIX ACLs: the kernel checks them (FUSE_POSIX_ACL, which implies default_permissions) with the
+ACLs this class returns from getxattr; this class keeps them and the mode in step (acl.py) and
+gives new entries their directory's default ACL.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from .acl import ACCESS, DEFAULT, Acl, AclError
 from .blocks import BlockCorruptError, BlockStore
 from .db import Database
 from .uploader import Uploader, UploadError
@@ -31,10 +36,14 @@ from .uploader import Uploader, UploadError
 log = logging.getLogger(__name__)
 
 ROOT = pyfuse3.ROOT_INODE
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
-_ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount"
+_ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount, subdirs"
+NAME_MAX = 255  # bytes in one name, as statfs says
 _TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
 _READAHEAD_EVERY = 4  # blocks between read-ahead checks of a file being read
 _READAHEAD_BLOBS = 3  # blobs fetched ahead at most per check
@@ -44,9 +53,17 @@ def _now() -> int:
     return time.time_ns()
 
 
+def _check_name(name: bytes) -> None:
+    """Every operation that takes a name refuses one longer than NAME_MAX, as local filesystems do
+    (a lookup of it must not say ENOENT, nor a link or rename create it)."""
+    if len(name) > NAME_MAX:
+        raise FUSEError(errno.ENAMETOOLONG)
+
+
 class WalrusOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
+    enable_acl = True  # FUSE_POSIX_ACL: the kernel enforces the ACLs getxattr returns
 
     def __init__(self, db: Database, blocks: BlockStore, uploader: Uploader, block_size: int,
                  staging_limit: int, status: Callable[[], dict] | None = None,
@@ -87,14 +104,17 @@ class WalrusOperations(pyfuse3.Operations):
         return row
 
     def _entry(self, row: tuple) -> pyfuse3.EntryAttributes:
-        inode, mode, uid, gid, rdev, size, atime, mtime, ctime, refcount = row
+        inode, mode, uid, gid, rdev, size, atime, mtime, ctime, refcount, subdirs = row
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = inode
         entry.generation = 0
         entry.entry_timeout = _TIMEOUT
         entry.attr_timeout = _TIMEOUT
         entry.st_mode = mode
-        entry.st_nlink = 1 if stat.S_ISDIR(mode) else refcount
+        if stat.S_ISDIR(mode):  # its name, its ".", each subdirectory's ".."; 0 once removed
+            entry.st_nlink = 2 + subdirs if refcount else 0
+        else:
+            entry.st_nlink = refcount
         entry.st_uid = uid
         entry.st_gid = gid
         entry.st_rdev = rdev
@@ -112,6 +132,8 @@ class WalrusOperations(pyfuse3.Operations):
     async def lookup(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext | None = None):
         if name == b".":
             inode = parent
+        elif len(name) > NAME_MAX:
+            raise FUSEError(errno.ENAMETOOLONG)
         elif name == b"..":
             inode = ROOT if parent == ROOT else self.db.get_val(
                 "SELECT parent FROM dirents WHERE inode=? LIMIT 1", (parent,))
@@ -141,6 +163,7 @@ class WalrusOperations(pyfuse3.Operations):
                     mode = self._row(inode)[1]
                     self.db.execute("UPDATE inodes SET mode=? WHERE id=?",
                                     (stat.S_IFMT(mode) | stat.S_IMODE(attr.st_mode), inode))
+                    self._chmod_acl(inode, attr.st_mode)
                 if fields.update_uid:
                     self.db.execute("UPDATE inodes SET uid=? WHERE id=?", (attr.st_uid, inode))
                 if fields.update_gid:
@@ -157,25 +180,43 @@ class WalrusOperations(pyfuse3.Operations):
 
     def _create_inode(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
                       rdev: int = 0, target: bytes | None = None) -> pyfuse3.EntryAttributes:
-        if len(name) > 255:
-            raise FUSEError(errno.ENAMETOOLONG)
+        _check_name(name)
         parent_row = self._row(parent)
         if not stat.S_ISDIR(parent_row[1]):
             raise FUSEError(errno.ENOTDIR)
         if parent_row[9] == 0:  # a directory that was removed while still open
             raise FUSEError(errno.ENOENT)
         now = _now()
+        inherited = None if target is not None else self._default_acl(parent)
+        if inherited is not None:  # the default ACL takes the umask's place (acl(5))
+            access = inherited.masked_by(mode)
+            mode = (mode & ~0o777) | access.mode_bits()
+        elif target is None:
+            # The kernel applied the umask already unless it was asked not to (fuse_ext.py).
+            mode &= ~ctx.umask
+        gid = ctx.gid
+        if parent_row[1] & stat.S_ISGID:  # a setgid directory passes its group on, and to directories the bit
+            gid = parent_row[3]
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
         with self.db.transaction():
             if self.db.get_val("SELECT 1 FROM dirents WHERE parent=? AND name=?", (parent, name)):
                 raise FUSEError(errno.EEXIST)
             inode = self.db.rowid(
                 "INSERT INTO inodes (mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                (mode, ctx.uid, ctx.gid, rdev, len(target) if target is not None else 0, now, now, now))
+                (mode, ctx.uid, gid, rdev, len(target) if target is not None else 0, now, now, now))
             self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", (parent, name, inode))
             if target is not None:
                 self.db.execute("INSERT INTO symlinks (inode, target) VALUES (?, ?)", (inode, target))
-            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, parent))
+            if inherited is not None:
+                if not access.is_minimal:
+                    self._store_xattr(inode, ACCESS, access.to_bytes())
+                if stat.S_ISDIR(mode):
+                    self._store_xattr(inode, DEFAULT, inherited.to_bytes())
+            subdir = 1 if stat.S_ISDIR(mode) else 0
+            self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=?, subdirs=subdirs+? WHERE id=?",
+                            (now, now, subdir, parent))
         self.lookup_count[inode] += 1
         return self._entry(self._row(inode))
 
@@ -200,6 +241,7 @@ class WalrusOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=entry.st_ino), entry
 
     async def link(self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext):
+        _check_name(new_name)
         row = self._row(inode)
         if stat.S_ISDIR(row[1]):
             raise FUSEError(errno.EPERM)
@@ -217,6 +259,7 @@ class WalrusOperations(pyfuse3.Operations):
         return self._entry(self._row(inode))
 
     def _child(self, parent: int, name: bytes) -> int:
+        _check_name(name)
         inode = self.db.get_val("SELECT inode FROM dirents WHERE parent=? AND name=?", (parent, name))
         if inode is None:
             raise FUSEError(errno.ENOENT)
@@ -228,9 +271,11 @@ class WalrusOperations(pyfuse3.Operations):
     def _remove_entry(self, parent: int, name: bytes, inode: int) -> None:
         """Delete one name of ``inode``; the inode goes when no name, handle or lookup is left."""
         now = _now()
+        subdir = 1 if stat.S_ISDIR(self._row(inode)[1]) else 0
         self.db.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
         self.db.execute("UPDATE inodes SET refcount=refcount-1, ctime_ns=? WHERE id=?", (now, inode))
-        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, parent))
+        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=?, subdirs=subdirs-? WHERE id=?",
+                        (now, now, subdir, parent))
 
     async def unlink(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         inode = self._child(parent, name)
@@ -263,8 +308,7 @@ class WalrusOperations(pyfuse3.Operations):
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         inode = self._child(old_parent, old_name)
-        if len(new_name) > 255:
-            raise FUSEError(errno.ENAMETOOLONG)
+        _check_name(new_name)
         is_dir = stat.S_ISDIR(self._row(inode)[1])
         if is_dir and new_parent != old_parent and self._is_ancestor(inode, new_parent):
             raise FUSEError(errno.EINVAL)  # a directory cannot move inside itself
@@ -273,9 +317,12 @@ class WalrusOperations(pyfuse3.Operations):
         if flags & RENAME_EXCHANGE:
             if target is None:
                 raise FUSEError(errno.ENOENT)
-            if stat.S_ISDIR(self._row(target)[1]) and self._is_ancestor(target, old_parent):
+            target_is_dir = stat.S_ISDIR(self._row(target)[1])
+            if target_is_dir and self._is_ancestor(target, old_parent):
                 raise FUSEError(errno.EINVAL)
             with self.db.transaction():
+                # A directory that changes parent moves one ".." from one count to the other.
+                self._move_subdir(old_parent, new_parent, int(is_dir) - int(target_is_dir))
                 self.db.execute("UPDATE dirents SET inode=? WHERE parent=? AND name=?", (target, old_parent, old_name))
                 self.db.execute("UPDATE dirents SET inode=? WHERE parent=? AND name=?", (inode, new_parent, new_name))
                 self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id IN (?, ?)", (now, inode, target))
@@ -299,11 +346,18 @@ class WalrusOperations(pyfuse3.Operations):
                 self._remove_entry(new_parent, new_name, target)
             self.db.execute("UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
                             (new_parent, new_name, old_parent, old_name))
+            self._move_subdir(old_parent, new_parent, int(is_dir))
             self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (now, inode))
             self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id IN (?, ?)",
                             (now, now, old_parent, new_parent))
         if target is not None:
             self._maybe_purge(target)
+
+    def _move_subdir(self, old_parent: int, new_parent: int, count: int) -> None:
+        """``count`` subdirectories moved from old_parent to new_parent (I10). In a transaction."""
+        if count and old_parent != new_parent:
+            self.db.execute("UPDATE inodes SET subdirs=subdirs-? WHERE id=?", (count, old_parent))
+            self.db.execute("UPDATE inodes SET subdirs=subdirs+? WHERE id=?", (count, new_parent))
 
     def purge_orphans(self) -> int:
         """At mount, before the kernel knows any inode: delete those no directory names (unlinked
@@ -569,6 +623,59 @@ class WalrusOperations(pyfuse3.Operations):
             self.uploader.notify_staged()
         self._track_dirty()
 
+    async def fallocate(self, inode: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) (reached through fuse_ext.py). Plain mode and FALLOC_FL_ZERO_RANGE grow the
+        file to offset+length unless FALLOC_FL_KEEP_SIZE; FALLOC_FL_PUNCH_HOLE and ZERO_RANGE make
+        the range read as zeros: whole blocks become holes (their references released), the
+        partial blocks at its ends are rewritten. Nothing is reserved: the bytes live on the
+        storage network, whose capacity no single client can hold back (README, "fallocate")."""
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise FUSEError(errno.EOPNOTSUPP)  # collapse, insert, unshare ranges: not offered
+        if offset < 0 or length <= 0:
+            raise FUSEError(errno.EINVAL)
+        async with self.locks[inode]:
+            row = self._row(inode)
+            if not stat.S_ISREG(row[1]):
+                raise FUSEError(errno.ENODEV)
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                await self._zero_range(inode, offset, min(offset + length, row[5]))
+            if not mode & FALLOC_FL_KEEP_SIZE and offset + length > row[5]:
+                await self._truncate(inode, offset + length)  # growing: a hole up to the new end
+            else:
+                self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (_now(), inode))
+
+    async def _zero_range(self, inode: int, start: int, end: int) -> None:
+        """Make [start, end) read as zeros; end is within the file."""
+        if end <= start:
+            return
+        first_whole = -(-start // self.bs)
+        end_whole = end // self.bs  # blocks first_whole .. end_whole-1 lie wholly inside
+        for blockno in {start // self.bs, (end - 1) // self.bs}:
+            if first_whole <= blockno < end_whole:
+                continue
+            mapped = self.db.get_val("SELECT 1 FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
+            if not mapped and blockno not in self.dirty.get(inode, {}):
+                continue  # a hole already
+            buffer = await self._dirty_block(inode, blockno, whole=False)
+            lo = max(start - blockno * self.bs, 0)
+            hi = min(end - blockno * self.bs, len(buffer))
+            if hi > lo:
+                buffer[lo:hi] = bytes(hi - lo)
+            await self._stage(inode, blockno)
+        if end_whole > first_whole:
+            for blockno in [b for b in self.dirty.get(inode, {}) if first_whole <= b < end_whole]:
+                del self.dirty[inode][blockno]
+            with self.db.transaction():
+                for (block,) in self.db.execute(
+                        "SELECT block FROM inode_blocks WHERE inode=? AND blockno>=? AND blockno<?",
+                        (inode, first_whole, end_whole)).fetchall():
+                    self.blocks.release(block)
+                self.db.execute("DELETE FROM inode_blocks WHERE inode=? AND blockno>=? AND blockno<?",
+                                (inode, first_whole, end_whole))
+        now = _now()
+        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE id=?", (now, now, inode))
+        self._track_dirty()
+
     async def flush(self, fh: int) -> None:
         async with self.locks[fh]:
             await self._stage_inode(fh)
@@ -612,11 +719,59 @@ class WalrusOperations(pyfuse3.Operations):
         if inode == ROOT and name.startswith(CONTROL_PREFIX):
             await self._control(name[len(CONTROL_PREFIX):], value)
             return
-        self._row(inode)
+        row = self._row(inode)
         with self.db.transaction():
-            self.db.execute("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
-                            (inode, name, value))
+            if name in (ACCESS, DEFAULT):
+                self._set_acl(row, name, value, ctx)
+            else:
+                self._store_xattr(inode, name, value)
             self.db.execute("UPDATE inodes SET ctime_ns=? WHERE id=?", (_now(), inode))
+
+    def _store_xattr(self, inode: int, name: bytes, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (inode, name, value))
+
+    def _set_acl(self, row: tuple, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Set an ACL the kernel has checked the caller may set (owner or CAP_FOWNER). In a transaction."""
+        inode, mode, gid = row[0], row[1], row[3]
+        try:
+            acl = Acl.parse(value)
+        except AclError as error:
+            log.info("inode %d: %s refused: %s", inode, name.decode(), error)
+            raise FUSEError(errno.EINVAL) from error
+        if name == DEFAULT:
+            if not stat.S_ISDIR(mode):
+                raise FUSEError(errno.EACCES)  # as the kernel says for a default ACL of a file
+            self._store_xattr(inode, name, acl.to_bytes())
+            return
+        new_mode = (mode & ~0o777) | acl.mode_bits()
+        if new_mode & stat.S_ISGID and not self._in_group(ctx, gid):
+            # What the kernel asks of us with FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 does
+            # not pass on: setting an ACL drops setgid unless the caller is in the file's group.
+            new_mode &= ~stat.S_ISGID
+        self.db.execute("UPDATE inodes SET mode=? WHERE id=?", (new_mode, inode))
+        if acl.is_minimal:  # the mode says it all: nothing to store
+            self.db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+        else:
+            self._store_xattr(inode, name, acl.to_bytes())
+
+    @staticmethod
+    def _in_group(ctx: pyfuse3.RequestContext, gid: int) -> bool:
+        if ctx.uid == 0 or ctx.gid == gid:
+            return True
+        try:
+            return gid in pyfuse3.get_sup_groups(ctx.pid)
+        except (OSError, ValueError):  # the caller is gone: nobody to keep setgid for
+            return False
+
+    def _chmod_acl(self, inode: int, mode: int) -> None:
+        """chmod of a file with an extended ACL sets its owner, mask and other entries. In a transaction."""
+        value = self.db.get_val("SELECT value FROM xattrs WHERE inode=? AND name=?", (inode, ACCESS))
+        if value is not None:
+            self._store_xattr(inode, ACCESS, Acl.parse(value).with_mode(mode).to_bytes())
+
+    def _default_acl(self, directory: int) -> Acl | None:
+        value = self.db.get_val("SELECT value FROM xattrs WHERE inode=? AND name=?", (directory, DEFAULT))
+        return None if value is None else Acl.parse(value)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode == ROOT and name == CONTROL_PREFIX + b"status":
@@ -635,7 +790,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         cursor = self.db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
-        if not cursor.rowcount:
+        if not cursor.rowcount and name not in (ACCESS, DEFAULT):  # removing no ACL succeeds, as on ext4
             raise FUSEError(errno.ENODATA)
 
     async def _control(self, command: bytes, value: bytes) -> None:

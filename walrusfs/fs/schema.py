@@ -17,6 +17,12 @@ I6  blobs.refcount = number of blocks rows in that blob; a blob at 0 is garbage 
 I7  inode_blocks rows of an inode have blockno * block_size < inodes.size (no data past EOF).
 I8  A file's data is durable (fsync returns) only when each of its blocks satisfies I5, and the
     mount provably holds the filesystem's writer lease (walrusfs/fs/writer_lease.py).
+I10 inodes.subdirs = number of dirents in that directory naming directories; a directory's st_nlink
+    is 2 + subdirs (its name, its ".", each subdirectory's ".."), 0 once removed (schema 2).
+I11 An xattrs row system.posix_acl_access is a valid ACL with a named user or group entry (a
+    minimal one is only the mode, never stored), and its owner, group-class (mask, else owning
+    group) and other entries equal the inode's permission bits; system.posix_acl_default is a
+    valid ACL and only on directories (schema 2; acl.py).
 
 Outside the database (publisher.py, snapshot.py):
 I9  The root record on a quorum of nodes names the snapshot that <state>/snapshot.json records as
@@ -28,7 +34,17 @@ I9  The root record on a quorum of nodes names the snapshot that <state>/snapsho
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+from .acl import ACCESS, DEFAULT, Acl, AclError
+
+if TYPE_CHECKING:
+    from .db import Database
+
+SCHEMA_VERSION = 2
 
 DDL = """
 CREATE TABLE settings (
@@ -45,7 +61,8 @@ CREATE TABLE inodes (
     atime_ns INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
-    refcount INTEGER NOT NULL
+    refcount INTEGER NOT NULL,
+    subdirs  INTEGER NOT NULL DEFAULT 0  -- schema 2 (I10)
 );
 CREATE TABLE dirents (
     id     INTEGER PRIMARY KEY,   -- readdir offset: stable while the entry exists
@@ -91,3 +108,66 @@ CREATE TABLE inode_blocks (
 ) WITHOUT ROWID;
 CREATE INDEX inode_blocks_by_block ON inode_blocks(block);
 """
+
+
+class SchemaError(UserError):
+    """A database this version cannot open (made by a newer walrusfs)."""
+
+
+def _to_2(db: Database) -> list[str]:
+    """Schema 1 -> 2: directory link counts (I10), and ACLs given a meaning (I11).
+
+    Schema 1 stored system.posix_acl_* as ordinary xattrs and left the mode alone, so a tree
+    copied with ``cp -a`` kept modes like 0600 while its ACL xattrs held the modes the copying tool
+    set. Those ACLs are what the tool asked for: they are applied to the mode now; minimal ones
+    then go (the mode says it all), invalid ones and default ACLs of non-directories are dropped."""
+    notes = []
+    db.execute("ALTER TABLE inodes ADD COLUMN subdirs INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE inodes SET subdirs = (SELECT COUNT(*) FROM dirents d JOIN inodes c ON c.id = d.inode "
+               "WHERE d.parent = inodes.id AND (c.mode & ?) = ?)", (0o170000, stat.S_IFDIR))
+    applied = dropped = 0
+    for inode, name, value, mode in db.execute(
+            "SELECT x.inode, x.name, x.value, i.mode FROM xattrs x JOIN inodes i ON i.id = x.inode "
+            "WHERE x.name IN (?, ?)", (ACCESS, DEFAULT)).fetchall():
+        try:
+            acl = Acl.parse(bytes(value))
+        except AclError:
+            acl = None
+        name = bytes(name)
+        if acl is None or (name == DEFAULT and not stat.S_ISDIR(mode)):
+            db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+            dropped += 1
+            continue
+        if name == ACCESS:
+            db.execute("UPDATE inodes SET mode=? WHERE id=?", ((mode & ~0o777) | acl.mode_bits(), inode))
+            applied += 1
+            if acl.is_minimal:
+                db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name))
+    if applied or dropped:
+        notes.append(f"{applied} stored access ACLs applied to their modes, {dropped} invalid ACLs dropped")
+    return notes
+
+
+# MIGRATIONS[n] turns a database of schema n into one of schema n+1 (inside one transaction).
+MIGRATIONS: dict[int, Callable[[Database], list[str]]] = {1: _to_2}
+
+
+def migrate(db: Database) -> list[str]:
+    """Bring a database made by an older walrusfs up to SCHEMA_VERSION, all steps in one
+    transaction (a crash leaves the old schema, migrated again at the next open). Returns what
+    was done, for the log. A database without a settings table is new (mkfs creates it)."""
+    if db.get_val("SELECT 1 FROM sqlite_master WHERE type='table' AND name='settings'") is None:
+        return []
+    version = int(db.get_val("SELECT value FROM settings WHERE key='schema_version'") or 1)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"the metadata database {db.path} has schema {version}, made by a newer walrusfs "
+                          f"(this one knows up to {SCHEMA_VERSION}): upgrade walrusfs to open it")
+    notes = []
+    if version < SCHEMA_VERSION:
+        with db.transaction():
+            for step in range(version, SCHEMA_VERSION):
+                notes += [f"schema {step} -> {step + 1}: {n}" for n in MIGRATIONS[step](db)]
+                notes.append(f"schema {step} -> {step + 1}")
+            db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+    return notes

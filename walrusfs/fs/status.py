@@ -77,6 +77,9 @@ def find_mount_root(directory: Path) -> Path:
     Raises UserError, naming what is mounted there instead, if it is not in a walrusfs mount.
     """
     path = directory.absolute().resolve()
+    if not path.exists():  # else the answer would be about whatever mount holds its parent (often /)
+        raise UserError(f"{directory} does not exist; give the directory a walrusfs filesystem is mounted on"
+                        f"{_walrusfs_mounts_hint()}")
     best: tuple[Path, str] | None = None
     for point, fstype in _mounts():
         if (path == point or point in path.parents) and (best is None or len(point.parts) >= len(best[0].parts)):
@@ -86,8 +89,15 @@ def find_mount_root(directory: Path) -> Path:
     point, fstype = best
     if fstype != FSTYPE:
         raise UserError(f"{directory} is not a walrusfs mount (it is on {point}, filesystem type {fstype}); "
-                        "give the directory a walrusfs filesystem is mounted on")
+                        f"give the directory a walrusfs filesystem is mounted on{_walrusfs_mounts_hint()}")
     return point
+
+
+def _walrusfs_mounts_hint() -> str:
+    points = [str(point) for point, fstype in _mounts() if fstype == FSTYPE]
+    if not points:
+        return " (none is mounted now)"
+    return f" (mounted now: {', '.join(points[:5])}{' ...' if len(points) > 5 else ''})"
 
 
 def read_status_within(mountpoint: Path, timeout: float) -> dict:

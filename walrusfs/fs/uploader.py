@@ -122,10 +122,17 @@ class Uploader:
             stored = await self.client.store(data)
             blob_id = str(stored.blob_id)
             with self.db.transaction():
-                blob_row = self.db.rowid(
-                    "INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) "
-                    "VALUES (?, ?, ?, 0, ?)",
-                    (blob_id, len(data), stored.certificate.to_json(), time.time_ns()))
+                # The same blocks packed the same way make the same blob: one recorded before (its
+                # blocks since released) takes these blocks, with the fresh certificate.
+                blob_row = self.db.get_val("SELECT id FROM blobs WHERE blob_id=?", (blob_id,))
+                if blob_row is None:
+                    blob_row = self.db.rowid(
+                        "INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) "
+                        "VALUES (?, ?, ?, 0, ?)",
+                        (blob_id, len(data), stored.certificate.to_json(), time.time_ns()))
+                else:
+                    self.db.execute("UPDATE blobs SET certificate=?, created_ns=? WHERE id=?",
+                                    (stored.certificate.to_json(), time.time_ns(), blob_row))
                 offset = placed = placed_bytes = 0
                 for block in pack:
                     cursor = self.db.execute(
@@ -135,7 +142,7 @@ class Uploader:
                         placed += 1
                         placed_bytes += block.size
                     offset += block.size
-                self.db.execute("UPDATE blobs SET refcount=? WHERE id=?", (placed, blob_row))
+                self.db.execute("UPDATE blobs SET refcount=refcount+? WHERE id=?", (placed, blob_row))
             # The certificate must be on disk before the staged copies go (invariant I4).
             self.db.sync()
             await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)

@@ -134,6 +134,9 @@ class Sliver:
         """Parse without copying the symbols (they stay a view of ``data``)."""
         check_header(data, SLIVER_MAGIC, (1,), "sliver")
         _, _, kind, n, index, symbol_size, blob_id = unpack(_SLIVER_HEAD, data, 0, "sliver")
+        padding = bytes(data[_SLIVER_HEAD.size - 2 : _SLIVER_HEAD.size])
+        if padding != b"\0\0":  # one encoding per sliver: a sliver is stored and served as received
+            raise FormatError(f"sliver: header padding is {padding.hex()}, must be zero")
         if kind not in (0, 1):
             raise FormatError(f"sliver: unknown kind {kind}")
         try:

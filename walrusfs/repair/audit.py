@@ -24,7 +24,7 @@ import trio
 
 from ..client.certificate import Certificate, CertificateError
 from ..client.health import HealthBook
-from ..client.transport import NodeConnection, NodeError, connections, tls_context
+from ..client.transport import NodeConnection, NodeError, connections, node_mounts, tls_context
 from ..committee import Committee
 from ..errors import UserError
 from ..redstuff import BlobId, BlobMetadata, FormatError, SliverKind
@@ -117,7 +117,8 @@ async def audit(committee: Committee, blob_ids: list[BlobId] | None, sample: int
                 rng: random.Random) -> tuple[list[BlobId], dict[str, NodeVerdict]]:
     verdicts = {node.id: NodeVerdict() for node in committee.nodes}
     limiter = trio.CapacityLimiter(16)
-    async with httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(30.0, connect=3.0)) as http:
+    async with httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(30.0, connect=3.0),
+                                 mounts=node_mounts(committee.nodes)) as http:
         if blob_ids:
             certificates = {blob_id: await certificate_of(http, committee, blob_id) for blob_id in blob_ids}
         else:
