@@ -57,6 +57,13 @@ class LocalSnapshotState:
     # 0: a version-1 record, published before writer leases. fsck republishes the record from these.
     generation: int = 0
     holder: str = ""
+    attempted_generation: int = 0  # the lease generation ``attempted`` was tried under
+
+    @property
+    def newest(self) -> tuple[int, int]:
+        """The highest (generation, seq) this state published or may have published: a root record
+        above it on the network was published by another writer."""
+        return max((self.generation, self.seq or 0), (self.attempted_generation, self.attempted))
 
     @classmethod
     def load(cls, state: FsState) -> LocalSnapshotState:
@@ -192,9 +199,10 @@ class SnapshotPublisher:
                             plan.db_hash, segments, history)
         manifest_bytes = manifest.to_bytes()
         manifest_id = await store_blob(manifest_bytes)
-        self.local.attempted = seq
-        self.local.save(self.state)  # before any node sees the number: never reused
         fence = None if self.lease is None else self.lease.fence
+        self.local.attempted = seq
+        self.local.attempted_generation = fence[1] if fence else 0
+        self.local.save(self.state)  # before any node sees the number: never reused
         record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created, fence)
         await self._ensure_lease()
         try:

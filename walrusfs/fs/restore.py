@@ -35,6 +35,8 @@ class SnapshotChain:
     latest: Manifest
     latest_id: str
     history: list[SnapshotRef]
+    generation: int = 0  # the writer lease the latest was published under (its root record's)
+    holder: str = ""
 
     @property
     def all(self) -> list[SnapshotRef]:
@@ -63,7 +65,7 @@ async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChai
     manifest = await read_manifest(client, str(root.snapshot), fs_id)
     if manifest.seq != root.seq:
         raise UserError(f"root record {root.seq} points at a manifest of snapshot {manifest.seq}")
-    return SnapshotChain(manifest, str(root.snapshot), manifest.history)
+    return SnapshotChain(manifest, str(root.snapshot), manifest.history, root.generation, root.holder)
 
 
 async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: SnapshotChain,
@@ -160,8 +162,8 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     finally:
         db.close()
     # Up to date with the snapshot unless fsck had to change something.
-    LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq,
-                       not report.findings).save(state)
+    LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq, not report.findings,
+                       chain.generation, chain.holder, chain.generation).save(state)
     replace_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
     if not quiet:
         print(f"restored filesystem {settings.fs_id} from snapshot {manifest.seq} "

@@ -288,8 +288,9 @@ class WriterLease:
             network = await find_root(self.client.connections, self.client.committee, self.fs_id)
         except RootQuorumError as error:
             raise UserError(f"cannot mount {self.name} writable: {error}") from None
-        mine = max(local.seq or 0, local.attempted)
-        if network is not None and network.seq > mine:
+        # Ordered as records are: a later lease generation wins whatever its number, so a successor's
+        # snapshot with a lower number than one this state attempted is still newer.
+        if network is not None and network.order > local.newest:
             raise UserError(
                 f"filesystem {self.name} was written elsewhere since this machine's state: the network holds "
                 f"snapshot {network.seq}, this state directory ({state.root}) knows {local.seq or 'none'}. "
