@@ -207,6 +207,23 @@ def test_fsync_fails_with_eio_when_uploads_fail(fs_run) -> None:
     fs_run(body)
 
 
+def test_fsync_fails_with_eio_when_the_durability_guard_refuses(fs_run) -> None:
+    async def body(fs: UnitFs) -> None:
+        async def lease_lost() -> None:
+            raise OSError("the writer lease is held by another machine")
+
+        f = await fs.create(b"f")
+        await fs.write(f, 0, b"g" * 10)
+        fs.ops.durability_guard = lease_lost
+        with pytest.raises(FUSEError) as caught:
+            await fs.ops.fsync(f, False)
+        assert caught.value.errno == errno.EIO
+        fs.ops.durability_guard = None
+        await fs.ops.fsync(f, False)
+
+    fs_run(body)
+
+
 def test_an_unlinked_open_file_lives_until_released(fs_run) -> None:
     async def body(fs: UnitFs) -> None:
         f = await fs.create(b"f")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
 from ..committee import Committee, NodeInfo
+from ..lease import LeaseRecord, LeaseState
 from ..protocol import Confirmation, sign_request
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
 from ..roots import RootRecord
@@ -58,16 +60,30 @@ def node_mounts(nodes: Iterable[NodeInfo], **options: Any) -> dict[str, httpx.As
 
 class NodeError(Exception):
     """A node did not give a usable answer. ``transient`` errors are worth retrying; ``invalid``
-    means the node holds a proof that the blob is inconsistently encoded (HTTP 410)."""
+    means the node holds a proof that the blob is inconsistently encoded (HTTP 410);
+    ``unreachable`` that no connection could be made (refused, or no answer to connecting): the node
+    is not there, as opposed to one that is there and slow."""
 
     def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
-                 lie: bool = False, invalid: bool = False) -> None:
+                 lie: bool = False, invalid: bool = False, unreachable: bool = False) -> None:
         super().__init__(f"node {node_id}: {what}: {reason}")
         self.node_id = node_id
         self.reason = reason
         self.transient = transient
         self.lie = lie
         self.invalid = invalid
+        self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """A node's answer to a lease request: ``code`` is "granted" or the refusal's error code;
+    ``current`` the lease that stands on that node."""
+
+    granted: bool
+    code: str
+    message: str
+    current: LeaseState | None
 
 
 class NodeConnection:
@@ -92,7 +108,8 @@ class NodeConnection:
         except httpx.HTTPError as error:
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             self.health.failure(self.node_id, reason)
-            raise NodeError(self.node_id, what, reason) from error
+            raise NodeError(self.node_id, what, reason,
+                            unreachable=isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))) from error
         if response.status_code not in ok:
             reason = f"HTTP {response.status_code}: {_reason(response)}"
             self.health.failure(self.node_id, reason)
@@ -184,7 +201,34 @@ class NodeConnection:
         return await self._call("get root record", lambda: self.http.get(self.base + path), parse,
                                 ok=(200, 404))
 
+    async def get_lease(self, fs_id: str) -> LeaseState | None:
+        """This node's writer lease of a filesystem (verified), or None if it holds none."""
+        path = f"/v1/leases/{fs_id}"
+
+        def parse(response: httpx.Response) -> LeaseState | None:
+            return None if response.status_code == 404 else LeaseState.from_dict(response.json(), fs_id)
+
+        return await self._call("get writer lease", lambda: self.http.get(self.base + path), parse, ok=(200, 404))
+
     # Writes (authorised)
+
+    async def put_lease(self, record: LeaseRecord) -> LeaseAnswer:
+        """Ask for (renew, take over, release) a writer lease: granted, or refused with the lease
+        that stands (HTTP 409). Other failures raise NodeError."""
+        path = f"/v1/leases/{record.fs_id}"
+        body = record.to_json()
+
+        def parse(response: httpx.Response) -> LeaseAnswer:
+            answer = response.json()
+            if response.status_code == 200:
+                return LeaseAnswer(True, "granted", "", LeaseState.from_dict(answer, record.fs_id))
+            current = answer.get("current")
+            return LeaseAnswer(False, str(answer.get("error")), str(answer.get("message")),
+                               None if current is None else LeaseState.from_dict(current, record.fs_id))
+
+        return await self._call("writer lease", lambda: self.http.put(
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), parse, ok=(200, 409))
+
 
     async def put_root(self, record: RootRecord) -> None:
         path = f"/v1/roots/{record.fs_id}"
@@ -235,13 +279,18 @@ class NodeConnection:
 
 
 def _reason(response: httpx.Response) -> str:
+    """What the node said: its error code and its explanation (``{"error": code, "message": why}``,
+    docs/node-api.md), which says what to do ("check the clocks"); the code alone does not."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200] or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body)[:300]
-    return str(body)[:300]
+        return response.text.strip()[:300] or response.reason_phrase
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    code, message = body.get("error"), body.get("message") or body.get("detail")
+    if code and message:
+        return f"{code}: {message}"[:500]
+    return str(code or message or body)[:300]
 
 
 def connections(http: httpx.AsyncClient, committee: Committee, health: HealthBook,
