@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from walrusfs.committee import Committee
 from walrusfs.keys import public_key_text
 from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, SignedRequest, verify_request
+from walrusfs.protocol.committee import Committee
+from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -31,7 +32,6 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
-from walrusfs.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 
 from . import metrics as metrics_format
 from .buffers import ImagePool, ObjectImage

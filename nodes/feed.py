@@ -19,7 +19,7 @@ import random
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from walrusfs.client.certificate import CertificateError
+from walrusfs.protocol.certificates import CertificateError
 from walrusfs.redstuff import BlobId, FormatError
 
 from .peers import PeerError

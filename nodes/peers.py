@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from walrusfs.client.transport import node_mounts, tls_context
-from walrusfs.committee import NodeInfo
+from walrusfs.protocol.committee import NodeInfo
+from walrusfs.protocol.transport import node_mounts, tls_context
 from walrusfs.redstuff import BlobId, SliverKind
 
 # Sent with the symbol requests of repair: the holder serves them from its bounded recovery pool

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from walrusfs.client.certificate import Certificate, CertificateError
+from walrusfs.protocol.certificates import Certificate, CertificateError
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,

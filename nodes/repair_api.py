@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from walrusfs.client.certificate import CertificateError
+from walrusfs.protocol.certificates import CertificateError
 from walrusfs.redstuff import BlobId, FormatError, SliverKind
 
 from .feed import MAX_PAGE

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from walrusfs.durable import replace_durably
-from walrusfs.roots import RootRecord, RootRecordError
+from walrusfs.protocol.roots import RootRecord, RootRecordError
 
 log = logging.getLogger(__name__)
 

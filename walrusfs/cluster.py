@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
 from .fs.config import user_home
 from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from .ports import ephemeral_range, exposed_ports
-from .tls import certificate_text, client_context, node_certificate
+from .protocol.committee import Committee, NodeInfo, round_robin_shards
+from .protocol.tls import certificate_text, client_context, node_certificate
 
 # The password database's home, not $HOME: mount(8) drops HOME, and mount.walrusfs must find the
 # same bundled committee (the default of -o committee=) as mkfs did.

@@ -24,10 +24,10 @@ import trio
 from nodes.server import SERVERS
 
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
-from ..committee import NodeInfo
 from ..keys import load_key
 from ..ports import free_port_range
 from ..protocol import sign_request
+from ..protocol.committee import NodeInfo
 from ..redstuff import EncodedBlob, encode
 from .report import emit, mb_per_s, progress
 

@@ -24,8 +24,8 @@ import trio
 
 from ..client import BlobClient
 from ..cluster import repair_status, start_cluster
-from ..committee import Committee
 from ..keys import load_key
+from ..protocol.committee import Committee
 from .blob import N_NODES, _stop_nodes, bundled_network
 from .report import emit, mb_per_s, progress
 

@@ -61,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _committee(args: argparse.Namespace):
-    from ..committee import Committee
+    from ..protocol.committee import Committee
 
     path = args.committee or _default_cluster_dir() / "committee.toml"
     if not Path(path).exists():

@@ -13,8 +13,8 @@ import logging
 
 import trio
 
-from ..committee import Committee
-from ..roots import RootRecord
+from ..protocol.committee import Committee
+from ..protocol.roots import RootRecord
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)

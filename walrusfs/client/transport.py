@@ -6,21 +6,19 @@ metadata) is the caller's business, because that is where it knows what to do ab
 
 from __future__ import annotations
 
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
-from ..committee import Committee, NodeInfo
 from ..protocol import Confirmation, sign_request
+from ..protocol.committee import Committee, NodeInfo
+from ..protocol.roots import RootRecord
+from ..protocol.transport import node_mounts, tls_context  # noqa: F401 (re-exported: callers import them from here)
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
-from ..roots import RootRecord
-from ..tls import client_context, pinned_context
 from .health import HealthBook
 
 T = TypeVar("T")
@@ -40,20 +38,6 @@ async def _send_event_without_copy(self: AsyncHTTP11Connection, event: h11.Event
 
 
 AsyncHTTP11Connection._send_event = _send_event_without_copy  # httpcore 1.x (pinned below 2)
-
-
-def tls_context(node: NodeInfo | None = None) -> ssl.SSLContext:
-    """How to verify ``node``: exactly its certificate if the committee pins one (walrusfs.tls), else
-    the CA bundle (one context per process either way)."""
-    return client_context(None if node is None else node.tls_cert)
-
-
-def node_mounts(nodes: Iterable[NodeInfo], **options: Any) -> dict[str, httpx.AsyncHTTPTransport]:
-    """For one httpx client shared by several nodes: a transport per node with a pinned certificate,
-    so that each is held to its own (a single context trusting all would let one pose as another)."""
-    return {f"all://{urlsplit(node.url).netloc}": httpx.AsyncHTTPTransport(verify=pinned_context(node.tls_cert),
-                                                                            **options)
-            for node in nodes if node.tls_cert is not None}
 
 
 class NodeError(Exception):

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import directio
 from ..client import BlobClient, ClientSettings
-from ..committee import Committee
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
 from ..malloc import keep_freed_buffers
+from ..protocol.committee import Committee
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache

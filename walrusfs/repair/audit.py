@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import trio
 
-from ..client.certificate import Certificate, CertificateError
 from ..client.health import HealthBook
 from ..client.transport import NodeConnection, NodeError, connections, node_mounts, tls_context
-from ..committee import Committee
 from ..errors import UserError
+from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.committee import Committee
 from ..redstuff import BlobId, BlobMetadata, FormatError, SliverKind
 
 
