@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from walrusfs.protocol.certificates import Certificate, CertificateError
 from walrusfs.redstuff import (
@@ -40,15 +40,13 @@ from walrusfs.redstuff import (
     verify_inconsistency_proof,
 )
 
+from .core import NodeCore
 from .feed import Feed
 from .http import HTTPError
 from .peers import PeerError, Peers
 from .ratelimit import Backoff, TokenBucket
 from .scrub import Scrubber
 from .store import CERTIFICATE, INCONSISTENCY, METADATA, CorruptObjectError, MissingMetadataError, sliver_name
-
-if TYPE_CHECKING:
-    from .app import NodeApp
 
 log = logging.getLogger("nodes.repair")
 T = TypeVar("T")
@@ -69,13 +67,13 @@ class RepairStats:
 
 
 class RepairService:
-    def __init__(self, app: NodeApp) -> None:
-        self.app = app
-        self.config = app.config.repair
-        self.store = app.store
-        self.committee = app.committee
-        self.geometry = app.geometry
-        self.node_id = app.config.node_id
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.config = core.config.repair
+        self.store = core.store
+        self.committee = core.committee
+        self.geometry = core.geometry
+        self.node_id = core.node_id
         self.stats = RepairStats()
         # Decoding, verification and disk I/O of repair and scrubbing: never the foreground pool.
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="node-repair")
@@ -121,7 +119,6 @@ class RepairService:
         if self.peers is not None:
             await self.peers.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.app.repair_api.serve_executor.shutdown(wait=True, cancel_futures=True)
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -213,7 +210,7 @@ class RepairService:
             self.enqueue(blob, delay=self.config.grace - quiet_since + 0.1)
             return None
         todo = []
-        for shard in self.app.shards:
+        for shard in self.core.shards:
             pair = self.geometry.pair_of_shard(shard, blob_id.raw)
             for kind in SliverKind:
                 if not self.store.has(blob_id, sliver_name(pair, kind)):
@@ -239,7 +236,7 @@ class RepairService:
         try:
             payload = await self.in_worker(self.store.get, blob_id, METADATA)
         except CorruptObjectError:
-            self.app.forget_cached(blob_id)
+            self.core.forget_cached(blob_id)
             return None
         return None if payload is None else BlobMetadata.from_bytes(payload)
 
@@ -322,7 +319,7 @@ class RepairService:
         source_kind = target_kind.other
         local, remote = [], []
         for index in range(self.geometry.n_shards):
-            pair = index if source_kind is SliverKind.PRIMARY else self.geometry.pair_of_secondary(index)
+            pair = self.geometry.pair_of_sliver(index, source_kind)
             holder = self.committee.node_for_shard(self.geometry.shard_of_pair(pair, blob_id.raw)).id
             if holder == self.node_id:
                 if self.store.has(blob_id, sliver_name(pair, source_kind)):
@@ -378,7 +375,7 @@ class RepairService:
     async def _recover(self, metadata: BlobMetadata, pair: int, kind: SliverKind) -> bool:
         blob_id = metadata.blob_id
         blob = str(blob_id)
-        target = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+        target = self.geometry.sliver_of_pair(pair, kind)
         needed = self.geometry.n_secondary if kind is SliverKind.PRIMARY else self.geometry.n_primary
         key = (blob, pair, kind)
         # Symbols of an earlier attempt that fell short are kept: a retry fetches only what it lacks.
@@ -427,12 +424,12 @@ class RepairService:
         loop = asyncio.get_running_loop()
 
         async def build() -> SliverExpansion:
-            payload = await self.app.read_object(blob_id, sliver_name(pair, kind), executor)
+            payload = await self.core.read_object(blob_id, sliver_name(pair, kind), executor)
             if payload is None:
                 raise HTTPError(404, "not_found", f"pair {pair} {kind.name.lower()} of blob {blob_id} is not stored")
             return await loop.run_in_executor(executor, lambda: SliverExpansion(Sliver.from_bytes(payload)))
 
-        return await self.app.expansions.get((blob_id, pair, kind), build)
+        return await self.core.expansions.get((blob_id, pair, kind), build)
 
     # --- inconsistent blobs --------------------------------------------------------------------------
 
@@ -441,7 +438,7 @@ class RepairService:
         if blob in self.store.invalid:
             return
         await self.in_worker(self.store.put_object, blob_id, INCONSISTENCY, proof.to_bytes())
-        self.app.forget_cached(blob_id)
+        self.core.forget_cached(blob_id)
         self._forget_missing(blob)
         self.feed.append(blob)
         if learned_from:

@@ -1,4 +1,4 @@
-"""Root records of filesystems (walrusfs.roots): the node keeps the highest valid one of each.
+"""Root records of filesystems (walrusfs.protocol.roots): the node keeps the highest valid one of each.
 
     <data>/roots/<fs id>.json
 

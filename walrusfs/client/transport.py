@@ -14,7 +14,7 @@ import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
-from ..protocol import Confirmation, sign_request
+from ..protocol import Confirmation, routes, sign_request
 from ..protocol.committee import Committee, NodeInfo
 from ..protocol.roots import RootRecord
 from ..protocol.transport import node_mounts, tls_context  # noqa: F401 (re-exported: callers import them from here)
@@ -100,7 +100,7 @@ class NodeConnection:
     # Reads (public)
 
     async def get_metadata(self, blob_id: BlobId) -> BlobMetadata:
-        path = f"/v1/blobs/{blob_id}/metadata"
+        path = routes.metadata(blob_id)
 
         def parse(response: httpx.Response) -> BlobMetadata:
             metadata = BlobMetadata.from_bytes(response.content)
@@ -112,7 +112,7 @@ class NodeConnection:
     async def get_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind,
                          on_head: Callable[[], None] | None = None) -> Sliver:
         """``on_head`` is called once the node's response head has arrived (before the body)."""
-        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}"
+        path = routes.sliver(blob_id, pair, kind)
 
         async def send() -> httpx.Response:
             async with self.http.stream("GET", self.base + path) as response:
@@ -123,7 +123,7 @@ class NodeConnection:
 
         def parse(response: httpx.Response) -> Sliver:
             sliver = Sliver.from_bytes(response.content)
-            expected = pair if kind is SliverKind.PRIMARY else self.committee.n_shards - 1 - pair
+            expected = self.committee.geometry.sliver_of_pair(pair, kind)
             if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != expected:
                 raise FormatError(f"asked for {kind.name.lower()} sliver {expected} of {blob_id}, "
                                   f"got {sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
@@ -133,30 +133,30 @@ class NodeConnection:
 
     async def get_recovery_symbol(self, blob_id: BlobId, pair: int, kind: SliverKind,
                                   target: int) -> RecoverySymbol:
-        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}/recovery/{target}"
+        path = routes.recovery_symbol(blob_id, pair, kind, target)
         return await self._call(f"get recovery symbol {target} from pair {pair}",
                                 lambda: self.http.get(self.base + path),
                                 lambda r: RecoverySymbol.from_bytes(r.content))
 
     async def get_status(self, blob_id: BlobId) -> dict:
-        path = f"/v1/blobs/{blob_id}/status"
+        path = routes.status(blob_id)
         return await self._call("get status", lambda: self.http.get(self.base + path),
                                 lambda r: r.json())
 
     async def get_inconsistency(self, blob_id: BlobId) -> InconsistencyProof:
         """The node's proof that the blob is inconsistently encoded (the caller checks it)."""
-        path = f"/v1/blobs/{blob_id}/inconsistency"
+        path = routes.inconsistency(blob_id)
         return await self._call("get inconsistency proof", lambda: self.http.get(self.base + path),
                                 lambda r: InconsistencyProof.from_bytes(r.content))
 
     async def get_confirmation(self, blob_id: BlobId) -> Confirmation:
-        path = f"/v1/blobs/{blob_id}/confirmation"
+        path = routes.confirmation(blob_id)
         return await self._call("get confirmation", lambda: self.http.get(self.base + path),
                                 lambda r: Confirmation.from_json(r.content))
 
     async def get_root(self, fs_id: str) -> RootRecord | None:
         """This node's root record of a filesystem (verified), or None if it holds none."""
-        path = f"/v1/roots/{fs_id}"
+        path = routes.root(fs_id)
 
         def parse(response: httpx.Response) -> RootRecord | None:
             if response.status_code == 404:
@@ -171,7 +171,7 @@ class NodeConnection:
     # Writes (authorised)
 
     async def put_root(self, record: RootRecord) -> None:
-        path = f"/v1/roots/{record.fs_id}"
+        path = routes.root(record.fs_id)
         body = record.to_json()
         await self._call(f"store root record {record.seq}", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
@@ -179,14 +179,14 @@ class NodeConnection:
 
     async def put_certificate(self, blob_id: BlobId, certificate_json: str) -> None:
         """Tell the node the blob is certified, so that it keeps (and repairs) its slivers."""
-        path = f"/v1/blobs/{blob_id}/certificate"
+        path = routes.certificate(blob_id)
         body = certificate_json.encode()
         await self._call("store certificate", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)),
             lambda r: None, ok=(200, 201))
 
     async def put_metadata(self, metadata: BlobMetadata) -> None:
-        path = f"/v1/blobs/{metadata.blob_id}/metadata"
+        path = routes.metadata(metadata.blob_id)
         body = metadata.to_bytes()
         await self._call("store metadata", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
@@ -195,7 +195,7 @@ class NodeConnection:
     async def put_sliver(self, pair: int, sliver: Sliver) -> Confirmation | None:
         """Store one sliver; the node's confirmation if this completed its slivers of the blob
         (unverified: the caller checks it as it would a fetched one)."""
-        path = f"/v1/blobs/{sliver.blob_id}/slivers/{pair}/{sliver.kind.name.lower()}"
+        path = routes.sliver(sliver.blob_id, pair, sliver.kind)
         header = sliver.header()
         symbols = memoryview(sliver.data).cast("B")  # type: ignore[arg-type]
 

@@ -2,6 +2,9 @@
 
 The mount happens before the process daemonises, so a failure reaches the caller with a message
 and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the parent exit 0.
+
+Length: option parsing for mount(8) and the daemon's lifecycle share this module until the CLI's
+restructuring (issue 13) moves the options out with the other commands.
 """
 
 from __future__ import annotations
