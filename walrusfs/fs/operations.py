@@ -11,6 +11,10 @@ Reading does not update atime (as with the noatime mount option).
 POSIX ACLs: the kernel checks them (FUSE_POSIX_ACL, which implies default_permissions) with the
 ACLs this class returns from getxattr; this class keeps them and the mode in step (acl.py) and
 gives new entries their directory's default ACL.
+
+Length: pyfuse3 wants the whole filesystem as one Operations object, and every handler here is a
+short translation to the database (db.py), the blocks (blocks.py) or the ACLs (acl.py), where the
+logic lives.
 """
 
 from __future__ import annotations
