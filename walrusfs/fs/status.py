@@ -191,6 +191,8 @@ def node_state(health: dict) -> str:
     state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
     if health.get("lies"):
         state += ", lied"
+    if health.get("avoided_s"):
+        state += f", avoided {health['avoided_s']:.0f} s"  # not asked by reads for now
     return state
 
 
@@ -215,7 +217,7 @@ def format_status(status: dict, now: float | None = None) -> str:
     if uploads_failing(status):
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
-        alerts.append(f"last error: {_shorten(str(last_error), 400)}")
+        alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot_failing(status):
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
     if alerts:
