@@ -11,6 +11,10 @@ Pacing (docs/repair.md): at most ``concurrency`` blobs at once, symbol bytes pac
 bucket, exactly k sources asked per sliver (more only on failure), random source order, per-peer
 jittered backoff (a 429 from a busy holder is honoured), and a grace period while the writer is
 still sending a blob, so that repair never races an upload.
+
+Length: one service whose parts (the queue and its retries, source choice, symbol fetching, the
+rebuilt slivers kept across a full disk) all read and write the same per-blob state (missing,
+partial, rebuilt, backoff); the next cut is to move the disk-full keeping into its own class.
 """
 
 from __future__ import annotations
