@@ -3,6 +3,9 @@ and are resolved when asked, so that `walrusfs --home DIR` (which sets it) moves
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,12 @@ def test_the_bundled_cluster_follows_walrusfs_home(monkeypatch: pytest.MonkeyPat
 def test_a_home_given_explicitly_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WALRUSFS_HOME", "/nonexistent/elsewhere")
     assert paths.fs_home(tmp_path) == tmp_path.resolve() / "fs"
+
+
+def test_walrusfs_home_option_moves_the_cluster_the_cluster_commands_use(tmp_path: Path) -> None:
+    """`--home` is parsed after the modules are loaded: the cluster commands still follow it."""
+    env = {k: v for k, v in os.environ.items() if k != "WALRUSFS_HOME"}
+    result = subprocess.run([sys.executable, "-m", "walrusfs.cli", "--home", str(tmp_path), "cluster", "status"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0
+    assert f"{tmp_path.resolve() / 'cluster'} is not a cluster directory" in result.stderr
