@@ -47,6 +47,8 @@ from .http import (
     json_response,
 )
 from .httpd import ConnectionStats
+from .lease_api import LeaseAPI, fenced_error
+from .leases import FencedError, LeaseStore
 from .memory import MemoryKeeper
 from .metrics import family
 from .repair import RepairService
@@ -82,13 +84,16 @@ class NodeApp:
         self.repair = RepairService(core)
         self.repair_api = RepairAPI(core, self.repair)
         core.on_quarantine = self._quarantined
-        self._handlers = self._routes()
         largest = self.geometry.layout(min(config.max_blob_size, self.geometry.max_blob_length))
         # The largest sliver any blob this node accepts can have: the bound checked on Content-Length.
         self.max_sliver_body = SLIVER_HEADER_SIZE + largest.primary_sliver_size
         self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
         self.roots = RootStore(store.root)
         self.roots.open()
+        self.leases = LeaseStore(store.root)
+        self.leases.open()
+        self.lease_api = LeaseAPI(core, self.leases)
+        self._handlers = self._routes()
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
@@ -129,6 +134,7 @@ class NodeApp:
             routes.BLOB_SLIVER: {"GET": self.get_sliver, "PUT": self.put_sliver},
             routes.BLOB_RECOVERY: {"GET": self.recovery_symbol},
             **self.repair_api.routes(),
+            **self.lease_api.routes(),
         }
 
     def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
@@ -244,7 +250,9 @@ class NodeApp:
         except RootRecordError as error:
             raise HTTPError(422, "bad_root_record", str(error)) from None
         try:
-            replaced = await self.core.in_worker(self.roots.put, record)
+            replaced = await self.core.in_worker(self.leases.put_fenced, self.roots, record)
+        except FencedError as error:
+            raise fenced_error(error) from None
         except StaleRecordError as error:
             raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
         except OSError as error:

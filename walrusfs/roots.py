@@ -3,6 +3,7 @@ stays importable for callers and for branches written against it."""
 
 from .protocol.roots import (  # noqa: F401
     MAX_RECORD_BYTES,
+    READABLE_VERSIONS,
     ROOT_VERSION,
     RootRecord,
     RootRecordError,

@@ -24,6 +24,7 @@ def segments(path: str) -> list[str]:
     (routes.CERTIFIED, routes.CERTIFIED, {}),
     (routes.REPAIR_STATUS, routes.REPAIR_STATUS, {}),
     (routes.root("ab" * 16), routes.ROOT, {"fs_id": "ab" * 16}),
+    (routes.lease("cd" * 16), routes.LEASE, {"fs_id": "cd" * 16}),
     (routes.blob(BLOB), routes.BLOB, {"id": str(BLOB)}),
     (routes.metadata(BLOB), routes.BLOB_METADATA, {"id": str(BLOB)}),
     (routes.certificate(BLOB), routes.BLOB_CERTIFICATE, {"id": str(BLOB)}),
@@ -39,7 +40,7 @@ def test_a_built_path_matches_the_route_it_was_built_for(path: str, route: str, 
     assert routes.match(segments(path)) == routes.Match(route, params)
 
 
-@pytest.mark.parametrize("path", ["/v1", "/v1/blobs", "/v1/roots", "/v1/roots/a/b", "/v1/repair",
+@pytest.mark.parametrize("path", ["/v1", "/v1/blobs", "/v1/roots", "/v1/roots/a/b", "/v1/leases", "/v1/repair",
                                   f"/v1/blobs/{BLOB}/other", f"/v1/blobs/{BLOB}/slivers/1",
                                   f"/v1/blobs/{BLOB}/slivers/1/primary/other/2", "/v2/health"])
 def test_anything_else_is_no_route(path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import h11
@@ -16,6 +17,7 @@ from httpcore._async.http11 import AsyncHTTP11Connection
 
 from ..protocol import Confirmation, routes, sign_request
 from ..protocol.committee import Committee, NodeInfo
+from ..protocol.lease import LeaseRecord, LeaseState
 from ..protocol.roots import RootRecord
 from ..protocol.transport import node_mounts, tls_context  # noqa: F401 (re-exported: callers import them from here)
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
@@ -55,6 +57,17 @@ class NodeError(Exception):
         self.lie = lie
         self.invalid = invalid
         self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """A node's answer to a lease request: ``code`` is "granted" or the refusal's error code;
+    ``current`` the lease that stands on that node."""
+
+    granted: bool
+    code: str
+    message: str
+    current: LeaseState | None
 
 
 class NodeConnection:
@@ -172,7 +185,34 @@ class NodeConnection:
         return await self._call("get root record", lambda: self.http.get(self.base + path), parse,
                                 ok=(200, 404))
 
+    async def get_lease(self, fs_id: str) -> LeaseState | None:
+        """This node's writer lease of a filesystem (verified), or None if it holds none."""
+        path = routes.lease(fs_id)
+
+        def parse(response: httpx.Response) -> LeaseState | None:
+            return None if response.status_code == 404 else LeaseState.from_dict(response.json(), fs_id)
+
+        return await self._call("get writer lease", lambda: self.http.get(self.base + path), parse, ok=(200, 404))
+
     # Writes (authorised)
+
+    async def put_lease(self, record: LeaseRecord) -> LeaseAnswer:
+        """Ask for (renew, take over, release) a writer lease: granted, or refused with the lease
+        that stands (HTTP 409). Other failures raise NodeError."""
+        path = routes.lease(record.fs_id)
+        body = record.to_json()
+
+        def parse(response: httpx.Response) -> LeaseAnswer:
+            answer = response.json()
+            if response.status_code == 200:
+                return LeaseAnswer(True, "granted", "", LeaseState.from_dict(answer, record.fs_id))
+            current = answer.get("current")
+            return LeaseAnswer(False, str(answer.get("error")), str(answer.get("message")),
+                               None if current is None else LeaseState.from_dict(current, record.fs_id))
+
+        return await self._call("writer lease", lambda: self.http.put(
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), parse, ok=(200, 409))
+
 
     async def put_root(self, record: RootRecord) -> None:
         path = routes.root(record.fs_id)

@@ -18,6 +18,7 @@ INVENTORY = "/v1/inventory"
 CERTIFIED = "/v1/certified"  # query: since, limit
 REPAIR_STATUS = "/v1/repair/status"
 ROOT = "/v1/roots/{fs_id}"
+LEASE = "/v1/leases/{fs_id}"
 BLOB = "/v1/blobs/{id}"
 BLOB_METADATA = "/v1/blobs/{id}/metadata"
 BLOB_CERTIFICATE = "/v1/blobs/{id}/certificate"
@@ -40,6 +41,10 @@ _BLOB_OBJECTS = {"metadata": BLOB_METADATA, "certificate": BLOB_CERTIFICATE, "in
 
 def root(fs_id: str) -> str:
     return f"/v1/roots/{fs_id}"
+
+
+def lease(fs_id: str) -> str:
+    return f"/v1/leases/{fs_id}"
 
 
 def blob(blob_id: BlobId) -> str:
@@ -89,6 +94,8 @@ def match(segments: list[str]) -> Match | None:
         return Match(fixed, {})
     if len(segments) == 3 and segments[:2] == ["v1", "roots"]:
         return Match(ROOT, {"fs_id": segments[2]})
+    if len(segments) == 3 and segments[:2] == ["v1", "leases"]:
+        return Match(LEASE, {"fs_id": segments[2]})
     if len(segments) < 3 or segments[:2] != ["v1", "blobs"]:
         return None
     params = {"id": segments[2]}
