@@ -8,19 +8,16 @@ thread pool so the event loop only moves bytes.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from walrusfs.committee import Committee
-from walrusfs.keys import public_key_text
-from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, SignedRequest, verify_request
+from walrusfs.protocol import SignedRequest, routes
+from walrusfs.protocol.committee import Committee
+from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -31,12 +28,11 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
-from walrusfs.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
 
 from . import metrics as metrics_format
 from .buffers import ImagePool, ObjectImage
 from .config import NodeConfig
-from .expansions import ExpansionCache
+from .core import NodeCore
 from .http import (
     OCTETS,
     ClientDisconnected,
@@ -54,26 +50,20 @@ from .httpd import ConnectionStats
 from .lease_api import LeaseAPI, fenced_error
 from .leases import FencedError, LeaseStore
 from .memory import MemoryKeeper
-from .metrics import Metrics, family
-from .nonces import JournalError, NonceJournal
-from .peers import REPAIR_HEADER
+from .metrics import family
 from .repair import RepairService
 from .repair_api import RepairAPI
 from .roots import RootStore, StaleRecordError
+from .store import HEADER_SIZE as STORED_HEADER_SIZE
 from .store import (
-    CERTIFICATE,
-    INCONSISTENCY,
     METADATA,
     BlobStore,
-    CorruptObjectError,
     MissingMetadataError,
     StoreFullError,
     sliver_name,
 )
-from .store import HEADER_SIZE as STORED_HEADER_SIZE
 
 log = logging.getLogger("nodes.app")
-T = TypeVar("T")
 Handler = Callable[..., Awaitable[Response]]
 
 MAX_INVENTORY_PAGE = 10_000
@@ -82,40 +72,34 @@ MAX_INVENTORY_PAGE = 10_000
 class NodeApp:
     def __init__(self, config: NodeConfig, committee: Committee, key: Ed25519PrivateKey,
                  store: BlobStore, workers: int = 8) -> None:
-        self.config = config
-        self.committee = committee
-        self.key = key
-        self.public_key = public_key_text(key)
-        self.store = store
-        self.geometry = committee.geometry
-        self.shards = committee.shards_of(config.node_id)
-        self.metrics = Metrics()
+        self.core = core = NodeCore(config, committee, key, store, workers)
+        # The core's parts under the names the server and the tests know them by.
+        self.config, self.committee, self.key, self.public_key = config, committee, key, core.public_key
+        self.store, self.geometry, self.shards = store, core.geometry, core.shards
+        self.metrics, self.replay, self.expansions = core.metrics, core.replay, core.expansions
+        self.executor, self.journal = core.executor, core.journal
         self.connections = ConnectionStats()  # kept by nodes.httpd
         self.memory = MemoryKeeper(self.connections)
-        self.replay = ReplayGuard()
-        self.expansions = ExpansionCache()
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="node-worker")
         self.images = ImagePool()
-        self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
-        self.repair = RepairService(self)
-        self.repair_api = RepairAPI(self, self.repair)
+        self.repair = RepairService(core)
+        self.repair_api = RepairAPI(core, self.repair)
+        core.on_quarantine = self._quarantined
         largest = self.geometry.layout(min(config.max_blob_size, self.geometry.max_blob_length))
         # The largest sliver any blob this node accepts can have: the bound checked on Content-Length.
         self.max_sliver_body = SLIVER_HEADER_SIZE + largest.primary_sliver_size
         self.metadata_body = BlobMetadata.wire_size(self.geometry.n_shards)
         self.roots = RootStore(store.root)
         self.roots.open()
-        self.journal = NonceJournal(store.root)
-        self.journal.open()
         self.leases = LeaseStore(store.root)
         self.leases.open()
-        self.lease_api = LeaseAPI(self, self.leases)
+        self.lease_api = LeaseAPI(core, self.leases)
+        self._handlers = self._routes()
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.repair, self.memory)
+            await _lifespan(receive, send, self.core, self.repair, self.memory)
             return
         if scope["type"] != "http":
             return
@@ -136,26 +120,38 @@ class NodeApp:
         received = request.received if request else 0
         self.metrics.request(route, scope["method"], response.status, received, sent)
 
+    def _routes(self) -> dict[str, dict[str, Handler]]:
+        """The handlers of each route (walrusfs.protocol.routes), by method."""
+        return {
+            routes.HEALTH: {"GET": self.health},
+            routes.METRICS: {"GET": self.prometheus},
+            routes.INVENTORY: {"GET": self.inventory},
+            routes.ROOT: {"GET": self.get_root, "PUT": self.put_root},
+            routes.BLOB: {"DELETE": self.delete_blob},
+            routes.BLOB_METADATA: {"GET": self.get_metadata, "PUT": self.put_metadata},
+            routes.BLOB_STATUS: {"GET": self.status},
+            routes.BLOB_CONFIRMATION: {"GET": self.confirmation},
+            routes.BLOB_SLIVER: {"GET": self.get_sliver, "PUT": self.put_sliver},
+            routes.BLOB_RECOVERY: {"GET": self.recovery_symbol},
+            **self.repair_api.routes(),
+            **self.lease_api.routes(),
+        }
+
     def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
-        s = request.segments
-        table: dict[str, Handler]
+        found = routes.match(request.segments)
+        if found is None:
+            self._explain_no_route(request)
+        route, params = found.route, found.params
+        table = self._handlers[route]
         args: tuple[Any, ...] = ()
-        if s == ["v1", "health"]:
-            route, table = "/v1/health", {"GET": self.health}
-        elif s == ["metrics"]:
-            route, table = "/metrics", {"GET": self.prometheus}
-        elif s == ["v1", "certified"] or s[:2] == ["v1", "repair"]:
-            route, table, args = self.repair_api.route(s)
-        elif s == ["v1", "inventory"]:
-            route, table = "/v1/inventory", {"GET": self.inventory}
-        elif len(s) == 3 and s[:2] == ["v1", "roots"]:
-            route, table, args = "/v1/roots/{fs_id}", {"GET": self.get_root, "PUT": self.put_root}, (s[2],)
-        elif len(s) == 3 and s[:2] == ["v1", "leases"]:
-            route, table, args = self.lease_api.route(s[2])
-        elif len(s) >= 3 and s[:2] == ["v1", "blobs"]:
-            route, table, args = self._blob_route(s[2:])
-        else:
-            raise HTTPError(404, "no_route", f"no route {request.target[:100]}")
+        if "fs_id" in params:
+            args = (params["fs_id"],)
+        elif "id" in params:  # parsed in this order, so a path wrong in several ways gets the first error
+            args = (_parse_blob_id(params["id"]),)
+            if "pair" in params:
+                args += (self._parse_index(params["pair"], "pair index"), _parse_kind(params["kind"]))
+            if "target" in params:
+                args += (self._parse_index(params["target"], "target index"),)
         if request.method == "HEAD" and "GET" in table:
             return route, table["GET"], args
         if request.method not in table:
@@ -163,30 +159,18 @@ class NodeApp:
             raise HTTPError(405, "method_not_allowed", f"{route} allows {allowed}", [("allow", allowed)])
         return route, table[request.method], args
 
-    def _blob_route(self, s: list[str]) -> tuple[str, dict[str, Handler], tuple[Any, ...]]:
-        blob_id = _parse_blob_id(s[0])
-        rest = s[1:]
-        if not rest:
-            return "/v1/blobs/{id}", {"DELETE": self.delete_blob}, (blob_id,)
-        if rest == ["metadata"]:
-            return ("/v1/blobs/{id}/metadata", {"GET": self.get_metadata, "PUT": self.put_metadata},
-                    (blob_id,))
-        if rest in (["certificate"], ["inconsistency"]):
-            return self.repair_api.blob_route(rest[0], blob_id)
-        if rest == ["status"]:
-            return "/v1/blobs/{id}/status", {"GET": self.status}, (blob_id,)
-        if rest == ["confirmation"]:
-            return "/v1/blobs/{id}/confirmation", {"GET": self.confirmation}, (blob_id,)
-        if len(rest) in (3, 5) and rest[0] == "slivers":
-            pair, kind = self._parse_index(rest[1], "pair index"), _parse_kind(rest[2])
-            if len(rest) == 3:
-                return ("/v1/blobs/{id}/slivers/{pair}/{kind}",
-                        {"GET": self.get_sliver, "PUT": self.put_sliver}, (blob_id, pair, kind))
-            if rest[3] == "recovery":
-                target = self._parse_index(rest[4], "target index")
-                return ("/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}",
-                        {"GET": self.recovery_symbol}, (blob_id, pair, kind, target))
-        raise HTTPError(404, "no_route", f"no route /v1/blobs/{s[0]}/{'/'.join(rest)[:80]}")
+    def _explain_no_route(self, request: Request) -> NoReturn:
+        """404 for a path that is no route; but a bad blob ID, pair index or sliver kind in a path
+        under /v1/blobs/ is answered 400 for what is wrong with it."""
+        s = request.segments
+        if len(s) >= 3 and s[:2] == ["v1", "blobs"]:
+            _parse_blob_id(s[2])
+            rest = s[3:]
+            if len(rest) in (3, 5) and rest[0] == "slivers":
+                self._parse_index(rest[1], "pair index")
+                _parse_kind(rest[2])
+            raise HTTPError(404, "no_route", f"no route /v1/blobs/{s[2]}/{'/'.join(rest)[:80]}")
+        raise HTTPError(404, "no_route", f"no route {request.target[:100]}")
 
     def _parse_index(self, text: str, what: str) -> int:
         if not text.isdigit() or len(text) > 5 or int(text) >= self.geometry.n_shards:
@@ -196,95 +180,10 @@ class NodeApp:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
-
-    async def _authorize(self, request: Request, *, body_bound: bool = True,
-                         durable: bool = False) -> SignedRequest:
-        """Check the writer's signature (made for this node, within the clock window) and that its
-        nonce is new. ``durable``: the write is dangerous to replay (docs/threat-model.md), so its
-        nonce goes to the on-disk journal before the write takes effect and is refused after a
-        restart too; otherwise it is remembered in memory. ``body_bound=False``: the route's body
-        certifies itself, so the signature may leave it unbound."""
-        try:
-            signed = verify_request(request.headers.get("authorization"), request.method, request.target,
-                                    self.committee, self.config.node_id, body_bound=body_bound,
-                                    replay=None if durable else self.replay)
-        except AuthError as error:
-            raise _unauthorized(error) from None
-        if durable:
-            try:
-                fresh = await self._in_worker(self.journal.remember, signed.nonce, signed.expiry)
-            except JournalError as error:
-                log.error("%s", error)
-                raise HTTPError(503, "replay_journal", str(error), [("retry-after", "60")]) from None
-            if not fresh:
-                raise _unauthorized(AuthError("Authorization nonce was already used (replayed request)"))
-        return signed
-
-    @staticmethod
-    def _check_body(signed: SignedRequest, body: bytes | bytearray | memoryview) -> None:
-        try:
-            signed.check_body(body)
-        except AuthError as error:
-            raise _unauthorized(error) from None
-
-    def _check_shard(self, blob_id: BlobId, pair: int) -> int:
-        shard = self.geometry.shard_of_pair(pair, blob_id.raw)
-        if shard not in self.shards:
-            holder = self.committee.node_for_shard(shard)
-            raise HTTPError(421, "shard_not_held",
-                            f"pair {pair} of this blob belongs to shard {shard}, held by {holder.id!r} "
-                            f"({holder.url}), not by this node", shard=shard, node=holder.id)
-        return shard
-
-    async def _read(self, blob_id: BlobId, name: str) -> bytes | None:
-        return await self.read_object(blob_id, name)
-
-    async def read_object(self, blob_id: BlobId, name: str, executor: ThreadPoolExecutor | None = None) -> bytes | None:
-        """A stored object, checksum-verified in ``executor`` (default: the foreground pool). 410 for
-        the slivers of a blob proven invalid; 404 ``quarantined`` (and repair told) for a bad checksum."""
-        if name not in (METADATA, CERTIFICATE, INCONSISTENCY):
-            self.repair_api.refuse_if_invalid(blob_id)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor or self.executor, self.store.get,
-                                                                    blob_id, name)
-        except CorruptObjectError as error:
-            self.metrics.checksum_failures += 1
-            self.forget_cached(blob_id)
-            if self.repair.knows_certified(str(blob_id)):
-                self.repair.enqueue(str(blob_id))
-            raise HTTPError(404, "quarantined", f"{error}; this node no longer holds it") from None
-
-    def forget_cached(self, blob_id: BlobId) -> None:
-        self._metadata_cache.pop(blob_id, None)
-        self.expansions.invalidate(lambda key: key[0] == blob_id)
-
-    async def _metadata(self, blob_id: BlobId) -> BlobMetadata | None:
-        cached = self._metadata_cache.get(blob_id)
-        if cached is not None:
-            self._metadata_cache.move_to_end(blob_id)
-            return cached
-        payload = await self._read(blob_id, METADATA)
-        if payload is None:
-            return None
-        metadata = BlobMetadata.from_bytes(payload)  # verified before it was stored
-        self._metadata_cache[blob_id] = metadata
-        if len(self._metadata_cache) > 4096:
-            self._metadata_cache.popitem(last=False)
-        return metadata
-
-    async def _require_metadata(self, blob_id: BlobId) -> BlobMetadata:
-        metadata = await self._metadata(blob_id)
-        if metadata is None:
-            raise HTTPError(409, "metadata_missing",
-                            f"this node has no metadata for blob {blob_id}: PUT its metadata first")
-        return metadata
-
-    def _disk_full(self) -> HTTPError:
-        self.metrics.disk_full += 1
-        log.error("disk full under %s: refusing writes", self.store.root)
-        return HTTPError(507, "disk_full", "the node's disk is full; nothing was stored")
+    def _quarantined(self, blob_id: BlobId) -> None:
+        """An object of the blob failed its checksum: repair rebuilds it if the blob is certified."""
+        if self.repair.knows_certified(str(blob_id)):
+            self.repair.enqueue(str(blob_id))
 
     # --- routes ------------------------------------------------------------------------------------
 
@@ -330,44 +229,44 @@ class NodeApp:
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_INVENTORY_PAGE:
             raise HTTPError(400, "bad_limit", f"limit must be an integer in [1, {MAX_INVENTORY_PAGE}]")
         limit = int(limit_text)
-        blob_ids = await self._in_worker(self.store.list_blobs, after, limit)
+        blob_ids = await self.core.in_worker(self.store.list_blobs, after, limit)
         return json_response({"blob_ids": blob_ids, "next": blob_ids[-1] if len(blob_ids) == limit else None})
 
     async def get_root(self, request: Request, fs_id: str) -> Response:
-        record = await self._in_worker(self.roots.get, _parse_fs_id(fs_id))
+        record = await self.core.in_worker(self.roots.get, _parse_fs_id(fs_id))
         if record is None:
             raise HTTPError(404, "not_found", f"this node holds no root record for filesystem {fs_id}")
         return Response(200, record.to_json(), "application/json")
 
     async def put_root(self, request: Request, fs_id: str) -> Response:
         # Not journalled: a record certifies itself and a replayed older one is refused as stale.
-        signed = await self._authorize(request)
+        signed = await self.core.authorize(request)
         fs_id = _parse_fs_id(fs_id)
         body = await request.read_body(MAX_RECORD_BYTES)
-        self._check_body(signed, body)
+        self.core.check_body(signed, body)
         try:
             record = RootRecord.from_json(body)
             record.verify(fs_id)
         except RootRecordError as error:
             raise HTTPError(422, "bad_root_record", str(error)) from None
         try:
-            replaced = await self._in_worker(self.leases.put_fenced, self.roots, record)
+            replaced = await self.core.in_worker(self.leases.put_fenced, self.roots, record)
         except FencedError as error:
             raise fenced_error(error) from None
         except StaleRecordError as error:
             raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self._disk_full() from None
+                raise self.core.disk_full() from None
             raise
         return json_response({"fs_id": fs_id, "seq": record.seq}, 201 if replaced else 200)
 
     async def put_metadata(self, request: Request, blob_id: BlobId) -> Response:
         # Journalled: storing metadata (re)creates a blob, so a replay after a later DELETE would bring
         # the deleted blob back; slivers and certificates are refused (409) without it.
-        signed = await self._authorize(request, durable=True)
+        signed = await self.core.authorize(request, durable=True)
         body = await request.read_body(self.metadata_body)
-        self._check_body(signed, body)
+        self.core.check_body(signed, body)
         try:
             metadata = BlobMetadata.from_bytes(body)
         except FormatError as error:
@@ -386,29 +285,29 @@ class NodeApp:
             raise HTTPError(422, "metadata_mismatch", f"this metadata is for blob {metadata.blob_id}, "
                             f"not {blob_id}")
         try:
-            created = await self._in_worker(self.store.put_metadata, blob_id, bytes(body))
+            created = await self.core.in_worker(self.store.put_metadata, blob_id, bytes(body))
         except StoreFullError:
-            raise self._disk_full() from None
+            raise self.core.disk_full() from None
         self.repair.touch(blob_id)
         if created:
             log.info("stored metadata of blob %s (%d bytes)", blob_id, metadata.blob_length)
         return json_response({"blob_id": str(blob_id), "stored": True}, 201 if created else 200)
 
     async def get_metadata(self, request: Request, blob_id: BlobId) -> Response:
-        payload = await self._read(blob_id, METADATA)
+        payload = await self.core.read_object(blob_id, METADATA)
         if payload is None:
             raise HTTPError(404, "not_found", f"no metadata for blob {blob_id}")
         return Response(200, payload, OCTETS)
 
     async def put_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
         # Slivers certify themselves against the stored metadata: the signature may leave them unbound.
-        signed = await self._authorize(request, body_bound=False)
+        signed = await self.core.authorize(request, body_bound=False)
         length = request.content_length()
         if length is not None and length > self.max_sliver_body:
             raise HTTPError(413, "too_large", f"body of {length} bytes; no sliver of a blob this node "
                             f"accepts exceeds {self.max_sliver_body}")
-        self._check_shard(blob_id, pair)
-        metadata = await self._require_metadata(blob_id)
+        self.core.check_shard(blob_id, pair)
+        metadata = await self.core.require_metadata(blob_id)
         expected = SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
         if length is not None and length != expected:
             raise HTTPError(413 if length > expected else 400, "wrong_size",
@@ -417,10 +316,10 @@ class NodeApp:
         try:
             with self.images.image(STORED_HEADER_SIZE, expected) as image:
                 await request.read_body_into(image.payload)
-                created, complete = await self._in_worker(self._verify_and_store, blob_id, pair, kind,
+                created, complete = await self.core.in_worker(self._verify_and_store, blob_id, pair, kind,
                                                           metadata, image, signed)
         except StoreFullError:
-            raise self._disk_full() from None
+            raise self.core.disk_full() from None
         except HTTPError:
             self.metrics.verification_failures["sliver"] += 1
             raise
@@ -431,19 +330,19 @@ class NodeApp:
         answer = {"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(), "stored": True}
         # With the last of its slivers the writer gets the confirmation, sparing a round trip.
         if complete:
-            answer["confirmation"] = self._confirmation(blob_id).to_dict()
+            answer["confirmation"] = self.core.confirmation(blob_id).to_dict()
         return json_response(answer, 201 if created else 200)
 
     def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
                           image: ObjectImage, signed: SignedRequest) -> tuple[bool, bool]:
         """Verify the sliver received into ``image`` and store it unless it is already stored;
         whether it was new, and whether the node now holds every sliver of the blob it should."""
-        self._check_body(signed, image.payload)  # a no-op unless the writer chose to sign the body
+        self.core.check_body(signed, image.payload)  # a no-op unless the writer chose to sign the body
         try:
             sliver = Sliver.from_bytes(image.payload)
         except FormatError as error:
             raise HTTPError(400, "bad_sliver", str(error)) from None
-        index = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+        index = self.geometry.sliver_of_pair(pair, kind)
         if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != index:
             raise HTTPError(422, "wrong_sliver",
                             f"pair {pair} {kind.name.lower()} of blob {blob_id} is {kind.name.lower()} "
@@ -459,11 +358,11 @@ class NodeApp:
         created = not self.store.has(blob_id, name)  # else the same verified bytes are durable
         if created:
             self.store.put_sliver(blob_id, pair, kind, image)
-        return created, not self._missing(blob_id)
+        return created, not self.core.missing(blob_id)
 
     async def get_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
-        self._check_shard(blob_id, pair)
-        payload = await self._read(blob_id, sliver_name(pair, kind))
+        self.core.check_shard(blob_id, pair)
+        payload = await self.core.read_object(blob_id, sliver_name(pair, kind))
         if payload is None:
             raise _sliver_not_found(blob_id, pair, kind)
         span = byte_range(request.headers.get("range"), len(payload))
@@ -476,8 +375,8 @@ class NodeApp:
 
     async def recovery_symbol(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind,
                               target: int) -> Response:
-        self._check_shard(blob_id, pair)
-        if REPAIR_HEADER in request.headers:  # a peer repairing: its own bounded pool, may get 429
+        self.core.check_shard(blob_id, pair)
+        if routes.REPAIR_HEADER in request.headers:  # a peer repairing: its own bounded pool, may get 429
             return await self.repair_api.serve_symbol(blob_id, pair, kind, target)
         expansion = await self.repair.expansion(blob_id, pair, kind, self.executor)
         return Response(200, expansion.symbol_for(target).to_bytes(), OCTETS)
@@ -487,18 +386,18 @@ class NodeApp:
         return [(shard, self.geometry.pair_of_shard(shard, blob_id.raw)) for shard in self.shards]
 
     def _missing(self, blob_id: BlobId) -> list[str]:
-        return [f"pair {pair} {kind.name.lower()}" for _, pair in self._pairs(blob_id) for kind in SliverKind
+        return [f"pair {pair} {kind.name.lower()}" for _, pair in self.core.pairs(blob_id) for kind in SliverKind
                 if not self.store.has(blob_id, sliver_name(pair, kind))]
 
     async def status(self, request: Request, blob_id: BlobId) -> Response:
         def collect() -> dict[str, Any]:
             store = self.store
             shards = []
-            for shard, pair in self._pairs(blob_id):
+            for shard, pair in self.core.pairs(blob_id):
                 entry: dict[str, Any] = {"shard": shard, "pair": pair}
                 for kind in SliverKind:
                     state = store.object_state(blob_id, sliver_name(pair, kind))
-                    index = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+                    index = self.geometry.sliver_of_pair(pair, kind)
                     entry[kind.name.lower()] = {"index": index, "stored": state in ("ok", "unread"),
                                                 "state": state}
                 shards.append(entry)
@@ -507,41 +406,31 @@ class NodeApp:
             return {
                 "blob_id": str(blob_id), "node_id": self.config.node_id, "epoch": self.committee.epoch,
                 "metadata": {"stored": metadata_stored, "state": metadata_state},
-                "shards": shards, "complete": metadata_stored and not self._missing(blob_id),
+                "shards": shards, "complete": metadata_stored and not self.core.missing(blob_id),
             }
 
-        return json_response(await self._in_worker(collect))
+        return json_response(await self.core.in_worker(collect))
 
     async def confirmation(self, request: Request, blob_id: BlobId) -> Response:
-        if await self._metadata(blob_id) is None:
+        if await self.core.metadata(blob_id) is None:
             raise HTTPError(404, "not_found", f"no metadata for blob {blob_id}")
-        missing = await self._in_worker(self._missing, blob_id)
+        missing = await self.core.in_worker(self.core.missing, blob_id)
         if missing:
             raise HTTPError(409, "incomplete", f"this node lacks {len(missing)} slivers of blob {blob_id}",
                             missing=missing)
-        return Response(200, self._confirmation(blob_id).to_json().encode())
-
-    def _confirmation(self, blob_id: BlobId) -> Confirmation:
-        unsigned = Confirmation(self.committee.epoch, blob_id, self.config.node_id, self.shards)
-        return unsigned.signed_by(self.key)
+        return Response(200, self.core.confirmation(blob_id).to_json().encode())
 
     async def delete_blob(self, request: Request, blob_id: BlobId) -> Response:
         # Journalled: replayed later (after the blob was stored again) it would destroy data.
-        signed = await self._authorize(request, durable=True)
-        self._check_body(signed, b"")  # the body is ignored; the signature must say there was none
-        await self._in_worker(self.store.bury, blob_id)  # so that repair does not bring it back
-        deleted = await self._in_worker(self.store.delete_blob, blob_id)
-        self.forget_cached(blob_id)
+        signed = await self.core.authorize(request, durable=True)
+        self.core.check_body(signed, b"")  # the body is ignored; the signature must say there was none
+        await self.core.in_worker(self.store.bury, blob_id)  # so that repair does not bring it back
+        deleted = await self.core.in_worker(self.store.delete_blob, blob_id)
+        self.core.forget_cached(blob_id)
         if not deleted:
             raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
         log.info("deleted blob %s", blob_id)
         return json_response({"blob_id": str(blob_id), "deleted": True})
-
-
-def _unauthorized(error: AuthError) -> HTTPError:
-    status = 403 if error.forbidden else 401
-    return HTTPError(status, "unauthorized" if status == 401 else "forbidden", str(error),
-                     [("www-authenticate", AUTH_SCHEME)])
 
 
 def _parse_fs_id(text: str) -> str:
@@ -569,7 +458,7 @@ def _parse_kind(text: str) -> SliverKind:
     return SliverKind.parse(text)
 
 
-async def _lifespan(receive: Receive, send: Send, repair: RepairService, memory: MemoryKeeper) -> None:
+async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: RepairService, memory: MemoryKeeper) -> None:
     """Repair and the memory keeper run in the server's event loop from startup to shutdown."""
     while True:
         message = await receive()
@@ -580,5 +469,6 @@ async def _lifespan(receive: Receive, send: Send, repair: RepairService, memory:
         elif message["type"] == "lifespan.shutdown":
             await memory.stop()
             await repair.stop()
+            core.close()
             await send({"type": "lifespan.shutdown.complete"})
             return

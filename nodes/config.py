@@ -33,9 +33,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from walrusfs.committee import Committee
 from walrusfs.errors import UserError
 from walrusfs.keys import load_key, public_bytes
+from walrusfs.protocol.committee import Committee
 from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30

@@ -19,7 +19,7 @@ import random
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from walrusfs.client.certificate import CertificateError
+from walrusfs.protocol.certificates import CertificateError
 from walrusfs.redstuff import BlobId, FormatError
 
 from .peers import PeerError
@@ -27,14 +27,14 @@ from .ratelimit import jittered
 from .store import CERTIFICATE, CorruptObjectError
 
 if TYPE_CHECKING:
-    from .repair import RepairService
+    from .core import Healer
 
 log = logging.getLogger("nodes.feed")
 MAX_PAGE = 1000
 
 
 class Feed:
-    def __init__(self, service: RepairService) -> None:
+    def __init__(self, service: Healer) -> None:
         self.service = service
         self.store = service.store
         self.instance = secrets.token_hex(8)

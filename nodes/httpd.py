@@ -20,6 +20,10 @@ empty between requests; bodies read with ``receive_into`` bypass it. Connections
 total and per peer address (``Limits``); one over a cap is answered 503 ``too_many_connections``
 and closed, without a buffer. The listening socket is bound before the app's lifespan startup, so
 nothing the app starts (peer polling) can take the port first. docs/node-api.md states the bound.
+
+Length: one HTTP/1.1 connection state machine (head, bodies fixed and chunked, receive_into,
+keep-alive, watchdog, caps) whose parts share the connection's buffers and state; split across
+modules they would only pass that state back and forth.
 """
 
 from __future__ import annotations
@@ -627,7 +631,7 @@ class HTTPServer:
                  limits: Limits | None = None, stats: ConnectionStats | None = None,
                  ssl: ssl_module.SSLContext | None = None) -> None:
         self.app = app
-        self.ssl = ssl  # TLS (walrusfs.tls): the loop's TLS layer decrypts into get_buffer()'s buffers too
+        self.ssl = ssl  # TLS (walrusfs.protocol.tls): the loop's TLS layer decrypts into get_buffer()'s buffers too
         self.host = host
         self.port = port
         self.timeouts = timeouts or Timeouts()

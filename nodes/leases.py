@@ -37,8 +37,8 @@ from pathlib import Path
 import blake3
 
 from walrusfs.durable import replace_durably
-from walrusfs.lease import LeaseRecord, LeaseRecordError, LeaseState
-from walrusfs.roots import RootRecord
+from walrusfs.protocol.lease import LeaseRecord, LeaseRecordError, LeaseState
+from walrusfs.protocol.roots import RootRecord
 
 from .roots import RootStore
 

@@ -3,6 +3,12 @@ recovery symbols and inconsistency proofs. Counts every body byte it receives.
 
 Nothing a peer sends is trusted: callers verify metadata against the blob ID, certificates against
 the committee, symbols against the metadata's Merkle roots and proofs by re-decoding them.
+
+It shares with the blob client (walrusfs.client.transport) what both must agree on, from
+walrusfs.protocol: the paths (routes), how each node is verified (transport: pinned TLS). It keeps
+its own small request loop because what it wants of an answer differs: raw bytes to be verified
+later, a byte count for repair's pacing, 429 with Retry-After honoured by backoff, and no health
+book or writer signature (peers only read).
 """
 
 from __future__ import annotations
@@ -11,13 +17,10 @@ from typing import Any
 
 import httpx
 
-from walrusfs.client.transport import node_mounts, tls_context
-from walrusfs.committee import NodeInfo
+from walrusfs.protocol import routes
+from walrusfs.protocol.committee import NodeInfo
+from walrusfs.protocol.transport import node_mounts, tls_context
 from walrusfs.redstuff import BlobId, SliverKind
-
-# Sent with the symbol requests of repair: the holder serves them from its bounded recovery pool
-# (and may answer 429), while the same route without it is a client's foreground range read.
-REPAIR_HEADER = "x-walrusfs-repair"
 
 
 class PeerError(Exception):
@@ -35,9 +38,9 @@ class Peers:
         self.own_id = own_id
         self.bytes_received = 0
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        # Peers with a pinned certificate get a transport each that trusts only it (walrusfs.tls).
+        # Peers with a pinned certificate get a transport each that trusts only it (walrusfs.protocol.tls).
         self._http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(timeout, connect=3.0),
-                                       limits=limits, headers={REPAIR_HEADER: own_id},
+                                       limits=limits, headers={routes.REPAIR_HEADER: own_id},
                                        mounts=node_mounts(self.nodes.values(), limits=limits))
 
     async def close(self) -> None:
@@ -60,22 +63,22 @@ class Peers:
         return response.content
 
     async def feed(self, peer: str, since: int, limit: int = 500) -> bytes:
-        body = await self._get(peer, "certified feed", "/v1/certified", {"since": since, "limit": limit})
+        body = await self._get(peer, "certified feed", routes.CERTIFIED, {"since": since, "limit": limit})
         assert body is not None
         return body
 
     async def metadata(self, peer: str, blob_id: BlobId) -> bytes | None:
-        return await self._get(peer, "metadata", f"/v1/blobs/{blob_id}/metadata", missing_ok=True)
+        return await self._get(peer, "metadata", routes.metadata(blob_id), missing_ok=True)
 
     async def certificate(self, peer: str, blob_id: BlobId) -> bytes | None:
-        return await self._get(peer, "certificate", f"/v1/blobs/{blob_id}/certificate", missing_ok=True)
+        return await self._get(peer, "certificate", routes.certificate(blob_id), missing_ok=True)
 
     async def inconsistency(self, peer: str, blob_id: BlobId) -> bytes | None:
-        return await self._get(peer, "inconsistency proof", f"/v1/blobs/{blob_id}/inconsistency",
+        return await self._get(peer, "inconsistency proof", routes.inconsistency(blob_id),
                                missing_ok=True)
 
     async def symbol(self, peer: str, blob_id: BlobId, pair: int, kind: SliverKind, target: int) -> bytes:
-        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}/recovery/{target}"
+        path = routes.recovery_symbol(blob_id, pair, kind, target)
         body = await self._get(peer, f"recovery symbol {target} of pair {pair}", path)
         assert body is not None
         return body

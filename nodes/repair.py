@@ -11,6 +11,10 @@ Pacing (docs/repair.md): at most ``concurrency`` blobs at once, symbol bytes pac
 bucket, exactly k sources asked per sliver (more only on failure), random source order, per-peer
 jittered backoff (a 429 from a busy holder is honoured), and a grace period while the writer is
 still sending a blob, so that repair never races an upload.
+
+Length: one service whose parts (the queue and its retries, source choice, symbol fetching, the
+rebuilt slivers kept across a full disk) all read and write the same per-blob state (missing,
+partial, rebuilt, backoff); the next cut is to move the disk-full keeping into its own class.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from walrusfs.client.certificate import Certificate, CertificateError
+from walrusfs.protocol.certificates import Certificate, CertificateError
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -41,6 +45,7 @@ from walrusfs.redstuff import (
     verify_inconsistency_proof,
 )
 
+from .core import NodeCore
 from .feed import Feed
 from .http import HTTPError
 from .peers import PeerError, Peers
@@ -55,9 +60,6 @@ from .store import (
     StoreFullError,
     sliver_name,
 )
-
-if TYPE_CHECKING:
-    from .app import NodeApp
 
 log = logging.getLogger("nodes.repair")
 T = TypeVar("T")
@@ -86,13 +88,13 @@ class RepairStats:
 
 
 class RepairService:
-    def __init__(self, app: NodeApp) -> None:
-        self.app = app
-        self.config = app.config.repair
-        self.store = app.store
-        self.committee = app.committee
-        self.geometry = app.geometry
-        self.node_id = app.config.node_id
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.config = core.config.repair
+        self.store = core.store
+        self.committee = core.committee
+        self.geometry = core.geometry
+        self.node_id = core.node_id
         self.stats = RepairStats()
         # Decoding, verification and disk I/O of repair and scrubbing: never the foreground pool.
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="node-repair")
@@ -141,7 +143,6 @@ class RepairService:
         if self.peers is not None:
             await self.peers.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.app.repair_api.serve_executor.shutdown(wait=True, cancel_futures=True)
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -236,7 +237,7 @@ class RepairService:
             self.enqueue(blob, delay=self.config.grace - quiet_since + 0.1)
             return None
         todo = []
-        for shard in self.app.shards:
+        for shard in self.core.shards:
             pair = self.geometry.pair_of_shard(shard, blob_id.raw)
             for kind in SliverKind:
                 if not self.store.has(blob_id, sliver_name(pair, kind)):
@@ -295,7 +296,7 @@ class RepairService:
         try:
             payload = await self.in_worker(self.store.get, blob_id, METADATA)
         except CorruptObjectError:
-            self.app.forget_cached(blob_id)
+            self.core.forget_cached(blob_id)
             return None
         return None if payload is None else BlobMetadata.from_bytes(payload)
 
@@ -378,7 +379,7 @@ class RepairService:
         source_kind = target_kind.other
         local, remote = [], []
         for index in range(self.geometry.n_shards):
-            pair = index if source_kind is SliverKind.PRIMARY else self.geometry.pair_of_secondary(index)
+            pair = self.geometry.pair_of_sliver(index, source_kind)
             holder = self.committee.node_for_shard(self.geometry.shard_of_pair(pair, blob_id.raw)).id
             if holder == self.node_id:
                 if self.store.has(blob_id, sliver_name(pair, source_kind)):
@@ -434,7 +435,7 @@ class RepairService:
     async def _recover(self, metadata: BlobMetadata, pair: int, kind: SliverKind) -> bool:
         blob_id = metadata.blob_id
         blob = str(blob_id)
-        target = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
+        target = self.geometry.sliver_of_pair(pair, kind)
         needed = self.geometry.n_secondary if kind is SliverKind.PRIMARY else self.geometry.n_primary
         key = (blob, pair, kind)
         what = f"{kind.name.lower()} sliver {target} (pair {pair}) of blob {blob}"
@@ -501,12 +502,12 @@ class RepairService:
         loop = asyncio.get_running_loop()
 
         async def build() -> SliverExpansion:
-            payload = await self.app.read_object(blob_id, sliver_name(pair, kind), executor)
+            payload = await self.core.read_object(blob_id, sliver_name(pair, kind), executor)
             if payload is None:
                 raise HTTPError(404, "not_found", f"pair {pair} {kind.name.lower()} of blob {blob_id} is not stored")
             return await loop.run_in_executor(executor, lambda: SliverExpansion(Sliver.from_bytes(payload)))
 
-        return await self.app.expansions.get((blob_id, pair, kind), build)
+        return await self.core.expansions.get((blob_id, pair, kind), build)
 
     # --- inconsistent blobs --------------------------------------------------------------------------
 
@@ -515,7 +516,7 @@ class RepairService:
         if blob in self.store.invalid:
             return
         await self.in_worker(self.store.put_object, blob_id, INCONSISTENCY, proof.to_bytes())
-        self.app.forget_cached(blob_id)
+        self.core.forget_cached(blob_id)
         self._forget_missing(blob)
         self.feed.append(blob)
         if learned_from:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from walrusfs.client.certificate import CertificateError
+from walrusfs.protocol import routes
+from walrusfs.protocol.certificates import CertificateError
 from walrusfs.redstuff import BlobId, FormatError, SliverKind
 
+from .core import NodeCore
 from .feed import MAX_PAGE
 from .http import OCTETS, HTTPError, Request, Response, json_response
 from .metrics import family
 from .store import CERTIFICATE, INCONSISTENCY, MissingMetadataError, StoreFullError
 
 if TYPE_CHECKING:
-    from .app import NodeApp
     from .repair import RepairService
 
 Handler = Callable[..., Awaitable[Response]]
@@ -25,40 +25,27 @@ MAX_CERTIFICATE_BODY = 256 << 10  # 256 confirmations of ~300 bytes of JSON, wit
 
 
 class RepairAPI:
-    def __init__(self, app: NodeApp, service: RepairService) -> None:
-        self.app = app
+    def __init__(self, core: NodeCore, service: RepairService) -> None:
+        self.core = core
         self.service = service
-        self.store = app.store
-        # Peers' symbol requests wait for these threads, never for the foreground pool; beyond
-        # ``serve_queue`` waiting they are refused with 429 so that the asking nodes back off.
-        self.serve_executor = ThreadPoolExecutor(service.config.serve_workers, thread_name_prefix="node-symbols")
+        self.store = core.store
+        # Peers' symbol requests wait for the core's serve_executor, never for the foreground pool;
+        # beyond ``serve_queue`` waiting they are refused with 429 so that the asking nodes back off.
         self._serve_slots = asyncio.Semaphore(service.config.serve_workers)
         self._serve_waiting = 0
         self.served_symbols = 0
         self.refused_symbols = 0
 
-    def route(self, s: list[str]) -> tuple[str, dict[str, Handler], tuple[Any, ...]]:
-        if s == ["v1", "certified"]:
-            return "/v1/certified", {"GET": self.certified}, ()
-        if s == ["v1", "repair", "status"]:
-            return "/v1/repair/status", {"GET": self.repair_status}, ()
-        raise HTTPError(404, "no_route", f"no route /{'/'.join(s)[:80]}")
-
-    def blob_route(self, name: str, blob_id: BlobId) -> tuple[str, dict[str, Handler], tuple[Any, ...]]:
-        if name == CERTIFICATE:
-            return ("/v1/blobs/{id}/certificate", {"GET": self.get_certificate, "PUT": self.put_certificate},
-                    (blob_id,))
-        return "/v1/blobs/{id}/inconsistency", {"GET": self.get_inconsistency}, (blob_id,)
-
-    def refuse_if_invalid(self, blob_id: BlobId) -> None:
-        if str(blob_id) in self.store.invalid:
-            raise HTTPError(410, "blob_invalid",
-                            f"blob {blob_id} is inconsistently encoded: it has no content and is never "
-                            f"served; GET /v1/blobs/{blob_id}/inconsistency for the proof",
-                            proof=f"/v1/blobs/{blob_id}/inconsistency")
+    def routes(self) -> dict[str, dict[str, Handler]]:
+        return {
+            routes.CERTIFIED: {"GET": self.certified},
+            routes.REPAIR_STATUS: {"GET": self.repair_status},
+            routes.BLOB_CERTIFICATE: {"GET": self.get_certificate, "PUT": self.put_certificate},
+            routes.BLOB_INCONSISTENCY: {"GET": self.get_inconsistency},
+        }
 
     async def _object(self, blob_id: BlobId, name: str, what: str) -> bytes:
-        payload = await self.app.read_object(blob_id, name)
+        payload = await self.core.read_object(blob_id, name)
         if payload is None:
             raise HTTPError(404, "not_found", f"no {what} for blob {blob_id} on this node")
         return payload
@@ -82,25 +69,25 @@ class RepairAPI:
 
     async def put_certificate(self, request: Request, blob_id: BlobId) -> Response:
         # Not journalled: a certificate certifies itself and needs the blob's metadata stored (409).
-        signed = await self.app._authorize(request)
+        signed = await self.core.authorize(request)
         body = await request.read_body(MAX_CERTIFICATE_BODY)
-        self.app._check_body(signed, body)
+        self.core.check_body(signed, body)
         service = self.service
         try:
-            text = await self.app._in_worker(service.verify_certificate, blob_id, bytes(body))
+            text = await self.core.in_worker(service.verify_certificate, blob_id, bytes(body))
         except (FormatError, CertificateError) as error:
             raise HTTPError(422, "not_certified", str(error)) from None
         blob = str(blob_id)
         if blob in self.store.certified:
             return json_response({"blob_id": blob, "stored": True}, 200)
         try:
-            await self.app._in_worker(self.store.bury, blob_id, True)
-            await self.app._in_worker(self.store.put_object, blob_id, CERTIFICATE, text.encode())
+            await self.core.in_worker(self.store.bury, blob_id, True)
+            await self.core.in_worker(self.store.put_object, blob_id, CERTIFICATE, text.encode())
         except MissingMetadataError:
             raise HTTPError(409, "metadata_missing",
                             f"this node has no metadata for blob {blob_id}: PUT its metadata first") from None
         except StoreFullError:
-            raise self.app._disk_full() from None
+            raise self.core.disk_full() from None
         service.feed.append(blob)
         service.enqueue(blob)  # anything the writer did not deliver here is recovered after the grace
         return json_response({"blob_id": blob, "stored": True}, 201)
@@ -113,7 +100,7 @@ class RepairAPI:
         self._serve_waiting += 1
         try:
             async with self._serve_slots:
-                expansion = await self.service.expansion(blob_id, pair, kind, self.serve_executor)
+                expansion = await self.service.expansion(blob_id, pair, kind, self.core.serve_executor)
         finally:
             self._serve_waiting -= 1
         self.served_symbols += 1

@@ -1,4 +1,4 @@
-"""Root records of filesystems (walrusfs.roots): the node keeps the highest valid one of each.
+"""Root records of filesystems (walrusfs.protocol.roots): the node keeps the highest valid one of each.
 
     <data>/roots/<fs id>.json
 
@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from walrusfs.durable import replace_durably
-from walrusfs.roots import RootRecord, RootRecordError
+from walrusfs.protocol.roots import RootRecord, RootRecordError
 
 log = logging.getLogger(__name__)
 

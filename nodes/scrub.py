@@ -28,7 +28,7 @@ from .ratelimit import TokenBucket, jittered
 from .store import METADATA, CorruptObjectError, sliver_name
 
 if TYPE_CHECKING:
-    from .repair import RepairService
+    from .core import Healer
 
 log = logging.getLogger("nodes.scrub")
 
@@ -45,7 +45,7 @@ class ScrubStats:
 
 
 class Scrubber:
-    def __init__(self, service: RepairService) -> None:
+    def __init__(self, service: Healer) -> None:
         self.service = service
         self.store = service.store
         self.stats = ScrubStats()
@@ -80,7 +80,7 @@ class Scrubber:
         broken = metadata_bytes is None
         if not broken and service.knows_certified(blob):
             metadata = BlobMetadata.from_bytes(metadata_bytes)  # type: ignore[arg-type]
-            for shard in service.app.shards:
+            for shard in service.core.shards:
                 pair = self.store_pair(shard, blob_id)
                 for kind in SliverKind:
                     broken |= not await self._check_sliver(metadata, pair, kind)
@@ -129,7 +129,7 @@ class Scrubber:
 
     def _rotten(self, blob_id: BlobId, name: str, why: str) -> None:
         self.stats.rot_found += 1
-        self.service.app.forget_cached(blob_id)
+        self.service.core.forget_cached(blob_id)
         log.error("scrub: %s of blob %s %s; quarantined, repair will rebuild it", name, blob_id, why)
 
     def status(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import uvicorn
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
 from walrusfs.ports import ephemeral_range, in_ephemeral_range
-from walrusfs.tls import server_context
+from walrusfs.protocol.tls import server_context
 
 from . import httpd
 from .app import NodeApp

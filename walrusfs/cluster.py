@@ -12,6 +12,9 @@ A cluster directory holds everything for N storage nodes on 127.0.0.1::
 
 Nodes run as detached processes; ``down`` stops exactly the pids ``up`` recorded (checking each is
 still that node), never processes found by name.
+
+Length: the cluster's lifecycle (init, start, stop, status) and its ``walrusfs cluster`` commands;
+the commands are to move out with the CLI's own restructuring (issue 13), which leaves it under 500.
 """
 
 from __future__ import annotations
@@ -32,16 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .committee import Committee, NodeInfo, round_robin_shards
 from .errors import UserError
-from .fs.config import user_home
 from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
+from .paths import cluster_dir
 from .ports import ephemeral_range, exposed_ports
-from .tls import certificate_text, client_context, node_certificate
+from .protocol import routes
+from .protocol.committee import Committee, NodeInfo, round_robin_shards
+from .protocol.tls import certificate_text, client_context, node_certificate
 
-# The password database's home, not $HOME: mount(8) drops HOME, and mount.walrusfs must find the
-# same bundled committee (the default of -o committee=) as mkfs did.
-DEFAULT_CLUSTER_DIR = user_home() / ".local" / "share" / "walrusfs" / "cluster"
+# The bundled network's directory when none is named: walrusfs.paths.cluster_dir(), resolved when a
+# command runs (it follows $WALRUSFS_HOME, which `walrusfs --home` sets after this module is loaded).
+DEFAULT_CLUSTER_DIR_HELP = "$WALRUSFS_HOME/cluster, else ~/.local/share/walrusfs/cluster"
 # Below the kernel's ephemeral range (32768-60999 on Linux), where outgoing connections take their
 # local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
@@ -55,7 +59,7 @@ WRITER_KEY_FILE = "writer.key"
 
 def bundled_file(given: Path | str | None, name: str) -> Path:
     """``given`` if the user named a file, else that file of the bundled local network; absolute."""
-    return Path(given or DEFAULT_CLUSTER_DIR / name).resolve()
+    return Path(given or cluster_dir() / name).resolve()
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -95,7 +99,7 @@ class NodeState:
 def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = None,
                  base_port: int = DEFAULT_BASE_PORT, force: bool = False, tls: bool = False) -> Committee:
     """Create keys, committee and node configurations for ``nodes`` nodes under ``root``. ``tls``:
-    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.tls)."""
+    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.protocol.tls)."""
     shards = nodes if shards is None else shards
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
@@ -210,7 +214,7 @@ def _probe(info: NodeInfo, timeout: float) -> dict | None:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
-        response = httpx.get(f"{info.url}/v1/health", timeout=timeout, verify=client_context(info.tls_cert))
+        response = httpx.get(info.url + routes.HEALTH, timeout=timeout, verify=client_context(info.tls_cert))
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -256,7 +260,7 @@ def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, d
             raise RuntimeError(f"{name} exited with status {process.returncode}; see {log}:\n"
                                f"{log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/v1/health", timeout=0.5, verify=client_context(node.tls_cert)).status_code == 200:
+            if httpx.get(url + routes.HEALTH, timeout=0.5, verify=client_context(node.tls_cert)).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -379,8 +383,8 @@ def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    committee = init_cluster(args.dir, args.nodes, args.shards, args.base_port, args.force, args.tls)
-    root = Path(args.dir).expanduser().resolve()
+    committee = init_cluster(_dir(args), args.nodes, args.shards, args.base_port, args.force, args.tls)
+    root = Path(_dir(args)).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
     warning = ephemeral_port_warning(args.base_port, len(committee.nodes))
     if warning:
@@ -390,18 +394,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(_table(_HEADERS, _state_rows(start_cluster(args.dir, args.timeout))))
+    print(_table(_HEADERS, _state_rows(start_cluster(_dir(args), args.timeout))))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    states = cluster_status(args.dir)
+    states = cluster_status(_dir(args))
     print(_table(_HEADERS, _state_rows(states)))
     return 0 if all(s.status == "up" for s in states) else 3
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    for node, outcome in stop_cluster(args.dir, args.timeout):
+    for node, outcome in stop_cluster(_dir(args), args.timeout):
         print(f"{node.info.id}: {outcome}")
     return 0
 
@@ -419,7 +423,7 @@ def repair_status(root: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for node in nodes:
         try:
-            response = httpx.get(f"{node.info.url}/v1/repair/status", timeout=5.0,
+            response = httpx.get(node.info.url + routes.REPAIR_STATUS, timeout=5.0,
                                  verify=client_context(node.info.tls_cert))
             out[node.info.id] = response.json() if response.status_code == 200 else {
                 "error": f"HTTP {response.status_code}"}
@@ -439,7 +443,7 @@ def _repair_row(node_id: str, status: dict) -> list[str]:
 
 
 def _cmd_repair_status(args: argparse.Namespace) -> int:
-    statuses = repair_status(args.dir)
+    statuses = repair_status(_dir(args))
     if args.json:
         print(json.dumps(statuses, indent=1))
     else:
@@ -467,6 +471,10 @@ def _cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dir(args: argparse.Namespace) -> Path:
+    return args.dir if args.dir is not None else cluster_dir()
+
+
 def _cmd_node_run(args: argparse.Namespace) -> int:
     from nodes.server import run
 
@@ -478,8 +486,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
 
     def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("dir", nargs="?", type=Path, default=DEFAULT_CLUSTER_DIR,
-                            help=f"cluster directory (default {DEFAULT_CLUSTER_DIR})")
+        parser.add_argument("dir", nargs="?", type=Path, default=None,
+                            help=f"cluster directory (default {DEFAULT_CLUSTER_DIR_HELP})")
         return parser
 
     init = with_dir(actions.add_parser("init", help="create keys, committee and node configurations"))
@@ -521,4 +529,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     cert.set_defaults(func=_cmd_cert)
 
 
-__all__ = ["DEFAULT_CLUSTER_DIR", "cluster_status", "init_cluster", "start_cluster", "stop_cluster"]
+__all__ = ["cluster_status", "init_cluster", "start_cluster", "stop_cluster"]

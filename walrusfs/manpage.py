@@ -36,8 +36,8 @@ FILES = [
                             "filesystem can be restored from the network on any machine."),
     ("HOME/fs/NAME/fs.toml", "settings fixed at mkfs."),
     ("HOME/fs/NAME/mount.log", "the mount daemon's log."),
-    ("~/.local/share/walrusfs/cluster/", "the bundled local network (walrusfs cluster), whose committee.toml "
-                                         "and writer.key are the defaults of --committee and --writer-key."),
+    ("HOME/cluster/", "the bundled local network (walrusfs cluster), whose committee.toml and writer.key are "
+                      "the defaults of --committee and --writer-key (HOME as above, but never -o home=)."),
     ("/usr/sbin/mount.walrusfs", "the helper mount(8) runs for mount -t walrusfs (walrusfs install-helper)."),
 ]
 

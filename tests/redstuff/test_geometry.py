@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walrusfs.redstuff import MAX_BLOB_LENGTH, EncodingGeometry, GeometryError
+from walrusfs.redstuff import MAX_BLOB_LENGTH, EncodingGeometry, GeometryError, SliverKind
 
 ALL_N = range(4, 257)
 
@@ -105,6 +105,16 @@ def test_pair_p_holds_secondary_sliver_n_minus_1_minus_p(n):
         assert g.pair_of_secondary(g.secondary_of_pair(p)) == p
 
 
+@pytest.mark.parametrize("n", [4, 7, 13, 256])
+def test_pair_p_holds_primary_sliver_p_and_secondary_sliver_n_minus_1_minus_p(n):
+    g = EncodingGeometry(n)
+    for p in range(n):
+        assert g.sliver_of_pair(p, SliverKind.PRIMARY) == p
+        assert g.sliver_of_pair(p, SliverKind.SECONDARY) == n - 1 - p
+        for kind in SliverKind:
+            assert g.pair_of_sliver(g.sliver_of_pair(p, kind), kind) == p
+
+
 @pytest.mark.parametrize("n", [4, 40])
 def test_indices_outside_0_to_n_are_refused(n):
     g = EncodingGeometry(n)
@@ -112,6 +122,11 @@ def test_indices_outside_0_to_n_are_refused(n):
         for call in (g.secondary_of_pair, g.pair_of_secondary, g.check_index):
             with pytest.raises(GeometryError):
                 call(bad)
+        for kind in SliverKind:
+            with pytest.raises(GeometryError):
+                g.sliver_of_pair(bad, kind)
+            with pytest.raises(GeometryError):
+                g.pair_of_sliver(bad, kind)
         with pytest.raises(GeometryError):
             g.shard_of_pair(bad, bytes(32))
         with pytest.raises(GeometryError):

@@ -34,9 +34,9 @@ import trio
 
 from ..client import BlobClient, ReadReport
 from ..cluster import cluster_status, init_cluster, start_cluster, stop_cluster
-from ..committee import Committee
 from ..keys import load_key
 from ..malloc import keep_freed_buffers
+from ..protocol.committee import Committee
 from .report import emit, mb_per_s, process_cpu_seconds, progress
 
 N_NODES = 7

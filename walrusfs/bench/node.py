@@ -24,11 +24,11 @@ import trio
 from nodes.server import SERVERS
 
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
-from ..committee import NodeInfo
 from ..keys import load_key
 from ..ports import free_port_range
-from ..protocol import sign_request
-from ..redstuff import EncodedBlob, encode
+from ..protocol import routes, sign_request
+from ..protocol.committee import NodeInfo
+from ..redstuff import EncodedBlob, SliverKind, encode
 from .report import emit, mb_per_s, progress
 
 N_SHARDS = 7
@@ -80,8 +80,8 @@ async def _measure(node: NodeInfo, key: Any, blobs: list[EncodedBlob], slivers: 
                 raise RuntimeError(f"PUT {path}: {response.status_code} {response.text}")
 
         for blob in blobs:
-            await put(f"/v1/blobs/{blob.blob_id}/metadata", blob.metadata.to_bytes())
-        jobs = [(f"/v1/blobs/{blob.blob_id}/slivers/{pair}/primary", blob.primary_sliver(pair).to_bytes())
+            await put(routes.metadata(blob.blob_id), blob.metadata.to_bytes())
+        jobs = [(routes.sliver(blob.blob_id, pair, SliverKind.PRIMARY), blob.primary_sliver(pair).to_bytes())
                 for blob in blobs for pair in range(N_SHARDS)][:slivers]
         total = sum(len(body) for _, body in jobs)
 
@@ -102,7 +102,7 @@ async def _measure(node: NodeInfo, key: Any, blobs: list[EncodedBlob], slivers: 
         get_seconds = time.perf_counter() - start
 
         progress(f"  {metadata_reads} metadata GETs")
-        metadata_paths = [f"/v1/blobs/{blobs[i % len(blobs)].blob_id}/metadata" for i in range(metadata_reads)]
+        metadata_paths = [routes.metadata(blobs[i % len(blobs)].blob_id) for i in range(metadata_reads)]
         start = time.perf_counter()
         await _run_all(metadata_paths, concurrency, get)
         metadata_seconds = time.perf_counter() - start

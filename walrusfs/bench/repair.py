@@ -24,8 +24,10 @@ import trio
 
 from ..client import BlobClient
 from ..cluster import repair_status, start_cluster
-from ..committee import Committee
 from ..keys import load_key
+from ..protocol import routes
+from ..protocol.committee import Committee
+from ..redstuff import BlobId
 from .blob import N_NODES, _stop_nodes, bundled_network
 from .report import emit, mb_per_s, progress
 
@@ -66,7 +68,7 @@ def _wait(what: str, condition: Any, timeout: float) -> float:
 
 def _one_status(url: str) -> dict[str, Any]:
     try:
-        return httpx.get(f"{url}/v1/repair/status", timeout=2).json()
+        return httpx.get(url + routes.REPAIR_STATUS, timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return {}
 
@@ -99,8 +101,8 @@ def measure(size: float, blob_size: float, node: str, timeout: float) -> dict[st
 
             seconds = healthy + _wait(f"{node} whole again", whole, timeout)
             status = _one_status(url)
-            complete = sum(httpx.get(f"{url}/v1/blobs/{blob}/status", timeout=5).json()["complete"]
-                           for blob in httpx.get(f"{url}/v1/inventory", timeout=5).json()["blob_ids"])
+            complete = sum(httpx.get(url + routes.status(BlobId.parse(blob)), timeout=5).json()["complete"]
+                           for blob in httpx.get(url + routes.INVENTORY, timeout=5).json()["blob_ids"])
     lost = count * shards * (layout.primary_sliver_size + layout.secondary_sliver_size)
     return {
         "nodes": N_NODES, "stored_bytes": total, "blobs": count, "blob_bytes": per_blob, "node": node,

@@ -12,6 +12,7 @@ import trio
 
 from ..errors import UserError
 from ..malloc import keep_freed_buffers
+from ..paths import cluster_dir
 from ..redstuff import BlobId, FormatError
 from .certificate import CERTIFICATE_VERSION
 from .client import BlobClient, ClientSettings
@@ -20,9 +21,7 @@ from .store import StoreError, StoreProgress
 
 
 def _default_cluster_dir() -> Path:
-    from ..cluster import DEFAULT_CLUSTER_DIR
-
-    return Path(DEFAULT_CLUSTER_DIR)
+    return cluster_dir()
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -61,7 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _committee(args: argparse.Namespace):
-    from ..committee import Committee
+    from ..protocol.committee import Committee
 
     path = args.committee or _default_cluster_dir() / "committee.toml"
     if not Path(path).exists():

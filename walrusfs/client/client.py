@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ..committee import Committee
+from ..protocol.committee import Committee
 from ..redstuff import BlobId, BlobMetadata
 from .budget import ByteBudget
 from .certificate import Certificate

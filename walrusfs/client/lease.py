@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..committee import Committee
-from ..lease import LeaseRecord, LeaseState
+from ..protocol.committee import Committee
+from ..protocol.lease import LeaseRecord, LeaseState
 from .transport import LeaseAnswer, NodeConnection, NodeError
 
 log = logging.getLogger(__name__)

@@ -190,7 +190,7 @@ class BlobReader:
         geometry = metadata.geometry
 
         def pair_of(index: int) -> int:
-            return index if kind is SliverKind.PRIMARY else geometry.pair_of_secondary(index)
+            return geometry.pair_of_sliver(index, kind)
 
         def node_of(index: int) -> str:
             return self._node_of_pair(metadata, pair_of(index))

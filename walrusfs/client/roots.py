@@ -1,4 +1,4 @@
-"""Publishing and finding a filesystem's root record (walrusfs.roots) on a quorum of nodes.
+"""Publishing and finding a filesystem's root record (walrusfs.protocol.roots) on a quorum of nodes.
 
 Records are replicated whole to every node, not erasure-coded: they are a few hundred bytes. A
 record counts as published once nodes covering n-f shards hold it; a reader that hears from nodes
@@ -14,8 +14,8 @@ import logging
 
 import trio
 
-from ..committee import Committee
-from ..roots import RootRecord
+from ..protocol.committee import Committee
+from ..protocol.roots import RootRecord
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..committee import Committee
 from ..protocol import Confirmation, is_certified, verify_certificate
+from ..protocol.committee import Committee
 from ..redstuff import BlobId, EncodedBlob, Sliver, SliverKind, encode
 from .certificate import Certificate
 from .transport import NodeConnection, NodeError

@@ -6,23 +6,21 @@ metadata) is the caller's business, because that is where it knows what to do ab
 
 from __future__ import annotations
 
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
-from ..committee import Committee, NodeInfo
-from ..lease import LeaseRecord, LeaseState
-from ..protocol import Confirmation, sign_request
+from ..protocol import Confirmation, routes, sign_request
+from ..protocol.committee import Committee, NodeInfo
+from ..protocol.lease import LeaseRecord, LeaseState
+from ..protocol.roots import RootRecord
+from ..protocol.transport import node_mounts, tls_context  # noqa: F401 (re-exported: callers import them from here)
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
-from ..roots import RootRecord
-from ..tls import client_context, pinned_context
 from .health import HealthBook
 
 T = TypeVar("T")
@@ -42,20 +40,6 @@ async def _send_event_without_copy(self: AsyncHTTP11Connection, event: h11.Event
 
 
 AsyncHTTP11Connection._send_event = _send_event_without_copy  # httpcore 1.x (pinned below 2)
-
-
-def tls_context(node: NodeInfo | None = None) -> ssl.SSLContext:
-    """How to verify ``node``: exactly its certificate if the committee pins one (walrusfs.tls), else
-    the CA bundle (one context per process either way)."""
-    return client_context(None if node is None else node.tls_cert)
-
-
-def node_mounts(nodes: Iterable[NodeInfo], **options: Any) -> dict[str, httpx.AsyncHTTPTransport]:
-    """For one httpx client shared by several nodes: a transport per node with a pinned certificate,
-    so that each is held to its own (a single context trusting all would let one pose as another)."""
-    return {f"all://{urlsplit(node.url).netloc}": httpx.AsyncHTTPTransport(verify=pinned_context(node.tls_cert),
-                                                                            **options)
-            for node in nodes if node.tls_cert is not None}
 
 
 class NodeError(Exception):
@@ -133,7 +117,7 @@ class NodeConnection:
     # Reads (public)
 
     async def get_metadata(self, blob_id: BlobId) -> BlobMetadata:
-        path = f"/v1/blobs/{blob_id}/metadata"
+        path = routes.metadata(blob_id)
 
         def parse(response: httpx.Response) -> BlobMetadata:
             metadata = BlobMetadata.from_bytes(response.content)
@@ -145,7 +129,7 @@ class NodeConnection:
     async def get_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind,
                          on_head: Callable[[], None] | None = None) -> Sliver:
         """``on_head`` is called once the node's response head has arrived (before the body)."""
-        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}"
+        path = routes.sliver(blob_id, pair, kind)
 
         async def send() -> httpx.Response:
             async with self.http.stream("GET", self.base + path) as response:
@@ -156,7 +140,7 @@ class NodeConnection:
 
         def parse(response: httpx.Response) -> Sliver:
             sliver = Sliver.from_bytes(response.content)
-            expected = pair if kind is SliverKind.PRIMARY else self.committee.n_shards - 1 - pair
+            expected = self.committee.geometry.sliver_of_pair(pair, kind)
             if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != expected:
                 raise FormatError(f"asked for {kind.name.lower()} sliver {expected} of {blob_id}, "
                                   f"got {sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
@@ -166,30 +150,30 @@ class NodeConnection:
 
     async def get_recovery_symbol(self, blob_id: BlobId, pair: int, kind: SliverKind,
                                   target: int) -> RecoverySymbol:
-        path = f"/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}/recovery/{target}"
+        path = routes.recovery_symbol(blob_id, pair, kind, target)
         return await self._call(f"get recovery symbol {target} from pair {pair}",
                                 lambda: self.http.get(self.base + path),
                                 lambda r: RecoverySymbol.from_bytes(r.content))
 
     async def get_status(self, blob_id: BlobId) -> dict:
-        path = f"/v1/blobs/{blob_id}/status"
+        path = routes.status(blob_id)
         return await self._call("get status", lambda: self.http.get(self.base + path),
                                 lambda r: r.json())
 
     async def get_inconsistency(self, blob_id: BlobId) -> InconsistencyProof:
         """The node's proof that the blob is inconsistently encoded (the caller checks it)."""
-        path = f"/v1/blobs/{blob_id}/inconsistency"
+        path = routes.inconsistency(blob_id)
         return await self._call("get inconsistency proof", lambda: self.http.get(self.base + path),
                                 lambda r: InconsistencyProof.from_bytes(r.content))
 
     async def get_confirmation(self, blob_id: BlobId) -> Confirmation:
-        path = f"/v1/blobs/{blob_id}/confirmation"
+        path = routes.confirmation(blob_id)
         return await self._call("get confirmation", lambda: self.http.get(self.base + path),
                                 lambda r: Confirmation.from_json(r.content))
 
     async def get_root(self, fs_id: str) -> RootRecord | None:
         """This node's root record of a filesystem (verified), or None if it holds none."""
-        path = f"/v1/roots/{fs_id}"
+        path = routes.root(fs_id)
 
         def parse(response: httpx.Response) -> RootRecord | None:
             if response.status_code == 404:
@@ -203,7 +187,7 @@ class NodeConnection:
 
     async def get_lease(self, fs_id: str) -> LeaseState | None:
         """This node's writer lease of a filesystem (verified), or None if it holds none."""
-        path = f"/v1/leases/{fs_id}"
+        path = routes.lease(fs_id)
 
         def parse(response: httpx.Response) -> LeaseState | None:
             return None if response.status_code == 404 else LeaseState.from_dict(response.json(), fs_id)
@@ -215,7 +199,7 @@ class NodeConnection:
     async def put_lease(self, record: LeaseRecord) -> LeaseAnswer:
         """Ask for (renew, take over, release) a writer lease: granted, or refused with the lease
         that stands (HTTP 409). Other failures raise NodeError."""
-        path = f"/v1/leases/{record.fs_id}"
+        path = routes.lease(record.fs_id)
         body = record.to_json()
 
         def parse(response: httpx.Response) -> LeaseAnswer:
@@ -231,7 +215,7 @@ class NodeConnection:
 
 
     async def put_root(self, record: RootRecord) -> None:
-        path = f"/v1/roots/{record.fs_id}"
+        path = routes.root(record.fs_id)
         body = record.to_json()
         await self._call(f"store root record {record.seq}", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
@@ -239,14 +223,14 @@ class NodeConnection:
 
     async def put_certificate(self, blob_id: BlobId, certificate_json: str) -> None:
         """Tell the node the blob is certified, so that it keeps (and repairs) its slivers."""
-        path = f"/v1/blobs/{blob_id}/certificate"
+        path = routes.certificate(blob_id)
         body = certificate_json.encode()
         await self._call("store certificate", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)),
             lambda r: None, ok=(200, 201))
 
     async def put_metadata(self, metadata: BlobMetadata) -> None:
-        path = f"/v1/blobs/{metadata.blob_id}/metadata"
+        path = routes.metadata(metadata.blob_id)
         body = metadata.to_bytes()
         await self._call("store metadata", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
@@ -255,7 +239,7 @@ class NodeConnection:
     async def put_sliver(self, pair: int, sliver: Sliver) -> Confirmation | None:
         """Store one sliver; the node's confirmation if this completed its slivers of the blob
         (unverified: the caller checks it as it would a fetched one)."""
-        path = f"/v1/blobs/{sliver.blob_id}/slivers/{pair}/{sliver.kind.name.lower()}"
+        path = routes.sliver(sliver.blob_id, pair, sliver.kind)
         header = sliver.header()
         symbols = memoryview(sliver.data).cast("B")  # type: ignore[arg-type]
 

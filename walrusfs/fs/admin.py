@@ -14,9 +14,9 @@ import trio
 
 from ..client import BlobClient
 from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
-from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
+from ..protocol.committee import Committee
 from .cli import WRITER_KEY_HELP, read_status
 from .config import resolve_source
 from .db import Database

@@ -80,9 +80,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _mkfs(args: argparse.Namespace) -> int:
     from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
-    from ..committee import Committee
     from ..keys import generate_key, load_key, public_bytes, write_key
-    from ..roots import fs_id_of_key
+    from ..protocol.committee import Committee
+    from ..protocol.roots import fs_id_of_key
 
     state = resolve_source(args.name)
     committee_path = bundled_file(args.committee, COMMITTEE_FILE)

@@ -13,43 +13,12 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-
-FS_HOME_ENV = "WALRUSFS_HOME"
-
-
-def walrusfs_home(home: str | Path | None = None) -> Path:
-    """Where filesystems' local state lives: ``<home>/fs/NAME``.
-
-    ``home`` if given (``--home``, ``-o home=``), else $WALRUSFS_HOME, else ~/.local/share/walrusfs
-    of the user as the password database names it. Not $HOME: mount(8) drops HOME before it runs
-    mount.walrusfs, so a name resolved from $HOME in mkfs would mean another directory (another
-    filesystem) under ``mount -t walrusfs``. WALRUSFS_HOME does reach the helper.
-    """
-    if home:
-        return Path(home).expanduser().resolve()
-    if os.environ.get(FS_HOME_ENV):
-        return Path(os.environ[FS_HOME_ENV]).expanduser().resolve()
-    return user_home() / ".local/share/walrusfs"
-
-
-def user_home() -> Path:
-    """The running user's home directory from the password database, whatever $HOME says (mount(8)
-    drops HOME, so this is what every command, run directly or by mount(8), agrees on)."""
-    try:
-        return Path(pwd.getpwuid(os.getuid()).pw_dir)
-    except KeyError:  # a uid with no passwd entry (containers): all that is left is $HOME
-        return Path.home()
-
-
-def fs_home(home: str | Path | None = None) -> Path:
-    return walrusfs_home(home) / "fs"
+from ..paths import FS_HOME_ENV, fs_home, user_home, walrusfs_home  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

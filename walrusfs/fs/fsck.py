@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from ..client.certificate import Certificate, CertificateError
-from ..committee import Committee
+from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.committee import Committee
 from ..redstuff import FormatError
 from .acl import ACCESS, DEFAULT, Acl, AclError
 from .config import FsSettings, FsState

@@ -11,12 +11,12 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient
-from ..client.certificate import Certificate
 from ..client.roots import RootQuorumError, find_root, publish_root
 from ..client.transport import NodeError
 from ..protocol import Confirmation
+from ..protocol.certificates import Certificate
+from ..protocol.roots import RootRecord, fs_id_of_key
 from ..redstuff import BlobId
-from ..roots import RootRecord, fs_id_of_key
 from .fsck import Fsck
 from .publisher import LocalSnapshotState
 from .snapshot import Manifest, SnapshotError

@@ -2,6 +2,9 @@
 
 The mount happens before the process daemonises, so a failure reaches the caller with a message
 and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the parent exit 0.
+
+Length: option parsing for mount(8) and the daemon's lifecycle share this module until the CLI's
+restructuring (issue 13) moves the options out with the other commands.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import directio
 from ..client import BlobClient, ClientSettings
-from ..committee import Committee
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
 from ..malloc import keep_freed_buffers
+from ..protocol.committee import Committee
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache

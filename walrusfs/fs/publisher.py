@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..client import BlobClient
 from ..client.roots import RootQuorumError, find_root, publish_root
 from ..durable import replace_durably
+from ..protocol.roots import RootRecord, fs_id_of_key
 from ..redstuff import BlobId
-from ..roots import RootRecord, fs_id_of_key
 from .config import FsSettings, FsState
 from .db import Database
 from .snapshot import (

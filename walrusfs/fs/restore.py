@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient
 from ..client.roots import RootQuorumError, find_root
-from ..committee import Committee
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import write_key
+from ..protocol.committee import Committee
+from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
-from ..roots import fs_id_of_key
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport

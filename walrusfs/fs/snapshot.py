@@ -5,7 +5,7 @@ own connection, so it sees exactly the committed state at one instant), cut into
 Each segment is compressed and stored in certified blobs, except segments whose hash the previous
 snapshot already stored: those are referenced where they are (incremental, since most pages of a
 large tree do not change between snapshots). A manifest blob lists the segments and the retained
-earlier snapshots; the filesystem's signed root record (walrusfs.roots) points at the manifest.
+earlier snapshots; the filesystem's signed root record (walrusfs.protocol.roots) points at the manifest.
 
     root record (on every node, highest valid seq wins) -> manifest blob -> segment blobs
 

@@ -28,8 +28,8 @@ from ..client.lease import LeaseQuorumError, LeaseRound, read_leases, send_lease
 from ..client.roots import RootQuorumError, find_root
 from ..durable import replace_durably
 from ..errors import UserError
-from ..lease import MAX_TERM_MS, MIN_TERM_MS, LeaseRecord, LeaseState
-from ..roots import fs_id_of_key, is_fs_id
+from ..protocol.lease import MAX_TERM_MS, MIN_TERM_MS, LeaseRecord, LeaseState
+from ..protocol.roots import fs_id_of_key, is_fs_id
 from .config import FsState
 from .publisher import LocalSnapshotState
 

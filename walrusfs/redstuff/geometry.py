@@ -9,7 +9,10 @@ gives the n secondary slivers (columns, n_p symbols each).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import NewType
+
+from .wire import FormatError
 
 MIN_SHARDS = 4
 MAX_SHARDS = 256  # GF(2^8) has 256 elements; a Cauchy code needs n distinct ones
@@ -28,6 +31,22 @@ ShardIndex = NewType("ShardIndex", int)
 
 class GeometryError(ValueError):
     """A size or index outside what the code allows."""
+
+
+class SliverKind(IntEnum):
+    PRIMARY = 0  # a row of the n x n_s matrix: n_s symbols
+    SECONDARY = 1  # a column of the n_p x n matrix: n_p symbols
+
+    @property
+    def other(self) -> SliverKind:
+        return SliverKind(1 - self)
+
+    @classmethod
+    def parse(cls, text: str) -> SliverKind:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise FormatError(f"sliver kind is 'primary' or 'secondary', not {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,17 @@ class EncodingGeometry:
     def pair_of_secondary(self, secondary: int) -> SliverPairIndex:
         self.check_index(secondary)
         return SliverPairIndex(self.n_shards - 1 - secondary)
+
+    def sliver_of_pair(self, pair: int, kind: SliverKind) -> int:
+        """The index of pair ``pair``'s sliver of ``kind``: primary p, secondary n-1-p. Every place
+        that goes from pair to sliver index asks this (or ``secondary_of_pair``)."""
+        self.check_index(pair)
+        return pair if kind is SliverKind.PRIMARY else self.secondary_of_pair(pair)
+
+    def pair_of_sliver(self, index: int, kind: SliverKind) -> SliverPairIndex:
+        """The pair that holds sliver ``index`` of ``kind`` (the inverse of ``sliver_of_pair``)."""
+        self.check_index(index)
+        return SliverPairIndex(index) if kind is SliverKind.PRIMARY else self.pair_of_secondary(index)
 
     def shard_of_pair(self, pair: int, blob_id: bytes) -> ShardIndex:
         """Pairs are rotated by blob ID so that systematic slivers spread over the nodes."""

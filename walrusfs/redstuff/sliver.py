@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from . import merkle
 from .blob import BlobId, BlobMetadata
-from .geometry import SYMBOL_ALIGNMENT, EncodingGeometry, GeometryError
+from .geometry import SYMBOL_ALIGNMENT, EncodingGeometry, GeometryError, SliverKind
 from .wire import FormatError, check_header, unpack
-
-
-class SliverKind(IntEnum):
-    PRIMARY = 0  # a row of the n x n_s matrix: n_s symbols
-    SECONDARY = 1  # a column of the n_p x n matrix: n_p symbols
-
-    @property
-    def other(self) -> SliverKind:
-        return SliverKind(1 - self)
-
-    @classmethod
-    def parse(cls, text: str) -> SliverKind:
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            raise FormatError(f"sliver kind is 'primary' or 'secondary', not {text!r}") from None
 
 
 def symbol_count(geometry: EncodingGeometry, kind: SliverKind) -> int:

@@ -22,11 +22,12 @@ from typing import Any
 import httpx
 import trio
 
-from ..client.certificate import Certificate, CertificateError
 from ..client.health import HealthBook
 from ..client.transport import NodeConnection, NodeError, connections, node_mounts, tls_context
-from ..committee import Committee
 from ..errors import UserError
+from ..protocol import routes
+from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.committee import Committee
 from ..redstuff import BlobId, BlobMetadata, FormatError, SliverKind
 
 
@@ -56,7 +57,7 @@ async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict
         since = 0
         while True:
             try:
-                page = (await http.get(f"{url}/v1/certified", params={"since": since, "limit": 1000})).json()
+                page = (await http.get(url + routes.CERTIFIED, params={"since": since, "limit": 1000})).json()
             except (httpx.HTTPError, ValueError):
                 return  # a node that does not answer fails its own challenges below
             for entry in page["entries"]:
@@ -81,7 +82,7 @@ async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict
 async def certificate_of(http: httpx.AsyncClient, committee: Committee, blob_id: BlobId) -> Certificate:
     for node in committee.nodes:
         try:
-            response = await http.get(f"{node.url}/v1/blobs/{blob_id}/certificate")
+            response = await http.get(node.url + routes.certificate(blob_id))
             if response.status_code == 200:
                 certificate = Certificate.from_json(response.content)
                 if certificate.blob_id == blob_id:
@@ -106,7 +107,7 @@ async def challenge(connection: NodeConnection, metadata: BlobMetadata, pair: in
     except NodeError as error:
         return Problem(error.reason, forged=error.lie)
     geometry = metadata.geometry
-    source = pair if kind is SliverKind.PRIMARY else geometry.secondary_of_pair(pair)
+    source = geometry.sliver_of_pair(pair, kind)
     if (symbol.target_kind is not kind.other or symbol.source_index != source or symbol.target_index != target
             or not await trio.to_thread.run_sync(symbol.is_valid_for, metadata)):
         return Problem("the symbol fails its Merkle proof against the blob's metadata", forged=True)

@@ -1,5 +1,4 @@
-"""What client and storage nodes agree on beyond the codec: request authorisation, confirmations
-and availability certificates.
+"""Request authorisation between writers and storage nodes: signing (v2) and the replay guard.
 
 Writes (PUT, DELETE) carry a signed ``Authorization`` header (format v2, docs/node-api.md)::
 
@@ -15,33 +14,25 @@ leaves the body unbound, which a node accepts only for bodies that certify thems
 Nodes accept a request within MAX_CLOCK_SKEW seconds of their clock and each nonce once: in memory
 (ReplayGuard) for writes that are harmless to repeat, durably (nodes/nonces.py) for those that are
 not. The v1 scheme (``WalrusFS-Ed25519``, which named no node and no body) is refused.
-
-A Confirmation is a node's signed statement that it stores every sliver of a blob for all its shards
-in an epoch. Confirmations from nodes covering at least n - f shards form a certificate of
-availability.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..keys import KEY_SIZE, public_bytes
 from .committee import Committee, NodeInfo
-from .keys import KEY_SIZE, public_bytes
-from .redstuff import BlobId, FormatError
 
 AUTH_SCHEME = "WalrusFS-Ed25519-2"
 OLD_AUTH_SCHEME = "WalrusFS-Ed25519"  # v1: refused, with a message saying why
@@ -202,104 +193,3 @@ def verify_request(header: str | None, method: str, target: str, committee: Comm
     if replay is not None and not replay.check_and_remember(signed.nonce, now, signed.expiry):
         raise AuthError("Authorization nonce was already used (replayed request)")
     return signed
-
-
-# --- confirmations and certificates ----------------------------------------------------------------
-
-CONFIRMATION_VERSION = 1
-_CONFIRMATION_DOMAIN = b"walrusfs-confirmation\0"
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """Node ``node_id`` stores every sliver of ``blob_id`` for ``shards`` in ``epoch``.
-
-    Signed bytes (v1): ``"walrusfs-confirmation\\0" | u8 version | u64 epoch | 32 blob id |
-    u16 len | node id (utf-8) | u16 count | count x u16 shard``. Travels as JSON with the same
-    fields plus ``signature`` (base64).
-    """
-
-    epoch: int
-    blob_id: BlobId
-    node_id: str
-    shards: tuple[int, ...]
-    signature: bytes = b""
-    version: int = CONFIRMATION_VERSION
-
-    def signed_bytes(self) -> bytes:
-        node = self.node_id.encode()
-        return b"".join([
-            _CONFIRMATION_DOMAIN,
-            struct.pack("<BQ", self.version, self.epoch),
-            self.blob_id.raw,
-            struct.pack("<H", len(node)), node,
-            struct.pack(f"<H{len(self.shards)}H", len(self.shards), *self.shards),
-        ])
-
-    def signed_by(self, key: Ed25519PrivateKey) -> Confirmation:
-        unsigned = Confirmation(self.epoch, self.blob_id, self.node_id, tuple(sorted(self.shards)))
-        return Confirmation(unsigned.epoch, unsigned.blob_id, unsigned.node_id, unsigned.shards,
-                            key.sign(unsigned.signed_bytes()))
-
-    def verify(self, public_key: bytes) -> bool:
-        if self.version != CONFIRMATION_VERSION:
-            return False
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(self.signature, self.signed_bytes())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
-    def to_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "epoch": self.epoch,
-            "blob_id": str(self.blob_id),
-            "node_id": self.node_id,
-            "shards": list(self.shards),
-            "signature": base64.b64encode(self.signature).decode(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Confirmation:
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise FormatError(f"not a confirmation: {error}") from error
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Confirmation:
-        try:
-            if data["version"] != CONFIRMATION_VERSION:
-                raise FormatError(f"confirmation version {data['version']} is not one this walrusfs reads")
-            shards = tuple(int(s) for s in data["shards"])
-            if not all(0 <= s < 1 << 16 for s in shards):
-                raise FormatError("confirmation shard out of range")
-            return cls(int(data["epoch"]), BlobId.parse(data["blob_id"]), str(data["node_id"]), shards,
-                       base64.b64decode(data["signature"], validate=True))
-        except (KeyError, TypeError, ValueError, binascii.Error) as error:
-            raise FormatError(f"not a confirmation: {error}") from error
-
-
-def verify_certificate(committee: Committee, blob_id: BlobId,
-                       confirmations: Iterable[Confirmation]) -> set[int]:
-    """The shards covered by valid confirmations: signed by a committee node, for this epoch and
-    blob, counting only shards that node holds. A certificate is complete when
-    ``is_certified(committee, covered)``."""
-    covered: set[int] = set()
-    for confirmation in confirmations:
-        if (confirmation.epoch != committee.epoch or confirmation.blob_id != blob_id
-                or not committee.has_node(confirmation.node_id)):
-            continue
-        node = committee.node(confirmation.node_id)
-        if confirmation.verify(node.public_key):
-            covered |= set(confirmation.shards) & set(node.shards)
-    return covered
-
-
-def is_certified(committee: Committee, covered: set[int]) -> bool:
-    return len(covered) >= committee.geometry.quorum
