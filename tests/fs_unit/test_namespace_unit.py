@@ -8,8 +8,8 @@ import stat
 from collections.abc import Awaitable
 
 import pytest
-from conftest import Fields, UnitFs
 from pyfuse3 import FUSEError
+from unit_fs import Fields, UnitFs
 
 from walrusfs.fs.acl import ACCESS, DEFAULT, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ, Acl, Entry
 from walrusfs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT

@@ -11,8 +11,8 @@ import random
 import pytest
 import trio
 import trio.testing
-from conftest import BLOCK, FakeBlobStore, UnitFs
 from pyfuse3 import FUSEError
+from unit_fs import BLOCK, FakeBlobStore, UnitFs
 
 from walrusfs.fs.blocks import BlockStore
 from walrusfs.fs.cache import BlobCache
