@@ -14,10 +14,13 @@ import logging
 import trio
 
 from ..committee import Committee
+from ..retry import Backoff
 from ..roots import RootRecord
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
+
+_RETRY = Backoff(first=0.2, cap=3.0)  # walrusfs.retry: full jitter, capped
 
 
 class RootQuorumError(Exception):
@@ -37,7 +40,7 @@ async def publish_root(connections: dict[str, NodeConnection], committee: Commit
     failures: dict[str, str] = {}
 
     async def one(connection: NodeConnection) -> None:
-        delay = 0.2
+        attempt = 0
         while True:
             try:
                 await connection.put_root(record)
@@ -47,8 +50,8 @@ async def publish_root(connections: dict[str, NodeConnection], committee: Commit
                 failures[connection.node_id] = error.reason
                 if not error.transient:
                     return
-            await trio.sleep(delay)
-            delay = min(delay * 2, 3.0)
+            await trio.sleep(_RETRY.delay(attempt))
+            attempt += 1
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:

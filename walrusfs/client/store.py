@@ -16,13 +16,13 @@ import trio
 from ..committee import Committee
 from ..protocol import Confirmation, is_certified, verify_certificate
 from ..redstuff import BlobId, EncodedBlob, Sliver, SliverKind, encode
+from ..retry import Backoff
 from .certificate import Certificate
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
 
-_RETRY_FIRST = 0.1
-_RETRY_MAX = 3.0
+_RETRY = Backoff(first=0.2, cap=3.0)  # walrusfs.retry: full jitter, capped
 
 
 def encode_for_upload(data: bytes | memoryview, n_shards: int) -> EncodedBlob:
@@ -44,7 +44,7 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
     text = certificate.to_json()
 
     async def one(connection: NodeConnection) -> None:
-        delay = _RETRY_FIRST
+        attempt = 0
         while True:
             try:
                 await connection.put_certificate(certificate.blob_id, text)
@@ -53,8 +53,8 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
                 if not error.transient:
                     log.debug("certificate of %s not taken by %s: %s", certificate.blob_id, connection.node_id, error)
                     return
-            await trio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
+            await trio.sleep(_RETRY.delay(attempt))
+            attempt += 1
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:
@@ -65,9 +65,12 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
 class StoreError(Exception):
     """No availability certificate could be had; says which nodes failed and why."""
 
-    def __init__(self, message: str, failures: dict[str, str]) -> None:
+    def __init__(self, message: str, failures: dict[str, str], permanent: bool = False) -> None:
         super().__init__(message)
         self.failures = failures
+        # The nodes that refused outright leave too few for a certificate: retrying the same store
+        # cannot succeed until someone changes something (walrusfs.retry).
+        self.permanent = permanent
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Delivery:
     secondaries_ready: trio.Event = field(default_factory=trio.Event)
     confirmations: dict[str, Confirmation] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # nodes that answered a permanent refusal (4xx)
     pending: set[str] = field(default_factory=set)
     settled: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
@@ -104,6 +108,12 @@ class Delivery:
 
     def certified(self) -> bool:
         return is_certified(self.committee, self.covered())
+
+    def refused_for_good(self) -> bool:
+        """The nodes that refused leave too few shards for a certificate however long it is retried."""
+        others = {shard for node in self.committee.nodes if node.id not in self.refused
+                  for shard in self.committee.shards_of(node.id)}
+        return bool(self.refused) and not is_certified(self.committee, others)
 
     def certificate(self) -> Certificate:
         return Certificate(self.blob_id, self.committee.epoch, tuple(self.confirmations.values()))
@@ -136,7 +146,7 @@ class Delivery:
     async def _deliver(self, node_id: str) -> None:
         connection = self.connections[node_id]
         geometry = self.encoded.layout.geometry
-        delay = _RETRY_FIRST
+        attempt = 0
         sent: set[tuple[int, SliverKind]] = set()
         metadata_sent = False
         while True:
@@ -158,12 +168,14 @@ class Delivery:
                 break
             except NodeError as error:
                 if not error.transient:
+                    self.refused.add(node_id)
                     self._fail(node_id, error.reason)
                     return
+                delay = _RETRY.delay(attempt)
+                attempt += 1
                 log.debug("blob %s: node %s: %s; retrying in %.1f s", self.blob_id, node_id, error, delay)
                 self.failures[node_id] = error.reason
                 await trio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
         node = self.committee.node(node_id)
         if (confirmation.node_id != node_id or confirmation.blob_id != self.blob_id
                 or confirmation.epoch != self.committee.epoch or not confirmation.verify(node.public_key)):

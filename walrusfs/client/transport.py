@@ -240,6 +240,8 @@ def _reason(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:200] or response.reason_phrase
     if isinstance(body, dict):
+        if body.get("error") and body.get("message"):  # the node's code and its words (nodes/http.py)
+            return f"{body['error']}: {body['message']}"[:300]
         return str(body.get("error") or body.get("detail") or body)[:300]
     return str(body)[:300]
 

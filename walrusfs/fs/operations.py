@@ -472,12 +472,8 @@ class WalrusOperations(pyfuse3.Operations):
         if self.nursery is None:
             return
         cache = self.blocks.cache
-        rows = self.db.execute(
-            "SELECT DISTINCT blobs.blob_id FROM inode_blocks "
-            "JOIN blocks ON blocks.id = inode_blocks.block JOIN blobs ON blobs.id = blocks.blob "
-            "WHERE inode_blocks.inode=? AND inode_blocks.blockno > ? AND inode_blocks.blockno <= ?",
-            (inode, blockno, blockno + self.readahead_blocks)).fetchall()
-        for (blob_id,) in rows[:_READAHEAD_BLOBS]:
+        blobs = self.blocks.catalog.blob_ids_of_blocks(inode, blockno, blockno + self.readahead_blocks)
+        for blob_id in blobs[:_READAHEAD_BLOBS]:
             if not cache.contains(blob_id) and not cache.fetching(blob_id):
                 self.nursery.start_soon(self._prefetch, blob_id)
 
@@ -689,9 +685,7 @@ class WalrusOperations(pyfuse3.Operations):
         """Return only when every block of the file is in a certified blob (EIO if not possible)."""
         async with self.locks[fh]:
             await self._stage_inode(fh)
-        blocks = [b for (b,) in self.db.execute(
-            "SELECT blocks.id FROM inode_blocks JOIN blocks ON blocks.id = inode_blocks.block "
-            "WHERE inode_blocks.inode=? AND blocks.blob IS NULL", (fh,))]
+        blocks = self.blocks.catalog.staged_blocks_of(fh)
         if blocks:
             try:
                 await self.uploader.wait_certified(blocks)
@@ -808,7 +802,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
-        used = int(self.db.get_val("SELECT COALESCE(SUM(size), 0) FROM blocks"))
+        used = self.blocks.catalog.used_bytes()
         files = int(self.db.get_val("SELECT COUNT(*) FROM inodes"))
         data.f_bsize = self.bs
         data.f_frsize = 4096

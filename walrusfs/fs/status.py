@@ -212,7 +212,14 @@ def format_status(status: dict, now: float | None = None) -> str:
     last_error = status.get("last_error")
     snapshot = status.get("snapshot") if isinstance(status.get("snapshot"), dict) else None
     alerts: list[str] = []
-    if uploads_failing(status):
+    permanent = status.get("upload_permanent_error")
+    if permanent:
+        # Retrying cannot help (the nodes refuse this writer, or the request): say so, and what to do.
+        alerts.append(f"UPLOADS STOPPED, PERMANENT FAILURE ({_plural(failures, 'failed attempt')} since mount): "
+                      "staged data is kept but not retried automatically; fix the cause (the writer key, the "
+                      "committee), then fsync, sync or unmount tries again")
+        alerts.append(f"permanent error: {_shorten(str(permanent), 400)}")
+    elif uploads_failing(status):
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
         alerts.append(f"last error: {_shorten(str(last_error), 400)}")
