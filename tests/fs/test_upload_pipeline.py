@@ -86,7 +86,11 @@ def test_nodes_refusing_the_writer_is_a_permanent_failure_reported_and_not_retri
             os.close(fd)
         assert status(mp)["upload_failures"] == 2
         assert (mp / "small").read_bytes() == b"r" * 100_000
-        fs.plain_umount(mp)  # 'walrusfs umount' would refuse: the data is not certified (it stays staged)
+        refused = subprocess.run([WALRUSFS, "umount", str(mp)], env=fs.env, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 1 and "the nodes refuse the staged data" in refused.stderr, refused.stderr
+        assert status(mp)["upload_failures"] == 3  # the umount asked for one more attempt
+        fs.plain_umount(mp)  # keeps it staged for the next mount
 
 
 @pytest.mark.parametrize("fill", [True, False])

@@ -176,6 +176,7 @@ class Fsck:
             if count:
                 self.found("I2", f"{count} rows of {table} belong to no inode: removed", True)
                 self._execute(f"DELETE FROM {table} WHERE inode NOT IN (SELECT id FROM inodes)")
+        # Raw SQL on blocks here and in the block/blob checks below: see the note above check_block_blobs.
         count = self.db.get_val(
             "SELECT COUNT(*) FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")
         if count:
@@ -243,9 +244,10 @@ class Fsck:
         self._execute("DELETE FROM inode_blocks WHERE block=?", (block,))
         self._execute("DELETE FROM blocks WHERE id=?", (block,))
 
-    # The block and blob checks below recount and cross-check the raw tables on purpose: the catalog's
-    # methods assume I3-I6 hold, and going through them would hide the corruption looked for here.
-    # What only lists what the catalog keeps (staged blocks, blobs on record) reads through it.
+    # The block and blob checks recount and cross-check the raw tables on purpose (and _lose_block and
+    # the refcount checks repair them directly): the catalog's methods assume I3-I6 hold, and going
+    # through them would hide, or trip over, the corruption looked for here. What only lists what the
+    # catalog keeps (staged blocks, blobs on record) reads through it.
 
     def check_block_blobs(self) -> None:
         for (block,) in self.db.execute(
