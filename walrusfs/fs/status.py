@@ -191,6 +191,8 @@ def node_state(health: dict) -> str:
     state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
     if health.get("lies"):
         state += ", lied"
+    if health.get("avoided_s"):
+        state += f", avoided {health['avoided_s']:.0f} s"  # not asked by reads for now
     return state
 
 
@@ -216,13 +218,13 @@ def format_status(status: dict, now: float | None = None) -> str:
     if permanent:
         # Retrying cannot help (the nodes refuse this writer, or the request): say so, and what to do.
         alerts.append(f"UPLOADS STOPPED, PERMANENT FAILURE ({_plural(failures, 'failed attempt')} since mount): "
-                      "staged data is kept but not retried automatically; fix the cause (the writer key, the "
-                      "committee), then fsync, sync or unmount tries again")
-        alerts.append(f"permanent error: {_shorten(str(permanent), 400)}")
+                      "staged data is kept but not retried automatically; fix what the nodes say (the writer key, the "
+                      "committee, the clocks), then fsync, sync, unmount or the next snapshot tries again")
+        alerts.append(f"permanent error: {_shorten(str(permanent), 1000)}")  # the nodes say why
     elif uploads_failing(status):
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
-        alerts.append(f"last error: {_shorten(str(last_error), 400)}")
+        alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot_failing(status):
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
     if alerts:
