@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import blake3
@@ -71,6 +72,11 @@ class Uploader:
         self._wake = trio.Event()  # for the packer: blocks staged, someone waiting, a retry due
         self._changed = trio.Event()  # an upload finished or failed
         self._urgent = 0  # callers waiting for everything staged to be certified
+        # Callers waiting, by the failure count when they began. Only waits begun since the last
+        # failure skip its backoff (or the stop after a permanent one): earlier waiters hear of the
+        # failure and give up, and the packer, woken by it before they have run, must not take them
+        # for a new request (that was a second attempt at once after every failure).
+        self._waiting: Counter[int] = Counter()
         self._last_staged = trio.current_time()
         self._failure_seq = 0
         self._retry_at = 0.0  # trio time before which no upload starts after a failure, unless urgent
@@ -111,10 +117,11 @@ class Uploader:
     def _next_pack(self) -> tuple[list[StagedBlock] | None, float | None]:
         """The pack to upload now, or (None, how long until one may be due; None: until woken)."""
         urgent = self._urgent > 0
-        if self.retrier.stopped and not urgent:
+        asked = self._waiting[self._failure_seq] > 0
+        if self.retrier.stopped and not asked:
             return None, None  # a permanent failure: only an explicit request tries again
         now = trio.current_time()
-        if now < self._retry_at and not urgent:
+        if now < self._retry_at and not asked:
             return None, self._retry_at - now
         pack = self.catalog.next_pack(self.blob_size)
         if not pack:
@@ -205,6 +212,7 @@ class Uploader:
         """
         failures_before = self._failure_seq
         self._urgent += 1
+        self._waiting[failures_before] += 1
         self._wake.set()
         try:
             while True:
@@ -217,3 +225,6 @@ class Uploader:
                 await self._changed.wait()
         finally:
             self._urgent -= 1
+            self._waiting[failures_before] -= 1
+            if not self._waiting[failures_before]:
+                del self._waiting[failures_before]
