@@ -100,9 +100,12 @@ def test_cache_after_upload_decides_whether_uploaded_blobs_fill_the_read_cache(s
     if not fill:
         _set(fs, "cache_after_upload", "false")
     with mounted(fs, tmp_path / "mnt") as mp:
-        with open(mp / "f", "wb") as handle:
-            handle.write(b"c" * 300_000)
-            os.fsync(handle.fileno())
+        fd = os.open(mp / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"c" * 300_000)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         current = status(mp)
         assert (current["cache_bytes"] > 0) is fill, current
         assert (mp / "f").read_bytes() == b"c" * 300_000
