@@ -64,9 +64,10 @@ def test_a_loop_on_the_retrier_backs_off_until_a_success_and_stops_at_a_permanen
     assert gaps[5] <= 1  # and the next failure starts from the first ceiling again
 
 
-def test_a_permanent_failure_is_not_retried_every_few_seconds_forever() -> None:
-    """The defect the uploader had: the backoff went back to 0 after each sleep. Here a transient
-    error that persists for an hour is tried at most ~log2(cap) + 3600/(cap/2) times, not 3600."""
+def test_a_failure_that_persists_is_not_retried_every_second_for_an_hour() -> None:
+    """The defect the uploader had: the backoff went back to 0 after each sleep, so a failure that
+    persisted was retried about every second. Here one that persists for an hour is tried about
+    3600 / (cap / 2) times (mean wait cap/2 once at the cap), not 3600."""
 
     async def loop() -> int:
         retrier = Retrier(Backoff(first=1.0, cap=60.0), rng=random.Random(3))
