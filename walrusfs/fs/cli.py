@@ -59,6 +59,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "network first (same as -o key=PATH)")
     mount.add_argument("--committee", type=Path, help="with --key: the committee file (default: the bundled network's)")
     mount.add_argument("--writer-key", type=Path, help=f"with --key: {WRITER_KEY_HELP}")
+    mount.add_argument("--takeover", action="store_true",
+                       help="take the filesystem's writer lease over from a writer that died (same as -o takeover)")
     for flag in ("-n", "-s"):  # passed by mount(8) to helpers; nothing to do for them
         mount.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     # mount -v passes -v to the helper: the daemon logs debug messages, as walrusfs -v mount does.
@@ -130,6 +132,7 @@ def _mount(args: argparse.Namespace) -> int:
     for name in ("key", "committee", "writer_key"):
         if getattr(args, name):
             setattr(options, name, str(getattr(args, name).resolve()))
+    options.takeover = options.takeover or args.takeover
     options.fsname = args.source
     return mount(resolve_source(args.source, options.home), args.mountpoint.resolve(), options, args.foreground)
 
@@ -177,6 +180,7 @@ def _umount(args: argparse.Namespace) -> int:
 
     trio.run(flush_with_progress)
     print(file=sys.stderr)
+    _refuse_if_not_writer(mountpoint, pid, args.lazy)
     if error:
         current = read_status(mountpoint)
         if current.get("upload_permanent_error"):  # retrying cannot help: say what must change
@@ -194,6 +198,7 @@ def _umount(args: argparse.Namespace) -> int:
         seq = read_status(mountpoint).get("snapshot", {}).get("seq")
         print(f" snapshot {seq} is on the network", file=sys.stderr)
     except OSError:
+        _refuse_if_not_writer(mountpoint, pid, args.lazy)
         reason = read_status(mountpoint).get("snapshot", {}).get("last_error")
         print(f" failed: {reason}. Unmounting anyway: every byte is certified and the local metadata is "
               "intact; the next mount publishes a snapshot.", file=sys.stderr)
@@ -201,6 +206,19 @@ def _umount(args: argparse.Namespace) -> int:
         _wait_gone(pid)
     print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)
     return 0
+
+
+def _refuse_if_not_writer(mountpoint: Path, pid: int, lazy: bool) -> None:
+    """A mount that lost the writer lease can never make its data durable: unmount it (what it holds
+    stays in its state directory) and fail, saying so, rather than claim success."""
+    from .writer_lease import deposed_message
+
+    message = deposed_message(read_status(mountpoint))
+    if message is None:
+        return
+    if _unmount(mountpoint, lazy, certified=False):
+        _wait_gone(pid)
+    raise UserError(f"unmounted {mountpoint}, but NOT durable: {message}")
 
 
 def _unmount(mountpoint: Path, lazy: bool, certified: bool) -> bool:

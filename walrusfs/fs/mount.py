@@ -46,6 +46,7 @@ from .publisher import SnapshotPublisher
 from .restore import find_chain, manifest_of, resolve_staged, restore_db_file, restore_state
 from .snapshot import SnapshotError
 from .uploader import Uploader
+from .writer_lease import DEFAULT_TERM, acquire_for_mount, parse_term
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ OPTION_HELP: dict[str, str] = {
     "key=PATH": "the filesystem's key: with no local state, restore it from the network first",
     "committee=PATH": "with key=: the committee file (default: the bundled network's)",
     "writer_key=PATH": "with key=: a writer key the committee accepts (default: the bundled network's)",
+    "takeover": "take the filesystem's writer lease over from a writer that died (docs/writer-lease.md)",
+    "lease_term=SECONDS": "how long the nodes keep this writer's lease between renewals (default 30; a dead "
+                          "writer blocks others this long)",
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
@@ -92,6 +96,8 @@ class MountOptions:
     key: str | None = None  # the filesystem's key: restore from the network when there is no local state
     committee: str | None = None  # with key: the committee file (default: the bundled network's)
     writer_key: str | None = None  # with key: the nodes' write key (default: the bundled network's)
+    takeover: bool = False  # take the writer lease over from a writer that died (writer_lease.py)
+    lease_term: float = DEFAULT_TERM  # seconds the nodes keep the writer lease between renewals
 
     @classmethod
     def parse(cls, text: str | None) -> MountOptions:
@@ -120,6 +126,10 @@ class MountOptions:
             elif item.split("=", 1)[0] in ("key", "committee", "writer_key") and "=" in item:
                 name, value = item.split("=", 1)
                 setattr(options, name, value)
+            elif item == "takeover":
+                options.takeover = True
+            elif item.startswith("lease_term="):
+                options.lease_term = parse_term(item.split("=", 1)[1])
             elif item.startswith("x-"):
                 continue  # userspace-only fstab options (x-systemd.*)
             elif item.startswith("metrics="):
@@ -357,7 +367,16 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                             fill_cache=settings.cache_after_upload)
         publisher = None if options.read_only else SnapshotPublisher(
             state, settings, db, client, fs_key, partial(_certify_staged, catalog, uploader))
-        if publisher is not None:
+        lease = None
+        if publisher is not None:  # a writable mount: one writer per filesystem, across machines
+            try:
+                lease = await acquire_for_mount(state, client, fs_key, takeover=options.takeover,
+                                                term=options.lease_term)
+            except BaseException:
+                db.close()
+                state.mounted_marker.unlink(missing_ok=True)  # refused: this mount never ran
+                raise
+            publisher.lease = lease
             publisher.mark_mounted()
         started = time.time()
 
@@ -375,12 +394,15 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
                 "nodes": client.health.snapshot(), "read_only": options.read_only,
                 "snapshot": publisher.status() if publisher is not None else {"seq": options.snapshot},
+                "lease": lease.status() if lease is not None else None,
             }
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
                                       settings.staging_limit, status)
         if publisher is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
+        if lease is not None:
+            operations.durability_guard = lease.ensure_held
         purged = 0 if options.read_only else operations.purge_orphans()
         if purged:
             log.info("removed %d inodes that no directory names any more (left by a crash)", purged)
@@ -414,6 +436,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                     nursery.start_soon(uploader.run)
                 if publisher is not None:
                     nursery.start_soon(publisher.run)
+                if lease is not None:
+                    nursery.start_soon(lease.run)
                 nursery.start_soon(export_metrics, options.metrics, options.metrics_textfile, status)
                 nursery.start_soon(report_status, status)
                 nursery.start_soon(_terminate_on_signal)
@@ -437,6 +461,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                             log.error("no metadata snapshot at unmount (the next mount takes one): %s", error)
                 if publisher is not None:
                     publisher.mark_unmounted()
+                if lease is not None and not blocks.staged_bytes and publisher is not None and not publisher.changed():
+                    with trio.move_on_after(EXIT_FLUSH_SECONDS):
+                        await lease.release()  # all published: another machine may mount at once
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)

@@ -2,7 +2,8 @@
 
 Exit status: 0 when all is well; 1 when DIR is not (inside) a mounted walrusfs filesystem or its
 daemon does not answer; 2 when staged data or metadata snapshots are failing to upload (the data
-stays staged and is retried; the output says why). Documented in docs/operating.md.
+stays staged and is retried; the output says why), or a writable mount does not hold its writer
+lease (deposed by another writer, or no quorum to renew it). Documented in docs/operating.md.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _status(args: argparse.Namespace) -> int:
     mountpoint = find_mount_root(args.dir)
     status = read_status_within(mountpoint, args.timeout)
     status["mountpoint"] = str(mountpoint)
-    failing = uploads_failing(status) or snapshot_failing(status)
+    failing = uploads_failing(status) or snapshot_failing(status) or lease_lost(status)
     if args.json:
         status["uploads_failing"] = uploads_failing(status)
         status["snapshot_failing"] = snapshot_failing(status)
@@ -227,6 +228,8 @@ def format_status(status: dict, now: float | None = None) -> str:
         alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot_failing(status):
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
+    if lease_lost(status):
+        alerts.append(f"NOT DURABLE, WRITER LEASE NOT HELD: {_shorten(str(status['lease']['message']), 600)}")
     if alerts:
         lines.append("")
         lines += [f"!! {alert}" for alert in alerts]
@@ -257,6 +260,8 @@ def format_status(status: dict, now: float | None = None) -> str:
     if hits + misses:
         cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
     other = [("cache", cache), ("last snapshot", _format_snapshot(status, snapshot, now))]
+    if isinstance(status.get("lease"), dict):
+        other.append(("writer lease", _format_lease(status["lease"])))
     lines.append("")
     lines += _rows(other, indent="")
 
@@ -276,6 +281,20 @@ def format_status(status: dict, now: float | None = None) -> str:
                          _shorten(str(health.get("last_error") or "-"), 60)])
         lines += _table(["NODE", "STATE", "LATENCY", "SCORE", "OK", "FAILED", "LIES", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
+
+
+def lease_lost(status: dict) -> bool:
+    """A writable mount that does not hold its writer lease (docs/writer-lease.md)."""
+    lease = status.get("lease")
+    return isinstance(lease, dict) and not lease.get("held") and bool(lease.get("message"))
+
+
+def _format_lease(lease: dict) -> str:
+    if lease.get("deposed_by"):
+        taker = lease["deposed_by"]
+        return f"DEPOSED by {taker.get('label') or taker.get('holder')} (generation {taker.get('generation')})"
+    state = f"held for {lease.get('valid_for_s', 0):.0f} s more" if lease.get("held") else "LAPSED"
+    return f"generation {lease.get('generation')}, {state} (term {lease.get('term_s', 0):.0f} s)"
 
 
 def _format_snapshot(status: dict, snapshot: dict | None, now: float) -> str:
