@@ -15,6 +15,7 @@ from walrusfs.fs.blocks import BlockStore
 from walrusfs.fs.catalog import Catalog
 from walrusfs.fs.db import Database
 from walrusfs.fs.schema import DDL, SCHEMA_VERSION
+from walrusfs.fs.status import format_status
 from walrusfs.fs.uploader import Uploader, UploadError
 
 
@@ -88,3 +89,12 @@ def test_a_transient_failure_backs_off_further_while_it_persists(tmp_path: Path)
     # Full jitter up to 60 s: about one try every 30 s once at the cap (the old uploader: every 1-2 s).
     assert 40 < len(client.attempts) < 250, len(client.attempts)
     assert max(gaps) > 30 and uploader.stats.permanent_error is None
+
+
+def test_walrusfs_status_shows_a_permanent_failure_with_what_the_nodes_said() -> None:
+    said = "node-0: HTTP 403: forbidden: this key is not one of the committee's writers"
+    status = {"mountpoint": "/mnt/x", "state": "/state", "staged_bytes": 1100, "upload_failures": 1,
+              "last_error": said, "upload_permanent_error": said, "last_error_at": 1.0}
+    shown = format_status(status)
+    assert "UPLOADS STOPPED, PERMANENT FAILURE" in shown and said in " ".join(shown.split())
+    assert "UPLOADS FAILING" not in shown
