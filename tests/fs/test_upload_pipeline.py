@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+from pathlib import Path
 
-from fs_harness import status
+import pytest
+from fs_harness import mounted, status
 
 
 def test_a_small_write_is_uploaded_without_fsync_after_the_upload_delay(module_mount, mnt):
@@ -38,3 +41,26 @@ def test_content_uploaded_again_after_its_file_was_deleted_is_certified(module_m
     with module_fs.db() as db:
         assert db.execute("SELECT COUNT(*) FROM blocks WHERE blob IS NULL").fetchone() == (0,)
     assert (mnt / "copy1").read_bytes() == data
+
+
+def _set(fs, key: str, value: str) -> None:
+    settings = fs.state / "fs.toml"
+    settings.write_text(re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", settings.read_text()))
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_cache_after_upload_decides_whether_uploaded_blobs_fill_the_read_cache(shared_network, make_fs,
+                                                                              tmp_path: Path, fill: bool):
+    fs = make_fs(shared_network, name=f"fill{int(fill)}")
+    if not fill:
+        _set(fs, "cache_after_upload", "false")
+    with mounted(fs, tmp_path / "mnt") as mp:
+        fd = os.open(mp / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"c" * 300_000)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        current = status(mp)
+        assert (current["cache_bytes"] > 0) is fill, current
+        assert (mp / "f").read_bytes() == b"c" * 300_000

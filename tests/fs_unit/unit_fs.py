@@ -103,7 +103,7 @@ class UnitFs:
             make_root(self.db)
         self.cache = BlobCache(root / "cache", 64 << 20, store.read)
         self.blocks = BlockStore(self.db, root / "staging", self.cache)
-        self.uploader = Uploader(self.db, self.blocks, self.cache, store,  # type: ignore[arg-type]
+        self.uploader = Uploader(self.blocks.catalog, self.blocks, self.cache, store,  # type: ignore[arg-type]
                                  blob_size=16 * BLOCK, upload_delay=0.01)
         self.ops = WalrusOperations(self.db, self.blocks, self.uploader, BLOCK, staging_limit,
                                     dirty_limit=dirty_limit)

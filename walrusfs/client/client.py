@@ -173,7 +173,7 @@ class BlobClient:
             f"certificate needs {self.committee.geometry.quorum} of {self.committee.n_shards} "
             f"within {self.settings.store_deadline:.0f} s. Failed nodes: {detail}. Act on what the "
             "nodes answered, check that they are up (walrusfs cluster status), and try again.",
-            failures,
+            failures, permanent=delivery.refused_for_good(),
         )
 
     async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,

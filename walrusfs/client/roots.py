@@ -16,9 +16,12 @@ import trio
 
 from ..protocol.committee import Committee
 from ..protocol.roots import RootRecord
+from ..retry import Backoff
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
+
+_RETRY = Backoff(first=0.2, cap=3.0)  # walrusfs.retry: full jitter, capped
 
 
 class RootQuorumError(Exception):
@@ -38,7 +41,7 @@ async def publish_root(connections: dict[str, NodeConnection], committee: Commit
     failures: dict[str, str] = {}
 
     async def one(connection: NodeConnection) -> None:
-        delay = 0.2
+        attempt = 0
         while True:
             try:
                 await connection.put_root(record)
@@ -48,8 +51,8 @@ async def publish_root(connections: dict[str, NodeConnection], committee: Commit
                 failures[connection.node_id] = error.reason
                 if not error.transient:
                     return
-            await trio.sleep(delay)
-            delay = min(delay * 2, 3.0)
+            await trio.sleep(_RETRY.delay(attempt))
+            attempt += 1
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:

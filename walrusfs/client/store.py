@@ -16,13 +16,13 @@ import trio
 from ..protocol import Confirmation, is_certified, verify_certificate
 from ..protocol.committee import Committee
 from ..redstuff import BlobId, EncodedBlob, Sliver, SliverKind, encode
+from ..retry import Backoff
 from .certificate import Certificate
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
 
-_RETRY_FIRST = 0.1
-_RETRY_MAX = 3.0
+_RETRY = Backoff(first=0.2, cap=3.0)  # walrusfs.retry: full jitter, capped
 
 
 def encode_for_upload(data: bytes | memoryview, n_shards: int) -> EncodedBlob:
@@ -59,7 +59,7 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
     text = certificate.to_json()
 
     async def one(connection: NodeConnection) -> None:
-        delay = _RETRY_FIRST
+        attempt = 0
         while True:
             try:
                 await connection.put_certificate(certificate.blob_id, text)
@@ -68,8 +68,8 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
                 if not error.transient or _gone(error, closing):
                     log.debug("certificate of %s not taken by %s: %s", certificate.blob_id, connection.node_id, error)
                     return
-                await _pause(delay, error, closing)
-            delay = min(delay * 2, _RETRY_MAX)
+                await _pause(_RETRY.delay(attempt), error, closing)
+            attempt += 1
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:
@@ -80,9 +80,12 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
 class StoreError(Exception):
     """No availability certificate could be had; says which nodes failed and why."""
 
-    def __init__(self, message: str, failures: dict[str, str]) -> None:
+    def __init__(self, message: str, failures: dict[str, str], permanent: bool = False) -> None:
         super().__init__(message)
         self.failures = failures
+        # The nodes that refused outright leave too few for a certificate: retrying the same store
+        # cannot succeed until someone changes something (walrusfs.retry).
+        self.permanent = permanent
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Delivery:
     secondaries_ready: trio.Event = field(default_factory=trio.Event)
     confirmations: dict[str, Confirmation] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # nodes that answered a permanent refusal (4xx)
     pending: set[str] = field(default_factory=set)
     settled: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
@@ -120,6 +124,12 @@ class Delivery:
 
     def certified(self) -> bool:
         return is_certified(self.committee, self.covered())
+
+    def refused_for_good(self) -> bool:
+        """The nodes that refused leave too few shards for a certificate however long it is retried."""
+        others = {shard for node in self.committee.nodes if node.id not in self.refused
+                  for shard in self.committee.shards_of(node.id)}
+        return bool(self.refused) and not is_certified(self.committee, others)
 
     def certificate(self) -> Certificate:
         return Certificate(self.blob_id, self.committee.epoch, tuple(self.confirmations.values()))
@@ -152,7 +162,7 @@ class Delivery:
     async def _deliver(self, node_id: str) -> None:
         connection = self.connections[node_id]
         geometry = self.encoded.layout.geometry
-        delay = _RETRY_FIRST
+        attempt = 0
         sent: set[tuple[int, SliverKind]] = set()
         metadata_sent = False
         while True:
@@ -174,6 +184,7 @@ class Delivery:
                 break
             except NodeError as error:
                 if not error.transient:
+                    self.refused.add(node_id)
                     self._fail(node_id, error.reason)
                     return
                 if _gone(error, self.closing):
@@ -181,10 +192,11 @@ class Delivery:
                              "will heal it", self.blob_id, node_id, error.reason)
                     self._fail(node_id, f"{error.reason} (unreachable when the client closed)")
                     return
+                delay = _RETRY.delay(attempt)
+                attempt += 1
                 log.debug("blob %s: node %s: %s; retrying in %.1f s", self.blob_id, node_id, error, delay)
                 self.failures[node_id] = error.reason
                 await _pause(delay, error, self.closing)
-                delay = min(delay * 2, _RETRY_MAX)
         node = self.committee.node(node_id)
         if (confirmation.node_id != node_id or confirmation.blob_id != self.blob_id
                 or confirmation.epoch != self.committee.epoch or not confirmation.verify(node.public_key)):

@@ -5,12 +5,14 @@ blake3 hash (schema invariants I3-I5)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import blake3
 
 from .. import directio
 from .cache import BlobCache
+from .catalog import Catalog, StagedBlock
 from .db import Database
 
 
@@ -19,15 +21,16 @@ class BlockCorruptError(OSError):
 
 
 class BlockStore:
+    """Block contents: staging files, the blob cache and a verified in-memory LRU. What blocks exist
+    and where they lie is the catalog's (catalog.py)."""
+
     def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 16 << 20,
-                 staged_memory_bytes: int = 32 << 20) -> None:
+                 staged_memory_bytes: int = 32 << 20, catalog: Catalog | None = None) -> None:
         self.db = db
+        self.catalog = catalog or Catalog(db)
         self.staging = staging
         self.cache = cache
         staging.mkdir(parents=True, exist_ok=True)
-        self.staged_bytes = int(db.get_val("SELECT COALESCE(SUM(size), 0) FROM blocks WHERE blob IS NULL"))
-        self.pinned: set[int] = set()  # staged blocks an upload is reading
-        self.doomed: set[int] = set()  # pinned blocks released meanwhile: uploader removes files
         self._memory: OrderedDict[int, bytes] = OrderedDict()  # verified contents, LRU
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
@@ -37,6 +40,10 @@ class BlockStore:
         self._staged_memory = 0
         self._staged_limit = staged_memory_bytes
 
+    @property
+    def staged_bytes(self) -> int:
+        return self.catalog.staged_bytes
+
     def staging_path(self, block_id: int) -> Path:
         return self.staging / str(block_id)
 
@@ -44,17 +51,14 @@ class BlockStore:
         """The id of a block holding ``data``: an existing one with one more reference, or a new
         staged block. Call inside a transaction."""
         digest = blake3.blake3(data).digest()
-        row = self.db.get_row("SELECT id FROM blocks WHERE hash=?", (digest,))
-        if row is not None:
-            self.db.execute("UPDATE blocks SET refcount=refcount+1 WHERE id=?", (row[0],))
-            return int(row[0])
-        block_id = self.db.rowid(
-            "INSERT INTO blocks (hash, size, refcount, blob, offset) VALUES (?, ?, 1, NULL, NULL)",
-            (digest, len(data)))
+        existing = self.catalog.find(digest)
+        if existing is not None:
+            self.catalog.add_reference(existing)
+            return existing
+        block_id = self.catalog.add_staged(digest, len(data))
         # Written before the row commits: a crash in between leaves an orphan file (fsck removes
         # it), never a row without its file.
         directio.write_file(self.staging_path(block_id), data)  # past the page cache
-        self.staged_bytes += len(data)
         self._remember(block_id, data)
         if self._staged_memory + len(data) <= self._staged_limit:
             self._staged[block_id] = data
@@ -74,25 +78,20 @@ class BlockStore:
 
     def release(self, block_id: int) -> None:
         """Drop one reference; the last one deletes the block. Call inside a transaction."""
-        row = self.db.get_row("SELECT refcount, blob, size FROM blocks WHERE id=?", (block_id,))
-        if row is None:
-            raise RuntimeError(f"block {block_id} is referenced but does not exist (run fsck)")
-        refcount, blob, size = row
-        if refcount > 1:
-            self.db.execute("UPDATE blocks SET refcount=refcount-1 WHERE id=?", (block_id,))
+        released = self.catalog.release(block_id)
+        if released is None:
             return
-        self.db.execute("DELETE FROM blocks WHERE id=?", (block_id,))
         self._forget(block_id)
-        if blob is None:
+        if released.staged:
             def drop_file() -> None:
-                self.staged_bytes -= size
-                if block_id in self.pinned:
-                    self.doomed.add(block_id)
-                else:
+                if self.catalog.forget_staged(released):
                     self.unstage(block_id)
             self.db.after_commit(drop_file)
-        else:
-            self.db.execute("UPDATE blobs SET refcount=refcount-1 WHERE id=?", (blob,))
+
+    def unpin(self, pack: Iterable[StagedBlock]) -> None:
+        """An upload is done reading ``pack``: staging files of blocks released meanwhile go now."""
+        for block_id in self.catalog.unpin(pack):
+            self.unstage(block_id)
 
     async def content(self, block_id: int) -> bytes:
         """The block's bytes, verified against its hash."""
@@ -100,12 +99,10 @@ class BlockStore:
         if cached is not None:
             self._memory.move_to_end(block_id)
             return cached
-        row = self.db.get_row(
-            "SELECT blocks.hash, blocks.size, blocks.offset, blobs.blob_id FROM blocks "
-            "LEFT JOIN blobs ON blobs.id = blocks.blob WHERE blocks.id=?", (block_id,))
-        if row is None:
+        where = self.catalog.location(block_id)
+        if where is None:
             raise RuntimeError(f"block {block_id} does not exist (run fsck)")
-        digest, size, offset, blob_id = row
+        digest, size, offset, blob_id = where.digest, where.size, where.offset, where.blob_id
         if blob_id is None:
             data = self.read_staged(block_id)
         else:

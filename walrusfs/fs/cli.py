@@ -182,7 +182,13 @@ def _umount(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     _refuse_if_not_writer(mountpoint, pid, args.lazy)
     if error:
-        last = read_status(mountpoint).get("last_error")
+        current = read_status(mountpoint)
+        if current.get("upload_permanent_error"):  # retrying cannot help: say what must change
+            raise UserError(f"not unmounted: the nodes refuse the staged data ({current['upload_permanent_error']}). "
+                            "It stays staged, not retried until asked; fix what they say (is the filesystem's "
+                            "writer key one of the committee's writers? are the clocks right?) and run 'walrusfs "
+                            "umount' again (a plain umount keeps it staged for the next mount).")
+        last = current.get("last_error")
         raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
                         f"error: {last}). It stays staged and keeps being retried; bring the nodes back "
                         "and run 'walrusfs umount' again (a plain umount keeps it staged for the next mount).")

@@ -31,6 +31,9 @@ class FsSettings:
     cache_size: int = 2 << 30  # read cache bound, bytes
     staging_limit: int = 4 << 30  # writes wait when this many bytes are staged
     upload_delay: float = 2.0  # seconds a partial blob waits for more blocks
+    # Keep a copy of each uploaded blob in the read cache (reads of fresh data stay local); false for
+    # write-mostly filesystems (backups), whose writes would otherwise push out what is read.
+    cache_after_upload: bool = True
     fs_key: str = ""  # path of the filesystem's own key (fs_id is its hash)
     snapshot_interval: float = 900.0  # seconds between metadata snapshots while changed (0: only at unmount)
     snapshot_keep_last: int = 10  # retention: the newest N snapshots ...
@@ -40,8 +43,11 @@ class FsSettings:
     def dump(self) -> str:
         lines = []
         for key, value in asdict(self).items():
-            lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
-                         else f"{key} = {value}")
+            if isinstance(value, bool):  # TOML's booleans are lower case
+                lines.append(f"{key} = {str(value).lower()}")
+            else:
+                lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
+                             else f"{key} = {value}")
         return "\n".join(lines) + "\n"
 
 

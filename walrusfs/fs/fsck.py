@@ -19,6 +19,7 @@ from ..protocol.certificates import Certificate, CertificateError
 from ..protocol.committee import Committee
 from ..redstuff import FormatError
 from .acl import ACCESS, DEFAULT, Acl, AclError
+from .catalog import Catalog
 from .config import FsSettings, FsState
 from .db import Database
 from .publisher import LocalSnapshotState
@@ -65,6 +66,7 @@ class Fsck:
     def __init__(self, db: Database, state: FsState, settings: FsSettings, committee: Committee | None,
                  repair: bool = True, report: FsckReport | None = None) -> None:
         self.db = db
+        self.catalog = Catalog(db)
         self.state = state
         self.settings = settings
         self.committee = committee
@@ -174,6 +176,7 @@ class Fsck:
             if count:
                 self.found("I2", f"{count} rows of {table} belong to no inode: removed", True)
                 self._execute(f"DELETE FROM {table} WHERE inode NOT IN (SELECT id FROM inodes)")
+        # Raw SQL on blocks here and in the block/blob checks below: see the note above check_block_blobs.
         count = self.db.get_val(
             "SELECT COUNT(*) FROM inode_blocks WHERE block NOT IN (SELECT id FROM blocks)")
         if count:
@@ -241,14 +244,19 @@ class Fsck:
         self._execute("DELETE FROM inode_blocks WHERE block=?", (block,))
         self._execute("DELETE FROM blocks WHERE id=?", (block,))
 
+    # The block and blob checks recount and cross-check the raw tables on purpose (and _lose_block and
+    # the refcount checks repair them directly): the catalog's methods assume I3-I6 hold, and going
+    # through them would hide, or trip over, the corruption looked for here. What only lists what the
+    # catalog keeps (staged blocks, blobs on record) reads through it.
+
     def check_block_blobs(self) -> None:
         for (block,) in self.db.execute(
                 "SELECT id FROM blocks WHERE blob IS NOT NULL AND blob NOT IN (SELECT id FROM blobs)").fetchall():
             self._lose_block(block, "lies in a blob this filesystem has no record of")
 
     def check_staged_blocks(self) -> None:
-        for block, digest, size in self.db.execute(
-                "SELECT id, hash, size FROM blocks WHERE blob IS NULL").fetchall():
+        for staged in self.catalog.staged():
+            block, digest, size = staged.id, staged.digest, staged.size
             path = self.state.staging / str(block)
             try:
                 data = path.read_bytes()
@@ -280,7 +288,7 @@ class Fsck:
     def check_staging_orphans(self) -> None:
         if not self.state.staging.is_dir():
             return
-        staged = {str(b) for (b,) in self.db.execute("SELECT id FROM blocks WHERE blob IS NULL")}
+        staged = {str(b) for b in self.catalog.staged_ids()}
         orphans = [p for p in self.state.staging.iterdir() if p.name not in staged]
         if orphans:
             self.found("I4", f"{len(orphans)} files in staging/ belong to no staged block (written before a "
@@ -303,9 +311,9 @@ class Fsck:
         if self.committee is None:
             return []
         bad = []
-        for row_id, blob_id, certificate in self.db.execute("SELECT id, blob_id, certificate FROM blobs"):
-            if not certificate_holds(self.committee, blob_id, certificate):
-                bad.append((row_id, blob_id))
+        for blob in self.catalog.blobs():
+            if not certificate_holds(self.committee, blob.blob_id, blob.certificate):
+                bad.append((blob.id, blob.blob_id))
         return bad
 
     def check_certificates(self) -> None:

@@ -52,7 +52,7 @@ async def renew_certificates(fsck: Fsck, client: BlobClient) -> None:
             continue
         fsck.found("I5", f"blob {blob_id}: certificate renewed from {len(confirmations)} node confirmations", True)
         if fsck.repair:
-            fsck.db.execute("UPDATE blobs SET certificate=? WHERE id=?", (certificate.to_json(), row_id))
+            fsck.catalog.set_certificate(row_id, certificate.to_json())
 
 
 async def check_snapshots(fsck: Fsck, client: BlobClient, key: Ed25519PrivateKey) -> None:
@@ -105,7 +105,7 @@ async def check_snapshots(fsck: Fsck, client: BlobClient, key: Ed25519PrivateKey
 
 def referenced_blobs(fsck: Fsck) -> list[str]:
     """Every blob the tree uses, then every blob the last snapshot uses."""
-    blobs = [b for (b,) in fsck.db.execute("SELECT blob_id FROM blobs WHERE refcount > 0 ORDER BY id")]
+    blobs = fsck.catalog.live_blob_ids()
     try:
         local = LocalSnapshotState.load(fsck.state)
         if local.manifest:

@@ -38,6 +38,7 @@ from ..protocol.committee import Committee
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
+from .catalog import Catalog
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck
@@ -363,10 +364,12 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             return await client.read(BlobId.parse(blob_id))
 
         cache = BlobCache(state.cache, settings.cache_size, fetch)
-        blocks = BlockStore(db, staging, cache)
-        uploader = Uploader(db, blocks, cache, client, settings.blob_size, settings.upload_delay)
+        catalog = Catalog(db)
+        blocks = BlockStore(db, staging, cache, catalog=catalog)
+        uploader = Uploader(catalog, blocks, cache, client, settings.blob_size, settings.upload_delay,
+                            fill_cache=settings.cache_after_upload)
         publisher = None if options.read_only else SnapshotPublisher(
-            state, settings, db, client, fs_key, partial(_certify_staged, db, uploader))
+            state, settings, db, client, fs_key, partial(_certify_staged, catalog, uploader))
         lease = None
         if publisher is not None:  # a writable mount: one writer per filesystem, across machines
             try:
@@ -388,6 +391,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 "uploads_in_flight": uploader.stats.in_flight,
                 "uploaded_blobs": uploader.stats.blobs, "uploaded_bytes": uploader.stats.bytes,
                 "upload_failures": uploader.stats.failures, "last_error": uploader.stats.last_error,
+                "upload_permanent_error": uploader.stats.permanent_error,
                 "last_error_at": uploader.stats.last_error_at, "last_upload_at": uploader.stats.last_upload_at,
                 "cache_capacity": settings.cache_size,
                 "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
@@ -520,9 +524,9 @@ async def _snapshot_now(publisher: SnapshotPublisher) -> None:
         raise OSError(errno.EIO, str(error)) from error
 
 
-async def _certify_staged(db: Database, uploader: Uploader) -> None:
+async def _certify_staged(catalog: Catalog, uploader: Uploader) -> None:
     """Wait until what is staged now is certified (newer writes are not waited for)."""
-    staged = [block for (block,) in db.execute("SELECT id FROM blocks WHERE blob IS NULL")]
+    staged = catalog.staged_ids()
     if staged:
         await uploader.wait_certified(staged)
 

@@ -25,6 +25,7 @@ from ..client.roots import RootQuorumError, find_root, publish_root
 from ..durable import replace_durably
 from ..protocol.roots import RootRecord, fs_id_of_key
 from ..redstuff import BlobId
+from ..retry import Backoff, Retrier
 from .config import FsSettings, FsState
 from .db import Database
 from .snapshot import (
@@ -235,6 +236,8 @@ class SnapshotPublisher:
         if interval <= 0:
             return
         wait = interval
+        # After a failure: sooner than the interval, jittered, longer each time (walrusfs.retry).
+        retrier = Retrier(Backoff(first=min(interval, 15.0), cap=min(interval, 120.0)))
         while True:
             self._next_due = trio.current_time() + wait
             await trio.sleep_until(self._next_due)
@@ -243,6 +246,8 @@ class SnapshotPublisher:
                 continue
             try:
                 await self.snapshot("periodic")
+                retrier.succeeded()
             except SnapshotError as error:
-                wait = min(interval, 60)
+                delay = retrier.failed(error)
+                wait = interval if delay is None else delay
                 log.error("periodic snapshot failed, retrying in %.0f s: %s", wait, error)

@@ -20,6 +20,7 @@ from ..keys import write_key
 from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
+from .catalog import resolve_staged as resolve_staged_blocks
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport
@@ -90,24 +91,9 @@ def resolve_staged(db_path: Path, reference: Path) -> tuple[int, int]:
     try:
         conn.execute("ATTACH DATABASE ? AS ref", (f"file:{reference}?mode=ro",))
         conn.execute("BEGIN")
-        staged = conn.execute("SELECT id, hash FROM blocks WHERE blob IS NULL").fetchall()
-        resolved = 0
-        for block, digest in staged:
-            found = conn.execute(
-                "SELECT o.blob_id, o.length, o.certificate, o.created_ns, b.offset FROM ref.blocks b "
-                "JOIN ref.blobs o ON o.id = b.blob WHERE b.hash = ?", (digest,)).fetchone()
-            if found is None:
-                continue
-            blob_id, length, certificate, created, offset = found
-            row = conn.execute("SELECT id FROM blobs WHERE blob_id=?", (blob_id,)).fetchone()
-            if row is None:
-                row = (conn.execute("INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) "
-                                    "VALUES (?, ?, ?, 0, ?)", (blob_id, length, certificate, created)).lastrowid,)
-            conn.execute("UPDATE blocks SET blob=?, offset=? WHERE id=?", (row[0], offset, block))
-            conn.execute("UPDATE blobs SET refcount=refcount+1 WHERE id=?", (row[0],))
-            resolved += 1
+        resolved, left = resolve_staged_blocks(conn, "ref")
         conn.execute("COMMIT")
-        return resolved, len(staged) - resolved
+        return resolved, left
     finally:
         conn.close()
 

@@ -215,7 +215,14 @@ def format_status(status: dict, now: float | None = None) -> str:
     last_error = status.get("last_error")
     snapshot = status.get("snapshot") if isinstance(status.get("snapshot"), dict) else None
     alerts: list[str] = []
-    if uploads_failing(status):
+    permanent = status.get("upload_permanent_error")
+    if permanent:
+        # Retrying cannot help (the nodes refuse this writer, or the request): say so, and what to do.
+        alerts.append(f"UPLOADS STOPPED, PERMANENT FAILURE ({_plural(failures, 'failed attempt')} since mount): "
+                      "staged data is kept but not retried automatically; fix what the nodes say (the writer key, the "
+                      "committee, the clocks), then fsync, sync, unmount or the next snapshot tries again")
+        alerts.append(f"permanent error: {_shorten(str(permanent), 1000)}")  # the nodes say why
+    elif uploads_failing(status):
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
         alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why

@@ -3,36 +3,42 @@
 Blocks are packed in staging order into blobs of about ``blob_size`` bytes, so many small files
 share one blob and a large file streams through a blob at a time. A partial blob waits
 ``upload_delay`` seconds for more blocks unless someone (fsync, unmount) asks for everything now.
-At most ``parallel`` blobs are in flight. A failed store keeps its blocks staged and is retried
-with backoff; callers waiting in wait_certified() hear about the failure.
+
+One packer task hands packs over a zero-buffer channel to ``parallel`` upload workers: a pack is
+handed over only when a worker takes it, so at most ``parallel`` blobs are in flight and packing
+waits while they are (backpressure, no polling). What is staged, pinned and certified is the
+catalog's (catalog.py).
+
+A failed store keeps its blocks staged. A transient failure is retried after a backoff that grows
+until an upload succeeds (walrusfs.retry: full jitter, capped); a permanent one (the nodes refuse
+this writer) stops automatic retries and says so in the status, and each explicit request (fsync,
+sync, unmount, a snapshot) tries once more. Callers waiting in wait_certified() hear about failures.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import blake3
 import trio
 
 from ..client import BlobClient, StoreError
+from ..retry import Backoff, Retrier
 from .blocks import BlockStore
 from .cache import BlobCache
-from .db import Database
+from .catalog import Catalog, StagedBlock
 
 log = logging.getLogger(__name__)
+
+# After a transient failure: waits drawn from [0, 1 s], [0, 2 s], ... up to [0, 60 s].
+UPLOAD_BACKOFF = Backoff(first=1.0, cap=60.0)
 
 
 class UploadError(OSError):
     """Staged data could not be certified (yet): the message says why; the data stays staged."""
-
-
-@dataclass
-class PackedBlock:
-    id: int
-    size: int
-    digest: bytes
 
 
 @dataclass
@@ -45,115 +51,113 @@ class UploadStats:
     last_error: str | None = None
     last_error_at: float | None = None  # time.time()
     last_upload_at: float | None = None  # time.time() of the last certified blob
+    # The last failure was permanent (the message says why): no automatic retries until it is fixed.
+    permanent_error: str | None = None
 
 
 class Uploader:
-    def __init__(self, db: Database, blocks: BlockStore, cache: BlobCache, client: BlobClient,
-                 blob_size: int, upload_delay: float, parallel: int = 2) -> None:
-        self.db = db
+    def __init__(self, catalog: Catalog, blocks: BlockStore, cache: BlobCache, client: BlobClient,
+                 blob_size: int, upload_delay: float, parallel: int = 2, fill_cache: bool = True,
+                 backoff: Backoff = UPLOAD_BACKOFF) -> None:
+        self.catalog = catalog
         self.blocks = blocks
         self.cache = cache
         self.client = client
         self.blob_size = blob_size
         self.upload_delay = upload_delay
         self.parallel = parallel
+        self.fill_cache = fill_cache  # keep a copy of each uploaded blob in the read cache
         self.stats = UploadStats()
-        self._wake = trio.Event()
-        self._changed = trio.Event()
+        self.retrier = Retrier(backoff)
+        self._wake = trio.Event()  # for the packer: blocks staged, someone waiting, a retry due
+        self._changed = trio.Event()  # an upload finished or failed
         self._urgent = 0  # callers waiting for everything staged to be certified
-        self._last_staged = time.monotonic()
+        # Callers waiting, by the failure count when they began. Only waits begun since the last
+        # failure skip its backoff (or the stop after a permanent one): earlier waiters hear of the
+        # failure and give up, and the packer, woken by it before they have run, must not take them
+        # for a new request (that was a second attempt at once after every failure).
+        self._waiting: Counter[int] = Counter()
+        self._last_staged = trio.current_time()
         self._failure_seq = 0
-        self._backoff = 0.0
+        self._retry_at = 0.0  # trio time before which no upload starts after a failure, unless urgent
         self._idle = False  # waiting with nothing staged: only notify_staged wakes it
 
     def notify_staged(self) -> None:
-        self._last_staged = time.monotonic()
-        # Wake a full blob's upload at once, and an idle uploader so it starts the upload_delay clock.
-        if self._idle or self.blocks.staged_bytes - self.stats.in_flight_bytes >= self.blob_size:
+        self._last_staged = trio.current_time()
+        # Wake a full blob's upload at once, and an idle packer so it starts the upload_delay clock.
+        if self._idle or self.catalog.unpinned_bytes >= self.blob_size:
             self._wake.set()
 
     async def run(self) -> None:
-        slots = trio.Semaphore(self.parallel)
+        send, receive = trio.open_memory_channel[list[StagedBlock]](0)
         async with trio.open_nursery() as nursery:
+            for _ in range(self.parallel):
+                nursery.start_soon(self._work, receive.clone())
+            await self._pack(send)
+
+    async def _pack(self, send: trio.MemorySendChannel[list[StagedBlock]]) -> None:
+        """Hand each pack to a free worker as soon as it is due."""
+        async with send:
             while True:
-                pack = self._next_pack()
+                pack, wait = self._next_pack()
                 if pack is None:
-                    idle = time.monotonic() - self._last_staged
-                    self._idle = not self._has_unpinned()
-                    with trio.move_on_after(3600 if self._idle else max(self.upload_delay - idle, 0.05)):
+                    self._idle = wait is None and not self.catalog.unpinned_bytes
+                    with trio.move_on_after(3600 if wait is None else max(wait, 0.01)):
                         await self._wake.wait()
                     self._idle = False
                     self._wake = trio.Event()
                     continue
-                await slots.acquire()
-                for block in pack:
-                    self.blocks.pinned.add(block.id)
-                self.stats.in_flight += 1
-                self.stats.in_flight_bytes += sum(b.size for b in pack)
-                nursery.start_soon(self._upload, pack, slots)
+                self.catalog.pin(pack)  # the next pack takes other blocks
+                try:
+                    await send.send(pack)  # zero buffer: returns once a worker has taken it
+                except BaseException:
+                    self.blocks.unpin(pack)
+                    raise
 
-    def _has_unpinned(self) -> bool:
-        return self.blocks.staged_bytes > self.stats.in_flight_bytes
-
-    def _next_pack(self) -> list[PackedBlock] | None:
-        if self._backoff and not self._urgent:
-            return None
-        pack: list[PackedBlock] = []
-        total = 0
-        for block_id, size, digest in self.db.execute(
-                "SELECT id, size, hash FROM blocks WHERE blob IS NULL ORDER BY id"):
-            if block_id in self.blocks.pinned:
-                continue
-            if pack and total + size > self.blob_size:
-                return pack
-            pack.append(PackedBlock(block_id, size, digest))
-            total += size
+    def _next_pack(self) -> tuple[list[StagedBlock] | None, float | None]:
+        """The pack to upload now, or (None, how long until one may be due; None: until woken)."""
+        urgent = self._urgent > 0
+        asked = self._waiting[self._failure_seq] > 0
+        if self.retrier.stopped and not asked:
+            return None, None  # a permanent failure: only an explicit request tries again
+        now = trio.current_time()
+        if now < self._retry_at and not asked:
+            return None, self._retry_at - now
+        pack = self.catalog.next_pack(self.blob_size)
         if not pack:
-            return None
-        idle = time.monotonic() - self._last_staged
-        if self._urgent or idle >= self.upload_delay or total >= self.blob_size:
-            return pack
-        return None
+            return None, None
+        due = self._last_staged + self.upload_delay
+        if urgent or now >= due or sum(b.size for b in pack) >= self.blob_size:
+            return pack, None
+        return None, due - now
 
-    async def _upload(self, pack: list[PackedBlock], slots: trio.Semaphore) -> None:
+    async def _work(self, packs: trio.MemoryReceiveChannel[list[StagedBlock]]) -> None:
+        async with packs:
+            async for pack in packs:
+                await self._upload(pack)
+
+    async def _upload(self, pack: list[StagedBlock]) -> None:
         size = sum(b.size for b in pack)
+        self.stats.in_flight += 1
+        self.stats.in_flight_bytes += size
         try:
             data = await trio.to_thread.run_sync(self._read_pack, pack)
             stored = await self.client.store(data)
             blob_id = str(stored.blob_id)
-            with self.db.transaction():
-                # The same blocks packed the same way make the same blob: one recorded before (its
-                # blocks since released) takes these blocks, with the fresh certificate.
-                blob_row = self.db.get_val("SELECT id FROM blobs WHERE blob_id=?", (blob_id,))
-                if blob_row is None:
-                    blob_row = self.db.rowid(
-                        "INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) "
-                        "VALUES (?, ?, ?, 0, ?)",
-                        (blob_id, len(data), stored.certificate.to_json(), time.time_ns()))
-                else:
-                    self.db.execute("UPDATE blobs SET certificate=?, created_ns=? WHERE id=?",
-                                    (stored.certificate.to_json(), time.time_ns(), blob_row))
-                offset = placed = placed_bytes = 0
-                for block in pack:
-                    cursor = self.db.execute(
-                        "UPDATE blocks SET blob=?, offset=? WHERE id=? AND blob IS NULL",
-                        (blob_row, offset, block.id))
-                    if cursor.rowcount:
-                        placed += 1
-                        placed_bytes += block.size
-                    offset += block.size
-                self.db.execute("UPDATE blobs SET refcount=refcount+? WHERE id=?", (placed, blob_row))
+            placed = self.catalog.record_certified(blob_id, len(data), stored.certificate.to_json(), pack)
             # The certificate must be on disk before the staged copies go (invariant I4).
-            self.db.sync()
-            await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)
-            self.cache.admit(blob_id, len(data))
-            self.blocks.staged_bytes -= placed_bytes
+            self.catalog.db.sync()
+            if self.fill_cache:
+                await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)
+                self.cache.admit(blob_id, len(data))
             for block in pack:
                 self.blocks.unstage(block.id)
             self.stats.blobs += 1
             self.stats.last_upload_at = time.time()
             self.stats.bytes += len(data)
-            self._backoff = 0.0
+            self.retrier.succeeded()
+            self.stats.permanent_error = None
+            self._retry_at = 0.0
             log.debug("blob %s certified: %d blocks, %d bytes", blob_id, placed, len(data))
         except Exception as error:
             if not isinstance(error, (StoreError, OSError)):
@@ -162,27 +166,26 @@ class Uploader:
             self.stats.last_error = str(error)
             self.stats.last_error_at = time.time()
             self._failure_seq += 1
-            self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
-            log.warning("upload of %d staged blocks (%d bytes) failed, will retry in %.0f s: %s",
-                        len(pack), size, self._backoff, error)
+            delay = self.retrier.failed(error)
+            if delay is None:
+                self.stats.permanent_error = str(error)
+                log.error("upload of %d staged blocks (%d bytes) failed permanently; the data stays staged and "
+                          "is retried only when asked (fsync, sync, unmount, a snapshot) or at the next mount: %s",
+                          len(pack), size, error)
+            else:
+                self.stats.permanent_error = None
+                self._retry_at = trio.current_time() + delay
+                log.warning("upload of %d staged blocks (%d bytes) failed, will retry in %.1f s: %s",
+                            len(pack), size, delay, error)
         finally:
-            for block in pack:
-                self.blocks.pinned.discard(block.id)
-                if block.id in self.blocks.doomed:
-                    self.blocks.doomed.discard(block.id)
-                    self.blocks.unstage(block.id)
+            self.blocks.unpin(pack)
             self.stats.in_flight -= 1
             self.stats.in_flight_bytes -= size
-            slots.release()
             self._changed.set()
             self._changed = trio.Event()
             self._wake.set()
-        if self._backoff:
-            await trio.sleep(self._backoff)
-            self._backoff = 0.0 if not self._urgent else self._backoff
-            self._wake.set()
 
-    def _read_pack(self, pack: list[PackedBlock]) -> bytes:
+    def _read_pack(self, pack: list[StagedBlock]) -> bytes:
         parts = []
         for block in pack:
             held = self.blocks.staged_in_memory(block.id)  # hashed when it was staged
@@ -204,28 +207,24 @@ class Uploader:
     async def wait_certified(self, block_ids: list[int] | None = None) -> None:
         """Return once the given blocks (default: everything staged) are in certified blobs.
 
-        Raises UploadError if an upload fails meanwhile; the blocks stay staged and retried.
+        Raises UploadError if an upload fails meanwhile; the blocks stay staged and retried. After a
+        permanent failure each call tries once more.
         """
         failures_before = self._failure_seq
         self._urgent += 1
+        self._waiting[failures_before] += 1
         self._wake.set()
         try:
             while True:
-                if block_ids is None:
-                    remaining = self.db.get_val("SELECT COUNT(*) FROM blocks WHERE blob IS NULL")
-                else:
-                    remaining = 0
-                    for start in range(0, len(block_ids), 500):
-                        chunk = block_ids[start : start + 500]
-                        remaining += self.db.get_val(
-                            f"SELECT COUNT(*) FROM blocks WHERE blob IS NULL AND id IN "
-                            f"({','.join('?' * len(chunk))})", tuple(chunk))
+                remaining = self.catalog.count_staged(block_ids)
                 if not remaining:
                     return
                 if self._failure_seq != failures_before:
                     raise UploadError(
                         f"{remaining} staged blocks are not certified: {self.stats.last_error}")
-                changed = self._changed
-                await changed.wait()
+                await self._changed.wait()
         finally:
             self._urgent -= 1
+            self._waiting[failures_before] -= 1
+            if not self._waiting[failures_before]:
+                del self._waiting[failures_before]

@@ -305,7 +305,7 @@ class _Held:
 
 
 # --- the block catalog --------------------------------------------------------------------------------
-# Every SQL statement of the file system operations on inode_blocks, blocks and blobs (schema I3-I8).
+# The file map (inode_blocks); what it asks of blocks and blobs goes through the catalog (catalog.py).
 
 
 class BlockMap:
@@ -338,17 +338,11 @@ class BlockMap:
 
     def uncertified(self, inode: int) -> list[int]:
         """The file's blocks still staged, not yet in a certified blob."""
-        return [b for (b,) in self.db.execute(
-            "SELECT blocks.id FROM inode_blocks JOIN blocks ON blocks.id = inode_blocks.block "
-            "WHERE inode_blocks.inode=? AND blocks.blob IS NULL", (inode,))]
+        return self.blocks.catalog.staged_blocks_of(inode)
 
     def blobs_after(self, inode: int, blockno: int, count: int) -> list[str]:
         """The blobs holding the file's blocks blockno+1 .. blockno+count."""
-        return [b for (b,) in self.db.execute(
-            "SELECT DISTINCT blobs.blob_id FROM inode_blocks "
-            "JOIN blocks ON blocks.id = inode_blocks.block JOIN blobs ON blobs.id = blocks.blob "
-            "WHERE inode_blocks.inode=? AND inode_blocks.blockno > ? AND inode_blocks.blockno <= ?",
-            (inode, blockno, blockno + count)).fetchall()]
+        return self.blocks.catalog.blob_ids_of_blocks(inode, blockno, blockno + count)
 
     def used_bytes(self) -> int:
-        return int(self.db.get_val("SELECT COALESCE(SUM(size), 0) FROM blocks"))
+        return self.blocks.catalog.used_bytes()

@@ -1,0 +1,100 @@
+"""The uploader's retries on a mock clock (one layer: a real catalog and staging directory, a fake
+blob client that fails as told). A permanent refusal is tried once, then only when asked; a
+transient failure is retried with a backoff that keeps growing while it persists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from walrusfs.client import StoreError
+from walrusfs.fs.blocks import BlockStore
+from walrusfs.fs.catalog import Catalog
+from walrusfs.fs.db import Database
+from walrusfs.fs.schema import DDL, SCHEMA_VERSION
+from walrusfs.fs.status import format_status
+from walrusfs.fs.uploader import Uploader, UploadError
+
+
+@pytest.fixture(autouse=True)
+def no_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read the staged blocks inline: on the mock clock a worker thread would let time jump ahead."""
+    async def inline(fn, *args):
+        return fn(*args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+
+
+class FailingClient:
+    def __init__(self, permanent: bool) -> None:
+        self.permanent = permanent
+        self.attempts: list[float] = []
+
+    async def store(self, data: bytes) -> None:
+        self.attempts.append(trio.current_time())
+        raise StoreError("node-0: HTTP 403: forbidden: this key is not one of the committee's writers"
+                         if self.permanent else "node-0: ConnectError", {}, permanent=self.permanent)
+
+
+def uploader_for(tmp_path: Path, client: FailingClient) -> Uploader:
+    db = Database(tmp_path / "meta.db")
+    db.conn.executescript(DDL)
+    db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    catalog = Catalog(db)
+    blocks = BlockStore(db, tmp_path / "staging", cache=None, catalog=catalog)  # type: ignore[arg-type]
+    with db.transaction():
+        blocks.stage(b"staged data" * 100)
+    return Uploader(catalog, blocks, None, client, blob_size=1 << 20, upload_delay=2.0,  # type: ignore[arg-type]
+                    fill_cache=False)
+
+
+def run_for(tmp_path: Path, client: FailingClient, seconds: float, then=None) -> Uploader:
+    async def main() -> None:
+        uploader = uploader_for(tmp_path, client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run)
+            await trio.sleep(seconds)
+            if then is not None:
+                await then(uploader)
+            nursery.cancel_scope.cancel()
+        holder.append(uploader)
+
+    holder: list[Uploader] = []
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return holder[0]
+
+
+def test_a_permanent_refusal_is_tried_once_and_then_only_when_asked(tmp_path: Path) -> None:
+    client = FailingClient(permanent=True)
+
+    async def fsync(uploader: Uploader) -> None:
+        with pytest.raises(UploadError, match="not one of the committee's writers"):
+            await uploader.wait_certified()
+        await trio.sleep(600)
+
+    uploader = run_for(tmp_path, client, 3600, fsync)
+    # After the upload delay, then once for the fsync at 3600 s; never again in the 600 s after it.
+    assert [round(t) for t in client.attempts] == [2, 3600]
+    assert "not one of the committee's writers" in (uploader.stats.permanent_error or "")
+    assert uploader.catalog.staged_bytes == 1100  # kept staged
+
+
+def test_a_transient_failure_backs_off_further_while_it_persists(tmp_path: Path) -> None:
+    client = FailingClient(permanent=False)
+    uploader = run_for(tmp_path, client, 3600)
+    gaps = [b - a for a, b in zip(client.attempts, client.attempts[1:], strict=False)]
+    # Full jitter up to 60 s: about one try every 30 s once at the cap (the old uploader: every 1-2 s).
+    assert 40 < len(client.attempts) < 250, len(client.attempts)
+    assert max(gaps) > 30 and uploader.stats.permanent_error is None
+
+
+def test_walrusfs_status_shows_a_permanent_failure_with_what_the_nodes_said() -> None:
+    said = "node-0: HTTP 403: forbidden: this key is not one of the committee's writers"
+    status = {"mountpoint": "/mnt/x", "state": "/state", "staged_bytes": 1100, "upload_failures": 1,
+              "last_error": said, "upload_permanent_error": said, "last_error_at": 1.0}
+    shown = format_status(status)
+    assert "UPLOADS STOPPED, PERMANENT FAILURE" in shown and said in " ".join(shown.split())
+    assert "UPLOADS FAILING" not in shown
