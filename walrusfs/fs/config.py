@@ -18,6 +18,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import tomli_w
+
 from ..errors import UserError
 
 FS_HOME_ENV = "WALRUSFS_HOME"
@@ -68,11 +70,8 @@ class FsSettings:
     snapshot_keep_monthly: int = 12  # ... plus the newest of each of the last N months
 
     def dump(self) -> str:
-        lines = []
-        for key, value in asdict(self).items():
-            lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
-                         else f"{key} = {value}")
-        return "\n".join(lines) + "\n"
+        # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.
+        return tomli_w.dumps(asdict(self))
 
 
 @dataclass(frozen=True)
