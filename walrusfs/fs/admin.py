@@ -17,12 +17,12 @@ from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
-from .cli import WRITER_KEY_HELP, read_status
+from .cli import WRITER_KEY_HELP
 from .config import resolve_source
 from .db import Database
 from .fsck import Fsck
 from .mount import acquire_lock
-from .operations import CONTROL_PREFIX
+from .mount_status import CONTROL_PREFIX, SnapshotStatus, read_status
 from .restore import find_chain, restore_state
 from .snapshot import describe
 
@@ -159,11 +159,11 @@ def _snapshot(args: argparse.Namespace) -> int:
     try:
         os.setxattr(mountpoint, CONTROL_PREFIX + b"snapshot", b"1")
     except OSError as error:
-        reason = read_status(mountpoint).get("snapshot", {}).get("last_error") or error.strerror
+        reason = (read_status(mountpoint).snapshot or SnapshotStatus()).last_error or error.strerror
         raise UserError(f"no snapshot published: {reason}") from None
-    status = read_status(mountpoint)["snapshot"]
-    print(f"snapshot {status['seq']} published ({status['db_bytes'] / 2**20:.1f} MiB of metadata, "
-          f"{status['uploaded_bytes'] / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
+    status = read_status(mountpoint).snapshot or SnapshotStatus()
+    print(f"snapshot {status.seq} published ({(status.db_bytes or 0) / 2**20:.1f} MiB of metadata, "
+          f"{(status.uploaded_bytes or 0) / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
     return 0
 
 

@@ -39,6 +39,7 @@ from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
+from .mount_status import MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
@@ -170,7 +171,7 @@ def clear_dead_mount(mountpoint: Path) -> None:
             return
 
 
-def mounted_here(mountpoint: Path) -> dict | None:
+def mounted_here(mountpoint: Path) -> MountStatus | None:
     """The status of the live walrusfs mount on ``mountpoint`` itself, or None if there is none."""
     from .status import read_status_within
 
@@ -208,13 +209,14 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     current = mounted_here(mountpoint)
     if current is not None:
         # mount -a, a repeated mount or a restarted unit: what is asked is already there.
-        same_snapshot = not options.read_only or (current.get("snapshot") or {}).get("seq") == options.snapshot
-        if Path(current.get("state", "")) == state.root and bool(current.get("read_only")) == options.read_only \
+        same_snapshot = not options.read_only or (current.snapshot is not None
+                                                  and current.snapshot.seq == options.snapshot)
+        if Path(current.state or "") == state.root and bool(current.read_only) == options.read_only \
                 and same_snapshot:
             log.debug("%s is already mounted on %s", state.root, mountpoint)
             return 0
-        raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.get('state')}"
-                        f"{', read-only' if current.get('read_only') else ''}, daemon pid {current.get('pid')}): "
+        raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.state}"
+                        f"{', read-only' if current.read_only else ''}, daemon pid {current.pid}): "
                         f"unmount it first (walrusfs umount {mountpoint})")
     if options.key and not state.settings_path.exists():
         restore_from_network(state, options)
@@ -358,23 +360,26 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             publisher.mark_mounted()
         started = time.time()
 
-        def status() -> dict:
-            return {
-                "pid": os.getpid(), "fs_id": settings.fs_id, "state": str(state.root),
-                "mounted_since": started, "staged_bytes": blocks.staged_bytes,
-                "dirty_bytes": operations.dirty_bytes,
-                "uploads_in_flight": uploader.stats.in_flight,
-                "uploaded_blobs": uploader.stats.blobs, "uploaded_bytes": uploader.stats.bytes,
-                "upload_failures": uploader.stats.failures, "last_error": uploader.stats.last_error,
-                "last_error_at": uploader.stats.last_error_at, "last_upload_at": uploader.stats.last_upload_at,
-                "cache_capacity": settings.cache_size,
-                "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
-                "nodes": client.health.snapshot(), "read_only": options.read_only,
-                "snapshot": publisher.status() if publisher is not None else {"seq": options.snapshot},
-            }
+        def status() -> MountStatus:
+            return MountStatus(
+                pid=os.getpid(), fs_id=settings.fs_id, state=str(state.root),
+                mounted_since=started, staged_bytes=blocks.staged_bytes,
+                dirty_bytes=operations.dirty_bytes,
+                uploads_in_flight=uploader.stats.in_flight,
+                uploaded_blobs=uploader.stats.blobs, uploaded_bytes=uploader.stats.bytes,
+                upload_failures=uploader.stats.failures, last_error=uploader.stats.last_error,
+                last_error_at=uploader.stats.last_error_at, last_upload_at=uploader.stats.last_upload_at,
+                cache_capacity=settings.cache_size,
+                cache_bytes=cache.used, cache_hits=cache.hits, cache_misses=cache.misses,
+                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()},
+                read_only=options.read_only,
+                # A read-only mount of an old snapshot publishes none: it reports which one it shows.
+                snapshot=publisher.status() if publisher is not None else SnapshotStatus(
+                    seq=options.snapshot, reported=frozenset({"seq"})),
+            )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
-                                      settings.staging_limit, status)
+                                      settings.staging_limit, lambda: status().to_json())
         if publisher is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
         purged = 0 if options.read_only else operations.purge_orphans()

@@ -31,6 +31,7 @@ from pyfuse3 import FUSEError
 from .acl import ACCESS, DEFAULT, Acl, AclError
 from .blocks import BlockCorruptError, BlockStore
 from .db import Database
+from .mount_status import CONTROL_PREFIX
 from .uploader import Uploader, UploadError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
 _ATTR_COLUMNS = "id, mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, refcount, subdirs"
 NAME_MAX = 255  # bytes in one name, as statfs says
 _TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
