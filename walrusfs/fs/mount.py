@@ -39,6 +39,7 @@ from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
+from .mount_log import DEFAULT_MAX_BYTES, log_to_file
 from .mount_status import MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
@@ -70,6 +71,8 @@ OPTION_HELP: dict[str, str] = {
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
+    "log_max_size=MiB": f"rotate the daemon's log (STATE/mount.log) at this size, keeping 3 old ones "
+                        f"(default {DEFAULT_MAX_BYTES >> 20})",
     "_netdev, defaults, auto, noauto, nofail, user, nouser, noatime, relatime, exec, noexec, suid, nosuid, dev, "
     "nodev, x-*": "for mount(8) and fstab: accepted, nothing to do",
 }
@@ -87,6 +90,7 @@ class MountOptions:
     debug: bool = False
     metrics: str | None = None  # HOST:PORT of a Prometheus endpoint
     metrics_textfile: str | None = None  # a node_exporter textfile to keep rewriting
+    log_max_size: int = DEFAULT_MAX_BYTES  # mount.log is rotated at this size
     extra: list[str] = field(default_factory=list)
     snapshot: int | None = None  # mount this older snapshot, read-only
     key: str | None = None  # the filesystem's key: restore from the network when there is no local state
@@ -128,6 +132,11 @@ class MountOptions:
                 except ValueError as error:
                     raise UserError(f"mount option {item!r}: {error}") from None
                 options.metrics = item.split("=", 1)[1]
+            elif item.startswith("log_max_size="):
+                value = item.split("=", 1)[1]
+                if not value.isdigit() or int(value) < 1:
+                    raise UserError(f"mount option {item!r}: give the log's size cap in MiB (a whole number, >= 1)")
+                options.log_max_size = int(value) << 20
             elif item.startswith("metrics_textfile="):
                 options.metrics_textfile = os.path.abspath(item.split("=", 1)[1])
                 if not os.path.isdir(os.path.dirname(options.metrics_textfile)):
@@ -253,7 +262,7 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     os.setsid()
     status = 1
     try:
-        _redirect_output(state.root / "mount.log", logging.getLogger().getEffectiveLevel())
+        log_to_file(state.root / "mount.log", logging.getLogger().getEffectiveLevel(), options.log_max_size)
         lock = None if options.snapshot is not None else acquire_lock(state)
         trio.run(serve, *args, write_end)
         if lock is not None:
@@ -311,19 +320,6 @@ def _report(fd: int, message: str) -> None:
     with suppress(OSError):
         os.write(fd, message.encode())
         os.close(fd)
-
-
-def _redirect_output(log_path: Path, level: int) -> None:
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(null)
-    os.close(log_fd)
-    # The level the command line chose (walrusfs -v: debug) carries over to the daemon.
-    logging.basicConfig(level=min(level, logging.INFO), force=True, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
