@@ -17,6 +17,7 @@ from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..committee import Committee
 from ..errors import UserError
 from ..keys import load_key
+from ..progress import Progress
 from .cli import WRITER_KEY_HELP
 from .config import resolve_source
 from .db import Database
@@ -56,8 +57,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot.set_defaults(func=_snapshot)
 
 
-def _progress(what: str, done: int, total: int) -> None:
-    print(f"\r{what}: {done} of {total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+class _Steps:
+    """fsck_network's progress callback, ``(what, done, total)``: one Progress display per step."""
+
+    def __init__(self) -> None:
+        self.current: Progress | None = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.current is None or self.current.description != what:
+            self.close()
+            self.current = Progress(what, total, unit="blob")
+        self.current.update(done, total)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
 
 
 def _fsck(args: argparse.Namespace) -> int:
@@ -91,7 +108,12 @@ def _fsck(args: argparse.Namespace) -> int:
                         await renew_certificates(fsck, client)
                         await check_snapshots(fsck, client, fs_key)
                         if args.deep:
-                            await verify_blobs(fsck, client, None if args.json else _progress)
+                            steps = None if args.json else _Steps()
+                            try:
+                                await verify_blobs(fsck, client, steps)
+                            finally:
+                                if steps is not None:
+                                    steps.close()
                         silent.extend(node for node, health in client.health.snapshot().items()
                                       if health["failures"] and not health["successes"])
 

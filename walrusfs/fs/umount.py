@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from ..errors import UserError
+from ..progress import Progress
 from .mount_status import CONTROL_PREFIX, SnapshotStatus, read_status
 
 
@@ -41,18 +42,20 @@ def run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flush)
             started = time.monotonic()
-            while True:
-                current = await trio.to_thread.run_sync(read_status, mountpoint)
-                pending = current.pending_bytes
-                print(f"\rwaiting for uploads: {pending / 2**20:8.1f} MiB staged, "
-                      f"{current.uploads_in_flight} blobs in flight", end="", file=sys.stderr, flush=True)
-                if args.timeout and time.monotonic() - started > args.timeout:
-                    error.append(TimeoutError(f"uploads not finished after {args.timeout:.0f} s"))
-                    nursery.cancel_scope.cancel()
-                await trio.sleep(0.5)
+            # Uploaded since the wait began, of that plus what is still pending (writes may add to it).
+            baseline = status.uploaded_bytes or 0
+            with Progress("waiting for uploads", None) as progress:
+                while True:
+                    current = await trio.to_thread.run_sync(read_status, mountpoint)
+                    done = max(0, (current.uploaded_bytes or 0) - baseline)
+                    progress.update(done, done + current.pending_bytes,
+                                    note=f"{current.uploads_in_flight or 0} blobs in flight")
+                    if args.timeout and time.monotonic() - started > args.timeout:
+                        error.append(TimeoutError(f"uploads not finished after {args.timeout:.0f} s"))
+                        nursery.cancel_scope.cancel()
+                    await trio.sleep(0.5)
 
     trio.run(flush_with_progress)
-    print(file=sys.stderr)
     if error:
         last = read_status(mountpoint).last_error
         raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
