@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -45,13 +46,28 @@ from .http import HTTPError
 from .peers import PeerError, Peers
 from .ratelimit import Backoff, TokenBucket
 from .scrub import Scrubber
-from .store import CERTIFICATE, INCONSISTENCY, METADATA, CorruptObjectError, MissingMetadataError, sliver_name
+from .store import (
+    CERTIFICATE,
+    INCONSISTENCY,
+    METADATA,
+    CorruptObjectError,
+    MissingMetadataError,
+    StoreFullError,
+    sliver_name,
+)
 
 if TYPE_CHECKING:
     from .app import NodeApp
 
 log = logging.getLogger("nodes.repair")
 T = TypeVar("T")
+
+# Rebuilt slivers that could not be stored (a full disk) are kept in memory up to this many bytes,
+# so that a retry stores them without fetching their symbols again.
+KEEP_REBUILT_BYTES = 256 << 20
+# Free bytes the data directory must have beyond a sliver's size before repair fetches symbols for
+# it while the disk is known full (files, temporary copies and directory entries take some more).
+DISK_FULL_MARGIN = 1 << 20
 
 
 @dataclass
@@ -66,6 +82,7 @@ class RepairStats:
     certificates_learned: int = 0
     invalid_found: int = 0  # blobs this node proved inconsistent
     invalid_learned: int = 0  # proofs received from peers and verified
+    disk_full: int = 0  # attempts that found the node's disk full (also counted in ``failed``)
 
 
 class RepairService:
@@ -95,6 +112,9 @@ class RepairService:
         self._retry: dict[str, tuple[float, int]] = {}  # blob -> (when, attempts)
         self._tasks: list[asyncio.Task[None]] = []
         self._partial: dict[tuple[str, int, SliverKind], list[RecoverySymbol]] = {}
+        # Slivers rebuilt but not stored because the disk was full: stored by the next attempt.
+        self._rebuilt: dict[tuple[str, int, SliverKind], bytes] = {}
+        self.disk_full_since: float | None = None  # wall-clock time of the ENOSPC not yet followed by a write
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -180,6 +200,9 @@ class RepairService:
                     self._failed(blob)
             except asyncio.CancelledError:
                 raise
+            except StoreFullError:  # storing its metadata or certificate: no traceback, just wait
+                self._disk_full(f"storing what blob {blob} needs")
+                self._failed(blob)
             except Exception:
                 log.exception("repair of blob %s failed; will retry", blob)
                 self._failed(blob)
@@ -219,6 +242,9 @@ class RepairService:
                 if not self.store.has(blob_id, sliver_name(pair, kind)):
                     todo.append((pair, kind))
                     self._note_missing(blob, pair, kind, metadata)
+        # Slivers noted missing that are here now (the writer's late delivery brought them) are
+        # no longer missing: only a recovery used to clear them, and status said "repairing" forever.
+        self._forget_missing(blob, keep={(blob, pair, kind) for pair, kind in todo})
         results = await asyncio.gather(*(self._recover(metadata, pair, kind) for pair, kind in todo))
         return all(results)
 
@@ -230,10 +256,40 @@ class RepairService:
             self.stats.missing_found += 1
             self.stats.bytes_lost += size
 
-    def _forget_missing(self, blob: str) -> None:
-        for key in [k for k in self.missing if k[0] == blob]:
-            del self.missing[key]
+    def _forget_missing(self, blob: str, keep: set[tuple[str, int, SliverKind]] | None = None) -> None:
+        keys = {k for k in (*self.missing, *self._partial, *self._rebuilt) if k[0] == blob}
+        for key in keys - (keep or set()):
+            self.missing.pop(key, None)
             self._partial.pop(key, None)
+            self._rebuilt.pop(key, None)
+
+    # --- a full disk ---------------------------------------------------------------------------------
+
+    def _disk_full(self, what: str) -> None:
+        """Count an attempt that found the disk full; the blob is retried with jittered backoff."""
+        self.stats.failed += 1
+        self.stats.disk_full += 1
+        if self.disk_full_since is None:
+            self.disk_full_since = time.time()
+            log.error("the node's disk is full (%s): repair keeps what it rebuilt and retries with backoff; "
+                      "free space on %s", what, self.store.root)
+        else:
+            log.warning("the node's disk is still full (%s); will retry", what)
+
+    def _room_for(self, size: int) -> bool:
+        """While the disk is known full, fetch symbols only once the data directory has room for
+        what they rebuild: a rebuilt sliver that cannot be stored is fetched in vain."""
+        if self.disk_full_since is None:
+            return True
+        try:
+            stat = os.statvfs(self.store.root)
+        except OSError:
+            return True
+        return stat.f_bavail * stat.f_frsize >= size + DISK_FULL_MARGIN
+
+    def _keep_rebuilt(self, key: tuple[str, int, SliverKind], payload: bytes) -> None:
+        if sum(map(len, self._rebuilt.values())) + len(payload) <= KEEP_REBUILT_BYTES:
+            self._rebuilt[key] = payload
 
     async def _local_metadata(self, blob_id: BlobId) -> BlobMetadata | None:
         try:
@@ -381,6 +437,13 @@ class RepairService:
         target = pair if kind is SliverKind.PRIMARY else self.geometry.secondary_of_pair(pair)
         needed = self.geometry.n_secondary if kind is SliverKind.PRIMARY else self.geometry.n_primary
         key = (blob, pair, kind)
+        what = f"{kind.name.lower()} sliver {target} (pair {pair}) of blob {blob}"
+        kept = self._rebuilt.pop(key, None)
+        if kept is not None:  # rebuilt by an earlier attempt that found the disk full
+            return await self._store_rebuilt(blob_id, pair, kind, kept, what, needed)
+        if not self._room_for(metadata.layout.sliver_size(kind is SliverKind.PRIMARY)):
+            self._disk_full(f"no room for {what}")
+            return False
         # Symbols of an earlier attempt that fell short are kept: a retry fetches only what it lacks.
         symbols = self._partial.pop(key, [])
         have = {symbol.source_index for symbol in symbols}
@@ -396,7 +459,6 @@ class RepairService:
         finally:
             for task in running:
                 task.cancel()
-        what = f"{kind.name.lower()} sliver {target} (pair {pair}) of blob {blob}"
         if len(symbols) < needed:
             log.warning("cannot recover %s yet: %d of %d symbols", what, len(symbols), needed)
             self.stats.failed += 1
@@ -410,11 +472,23 @@ class RepairService:
         except NotEnoughSliversError:
             self.stats.failed += 1
             return False
+        return await self._store_rebuilt(blob_id, pair, kind, sliver.to_bytes(), what, needed)
+
+    async def _store_rebuilt(self, blob_id: BlobId, pair: int, kind: SliverKind, payload: bytes, what: str,
+                             needed: int) -> bool:
+        key = (str(blob_id), pair, kind)
         try:
-            await self.in_worker(self.store.put_sliver, blob_id, pair, kind, sliver.to_bytes())
+            await self.in_worker(self.store.put_sliver, blob_id, pair, kind, payload)
         except MissingMetadataError:
             return True  # deleted meanwhile
-        size = self.missing.pop((blob, pair, kind), 0)
+        except StoreFullError:
+            # Keep the rebuilt sliver (its symbols cost about its size to fetch): the retry, after
+            # a jittered backoff, only writes it.
+            self._keep_rebuilt(key, payload)
+            self._disk_full(f"storing {what}")
+            return False
+        self.disk_full_since = None
+        size = self.missing.pop(key, 0)
         self.stats.recovered += 1
         self.stats.bytes_recovered += size
         log.info("recovered %s from %d symbols", what, needed)
@@ -495,6 +569,8 @@ class RepairService:
             "feed_bytes": self.feed.bytes_received,
             "metadata_fetched": s.metadata_fetched, "certificates_learned": s.certificates_learned,
             "invalid_found": s.invalid_found, "invalid_learned": s.invalid_learned,
+            "disk_full": self.disk_full_since is not None, "disk_full_since": self.disk_full_since,
+            "disk_full_attempts": s.disk_full, "rebuilt_waiting_bytes": sum(map(len, self._rebuilt.values())),
             "peers": peers, "synced_peers": synced,
             "idle": self.config.enabled and busy == 0 and not self.missing and synced == peers,
             "scrub": self.scrubber.status(),

@@ -133,6 +133,9 @@ class RepairAPI:
             ("walrusfs_node_repair_fetched_bytes_total", "Recovery symbol and metadata bytes fetched.",
              status["bytes_fetched"]),
             ("walrusfs_node_repair_lost_bytes_total", "Bytes of the slivers found missing.", status["bytes_lost"]),
+            ("walrusfs_node_repair_disk_full_attempts_total",
+             "Repair attempts that found the node's disk full (counted in failed attempts too).",
+             status["disk_full_attempts"]),
             ("walrusfs_node_repair_served_symbols_total", "Recovery symbols served to repairing peers.",
              self.served_symbols),
             ("walrusfs_node_repair_refused_symbols_total", "Symbol requests of peers refused with 429.",
@@ -144,6 +147,8 @@ class RepairAPI:
         gauges = [
             ("walrusfs_node_repair_missing_slivers", "Slivers known missing, not yet recovered.",
              status["missing_slivers"]),
+            ("walrusfs_node_repair_disk_full", "1 while repair cannot store what it rebuilds: the disk is full.",
+             int(status["disk_full"])),
             ("walrusfs_node_certified_blobs", "Blobs with a stored availability certificate.",
              status["certified_blobs"]),
             ("walrusfs_node_invalid_blobs", "Blobs proven inconsistently encoded.", status["invalid_blobs"]),

@@ -430,7 +430,8 @@ def _repair_row(node_id: str, status: dict) -> list[str]:
     if "error" in status:
         return [node_id, "down"] + ["-"] * (len(_REPAIR_COLUMNS) + 1)
     scrub = status["scrub"]
-    state = "whole" if status["idle"] else "syncing" if status["synced_peers"] < status["peers"] else "repairing"
+    state = ("disk full" if status.get("disk_full") else "whole" if status["idle"]
+             else "syncing" if status["synced_peers"] < status["peers"] else "repairing")
     return ([node_id, state] + [str(status[key]) for _, key in _REPAIR_COLUMNS]
             + [f"{scrub['passes']} passes, {scrub['position']} blobs into this one, {scrub['rot_found']} rotten"])
 

@@ -7,6 +7,7 @@ the middle of a sliver, recovery symbol or metadata body; one byte of a confirma
 (also of the confirmation a sliver PUT's answer carries).
 Writes pass through untouched, so the node behind stores correct data and only its answers lie,
 unless KINDS has ``upload``: then the bodies of sliver PUTs are corrupted on their way to the node.
+``GET /_proxy/requests`` answers (itself, not the node) how many requests of each kind it received.
 
 A raw ASGI app on uvicorn (the node's own stack) with an httpx client upstream.
 """
@@ -52,6 +53,7 @@ class Proxy:
         self.upstream = upstream.rstrip("/")
         self.kinds = kinds
         self.http: httpx.AsyncClient | None = None
+        self.requests: dict[str, int] = {}  # "GET sliver", "PUT other"...: what clients asked
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -73,6 +75,13 @@ class Proxy:
             if not message.get("more_body"):
                 break
         path = scope["raw_path"].decode()
+        if path == "/_proxy/requests":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(self.requests).encode()})
+            return
+        kind = next((name for name, route in _ROUTES.items() if route.match(path)), "other")
+        self.requests[f"{scope['method']} {kind}"] = self.requests.get(f"{scope['method']} {kind}", 0) + 1
         target = path + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         try:

@@ -138,11 +138,13 @@ class LocalNetwork:
 
     # --- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, node_id: str) -> subprocess.Popen:
+    def _spawn(self, node_id: str, clock_offset: float = 0.0) -> subprocess.Popen:
         if self.pid(node_id) is not None:
             raise RuntimeError(f"{node_id} is already running (pid {self.pid(node_id)})")
+        # A node whose wall clock is off runs under skewed_clock.py (its clock moves, not the machine's).
+        skew = [str(SUPPORT_DIR / "skewed_clock.py"), str(clock_offset)] if clock_offset else []
         with open(self.log(node_id), "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(self.config(node_id))],
+            process = subprocess.Popen([sys.executable, *skew, "-m", "nodes", "--config", str(self.config(node_id))],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        cwd=self.root / node_id)
         _LIVE[process.pid] = process
@@ -167,11 +169,12 @@ class LocalNetwork:
             if pending:
                 time.sleep(0.03)
 
-    def start(self, *nodes: str | int) -> None:
-        """Start the given nodes (all not running, if none given) and wait until they are healthy."""
+    def start(self, *nodes: str | int, clock_offset: float = 0.0) -> None:
+        """Start the given nodes (all not running, if none given) and wait until they are healthy;
+        with ``clock_offset``, each node's wall clock is that many seconds off."""
         node_ids = [self._id(n) for n in nodes] or [n for n in self.node_ids if self.pid(n) is None]
         for node_id in node_ids:
-            self._spawn(node_id)
+            self._spawn(node_id, clock_offset)
         self._wait_healthy(node_ids)
 
     def stop(self, *nodes: str | int, timeout: float = 10.0) -> None:
@@ -288,6 +291,10 @@ class LyingProxy(Helper):
     def __init__(self, upstream: str, corrupt: tuple[str, ...] = ("sliver", "symbol", "metadata")) -> None:
         self.upstream = upstream
         super().__init__("lying_proxy.py", upstream, ",".join(corrupt))
+
+    def requests(self) -> dict[str, int]:
+        """How many requests the proxy received, by method and kind ("GET sliver", "GET metadata", ...)."""
+        return httpx.get(f"{self.url}/_proxy/requests", timeout=5).json()
 
 
 class BlackHole(Helper):

@@ -5,8 +5,9 @@
         data = await client.read(stored.blob_id)
 
 One pooled httpx client serves every request. The client owns a nursery for deliveries that go on
-after store() returned (slow nodes), so leaving the ``async with`` waits for them, up to their
-deadline.
+after store() returned (slow nodes), so leaving the ``async with`` waits for them, at most
+``exit_grace`` seconds; nodes that cannot even be connected to (down) are not waited for: their
+slivers and the certificate are left to the nodes' own repair at once.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class BlobClient:
         self._http: list[httpx.AsyncClient] = []
         self._nursery: trio.Nursery | None = None
         self._nursery_manager = None
+        self._closing = trio.Event()  # set on leaving: background work stops waiting for absent nodes
         self.connections: dict[str, NodeConnection] = {}
 
     async def __aenter__(self) -> BlobClient:
@@ -93,6 +95,10 @@ class BlobClient:
                 self._nursery.cancel_scope.cancel()
             else:  # every returned blob is certified: slow nodes get a last chance, then repair
                 self._nursery.cancel_scope.deadline = trio.current_time() + self.settings.exit_grace
+                # Nodes that cannot be connected to are not waited for: the grace is for deliveries
+                # to nodes that are there (a node that accepts connections but is silent may just be
+                # slow, and keeps its grace).
+                self._closing.set()
             await self._nursery_manager.__aexit__(None, None, None)
         finally:
             with trio.CancelScope(shield=True):
@@ -103,7 +109,7 @@ class BlobClient:
     def _reader(self) -> BlobReader:
         return BlobReader(self.connections, self.committee.n_shards,
                           lambda shard: self.committee.node_for_shard(shard).id,
-                          self.health.order_key, self.settings.hedge_after)
+                          self.health.order_key, self.settings.hedge_after, self.health.avoided_for)
 
     async def store(self, data: bytes | memoryview,
                     on_progress: Callable[[StoreProgress], None] | None = None) -> StoredBlob:
@@ -127,7 +133,7 @@ class BlobClient:
                 raise
             progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
                                      quorum=self.committee.geometry.quorum)
-            delivery = Delivery(self.committee, encoded, self.connections, progress)
+            delivery = Delivery(self.committee, encoded, self.connections, progress, closing=self._closing)
             self._nursery.start_soon(delivery.run, self.settings.store_deadline
                                      + self.settings.background_deadline, release)
             while not delivery.settled.is_set():
@@ -145,7 +151,7 @@ class BlobClient:
             certificate.verify(self.committee)
             # Nodes down now learn it from their peers later: no longer than slow deliveries go on.
             self._nursery.start_soon(announce_certificate, self.connections, certificate,
-                                     min(10.0, self.settings.background_deadline))
+                                     min(10.0, self.settings.background_deadline), self._closing)
             # Slow nodes keep being served from the background budget; if it is full they are
             # left to repair, so that memory held for them never blocks the next store.
             if not delivery.finished.is_set():
@@ -161,12 +167,12 @@ class BlobClient:
         for node_id in delivery.pending:
             failures.setdefault(node_id, "no confirmation yet")
         covered = len(delivery.covered())
-        detail = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()))
+        detail = describe_failures(failures)
         raise StoreError(
             f"blob {encoded.blob_id} is NOT stored: confirmations cover {covered} shards, a "
             f"certificate needs {self.committee.geometry.quorum} of {self.committee.n_shards} "
-            f"within {self.settings.store_deadline:.0f} s. Failed nodes: {detail}. Check that the "
-            "nodes are up (walrusfs cluster status) and try again.",
+            f"within {self.settings.store_deadline:.0f} s. Failed nodes: {detail}. Act on what the "
+            "nodes answered, check that they are up (walrusfs cluster status), and try again.",
             failures,
         )
 
@@ -193,6 +199,17 @@ class BlobClient:
             for node_id in self.connections:
                 nursery.start_soon(one, node_id)
         return out
+
+
+def describe_failures(failures: dict[str, str]) -> str:
+    """Each distinct reason once, with the nodes that gave it ("node-1, node-4: ..."); what nodes
+    answered (HTTP errors with their explanation) before connection failures and timeouts, so that
+    it survives where the message is shortened (status lines, logs)."""
+    by_reason: dict[str, list[str]] = {}
+    for node, why in sorted(failures.items()):
+        by_reason.setdefault(why, []).append(node)
+    ordered = sorted(by_reason.items(), key=lambda item: not item[0].startswith("HTTP "))
+    return "; ".join(f"{', '.join(nodes)}: {why}" for why, nodes in ordered)
 
 
 __all__ = ["BlobClient", "ClientSettings", "StoreError", "StoredBlob"]

@@ -1,18 +1,24 @@
 """What the client remembers about each node between calls: recent failures and latency.
 
 Requests go to healthy, fast nodes first; a node that failed recently is tried last, and is tried
-again once its penalty has decayed, so a node that comes back is used again.
+again once its penalty has decayed, so a node that comes back is used again. A node caught serving
+bytes that do not verify is *avoided* for ``LIE_COOLDOWN`` seconds: reads do not ask it at all
+while enough other nodes could answer (asking it costs a whole sliver that will likely be thrown
+away), and ask it last when nothing else can.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Weight of the newest sample in the moving averages.
 _ALPHA = 0.3
 # A failure's penalty halves every this many seconds.
 _FAILURE_HALF_LIFE = 30.0
+# Seconds a node that served bad data is avoided after its latest lie.
+LIE_COOLDOWN = 60.0
 
 
 @dataclass
@@ -23,6 +29,7 @@ class NodeHealth:
     successes: int = 0
     lies: int = 0  # answers with bytes that did not verify
     last_error: str | None = None
+    avoid_until: float = 0.0  # the clock's time until which the node is avoided (it lied)
     _updated: float = field(default_factory=time.monotonic)
 
     def _decay(self, now: float) -> None:
@@ -35,11 +42,15 @@ class NodeHealth:
 
 
 class HealthBook:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._nodes: dict[str, NodeHealth] = {}
+        self.clock = clock  # monotonic seconds (a test's mock clock)
 
     def __getitem__(self, node_id: str) -> NodeHealth:
-        return self._nodes.setdefault(node_id, NodeHealth())
+        health = self._nodes.get(node_id)
+        if health is None:
+            health = self._nodes[node_id] = NodeHealth(_updated=self.clock())
+        return health
 
     def success(self, node_id: str, seconds: float) -> None:
         health = self[node_id]
@@ -49,7 +60,7 @@ class HealthBook:
 
     def failure(self, node_id: str, error: str) -> None:
         health = self[node_id]
-        health._decay(time.monotonic())
+        health._decay(self.clock())
         health.failure_score += 1.0
         health.failures += 1
         health.last_error = error
@@ -60,15 +71,27 @@ class HealthBook:
         health = self[node_id]
         health.failure_score += 4.0
         health.lies += 1
+        health.avoid_until = self.clock() + LIE_COOLDOWN
+
+    def avoided(self, node_id: str) -> bool:
+        """The node served bad data within the last ``LIE_COOLDOWN`` seconds."""
+        health = self._nodes.get(node_id)
+        return health is not None and self.clock() < health.avoid_until
+
+    def avoided_for(self, node_id: str) -> float:
+        """Seconds the node is still avoided (0 if it is not)."""
+        health = self._nodes.get(node_id)
+        return 0.0 if health is None else max(0.0, health.avoid_until - self.clock())
 
     def order_key(self, node_id: str) -> tuple[float, float]:
         health = self[node_id]
-        return (round(health.penalty(), 1), health.latency if health.latency is not None else 0.05)
+        return (round(health.penalty(self.clock()), 1), health.latency if health.latency is not None else 0.05)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         return {
             node_id: {"latency_ms": None if h.latency is None else round(h.latency * 1e3, 2),
-                      "failure_score": round(h.penalty(), 3), "failures": h.failures,
-                      "successes": h.successes, "lies": h.lies, "last_error": h.last_error}
+                      "failure_score": round(h.penalty(self.clock()), 3), "failures": h.failures,
+                      "successes": h.successes, "lies": h.lies, "last_error": h.last_error,
+                      "avoided_s": round(self.avoided_for(node_id), 1)}
             for node_id, h in sorted(self._nodes.items())
         }

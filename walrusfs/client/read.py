@@ -3,7 +3,8 @@
 Order of preference: the n_p systematic primary slivers (the blob's own bytes: no decode, each
 checked against its Merkle root); any n_p primary slivers (decode, then re-encode to check the blob
 ID); any n_s secondary slivers (the same). A node that answers with bytes that do not verify is
-named a liar and skipped; a node that hangs is overtaken after the hedge delay.
+named a liar and skipped, and later reads do not ask it while it is avoided (client.health) unless
+too few other nodes are left; a node that hangs is overtaken after the hedge delay.
 
 A byte range that touches only a few symbols fetches just those symbols, each with a Merkle proof
 against its row's root, from the nodes holding the systematic rows.
@@ -12,8 +13,9 @@ against its row's root, from the nodes holding the systematic rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -32,6 +34,8 @@ from ..redstuff import (
 )
 from .fanout import Answered, race
 from .transport import NodeConnection, NodeError
+
+C = TypeVar("C")
 
 MIN_BODY_RATE = 10e6  # bytes/s: a node answering slower than this is overtaken like a silent one
 
@@ -52,6 +56,7 @@ class ReadReport:
 
     liars: dict[str, str] = field(default_factory=dict)  # node id -> what did not verify
     failures: dict[str, str] = field(default_factory=dict)  # node id -> last error
+    avoided: dict[str, str] = field(default_factory=dict)  # node id -> why it was not asked
     slivers_fetched: int = 0
     bytes_fetched: int = 0
     path: str = ""
@@ -65,20 +70,38 @@ class ReadReport:
     def describe(self) -> str:
         parts = [f"{node}: {why}" for node, why in sorted(self.failures.items())]
         parts += [f"{node} (served bad data): {why}" for node, why in sorted(self.liars.items())]
+        parts += [f"{node}: {why}" for node, why in sorted(self.avoided.items()) if node not in self.liars]
         return "; ".join(parts) or "no node answered"
 
 
 class BlobReader:
     def __init__(self, connections: dict[str, NodeConnection], n_shards: int, shard_owner,
-                 order_key, hedge_after: float) -> None:
+                 order_key, hedge_after: float, avoided_for: Callable[[str], float] | None = None) -> None:
         self.connections = connections
         self.n_shards = n_shards
         self.shard_owner = shard_owner  # shard -> node id
         self.order_key = order_key  # node id -> sort key (healthy, fast first)
         self.hedge_after = hedge_after
+        self.avoided_for = avoided_for or (lambda node: 0.0)  # node id -> seconds it is still avoided
+
+    def _unless_avoided(self, candidates: Sequence[C], node_of: Callable[[C], str], needed: int,
+                        report: ReadReport) -> list[C]:
+        """The candidates without the nodes avoided for serving bad data, as long as the others are
+        enough in number to answer; otherwise all of them, the avoided ones last."""
+        avoided = {c: self.avoided_for(node_of(c)) for c in candidates}
+        trusted = [c for c in candidates if avoided[c] <= 0]
+        if len(trusted) == len(candidates):
+            return trusted
+        shunned = [c for c in candidates if avoided[c] > 0]
+        if len(trusted) < needed:
+            return trusted + shunned
+        for c in shunned:
+            report.avoided[node_of(c)] = (f"not asked: it served bad data recently (avoided for "
+                                          f"{avoided[c]:.0f} s more)")
+        return trusted
 
     async def metadata(self, blob_id: BlobId, report: ReadReport) -> BlobMetadata:
-        nodes = sorted(self.connections, key=self.order_key)
+        nodes = self._unless_avoided(sorted(self.connections, key=self.order_key), lambda node: node, 1, report)
         result = await race(nodes, lambda node, _answered: self.connections[node].get_metadata(blob_id), 1,
                             hedge_after=self.hedge_after)
         for node, error in result.failures:
@@ -188,7 +211,8 @@ class BlobReader:
         # A node sending its sliver is not hung: it is raced only if its body arrives slower than
         # MIN_BODY_RATE (slivers of big blobs take a while when several share the link).
         body = metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
-        result = await race(list(indices), fetch_verified, needed, hedge_after=self.hedge_after,
+        candidates = self._unless_avoided(indices, node_of, needed, report)
+        result = await race(candidates, fetch_verified, needed, hedge_after=self.hedge_after,
                             patience=body / MIN_BODY_RATE)
 
         for index, error in result.failures:

@@ -37,8 +37,23 @@ def secondary_slivers(encoded: EncodedBlob) -> dict[int, Sliver]:
     return {pair: encoded.secondary_sliver(geometry.secondary_of_pair(pair)) for pair in range(geometry.n_shards)}
 
 
+async def _pause(delay: float, error: NodeError, closing: trio.Event | None) -> None:
+    """The wait before a retry. For a node that could not be connected to, it ends early when the
+    client closes: one last attempt then, and no waiting out the exit grace for a node not there."""
+    with trio.move_on_after(delay):
+        if closing is not None and error.unreachable:
+            await closing.wait()
+        else:
+            await trio.sleep_forever()
+
+
+def _gone(error: NodeError, closing: trio.Event | None) -> bool:
+    """Give up on a node: it could not be connected to after the client began to close."""
+    return error.unreachable and closing is not None and closing.is_set()
+
+
 async def announce_certificate(connections: dict[str, NodeConnection], certificate: Certificate,
-                               deadline: float = 10.0) -> None:
+                               deadline: float = 10.0, closing: trio.Event | None = None) -> None:
     """Best effort, after store() returned: every node learns that the blob is certified, so that
     it keeps its slivers complete (repair). A node that misses this learns it from its peers."""
     text = certificate.to_json()
@@ -50,10 +65,10 @@ async def announce_certificate(connections: dict[str, NodeConnection], certifica
                 await connection.put_certificate(certificate.blob_id, text)
                 return
             except NodeError as error:
-                if not error.transient:
+                if not error.transient or _gone(error, closing):
                     log.debug("certificate of %s not taken by %s: %s", certificate.blob_id, connection.node_id, error)
                     return
-            await trio.sleep(delay)
+                await _pause(delay, error, closing)
             delay = min(delay * 2, _RETRY_MAX)
 
     with trio.move_on_after(deadline):
@@ -94,6 +109,7 @@ class Delivery:
     settled: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    closing: trio.Event | None = None  # set when the client closes: unreachable nodes are given up
 
     @property
     def blob_id(self) -> BlobId:
@@ -160,9 +176,14 @@ class Delivery:
                 if not error.transient:
                     self._fail(node_id, error.reason)
                     return
+                if _gone(error, self.closing):
+                    log.info("blob %s: node %s cannot be reached (%s) and the client is closing; repair "
+                             "will heal it", self.blob_id, node_id, error.reason)
+                    self._fail(node_id, f"{error.reason} (unreachable when the client closed)")
+                    return
                 log.debug("blob %s: node %s: %s; retrying in %.1f s", self.blob_id, node_id, error, delay)
                 self.failures[node_id] = error.reason
-                await trio.sleep(delay)
+                await _pause(delay, error, self.closing)
                 delay = min(delay * 2, _RETRY_MAX)
         node = self.committee.node(node_id)
         if (confirmation.node_id != node_id or confirmation.blob_id != self.blob_id

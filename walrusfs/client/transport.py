@@ -58,16 +58,19 @@ def node_mounts(nodes: Iterable[NodeInfo], **options: Any) -> dict[str, httpx.As
 
 class NodeError(Exception):
     """A node did not give a usable answer. ``transient`` errors are worth retrying; ``invalid``
-    means the node holds a proof that the blob is inconsistently encoded (HTTP 410)."""
+    means the node holds a proof that the blob is inconsistently encoded (HTTP 410);
+    ``unreachable`` that no connection could be made (refused, or no answer to connecting): the node
+    is not there, as opposed to one that is there and slow."""
 
     def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
-                 lie: bool = False, invalid: bool = False) -> None:
+                 lie: bool = False, invalid: bool = False, unreachable: bool = False) -> None:
         super().__init__(f"node {node_id}: {what}: {reason}")
         self.node_id = node_id
         self.reason = reason
         self.transient = transient
         self.lie = lie
         self.invalid = invalid
+        self.unreachable = unreachable
 
 
 class NodeConnection:
@@ -92,7 +95,8 @@ class NodeConnection:
         except httpx.HTTPError as error:
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             self.health.failure(self.node_id, reason)
-            raise NodeError(self.node_id, what, reason) from error
+            raise NodeError(self.node_id, what, reason,
+                            unreachable=isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))) from error
         if response.status_code not in ok:
             reason = f"HTTP {response.status_code}: {_reason(response)}"
             self.health.failure(self.node_id, reason)
@@ -235,13 +239,18 @@ class NodeConnection:
 
 
 def _reason(response: httpx.Response) -> str:
+    """What the node said: its error code and its explanation (``{"error": code, "message": why}``,
+    docs/node-api.md), which says what to do ("check the clocks"); the code alone does not."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200] or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body)[:300]
-    return str(body)[:300]
+        return response.text.strip()[:300] or response.reason_phrase
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    code, message = body.get("error"), body.get("message") or body.get("detail")
+    if code and message:
+        return f"{code}: {message}"[:500]
+    return str(code or message or body)[:300]
 
 
 def connections(http: httpx.AsyncClient, committee: Committee, health: HealthBook,

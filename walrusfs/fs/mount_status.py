@@ -66,6 +66,7 @@ class NodeHealth(_Record):
     failures: int | None = None
     lies: int | None = None  # answers whose bytes did not verify
     last_error: str | None = None
+    avoided_s: float | None = None  # seconds it is still avoided after serving bad data (0: not avoided)
     reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -74,6 +75,7 @@ class NodeHealth(_Record):
         return cls(latency_ms=_number(data.get("latency_ms")), failure_score=_number(data.get("failure_score")),
                    successes=_number(data.get("successes")), failures=_number(data.get("failures")),
                    lies=_number(data.get("lies")), last_error=data.get("last_error"),
+                   avoided_s=_number(data.get("avoided_s")),
                    reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
 
 

@@ -12,8 +12,10 @@ import errno
 import json
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .mount_status import MountStatus, NodeHealth, SnapshotStatus, read_status
@@ -192,11 +194,16 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def node_state(health: NodeHealth) -> str:
+def node_state(health: NodeHealth | Mapping[str, Any]) -> str:
+    """ok, flaky or failing by its failure score, noting a node that lied and one avoided for it now."""
+    if isinstance(health, Mapping):  # as the client's health book gives it
+        health = NodeHealth.from_json(health)
     score = health.failure_score or 0.0
     state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
     if health.lies:
         state += ", lied"
+    if health.avoided_s:
+        state += f", avoided {health.avoided_s:.0f} s"  # not asked by reads for now
     return state
 
 
@@ -222,7 +229,7 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
     if status.uploads_failing:
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
-        alerts.append(f"last error: {_shorten(str(last_error), 400)}")
+        alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot is not None and snapshot.failing:
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot.last_error), 400)}")
     if alerts:
