@@ -6,19 +6,18 @@ from __future__ import annotations
 import argparse
 import shutil
 
+from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
+from ..committee import Committee
 from ..errors import UserError
+from ..keys import generate_key, load_key, public_bytes, write_key
+from ..roots import fs_id_of_key
 from .config import FsSettings, resolve_source
+from .db import Database
+from .operations import make_root
+from .schema import DDL, SCHEMA_VERSION
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
-    from ..committee import Committee
-    from ..keys import generate_key, load_key, public_bytes, write_key
-    from ..roots import fs_id_of_key
-    from .db import Database
-    from .operations import make_root
-    from .schema import DDL, SCHEMA_VERSION
-
     state = resolve_source(args.name)
     committee_path = bundled_file(args.committee, COMMITTEE_FILE)
     key_path = bundled_file(args.writer_key, WRITER_KEY_FILE)

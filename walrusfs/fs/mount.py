@@ -1,7 +1,8 @@
 """Running a mount: the daemon that serves FUSE requests and uploads in the background.
 
-The mount happens before the process daemonises, so a failure reaches the caller with a message
-and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the parent exit 0.
+The mount happens in the daemon (daemon.py forks it), and the caller waits for its word, so a failure
+reaches the caller with a message and a non-zero exit (``mount -t walrusfs`` relies on that); only
+then does the parent exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,10 +36,11 @@ from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
 from .config import FsSettings, FsState
+from .daemon import READY, run_daemon, tell_caller
 from .db import Database
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
-from .mount_log import DEFAULT_MAX_BYTES, log_to_file
+from .mount_log import DEFAULT_MAX_BYTES
 from .mount_status import MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
@@ -246,35 +247,15 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
             if lock is not None:
                 os.close(lock)
         return 0
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid:  # the caller: wait for the child to say it is mounted
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read().decode(errors="replace")
-        if message == "ok":
-            return 0
-        os.waitpid(pid, 0)
-        raise UserError(message or "the mount daemon died before mounting (see its log: "
-                        f"{state.root / 'mount.log'})")
-    # The daemon.
-    os.close(read_end)
-    os.setsid()
-    status = 1
-    try:
-        log_to_file(state.root / "mount.log", logging.getLogger().getEffectiveLevel(), options.log_max_size)
+
+    def daemon(ready_fd: int) -> None:  # in the daemon process (daemon.py)
         lock = None if options.snapshot is not None else acquire_lock(state)
-        trio.run(serve, *args, write_end)
+        trio.run(serve, *args, ready_fd)
         if lock is not None:
             os.close(lock)
-        status = 0
-    except UserError as error:
-        _report(write_end, str(error))
-    except BaseException as error:
-        log.exception("mount daemon failed")
-        _report(write_end, f"mount failed: {error}")
-    finally:
-        os._exit(status)
+
+    run_daemon(daemon, state.root / "mount.log", options.log_max_size)
+    return 0
 
 
 def _load(path: str, what: str) -> Ed25519PrivateKey:
@@ -314,12 +295,6 @@ async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519Pri
         resolved, lost = resolve_staged(db_path, state.db_path)
         log.info("snapshot %d: %d blocks staged when it was taken found certified since, %d not", seq, resolved, lost)
     return db_path
-
-
-def _report(fd: int, message: str) -> None:
-    with suppress(OSError):
-        os.write(fd, message.encode())
-        os.close(fd)
 
 
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
@@ -402,7 +377,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         log.info("mounted %s on %s (fs %s, %d staged bytes to upload)", state.root, mountpoint,
                  settings.fs_id, blocks.staged_bytes)
         if ready_fd is not None:
-            _report(ready_fd, "ok")
+            tell_caller(ready_fd, READY)
         sd_notify(f"READY=1\nSTATUS=mounted on {mountpoint}: {describe(status())}")
         try:
             async with trio.open_nursery() as nursery:
