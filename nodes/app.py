@@ -51,6 +51,8 @@ from .http import (
     json_response,
 )
 from .httpd import ConnectionStats
+from .lease_api import LeaseAPI, fenced_error
+from .leases import FencedError, LeaseStore
 from .memory import MemoryKeeper
 from .metrics import Metrics, family
 from .nonces import JournalError, NonceJournal
@@ -105,6 +107,9 @@ class NodeApp:
         self.roots.open()
         self.journal = NonceJournal(store.root)
         self.journal.open()
+        self.leases = LeaseStore(store.root)
+        self.leases.open()
+        self.lease_api = LeaseAPI(self, self.leases)
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
@@ -145,6 +150,8 @@ class NodeApp:
             route, table = "/v1/inventory", {"GET": self.inventory}
         elif len(s) == 3 and s[:2] == ["v1", "roots"]:
             route, table, args = "/v1/roots/{fs_id}", {"GET": self.get_root, "PUT": self.put_root}, (s[2],)
+        elif len(s) == 3 and s[:2] == ["v1", "leases"]:
+            route, table, args = self.lease_api.route(s[2])
         elif len(s) >= 3 and s[:2] == ["v1", "blobs"]:
             route, table, args = self._blob_route(s[2:])
         else:
@@ -344,7 +351,9 @@ class NodeApp:
         except RootRecordError as error:
             raise HTTPError(422, "bad_root_record", str(error)) from None
         try:
-            replaced = await self._in_worker(self.roots.put, record)
+            replaced = await self._in_worker(self.leases.put_fenced, self.roots, record)
+        except FencedError as error:
+            raise fenced_error(error) from None
         except StaleRecordError as error:
             raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
         except OSError as error:

@@ -2,8 +2,10 @@
 
     <data>/roots/<fs id>.json
 
-A record replaces the stored one only if it verifies and its sequence number is higher, so neither
-a replay of an old record nor a forgery can roll a filesystem back on an honest node. Written like
+A record replaces the stored one only if it verifies and it is higher in (lease generation, sequence
+number) order, so neither a replay of an old record nor a forgery nor a deposed writer's record can
+roll a filesystem back on an honest node. Which writer may publish at all is the lease store's
+fence (nodes/leases.py). Written like
 every other object: temporary file, fdatasync, rename, directory fsync.
 """
 
@@ -20,10 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class StaleRecordError(Exception):
-    """A record whose sequence number is not above the stored one's (and which differs from it)."""
+    """A record not above the stored one in (generation, seq) order (and which differs from it)."""
 
     def __init__(self, stored: RootRecord) -> None:
-        super().__init__(f"this node holds record {stored.seq} already; a new record needs a higher seq")
+        super().__init__(f"this node holds record {stored.seq} (lease generation {stored.generation}) already; "
+                         "a new record needs a higher seq, or a later generation")
         self.stored = stored
 
 
@@ -63,7 +66,7 @@ class RootStore:
             if stored is not None:
                 if stored == record:
                     return False
-                if record.seq <= stored.seq:
+                if record.order <= stored.order:
                     raise StaleRecordError(stored)
             replace_durably(self._path(record.fs_id), record.to_json(), 0o644)
             return True

@@ -24,6 +24,8 @@ DAEMON_JSON = {
     "read_only": False,
     "snapshot": {"seq": 3, "created_ns": 1700000150 * 10**9, "manifest": "m" * 64, "db_bytes": 1 << 20,
                  "uploaded_bytes": 65536, "last_error": None, "next_due_s": 12.5},
+    "lease": {"holder": "h" * 32, "label": "host-a", "generation": 2, "held": True, "valid_for_s": 21.5,
+              "term_s": 30.0, "deposed_by": None, "last_error": None, "message": None},
 }
 
 
@@ -34,6 +36,11 @@ def test_the_json_shape_round_trips_exactly() -> None:
     assert status.nodes["node-1"] == NodeHealth(None, 2.5, 1, 6, 1, "connection refused")
     assert status.snapshot is not None and status.snapshot.seq == 3 and not status.snapshot_failing
     assert not status.uploads_failing  # the last upload succeeded after the last failure
+    assert status.lease is not None and status.lease.generation == 2 and not status.lease_lost
+    deposed = dict(DAEMON_JSON["lease"], held=False, deposed_by={"holder": "x", "label": "host-b", "generation": 3},
+                   message="another writer took over")
+    assert MountStatus.from_json(dict(DAEMON_JSON, lease=deposed)).lease_lost
+    assert MountStatus.from_json(dict(DAEMON_JSON, lease=None)).to_json()["lease"] is None  # a read-only mount
 
 
 def test_older_and_newer_daemons_fields_are_kept_as_reported() -> None:

@@ -3,7 +3,8 @@
 Records are replicated whole to every node, not erasure-coded: they are a few hundred bytes. A
 record counts as published once nodes covering n-f shards hold it; a reader that hears from nodes
 covering n-f shards therefore hears from at least one honest node holding it (the two quorums
-share f+1 shards), and takes the highest sequence number whose signature verifies. Forged,
+share f+1 shards), and takes the highest (lease generation, sequence number) whose signature
+verifies. Forged,
 corrupted or stale records on some nodes cannot win.
 """
 
@@ -116,4 +117,4 @@ async def find_root(connections: dict[str, NodeConnection], committee: Committee
             f"cannot find the root record of filesystem {fs_id}: nodes covering "
             f"{_shards(committee, answered)} shards answered, {committee.geometry.quorum} needed "
             f"({detail or 'no answer in time'}). Check the nodes (walrusfs cluster status).")
-    return max(records, key=lambda r: r.seq, default=None)
+    return max(records, key=lambda r: r.order, default=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
 from ..committee import Committee, NodeInfo
+from ..lease import LeaseRecord, LeaseState
 from ..protocol import Confirmation, sign_request
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
 from ..roots import RootRecord
@@ -71,6 +73,17 @@ class NodeError(Exception):
         self.lie = lie
         self.invalid = invalid
         self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """A node's answer to a lease request: ``code`` is "granted" or the refusal's error code;
+    ``current`` the lease that stands on that node."""
+
+    granted: bool
+    code: str
+    message: str
+    current: LeaseState | None
 
 
 class NodeConnection:
@@ -188,7 +201,34 @@ class NodeConnection:
         return await self._call("get root record", lambda: self.http.get(self.base + path), parse,
                                 ok=(200, 404))
 
+    async def get_lease(self, fs_id: str) -> LeaseState | None:
+        """This node's writer lease of a filesystem (verified), or None if it holds none."""
+        path = f"/v1/leases/{fs_id}"
+
+        def parse(response: httpx.Response) -> LeaseState | None:
+            return None if response.status_code == 404 else LeaseState.from_dict(response.json(), fs_id)
+
+        return await self._call("get writer lease", lambda: self.http.get(self.base + path), parse, ok=(200, 404))
+
     # Writes (authorised)
+
+    async def put_lease(self, record: LeaseRecord) -> LeaseAnswer:
+        """Ask for (renew, take over, release) a writer lease: granted, or refused with the lease
+        that stands (HTTP 409). Other failures raise NodeError."""
+        path = f"/v1/leases/{record.fs_id}"
+        body = record.to_json()
+
+        def parse(response: httpx.Response) -> LeaseAnswer:
+            answer = response.json()
+            if response.status_code == 200:
+                return LeaseAnswer(True, "granted", "", LeaseState.from_dict(answer, record.fs_id))
+            current = answer.get("current")
+            return LeaseAnswer(False, str(answer.get("error")), str(answer.get("message")),
+                               None if current is None else LeaseState.from_dict(current, record.fs_id))
+
+        return await self._call("writer lease", lambda: self.http.put(
+            self.base + path, content=body, headers=self._auth("PUT", path, body)), parse, ok=(200, 409))
+
 
     async def put_root(self, record: RootRecord) -> None:
         path = f"/v1/roots/{record.fs_id}"

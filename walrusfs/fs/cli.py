@@ -50,6 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "network first (same as -o key=PATH)")
     mount.add_argument("--committee", type=Path, help="with --key: the committee file (default: the bundled network's)")
     mount.add_argument("--writer-key", type=Path, help=f"with --key: {WRITER_KEY_HELP}")
+    mount.add_argument("--takeover", action="store_true",
+                       help="take the filesystem's writer lease over from a writer that died (same as -o takeover)")
     for flag in ("-n", "-s"):  # passed by mount(8) to helpers; nothing to do for them
         mount.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     # mount -v passes -v to the helper: the daemon logs debug messages, as walrusfs -v mount does.
@@ -88,6 +90,7 @@ def _mount(args: argparse.Namespace) -> int:
     for name in ("key", "committee", "writer_key"):
         if getattr(args, name):
             setattr(options, name, str(getattr(args, name).resolve()))
+    options.takeover = options.takeover or args.takeover
     options.fsname = args.source
     return mount(resolve_source(args.source, options.home), args.mountpoint.resolve(), options, args.foreground)
 

@@ -7,6 +7,7 @@
     <state>/lock          held by the one writable mount
     <state>/fs.key        the filesystem's own key: owns its ID and signs its root record (back it up!)
     <state>/snapshot.json the last metadata snapshot published to the network (snapshot.py)
+    <state>/writer-id     this state's identity as the filesystem's writer (docs/writer-lease.md)
     <state>/snapshots/    databases of older snapshots, restored for read-only mounts
 """
 

@@ -80,7 +80,8 @@ async def check_snapshots(fsck: Fsck, client: BlobClient, key: Ed25519PrivateKey
     if network is None or network.seq < local.seq:
         # Nodes lost it (wiped, or never got it): publish the same record again. Ed25519 signatures
         # are deterministic, so it is bit for bit the record published before.
-        record = RootRecord.create(key, local.seq, BlobId.parse(local.manifest or ""), local.created_ns or 0)
+        fence = (local.holder, local.generation) if local.generation else None  # as it was published
+        record = RootRecord.create(key, local.seq, BlobId.parse(local.manifest or ""), local.created_ns or 0, fence)
         what = "missing" if network is None else f"at {network.seq}"
         try:
             if fsck.repair:

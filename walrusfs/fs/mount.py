@@ -41,13 +41,14 @@ from .db import Database
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
 from .mount_log import DEFAULT_MAX_BYTES
-from .mount_status import MountStatus, NodeHealth, SnapshotStatus
+from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
 from .restore import find_chain, manifest_of, resolve_staged, restore_db_file, restore_state
 from .snapshot import SnapshotError
 from .uploader import Uploader
+from .writer_lease import DEFAULT_TERM, acquire_for_mount, parse_term
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ OPTION_HELP: dict[str, str] = {
     "key=PATH": "the filesystem's key: with no local state, restore it from the network first",
     "committee=PATH": "with key=: the committee file (default: the bundled network's)",
     "writer_key=PATH": "with key=: a writer key the committee accepts (default: the bundled network's)",
+    "takeover": "take the filesystem's writer lease over from a writer that died (docs/writer-lease.md)",
+    "lease_term=SECONDS": "how long the nodes keep this writer's lease between renewals (default 30; a dead "
+                          "writer blocks others this long)",
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
@@ -97,6 +101,8 @@ class MountOptions:
     key: str | None = None  # the filesystem's key: restore from the network when there is no local state
     committee: str | None = None  # with key: the committee file (default: the bundled network's)
     writer_key: str | None = None  # with key: the nodes' write key (default: the bundled network's)
+    takeover: bool = False  # take the writer lease over from a writer that died (writer_lease.py)
+    lease_term: float = DEFAULT_TERM  # seconds the nodes keep the writer lease between renewals
 
     @classmethod
     def parse(cls, text: str | None) -> MountOptions:
@@ -125,6 +131,10 @@ class MountOptions:
             elif item.split("=", 1)[0] in ("key", "committee", "writer_key") and "=" in item:
                 name, value = item.split("=", 1)
                 setattr(options, name, value)
+            elif item == "takeover":
+                options.takeover = True
+            elif item.startswith("lease_term="):
+                options.lease_term = parse_term(item.split("=", 1)[1])
             elif item.startswith("x-"):
                 continue  # userspace-only fstab options (x-systemd.*)
             elif item.startswith("metrics="):
@@ -327,7 +337,16 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         uploader = Uploader(db, blocks, cache, client, settings.blob_size, settings.upload_delay)
         publisher = None if options.read_only else SnapshotPublisher(
             state, settings, db, client, fs_key, partial(_certify_staged, db, uploader))
-        if publisher is not None:
+        lease = None
+        if publisher is not None:  # a writable mount: one writer per filesystem, across machines
+            try:
+                lease = await acquire_for_mount(state, client, fs_key, takeover=options.takeover,
+                                                term=options.lease_term)
+            except BaseException:
+                db.close()
+                state.mounted_marker.unlink(missing_ok=True)  # refused: this mount never ran
+                raise
+            publisher.lease = lease
             publisher.mark_mounted()
         started = time.time()
 
@@ -347,12 +366,15 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 # A read-only mount of an old snapshot publishes none: it reports which one it shows.
                 snapshot=publisher.status() if publisher is not None else SnapshotStatus(
                     seq=options.snapshot, reported=frozenset({"seq"})),
+                lease=None if lease is None else LeaseStatus.from_json(lease.status()),
             )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
                                       settings.staging_limit, lambda: status().to_json())
         if publisher is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
+        if lease is not None:
+            operations.durability_guard = lease.ensure_held
         purged = 0 if options.read_only else operations.purge_orphans()
         if purged:
             log.info("removed %d inodes that no directory names any more (left by a crash)", purged)
@@ -386,6 +408,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                     nursery.start_soon(uploader.run)
                 if publisher is not None:
                     nursery.start_soon(publisher.run)
+                if lease is not None:
+                    nursery.start_soon(lease.run)
                 nursery.start_soon(export_metrics, options.metrics, options.metrics_textfile, status)
                 nursery.start_soon(report_status, status)
                 nursery.start_soon(_terminate_on_signal)
@@ -409,6 +433,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                             log.error("no metadata snapshot at unmount (the next mount takes one): %s", error)
                 if publisher is not None:
                     publisher.mark_unmounted()
+                if lease is not None and not blocks.staged_bytes and publisher is not None and not publisher.changed():
+                    with trio.move_on_after(EXIT_FLUSH_SECONDS):
+                        await lease.release()  # all published: another machine may mount at once
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)

@@ -108,6 +108,37 @@ class SnapshotStatus(_Record):
 
 
 @dataclass
+class LeaseStatus(_Record):
+    """A writable mount's writer lease on the nodes (writer_lease.py, docs/writer-lease.md)."""
+
+    holder: str | None = None
+    label: str | None = None
+    generation: int | None = None
+    held: bool | None = None
+    valid_for_s: float | None = None
+    term_s: float | None = None
+    deposed_by: dict[str, Any] | None = None  # holder, label, generation of the writer that took over
+    last_error: str | None = None
+    message: str | None = None  # why nothing is durable now, while the lease is not held
+    reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LeaseStatus:
+        held, deposed_by = data.get("held"), data.get("deposed_by")
+        return cls(holder=data.get("holder"), label=data.get("label"), generation=_number(data.get("generation")),
+                   held=held if isinstance(held, bool) else None, valid_for_s=_number(data.get("valid_for_s")),
+                   term_s=_number(data.get("term_s")),
+                   deposed_by=dict(deposed_by) if isinstance(deposed_by, Mapping) else None,
+                   last_error=data.get("last_error"), message=data.get("message"),
+                   reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
+
+    @property
+    def lost(self) -> bool:
+        return not self.held and bool(self.message)
+
+
+@dataclass
 class MountStatus(_Record):
     """One mount daemon's state. Times are Unix seconds; byte counts are bytes."""
 
@@ -131,6 +162,7 @@ class MountStatus(_Record):
     nodes: dict[str, NodeHealth] = field(default_factory=dict)
     read_only: bool | None = None
     snapshot: SnapshotStatus | None = None  # None: a daemon that does not report snapshots
+    lease: LeaseStatus | None = None  # None: a read-only mount, or a daemon without writer leases
     reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -138,6 +170,7 @@ class MountStatus(_Record):
     def from_json(cls, data: Mapping[str, Any]) -> MountStatus:
         nodes = data.get("nodes")
         snapshot = data.get("snapshot")
+        lease = data.get("lease")
         read_only = data.get("read_only")
         numbers = {name: _number(data.get(name)) for name in (
             "pid", "mounted_since", "staged_bytes", "dirty_bytes", "uploads_in_flight", "uploaded_blobs",
@@ -150,6 +183,7 @@ class MountStatus(_Record):
                    if isinstance(health, Mapping)} if isinstance(nodes, Mapping) else {},
             read_only=read_only if isinstance(read_only, bool) else None,
             snapshot=SnapshotStatus.from_json(snapshot) if isinstance(snapshot, Mapping) else None,
+            lease=LeaseStatus.from_json(lease) if isinstance(lease, Mapping) else None,
             reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
 
     @classmethod
@@ -180,6 +214,11 @@ class MountStatus(_Record):
     def snapshot_failing(self) -> bool:
         return self.snapshot is not None and self.snapshot.failing
 
+    @property
+    def lease_lost(self) -> bool:
+        """A writable mount that does not hold its writer lease: nothing it writes is durable."""
+        return self.lease is not None and self.lease.lost
+
 
 def read_status(mountpoint: Path) -> MountStatus:
     """Ask the daemon of the walrusfs mount on ``mountpoint`` (its root) for its status."""
@@ -189,4 +228,4 @@ def read_status(mountpoint: Path) -> MountStatus:
         raise UserError(f"{mountpoint} is not a mounted walrusfs filesystem ({error.strerror})") from error
 
 
-__all__ = ["CONTROL_PREFIX", "MountStatus", "NodeHealth", "SnapshotStatus", "read_status"]
+__all__ = ["CONTROL_PREFIX", "LeaseStatus", "MountStatus", "NodeHealth", "SnapshotStatus", "read_status"]

@@ -88,6 +88,9 @@ class WalrusOperations(pyfuse3.Operations):
         self.readahead_blocks = max(readahead_bytes // block_size, 1)
         # More control xattrs of the root (walrusfs.<name>), set by the mount: e.g. snapshot.
         self.controls: dict[bytes, Callable[[], Awaitable[None]]] = {}
+        # Set by a writable mount: raises OSError unless this writer provably holds the filesystem
+        # (its writer lease), so that fsync never reports durable what another writer may discard.
+        self.durability_guard: Callable[[], Awaitable[None]] | None = None
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -692,12 +695,14 @@ class WalrusOperations(pyfuse3.Operations):
         blocks = [b for (b,) in self.db.execute(
             "SELECT blocks.id FROM inode_blocks JOIN blocks ON blocks.id = inode_blocks.block "
             "WHERE inode_blocks.inode=? AND blocks.blob IS NULL", (fh,))]
-        if blocks:
-            try:
+        try:
+            if blocks:
                 await self.uploader.wait_certified(blocks)
-            except UploadError as error:
-                log.error("fsync of inode %d failed: %s", fh, error)
-                raise FUSEError(errno.EIO) from error
+            if self.durability_guard is not None:
+                await self.durability_guard()
+        except OSError as error:  # UploadError, or the writer lease lost
+            log.error("fsync of inode %d failed: %s", fh, error)
+            raise FUSEError(errno.EIO) from error
         self.db.sync()
 
     async def flush_all(self) -> None:

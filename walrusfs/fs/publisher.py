@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -53,6 +54,17 @@ class LocalSnapshotState:
     manifest: str | None = None
     attempted: int = 0
     up_to_date: bool = False  # the database has not changed since snapshot ``seq``
+    # The writer lease snapshot ``seq`` was published under (walrusfs.roots version 2); generation
+    # 0: a version-1 record, published before writer leases. fsck republishes the record from these.
+    generation: int = 0
+    holder: str = ""
+    attempted_generation: int = 0  # the lease generation ``attempted`` was tried under
+
+    @property
+    def newest(self) -> tuple[int, int]:
+        """The highest (generation, seq) this state published or may have published: a root record
+        above it on the network was published by another writer."""
+        return max((self.generation, self.seq or 0), (self.attempted_generation, self.attempted))
 
     @classmethod
     def load(cls, state: FsState) -> LocalSnapshotState:
@@ -94,6 +106,9 @@ class SnapshotPublisher:
         self._lock = trio.Lock()
         self._changes_seen: int | None = None  # db total_changes at the last snapshot
         self._next_due: float | None = None
+        # The mount's WriterLease (writer_lease.py), set before the first snapshot: records carry its
+        # fence, and none is published unless it is held.
+        self.lease: Any = None
 
     def mark_mounted(self) -> None:
         """From now on the tree may change; a crash before the next snapshot leaves it changed."""
@@ -154,8 +169,11 @@ class SnapshotPublisher:
         started = time.monotonic()
         changes = self.db.conn.total_changes
         seq = self.local.next_seq
+        await self._ensure_lease()
         network = await find_root(self.client.connections, self.client.committee, self.fs_id)
-        if network is not None and network.seq >= seq:
+        if network is not None and self.lease is not None and network.generation < self.lease.generation:
+            seq = max(seq, network.seq + 1)  # a predecessor's records (one it could not finish, too)
+        elif network is not None and network.seq >= seq:
             raise SnapshotError(
                 f"the network holds snapshot {network.seq} of this filesystem, newer than any this machine "
                 f"published ({self.local.seq}): another machine has written it. Not publishing over it; "
@@ -181,12 +199,20 @@ class SnapshotPublisher:
                             plan.db_hash, segments, history)
         manifest_bytes = manifest.to_bytes()
         manifest_id = await store_blob(manifest_bytes)
+        fence = None if self.lease is None else self.lease.fence
         self.local.attempted = seq
+        self.local.attempted_generation = fence[1] if fence else 0
         self.local.save(self.state)  # before any node sees the number: never reused
-        record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created)
-        await publish_root(self.client.connections, self.client.committee, record)
+        record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created, fence)
+        await self._ensure_lease()
+        try:
+            await publish_root(self.client.connections, self.client.committee, record)
+        except RootQuorumError:
+            await self._ensure_lease()  # fenced out by a takeover? then say that, not "no quorum"
+            raise
         replace_durably(self.state.snapshot_manifest, manifest_bytes)
         self.local.seq, self.local.created_ns, self.local.manifest = seq, created, manifest_id
+        self.local.holder, self.local.generation = fence or ("", 0)
         self.local.save(self.state)
         self._changes_seen = changes
         self.last_db_bytes = plan.db_size
@@ -195,6 +221,13 @@ class SnapshotPublisher:
                  "new), %.1f s", seq, reason, plan.db_size, self.last_uploaded_bytes, len(plan.new),
                  len(segments), time.monotonic() - started)
         return SnapshotRef(seq, created, manifest_id)
+
+    async def _ensure_lease(self) -> None:
+        if self.lease is not None:
+            try:
+                await self.lease.ensure_held()
+            except OSError as error:
+                raise SnapshotError(f"no snapshot: {error.strerror}") from None
 
     async def run(self) -> None:
         """Periodic snapshots while the tree changes."""

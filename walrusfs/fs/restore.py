@@ -25,6 +25,7 @@ from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport
 from .publisher import LocalSnapshotState
+from .set_aside import compare, set_aside
 from .snapshot import Manifest, SnapshotError, SnapshotRef, restore_database
 
 
@@ -35,6 +36,8 @@ class SnapshotChain:
     latest: Manifest
     latest_id: str
     history: list[SnapshotRef]
+    generation: int = 0  # the writer lease the latest was published under (its root record's)
+    holder: str = ""
 
     @property
     def all(self) -> list[SnapshotRef]:
@@ -63,7 +66,7 @@ async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChai
     manifest = await read_manifest(client, str(root.snapshot), fs_id)
     if manifest.seq != root.seq:
         raise UserError(f"root record {root.seq} points at a manifest of snapshot {manifest.seq}")
-    return SnapshotChain(manifest, str(root.snapshot), manifest.history)
+    return SnapshotChain(manifest, str(root.snapshot), manifest.history, root.generation, root.holder)
 
 
 async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: SnapshotChain,
@@ -128,16 +131,21 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
                         writer_key: Ed25519PrivateKey, fs_key: Ed25519PrivateKey, *, force: bool = False,
                         quiet: bool = False) -> FsckReport:
     """Create ``state`` from the latest snapshot on the network, then repair it with fsck (blocks
-    that were staged, never certified, when the snapshot was taken are reported as lost)."""
+    that were staged, never certified, when the snapshot was taken are reported as lost). With
+    ``force``, existing local state is set aside (set_aside.py), never deleted, and what it held
+    that the snapshot lacks is listed."""
     if state.settings_path.exists() and not force:
         raise UserError(f"{state.root} already holds a filesystem; restoring would replace its local state "
-                        "(pass --force to do that)")
+                        "(pass --force to do that: the old state is set aside, not deleted)")
     started = time.monotonic()
+    aside = None
     async with BlobClient(committee, writer_key=writer_key) as client:
         chain = await find_chain(client, fs_key)
         manifest = chain.latest
-        if state.root.exists():
-            shutil.rmtree(state.root)
+        if state.settings_path.exists():
+            aside = set_aside(state)
+        elif state.root.exists():
+            shutil.rmtree(state.root)  # a restore cut short: nothing of a filesystem in it yet
         state.root.mkdir(parents=True)
         state.staging.mkdir()
         write_key(state.fs_key_path, fs_key)
@@ -151,11 +159,13 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     finally:
         db.close()
     # Up to date with the snapshot unless fsck had to change something.
-    LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq,
-                       not report.findings).save(state)
+    LocalSnapshotState(manifest.seq, manifest.created_ns, chain.latest_id, manifest.seq, not report.findings,
+                       chain.generation, chain.holder, chain.generation).save(state)
     replace_durably(state.settings_path, settings.dump().encode())  # last: the state is complete
     if not quiet:
         print(f"restored filesystem {settings.fs_id} from snapshot {manifest.seq} "
               f"({manifest.db_size / 2**20:.1f} MiB of metadata) in {time.monotonic() - started:.1f} s",
               file=sys.stderr)
+    if aside is not None:  # last, so that it is what the user reads
+        print(compare(aside, state.db_path).warning(state.root.name), file=sys.stderr)
     return report

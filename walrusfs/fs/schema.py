@@ -15,7 +15,8 @@ I5  A block with blob set lies at [offset, offset+size) of that blob, and the bl
 I6  blobs.refcount = number of blocks rows in that blob; a blob at 0 is garbage (kept listed for
     deletion from the nodes).
 I7  inode_blocks rows of an inode have blockno * block_size < inodes.size (no data past EOF).
-I8  A file's data is durable (fsync returns) only when each of its blocks satisfies I5.
+I8  A file's data is durable (fsync returns) only when each of its blocks satisfies I5, and the
+    mount provably holds the filesystem's writer lease (walrusfs/fs/writer_lease.py).
 I10 inodes.subdirs = number of dirents in that directory naming directories; a directory's st_nlink
     is 2 + subdirs (its name, its ".", each subdirectory's ".."), 0 once removed (schema 2).
 I11 An xattrs row system.posix_acl_access is a valid ACL with a named user or group entry (a
@@ -26,8 +27,9 @@ I11 An xattrs row system.posix_acl_access is a valid ACL with a named user or gr
 Outside the database (publisher.py, snapshot.py):
 I9  The root record on a quorum of nodes names the snapshot that <state>/snapshot.json records as
     published (a higher one means another machine wrote the filesystem: reported, never
-    overwritten). Segment blobs and the manifest are certified before the record names them, and
-    a sequence number is written down as attempted before any node sees it, so none is reused.
+    overwritten). Only the holder of the writer lease publishes (docs/writer-lease.md). Segment
+    blobs and the manifest are certified before the record names them, and a sequence number is
+    written down as attempted before any node sees it, so none is reused.
 """
 
 from __future__ import annotations

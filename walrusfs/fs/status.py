@@ -2,7 +2,8 @@
 
 Exit status: 0 when all is well; 1 when DIR is not (inside) a mounted walrusfs filesystem or its
 daemon does not answer; 2 when staged data or metadata snapshots are failing to upload (the data
-stays staged and is retried; the output says why). Documented in docs/operating.md.
+stays staged and is retried; the output says why), or a writable mount does not hold its writer
+lease (deposed by another writer, or no quorum to renew it). Documented in docs/operating.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .mount_status import MountStatus, NodeHealth, SnapshotStatus, read_status
+from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus, read_status
 
 EXIT_FAILING = 2
 FSTYPE = "fuse.walrusfs"
@@ -50,7 +51,7 @@ def snapshot_failing(status: MountStatus | dict) -> bool:
 def _status(args: argparse.Namespace) -> int:
     mountpoint = find_mount_root(args.dir)
     status = MountStatus.of(read_status_within(mountpoint, args.timeout))
-    failing = status.uploads_failing or status.snapshot_failing
+    failing = status.uploads_failing or status.snapshot_failing or status.lease_lost
     if args.json:
         # What the daemon reported, as it reported it, plus the fields derived here.
         print(json.dumps(dict(status.to_json(), mountpoint=str(mountpoint), uploads_failing=status.uploads_failing,
@@ -232,6 +233,8 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
         alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
     if snapshot is not None and snapshot.failing:
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot.last_error), 400)}")
+    if status.lease_lost and status.lease is not None:
+        alerts.append(f"NOT DURABLE, WRITER LEASE NOT HELD: {_shorten(str(status.lease.message), 600)}")
     if alerts:
         lines.append("")
         lines += [f"!! {alert}" for alert in alerts]
@@ -262,6 +265,8 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
     if hits + misses:
         cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
     other = [("cache", cache), ("last snapshot", _format_snapshot(status, now))]
+    if status.lease is not None:
+        other.append(("writer lease", _format_lease(status.lease)))
     lines.append("")
     lines += _rows(other, indent="")
 
@@ -281,6 +286,19 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
                          _shorten(str(health.last_error or "-"), 60)])
         lines += _table(["NODE", "STATE", "LATENCY", "SCORE", "OK", "FAILED", "LIES", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
+
+
+def lease_lost(status: MountStatus | dict) -> bool:
+    """A writable mount that does not hold its writer lease (docs/writer-lease.md)."""
+    return MountStatus.of(status).lease_lost
+
+
+def _format_lease(lease: LeaseStatus) -> str:
+    if lease.deposed_by:
+        taker = lease.deposed_by
+        return f"DEPOSED by {taker.get('label') or taker.get('holder')} (generation {taker.get('generation')})"
+    state = f"held for {lease.valid_for_s or 0:.0f} s more" if lease.held else "LAPSED"
+    return f"generation {lease.generation}, {state} (term {lease.term_s or 0:.0f} s)"
 
 
 def _format_snapshot(status: MountStatus, now: float) -> str:

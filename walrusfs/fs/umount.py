@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                     await trio.sleep(0.5)
 
     trio.run(flush_with_progress)
+    _refuse_if_not_writer(mountpoint, pid, args.lazy)
     if error:
         last = read_status(mountpoint).last_error
         raise UserError(f"not unmounted: staged data could not be certified ({error[0]}; last upload "
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         seq = _snapshot(mountpoint).seq
         print(f" snapshot {seq} is on the network", file=sys.stderr)
     except OSError:
+        _refuse_if_not_writer(mountpoint, pid, args.lazy)
         reason = _snapshot(mountpoint).last_error
         print(f" failed: {reason}. Unmounting anyway: every byte is certified and the local metadata is "
               "intact; the next mount publishes a snapshot.", file=sys.stderr)
@@ -74,6 +76,19 @@ def run(args: argparse.Namespace) -> int:
         _wait_gone(pid)
     print(f"unmounted {mountpoint}: every byte is certified", file=sys.stderr)
     return 0
+
+
+def _refuse_if_not_writer(mountpoint: Path, pid: int | None, lazy: bool) -> None:
+    """A mount that lost the writer lease can never make its data durable: unmount it (what it holds
+    stays in its state directory) and fail, saying so, rather than claim success."""
+    from .writer_lease import deposed_message
+
+    message = deposed_message(read_status(mountpoint).to_json())
+    if message is None:
+        return
+    if _unmount(mountpoint, lazy, certified=False):
+        _wait_gone(pid)
+    raise UserError(f"unmounted {mountpoint}, but NOT durable: {message}")
 
 
 def _snapshot(mountpoint: Path) -> SnapshotStatus:
