@@ -137,7 +137,8 @@ def test_a_store_with_two_nodes_down_returns_about_as_fast_as_with_all_up(shared
 
     all_up = min(timed_put("a"), timed_put("b"))
     with down(net, "node-2", "node-5"):
-        two_down = timed_put("c")
+        # Best of two on each side: a loaded machine adds seconds to one run, never 10 s to both.
+        two_down = min(timed_put("c"), timed_put("d"))
     assert two_down < all_up + 5, (all_up, two_down)
 
 

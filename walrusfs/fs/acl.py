@@ -15,7 +15,7 @@ they came, in the xattrs table, and keeps the mode in step the way local Linux f
   class entry cut down to what the creating call's mode allows (a directory also inherits the
   default ACL itself); without a default ACL the mode is the caller's, less its umask.
 
-Pure functions only: the filesystem operations apply them (operations.py).
+Pure functions only: the namespace applies them (namespace.py).
 """
 
 from __future__ import annotations

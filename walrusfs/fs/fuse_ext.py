@@ -5,7 +5,7 @@
 - **FUSE_CAP_DONT_MASK**: without it the kernel applies the caller's umask to the mode of every
   file it creates, before the filesystem sees it. With POSIX ACLs a directory's default ACL must
   replace the umask (acl(5)), so walrusfs asks for the mode unmasked and applies the umask itself
-  where there is no default ACL (operations.py).
+  where there is no default ACL (namespace.py).
 
 How: libfuse keeps the handler table (struct fuse_lowlevel_ops) inside its session, which pyfuse3
 holds in a module-level C variable. After ``pyfuse3.init`` has made the session and before the
