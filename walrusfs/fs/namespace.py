@@ -101,8 +101,12 @@ class Namespace:
         """The file's bytes up to ``size`` are staged: its recorded size covers them (never shrinks)."""
         self.db.execute("UPDATE inodes SET size=MAX(size, ?) WHERE id=?", (size, inode))
 
-    def set_size(self, inode: int, size: int, now: int) -> None:
-        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
+    def set_size(self, inode: int, size: int, now: int | None) -> None:
+        """The file's size, and its mtime and ctime set to ``now`` (None: left as they are)."""
+        if now is None:
+            self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, inode))
+        else:
+            self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE id=?", (size, now, now, inode))
 
     def touch(self, inode: int, now: int, mtime: bool = True) -> None:
         if mtime:

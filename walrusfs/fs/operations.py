@@ -351,12 +351,13 @@ class WalrusOperations(pyfuse3.Operations):
             node = self._inode(inode)
             if not node.is_reg:
                 raise FUSEError(errno.ENODEV)
+            # A regular file's times are the kernel's under the writeback cache (it keeps them and sends
+            # them with setattr): fallocate leaves them alone here, or the filesystem would hold times
+            # the kernel never showed, and a remount would change them.
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                await self.writeback.zero_range(inode, offset, min(offset + length, node.size))
+                await self.writeback.zero_range(inode, offset, min(offset + length, node.size), times=False)
             if not mode & FALLOC_FL_KEEP_SIZE and offset + length > node.size:
-                await self.writeback.truncate(inode, offset + length)  # growing: a hole up to the new end
-            else:
-                self.namespace.touch(inode, now_ns(), mtime=False)
+                await self.writeback.truncate(inode, offset + length, times=False)  # growing: a hole
 
     @_replies
     async def flush(self, fh: int) -> None:

@@ -195,10 +195,11 @@ class WriteBack:
 
     # --- truncation and holes ----------------------------------------------------------------------
 
-    async def truncate(self, inode: int, size: int) -> None:
-        """Set the file's size: growing leaves a hole, shrinking discards what lies beyond."""
+    async def truncate(self, inode: int, size: int, times: bool = True) -> None:
+        """Set the file's size: growing leaves a hole, shrinking discards what lies beyond. ``times``:
+        set mtime and ctime (False where the kernel keeps them, as for fallocate: see its caller)."""
         old_size = self.size(inode)
-        now = now_ns()
+        now = now_ns() if times else None
         if size >= old_size:
             self.pending_size.pop(inode, None)
             self.namespace.set_size(inode, size, now)
@@ -224,9 +225,9 @@ class WriteBack:
         if cut is not None:
             self.uploader.notify_staged()
 
-    async def zero_range(self, inode: int, start: int, end: int) -> None:
+    async def zero_range(self, inode: int, start: int, end: int, times: bool = True) -> None:
         """Make [start, end) read as zeros (end is within the file): whole blocks become holes,
-        the partial blocks at its ends are rewritten."""
+        the partial blocks at its ends are rewritten. ``times`` as for truncate."""
         if end <= start:
             return
         first_whole = -(-start // self.bs)
@@ -247,7 +248,8 @@ class WriteBack:
                 self._take(inode, blockno)
             with self.db.transaction():
                 self.map.unmap(inode, first_whole, end_whole)
-        self.namespace.touch(inode, now_ns())
+        if times:
+            self.namespace.touch(inode, now_ns())
 
     def delete(self, inode: int) -> None:
         """Release all the file's data (it is being deleted). In a transaction."""
