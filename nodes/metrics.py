@@ -1,14 +1,15 @@
-"""Counters and gauges in the Prometheus text exposition format (version 0.0.4).
+"""The node's counters and gauges, served at ``/metrics`` in the Prometheus text format.
 
-Written by hand: a handful of metrics does not need a client library, and incrementing a dict entry
-is as cheap as it gets on the request path (the event loop is single-threaded).
+Counting stays a dict increment on the request path (the event loop is single-threaded); the
+figures become prometheus_client metric families only when scraped (walrusfs.prometheus renders them).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from walrusfs.prometheus import CONTENT_TYPE, Sample, metric_family, render
 
 
 class Metrics:
@@ -47,27 +48,12 @@ class Metrics:
                [({}, self.disk_full)])
         for name, (help_text, value) in gauges.items():
             family(lines, name, "gauge", help_text, [({}, value)])
-        return "\n".join(lines + (extra or [])) + "\n"
+        return "".join(lines + (extra or []))
 
 
-def family(lines: list[str], name: str, kind: str, help_text: str,
-           samples: list[tuple[dict[str, str], float]]) -> None:
-    """Append one metric family (HELP, TYPE and its samples) to ``lines``."""
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        lines.append(f"{name}{_labels(labels)} {_number(value)}")
+def family(lines: list[str], name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+    """Append one metric family (its HELP, TYPE and sample lines, rendered) to ``lines``."""
+    lines.append(render([metric_family(name, kind, help_text, samples)]))
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+__all__ = ["CONTENT_TYPE", "Metrics", "family"]

@@ -2,7 +2,8 @@
 
 The HTTP server is the node's own (nodes.httpd: uvloop, llhttp, bodies received straight into the
 store's buffers); docs/node-api.md has the measurements behind the choice. uvicorn and granian remain
-selectable (``--server``) for comparison benchmarks.
+selectable (``--server``) for comparison benchmarks: they are an optional extra
+(``pip install walrusfs[servers]``), imported only when chosen.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import logging
 import os
 import signal
 import ssl
 import sys
 from collections.abc import Iterator, Sequence
-
-import uvicorn
+from typing import Any
 
 from walrusfs.errors import UserError
 from walrusfs.malloc import keep_freed_buffers
@@ -35,18 +36,35 @@ SERVERS = ("httpd", "uvicorn", "granian")
 _CONFIG_ENV = "WALRUSFS_NODE_CONFIG"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, except that after a graceful stop on SIGTERM/SIGINT the node exits normally (status 0,
-    "stopped" logged, workers joined) instead of re-raising the signal at itself."""
+def require_server(server: str) -> None:
+    """Raise UserError, saying how to install it, if ``server`` is a comparison server not installed."""
+    if server == "httpd":
+        return
+    try:
+        importlib.import_module(server)
+    except ImportError:
+        raise UserError(f"--server {server} needs {server}, which is not installed: it is an optional extra, kept "
+                        "for comparison benchmarks (pip install 'walrusfs[servers]'); the default, --server httpd, "
+                        "needs nothing more") from None
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+
+def _uvicorn_server(config: object) -> object:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that after a graceful stop on SIGTERM/SIGINT the node exits normally (status 0,
+        "stopped" logged, workers joined) instead of re-raising the signal at itself."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
 
 
 def tune_malloc() -> None:
@@ -92,6 +110,7 @@ def _tls(app: NodeApp, server: str) -> ssl.SSLContext | None:
 
 def serve(config: NodeConfig, server: str = "httpd") -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
+    require_server(server)
     if server == "granian":
         _serve_granian(config)
         return
@@ -112,11 +131,13 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
             app.executor.shutdown(wait=True)
         log.info("node %s stopped", config.node_id)
         return
+    import uvicorn
+
     uvicorn_config = uvicorn.Config(
         app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, server_header=False, log_config=None, timeout_graceful_shutdown=10,
     )
-    server_ = _Server(uvicorn_config)
+    server_: Any = _uvicorn_server(uvicorn_config)
     try:
         server_.run()
     finally:

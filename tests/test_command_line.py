@@ -3,6 +3,7 @@ completion completes, ``--help`` stays fast, and the package builds without setu
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from walrusfs.cli import build_parser, package_version
+from walrusfs.cli import build_parser, command_of, package_version
 from walrusfs.completion import bash_script
 from walrusfs.manpage import manpage
 
@@ -73,6 +74,44 @@ def test_help_stays_fast() -> None:
     result = subprocess.run([*WALRUSFS, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--version" in result.stdout
     assert time.monotonic() - started < 10
+
+
+# What a light start must not pay for: the codec, FUSE, the async stack, the HTTP client, the node.
+HEAVY = ("numpy", "pyfuse3", "trio", "uvicorn", "httpx", "nodes")
+IMPORTS_AFTER = """
+import runpy, sys
+sys.argv = ["walrusfs", *sys.argv[1:]]
+try:
+    runpy.run_module("walrusfs.cli", run_name="__main__")
+except SystemExit:
+    pass
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules})), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["-v", "--home", "/tmp", "status", "--help"],
+                                  ["no-such-command"]])
+def test_help_and_version_import_nothing_heavy(argv: list[str]) -> None:
+    """Subcommands are registered lazily: only the module of the command that runs is imported."""
+    result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    imported = set(result.stderr.splitlines()[-1].split())
+    assert "walrusfs" in imported and not imported & set(HEAVY), imported & set(HEAVY)
+
+
+def test_lazy_help_lists_what_the_full_parser_has() -> None:
+    """Each command's summary in walrusfs.cli.COMMANDS is the one its module registers, in the same order."""
+    def summaries(parser) -> list[tuple[str, str]]:
+        [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        return [(action.dest, action.help) for action in commands._choices_actions]
+
+    assert summaries(build_parser(None)) == summaries(build_parser())
+    assert build_parser(None).format_help() == build_parser().format_help()
+    for command in ("mount", "cluster", "status"):
+        assert summaries(build_parser(command)) == summaries(build_parser())
+    assert command_of(["-v", "--home", "mount", "status", "x"]) == "status"
+    assert command_of(["--home=/x", "--", "mount"]) == "mount"
+    assert command_of(["--help"]) is None and command_of(["nonsense"]) is None
 
 
 @pytest.mark.slow

@@ -25,10 +25,6 @@ LENGTH_REASON = "Length:"  # the line of a long module's docstring that says why
 # Circles that remain outside the protocol/node work, each to be removed by the work named; any other
 # circle fails the test, and so does one of these once it is gone (remove it from here then).
 KNOWN_CYCLES = {
-    # The filesystem CLI: status and notify call back into cli/mount (house-cli is taking them apart).
-    frozenset({"walrusfs.fs.cli", "walrusfs.fs.mount", "walrusfs.fs.notify", "walrusfs.fs.status"}),
-    # The top-level CLI builds completion from its parser, and completion is one of its commands (house-cli).
-    frozenset({"walrusfs.cli", "walrusfs.completion"}),
     # schema.py names db.Database in type hints only; db.py applies schema.py's migrations.
     frozenset({"walrusfs.fs.db", "walrusfs.fs.schema"}),
 }

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import tomli_w
+
 from .errors import UserError
 from .keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from .paths import cluster_dir
@@ -130,13 +132,9 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
         info = NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{base_port + i}", public_bytes(key),
                         node_shards, node_certificate(key) if tls else None)
         infos.append(info)
-        (directory / "config.toml").write_text(
-            f'node_id = "{info.id}"\n'
-            f'listen = "127.0.0.1:{base_port + i}"\n'
-            'data_dir = "data"\n'
-            'signing_key = "node.key"\n'
-            f'committee = "../{COMMITTEE_FILE}"\n'
-        )
+        (directory / "config.toml").write_text(tomli_w.dumps({
+            "node_id": info.id, "listen": f"127.0.0.1:{base_port + i}", "data_dir": "data",
+            "signing_key": "node.key", "committee": f"../{COMMITTEE_FILE}"}))
     committee = Committee(epoch=1, n_shards=shards, nodes=tuple(infos),
                           writer_keys=frozenset({public_bytes(writer)}))
     committee.write(root / COMMITTEE_FILE)

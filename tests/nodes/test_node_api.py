@@ -7,6 +7,7 @@ import socket
 import time
 
 from node_harness import Node, other_blob
+from prometheus_client.parser import text_string_to_metric_families
 
 from walrusfs.keys import generate_key
 from walrusfs.protocol import Confirmation, is_certified, verify_certificate
@@ -116,9 +117,11 @@ def test_health_and_metrics(node: Node, blob: EncodedBlob) -> None:
     metrics = node.http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    assert 'walrusfs_node_http_requests_total{route="/v1/blobs/{id}/slivers/{pair}/{kind}",method="PUT",' \
-           'status="201"} 8' in text
-    assert "walrusfs_node_stored_blobs 1" in text
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert samples[("walrusfs_node_http_requests_total", (
+        ("method", "PUT"), ("route", "/v1/blobs/{id}/slivers/{pair}/{kind}"), ("status", "201")))] == 8
+    assert samples[("walrusfs_node_stored_blobs", ())] == 1
     assert "walrusfs_node_received_bytes_total" in text
 
 

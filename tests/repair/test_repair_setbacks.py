@@ -116,7 +116,8 @@ def test_repair_on_a_full_disk_keeps_what_it_rebuilt_and_backs_off(tmp_path):
                 assert "disk full" in row_of(table.stdout, "node-3")
                 metrics = httpx.get(network.url("node-3") + "/metrics", timeout=5).text
                 assert "walrusfs_node_repair_disk_full 1" in metrics
-                counted = re.search(r"^walrusfs_node_repair_disk_full_attempts_total (\d+)$", metrics, re.M)
+                # prometheus_client writes every value as a float ("3.0").
+                counted = re.search(r"^walrusfs_node_repair_disk_full_attempts_total (\d+)\.0$", metrics, re.M)
                 assert counted and int(counted[1]) >= later["disk_full_attempts"] >= 2  # retries go on meanwhile
 
                 # Room again: the kept slivers are stored, still without fetching them again.

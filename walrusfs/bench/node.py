@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import trio
 
-from nodes.server import SERVERS
+from nodes.server import SERVERS, require_server
 
 from ..cluster import init_cluster, load_cluster, wait_process_healthy
 from ..keys import load_key
@@ -140,6 +140,7 @@ def measure(slivers: int, concurrency: int, metadata_reads: int, server: str) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    require_server(args.server)  # before any node starts: a missing extra is a message, not a node's log
     results = measure(args.slivers, args.concurrency, args.metadata_reads, args.server)
     emit(results, args.json, [
         ("server", results["server"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import trio
@@ -13,6 +12,7 @@ import trio
 from ..errors import UserError
 from ..malloc import keep_freed_buffers
 from ..paths import cluster_dir
+from ..progress import Progress
 from ..redstuff import BlobId, FormatError
 from .certificate import CERTIFICATE_VERSION
 from .client import BlobClient, ClientSettings
@@ -86,28 +86,22 @@ def _blob_id(args: argparse.Namespace) -> BlobId:
         raise UserError(str(error)) from error
 
 
-class _ProgressLine:
-    """One progress line on stderr, redrawn in place on a terminal, a few lines otherwise."""
+class _StoreProgress:
+    """A blob store's progress (bytes sent, shards confirmed) as a Progress display."""
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.display: Progress | None = None
 
     def __call__(self, progress: StoreProgress) -> None:
-        now = time.monotonic()
-        if not self.tty and now - self.last < 2 and progress.confirmed_shards < progress.quorum:
-            return
-        self.last = now
-        fraction = progress.bytes_sent / max(progress.bytes_total, 1)
-        bar = "#" * int(fraction * 30)
-        line = (f"{self.label} [{bar:<30}] {fraction:6.1%} of {progress.bytes_total / 2**20:.1f} MiB "
-                f"sent, confirmed shards {progress.confirmed_shards}/{progress.quorum} needed")
-        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.display is None:
+            self.display = Progress(self.label, progress.bytes_total)
+        self.display.update(progress.bytes_sent, progress.bytes_total,
+                            note=f"confirmed shards {progress.confirmed_shards}/{progress.quorum} needed")
 
     def done(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
+        if self.display is not None:
+            self.display.close()
 
 
 async def _put(args: argparse.Namespace) -> int:
@@ -125,7 +119,7 @@ async def _put(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UserError(f"cannot read {args.file}: {error.strerror}") from error
     print(f"encoding {args.file} ({len(data)} bytes) for {committee.n_shards} shards", file=sys.stderr)
-    progress = _ProgressLine("uploading")
+    progress = _StoreProgress("uploading")
     if args.timeout <= 0:
         raise UserError("--timeout must be positive")
     async with BlobClient(committee, writer_key=key,

@@ -16,13 +16,14 @@ from ..client import BlobClient
 from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..errors import UserError
 from ..keys import load_key
+from ..progress import Progress
 from ..protocol.committee import Committee
-from .cli import WRITER_KEY_HELP, read_status
+from .cli import WRITER_KEY_HELP
 from .config import resolve_source
 from .db import Database
 from .fsck import Fsck
 from .mount import acquire_lock
-from .operations import CONTROL_PREFIX
+from .mount_status import CONTROL_PREFIX, SnapshotStatus, read_status
 from .restore import find_chain, restore_state
 from .snapshot import describe
 
@@ -56,8 +57,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot.set_defaults(func=_snapshot)
 
 
-def _progress(what: str, done: int, total: int) -> None:
-    print(f"\r{what}: {done} of {total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+class _Steps:
+    """fsck_network's progress callback, ``(what, done, total)``: one Progress display per step."""
+
+    def __init__(self) -> None:
+        self.current: Progress | None = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.current is None or self.current.description != what:
+            self.close()
+            self.current = Progress(what, total, unit="blob")
+        self.current.update(done, total)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
 
 
 def _fsck(args: argparse.Namespace) -> int:
@@ -91,7 +108,12 @@ def _fsck(args: argparse.Namespace) -> int:
                         await renew_certificates(fsck, client)
                         await check_snapshots(fsck, client, fs_key)
                         if args.deep:
-                            await verify_blobs(fsck, client, None if args.json else _progress)
+                            steps = None if args.json else _Steps()
+                            try:
+                                await verify_blobs(fsck, client, steps)
+                            finally:
+                                if steps is not None:
+                                    steps.close()
                         silent.extend(node for node, health in client.health.snapshot().items()
                                       if health["failures"] and not health["successes"])
 
@@ -159,11 +181,11 @@ def _snapshot(args: argparse.Namespace) -> int:
     try:
         os.setxattr(mountpoint, CONTROL_PREFIX + b"snapshot", b"1")
     except OSError as error:
-        reason = read_status(mountpoint).get("snapshot", {}).get("last_error") or error.strerror
+        reason = (read_status(mountpoint).snapshot or SnapshotStatus()).last_error or error.strerror
         raise UserError(f"no snapshot published: {reason}") from None
-    status = read_status(mountpoint)["snapshot"]
-    print(f"snapshot {status['seq']} published ({status['db_bytes'] / 2**20:.1f} MiB of metadata, "
-          f"{status['uploaded_bytes'] / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
+    status = read_status(mountpoint).snapshot or SnapshotStatus()
+    print(f"snapshot {status.seq} published ({(status.db_bytes or 0) / 2**20:.1f} MiB of metadata, "
+          f"{(status.uploaded_bytes or 0) / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
     return 0
 
 

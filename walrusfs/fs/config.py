@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import tomli_w
+
 from ..errors import UserError
 from ..paths import FS_HOME_ENV, fs_home, user_home, walrusfs_home  # noqa: F401 (re-exported)
 
@@ -41,14 +43,8 @@ class FsSettings:
     snapshot_keep_monthly: int = 12  # ... plus the newest of each of the last N months
 
     def dump(self) -> str:
-        lines = []
-        for key, value in asdict(self).items():
-            if isinstance(value, bool):  # TOML's booleans are lower case
-                lines.append(f"{key} = {str(value).lower()}")
-            else:
-                lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
-                             else f"{key} = {value}")
-        return "\n".join(lines) + "\n"
+        # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.
+        return tomli_w.dumps(asdict(self))
 
 
 @dataclass(frozen=True)

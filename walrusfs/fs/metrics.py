@@ -1,7 +1,8 @@
 """Prometheus metrics of a mount daemon: an HTTP endpoint and/or a node_exporter textfile.
 
-Both render the daemon's status dict (the one ``getfattr -n walrusfs.status`` returns), so the
-metrics never disagree with ``walrusfs status``. Every metric is described in docs/operating.md.
+Both render the daemon's MountStatus (the one ``getfattr -n walrusfs.status`` returns), so the
+metrics never disagree with ``walrusfs status``; prometheus_client writes the format (walrusfs.prometheus).
+Every metric is described in docs/operating.md.
 
 The HTTP server is deliberately tiny: one request per connection, ``GET /metrics`` only, a bounded
 request head read under a deadline, a bounded number of connections. It runs inside the daemon's
@@ -11,17 +12,22 @@ trio loop, so a client that never finishes its request must cost a socket and no
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import trio
+from prometheus_client.core import Metric
+
+from ..prometheus import CONTENT_TYPE, Sample, metric_family, render
+from .mount_status import MountStatus
+
+StatusFn = Callable[[], MountStatus | Mapping[str, Any]]  # the daemon's status now
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_HOST = "127.0.0.1"
 TEXTFILE_INTERVAL = 15.0  # seconds between textfile rewrites (a typical scrape interval)
 REQUEST_TIMEOUT = 10.0  # a client gets this long to send its request head
@@ -29,8 +35,6 @@ SEND_TIMEOUT = 10.0  # ... and this long to take the response
 MAX_REQUEST_HEAD = 8192
 MAX_CONNECTIONS = 16
 BIND_RETRY = 30.0  # seconds between attempts when the metrics port cannot be bound
-
-Sample = tuple[dict[str, str], float]
 
 # Top-level status fields exported as they are: (status key, metric suffix, type, help).
 _PLAIN: list[tuple[str, str, str, str]] = [
@@ -74,106 +78,55 @@ _NODE: list[tuple[str, str, str, str, float]] = [
 ]
 
 
-def uploads_failing(status: dict) -> bool:
-    """Whether staged data is currently failing to upload (as opposed to a failure long recovered).
+def uploads_failing(status: MountStatus | Mapping[str, Any]) -> bool:
+    """Whether staged data is currently failing to upload (MountStatus.uploads_failing)."""
+    return MountStatus.of(status).uploads_failing
 
-    With ``last_error_at`` and ``last_upload_at`` in the status the answer is exact: the latest
-    upload outcome was a failure. Without them, the best guess is: something has failed and data is
-    still waiting.
+
+def snapshot_failing(status: MountStatus | Mapping[str, Any]) -> bool:
+    return MountStatus.of(status).snapshot_failing
+
+
+def render_metrics(status: MountStatus | Mapping[str, Any]) -> str:
+    """The status in the Prometheus text exposition format, version 0.0.4.
+
+    Fields the daemon did not report (older or newer daemons) are left out rather than reported as 0.
     """
-    if not status.get("last_error") or not status.get("upload_failures"):
-        return False
-    pending = (status.get("staged_bytes") or 0) + (status.get("dirty_bytes") or 0)
-    if not pending:
-        return False
-    failed_at, uploaded_at = status.get("last_error_at"), status.get("last_upload_at")
-    if failed_at is not None and uploaded_at is not None:
-        return failed_at >= uploaded_at
-    return True
+    return render(_families(MountStatus.of(status)))
 
 
-def snapshot_failing(status: dict) -> bool:
-    snapshot = status.get("snapshot")
-    return bool(isinstance(snapshot, dict) and snapshot.get("last_error"))
-
-
-def render_metrics(status: dict) -> str:
-    """The status dict in the Prometheus text exposition format, version 0.0.4.
-
-    Fields missing from ``status`` (older or newer daemons) are left out rather than reported as 0.
-    """
-    out: list[str] = []
-
-    def family(suffix: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+def _families(status: MountStatus) -> Iterator[Metric]:
+    def family(suffix: str, kind: str, help_text: str, samples: Iterable[Sample]) -> Iterator[Metric]:
         samples = list(samples)
-        if not samples:
-            return
-        name = "walrusfs_mount_" + suffix
-        out.append(f"# HELP {name} {_escape_help(help_text)}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(f"{name}{_render_labels(labels)} {_render_value(value)}" for labels, value in samples)
+        if samples:
+            yield metric_family("walrusfs_mount_" + suffix, kind, help_text, samples)
 
-    info = {"fs_id": str(status.get("fs_id", "")), "state": str(status.get("state", ""))}
-    family("info", "gauge", "Constant 1, labelled with the filesystem id and its local state directory.",
-           [(info, 1)])
-    if "read_only" in status:
-        family("read_only", "gauge", "1 if the filesystem is mounted read-only.", [({}, bool(status["read_only"]))])
+    info = {"fs_id": status.fs_id or "", "state": status.state or ""}
+    yield from family("info", "gauge", "Constant 1, labelled with the filesystem id and its local state directory.",
+                      [(info, 1)])
+    if status.read_only is not None:
+        yield from family("read_only", "gauge", "1 if the filesystem is mounted read-only.",
+                          [({}, status.read_only)])
     for key, suffix, kind, help_text in _PLAIN:
-        value = status.get(key)
-        if _is_number(value):
-            family(suffix, kind, help_text, [({}, value)])
-    family("uploads_failing", "gauge", "1 while staged data is failing to upload (see last_error in status).",
-           [({}, uploads_failing(status))])
+        value = getattr(status, key)
+        if value is not None:
+            yield from family(suffix, kind, help_text, [({}, value)])
+    yield from family("uploads_failing", "gauge",
+                      "1 while staged data is failing to upload (see last_error in status).",
+                      [({}, status.uploads_failing)])
 
-    snapshot = status.get("snapshot")
-    if isinstance(snapshot, dict):
+    if status.snapshot is not None:
         for key, suffix, kind, help_text, divisor in _SNAPSHOT:
-            value = snapshot.get(key)
-            if _is_number(value):
-                family(suffix, kind, help_text, [({}, _in_base_units(value, divisor))])
-        family("snapshot_failing", "gauge", "1 if the last metadata snapshot attempt failed.",
-               [({}, snapshot_failing(status))])
+            value = getattr(status.snapshot, key)
+            if value is not None:
+                yield from family(suffix, kind, help_text, [({}, value / divisor)])
+        yield from family("snapshot_failing", "gauge", "1 if the last metadata snapshot attempt failed.",
+                          [({}, status.snapshot_failing)])
 
-    nodes = status.get("nodes")
-    if isinstance(nodes, dict):
-        for key, suffix, kind, help_text, divisor in _NODE:
-            family(suffix, kind, help_text,
-                   [({"node": str(node)}, _in_base_units(health[key], divisor))
-                    for node, health in sorted(nodes.items())
-                    if isinstance(health, dict) and _is_number(health.get(key))])
-    return "\n".join(out) + "\n"
-
-
-def _in_base_units(value: float, divisor: float) -> float:
-    return value if divisor == 1 else value / divisor  # integers stay integers
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _render_labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{_escape_label(value)}"' for key, value in labels.items()) + "}"
-
-
-def _escape_label(value: str) -> str:
-    return _escape_help(value).replace('"', '\\"')
-
-
-def _render_value(value: float) -> str:
-    if isinstance(value, bool | int):
-        return str(int(value))
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    for key, suffix, kind, help_text, divisor in _NODE:
+        yield from family(suffix, kind, help_text,
+                          [({"node": node}, getattr(health, key) / divisor)
+                           for node, health in sorted(status.nodes.items()) if getattr(health, key) is not None])
 
 
 # --- the HTTP endpoint ---------------------------------------------------------------------------------
@@ -204,7 +157,7 @@ class _BadRequest(Exception):
     pass
 
 
-async def serve_metrics(listen: str, status_fn: Callable[[], dict], *,
+async def serve_metrics(listen: str, status_fn: StatusFn, *,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``GET /metrics`` on ``listen`` (only that address) until cancelled.
 
@@ -233,7 +186,7 @@ async def serve_metrics(listen: str, status_fn: Callable[[], dict], *,
     await trio.serve_listeners(handler, listeners)
 
 
-async def _answer(stream: trio.SocketStream, status_fn: Callable[[], dict]) -> None:
+async def _answer(stream: trio.SocketStream, status_fn: StatusFn) -> None:
     try:
         with trio.fail_after(REQUEST_TIMEOUT):
             head = await _read_head(stream)
@@ -296,7 +249,7 @@ async def _respond(stream: trio.SocketStream, code: int, reason: str, body: byte
 # --- the textfile route and the daemon's entry point ---------------------------------------------------
 
 
-async def write_textfile(path: str | os.PathLike[str], status_fn: Callable[[], dict],
+async def write_textfile(path: str | os.PathLike[str], status_fn: StatusFn,
                          interval: float = TEXTFILE_INTERVAL) -> None:
     """Rewrite ``path`` (for node_exporter's textfile collector) every ``interval`` seconds.
 
@@ -331,7 +284,7 @@ def _replace(temporary: Path, path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-async def export_metrics(listen: str | None, textfile: str | None, status_fn: Callable[[], dict]) -> None:
+async def export_metrics(listen: str | None, textfile: str | None, status_fn: StatusFn) -> None:
     """What the mount daemon runs for ``-o metrics=HOST:PORT`` and ``-o metrics_textfile=PATH``.
 
     A port that cannot be bound is logged and retried: metrics are never a reason to take the

@@ -1,7 +1,8 @@
 """Running a mount: the daemon that serves FUSE requests and uploads in the background.
 
-The mount happens before the process daemonises, so a failure reaches the caller with a message
-and a non-zero exit (``mount -t walrusfs`` relies on that); only then does the parent exit 0.
+The mount happens in the daemon (daemon.py forks it), and the caller waits for its word, so a failure
+reaches the caller with a message and a non-zero exit (``mount -t walrusfs`` relies on that); only
+then does the parent exit 0.
 
 Length: option parsing for mount(8) and the daemon's lifecycle share this module until the CLI's
 restructuring (issue 13) moves the options out with the other commands.
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,9 +40,12 @@ from .blocks import BlockStore
 from .cache import BlobCache
 from .catalog import Catalog
 from .config import FsSettings, FsState
+from .daemon import READY, run_daemon, tell_caller
 from .db import Database
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
+from .mount_log import DEFAULT_MAX_BYTES
+from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
@@ -77,6 +80,8 @@ OPTION_HELP: dict[str, str] = {
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
+    "log_max_size=MiB": f"rotate the daemon's log (STATE/mount.log) at this size, keeping 3 old ones "
+                        f"(default {DEFAULT_MAX_BYTES >> 20})",
     "_netdev, defaults, auto, noauto, nofail, user, nouser, noatime, relatime, exec, noexec, suid, nosuid, dev, "
     "nodev, x-*": "for mount(8) and fstab: accepted, nothing to do",
 }
@@ -94,6 +99,7 @@ class MountOptions:
     debug: bool = False
     metrics: str | None = None  # HOST:PORT of a Prometheus endpoint
     metrics_textfile: str | None = None  # a node_exporter textfile to keep rewriting
+    log_max_size: int = DEFAULT_MAX_BYTES  # mount.log is rotated at this size
     extra: list[str] = field(default_factory=list)
     snapshot: int | None = None  # mount this older snapshot, read-only
     key: str | None = None  # the filesystem's key: restore from the network when there is no local state
@@ -141,6 +147,11 @@ class MountOptions:
                 except ValueError as error:
                     raise UserError(f"mount option {item!r}: {error}") from None
                 options.metrics = item.split("=", 1)[1]
+            elif item.startswith("log_max_size="):
+                value = item.split("=", 1)[1]
+                if not value.isdigit() or int(value) < 1:
+                    raise UserError(f"mount option {item!r}: give the log's size cap in MiB (a whole number, >= 1)")
+                options.log_max_size = int(value) << 20
             elif item.startswith("metrics_textfile="):
                 options.metrics_textfile = os.path.abspath(item.split("=", 1)[1])
                 if not os.path.isdir(os.path.dirname(options.metrics_textfile)):
@@ -184,7 +195,7 @@ def clear_dead_mount(mountpoint: Path) -> None:
             return
 
 
-def mounted_here(mountpoint: Path) -> dict | None:
+def mounted_here(mountpoint: Path) -> MountStatus | None:
     """The status of the live walrusfs mount on ``mountpoint`` itself, or None if there is none."""
     from .status import read_status_within
 
@@ -222,13 +233,14 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     current = mounted_here(mountpoint)
     if current is not None:
         # mount -a, a repeated mount or a restarted unit: what is asked is already there.
-        same_snapshot = not options.read_only or (current.get("snapshot") or {}).get("seq") == options.snapshot
-        if Path(current.get("state", "")) == state.root and bool(current.get("read_only")) == options.read_only \
+        same_snapshot = not options.read_only or (current.snapshot is not None
+                                                  and current.snapshot.seq == options.snapshot)
+        if Path(current.state or "") == state.root and bool(current.read_only) == options.read_only \
                 and same_snapshot:
             log.debug("%s is already mounted on %s", state.root, mountpoint)
             return 0
-        raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.get('state')}"
-                        f"{', read-only' if current.get('read_only') else ''}, daemon pid {current.get('pid')}): "
+        raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.state}"
+                        f"{', read-only' if current.read_only else ''}, daemon pid {current.pid}): "
                         f"unmount it first (walrusfs umount {mountpoint})")
     if options.key and not state.settings_path.exists():
         restore_from_network(state, options)
@@ -249,35 +261,15 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
             if lock is not None:
                 os.close(lock)
         return 0
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid:  # the caller: wait for the child to say it is mounted
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read().decode(errors="replace")
-        if message == "ok":
-            return 0
-        os.waitpid(pid, 0)
-        raise UserError(message or "the mount daemon died before mounting (see its log: "
-                        f"{state.root / 'mount.log'})")
-    # The daemon.
-    os.close(read_end)
-    os.setsid()
-    status = 1
-    try:
-        _redirect_output(state.root / "mount.log", logging.getLogger().getEffectiveLevel())
+
+    def daemon(ready_fd: int) -> None:  # in the daemon process (daemon.py)
         lock = None if options.snapshot is not None else acquire_lock(state)
-        trio.run(serve, *args, write_end)
+        trio.run(serve, *args, ready_fd)
         if lock is not None:
             os.close(lock)
-        status = 0
-    except UserError as error:
-        _report(write_end, str(error))
-    except BaseException as error:
-        log.exception("mount daemon failed")
-        _report(write_end, f"mount failed: {error}")
-    finally:
-        os._exit(status)
+
+    run_daemon(daemon, state.root / "mount.log", options.log_max_size)
+    return 0
 
 
 def _load(path: str, what: str) -> Ed25519PrivateKey:
@@ -317,25 +309,6 @@ async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519Pri
         resolved, lost = resolve_staged(db_path, state.db_path)
         log.info("snapshot %d: %d blocks staged when it was taken found certified since, %d not", seq, resolved, lost)
     return db_path
-
-
-def _report(fd: int, message: str) -> None:
-    with suppress(OSError):
-        os.write(fd, message.encode())
-        os.close(fd)
-
-
-def _redirect_output(log_path: Path, level: int) -> None:
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(null)
-    os.close(log_fd)
-    # The level the command line chose (walrusfs -v: debug) carries over to the daemon.
-    logging.basicConfig(level=min(level, logging.INFO), force=True, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
@@ -383,25 +356,28 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
             publisher.mark_mounted()
         started = time.time()
 
-        def status() -> dict:
-            return {
-                "pid": os.getpid(), "fs_id": settings.fs_id, "state": str(state.root),
-                "mounted_since": started, "staged_bytes": blocks.staged_bytes,
-                "dirty_bytes": operations.dirty_bytes,
-                "uploads_in_flight": uploader.stats.in_flight,
-                "uploaded_blobs": uploader.stats.blobs, "uploaded_bytes": uploader.stats.bytes,
-                "upload_failures": uploader.stats.failures, "last_error": uploader.stats.last_error,
-                "upload_permanent_error": uploader.stats.permanent_error,
-                "last_error_at": uploader.stats.last_error_at, "last_upload_at": uploader.stats.last_upload_at,
-                "cache_capacity": settings.cache_size,
-                "cache_bytes": cache.used, "cache_hits": cache.hits, "cache_misses": cache.misses,
-                "nodes": client.health.snapshot(), "read_only": options.read_only,
-                "snapshot": publisher.status() if publisher is not None else {"seq": options.snapshot},
-                "lease": lease.status() if lease is not None else None,
-            }
+        def status() -> MountStatus:
+            return MountStatus(
+                pid=os.getpid(), fs_id=settings.fs_id, state=str(state.root),
+                mounted_since=started, staged_bytes=blocks.staged_bytes,
+                dirty_bytes=operations.dirty_bytes,
+                uploads_in_flight=uploader.stats.in_flight,
+                uploaded_blobs=uploader.stats.blobs, uploaded_bytes=uploader.stats.bytes,
+                upload_failures=uploader.stats.failures, last_error=uploader.stats.last_error,
+                upload_permanent_error=uploader.stats.permanent_error,
+                last_error_at=uploader.stats.last_error_at, last_upload_at=uploader.stats.last_upload_at,
+                cache_capacity=settings.cache_size,
+                cache_bytes=cache.used, cache_hits=cache.hits, cache_misses=cache.misses,
+                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()},
+                read_only=options.read_only,
+                # A read-only mount of an old snapshot publishes none: it reports which one it shows.
+                snapshot=publisher.status() if publisher is not None else SnapshotStatus(
+                    seq=options.snapshot, reported=frozenset({"seq"})),
+                lease=None if lease is None else LeaseStatus.from_json(lease.status()),
+            )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
-                                      settings.staging_limit, status)
+                                      settings.staging_limit, lambda: status().to_json())
         if publisher is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
         if lease is not None:
@@ -430,7 +406,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         log.info("mounted %s on %s (fs %s, %d staged bytes to upload)", state.root, mountpoint,
                  settings.fs_id, blocks.staged_bytes)
         if ready_fd is not None:
-            _report(ready_fd, "ok")
+            tell_caller(ready_fd, READY)
         sd_notify(f"READY=1\nSTATUS=mounted on {mountpoint}: {describe(status())}")
         try:
             async with trio.open_nursery() as nursery:

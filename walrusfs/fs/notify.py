@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import trio
 
+from .mount_status import MountStatus
+
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 10.0  # seconds between STATUS= updates (what `systemctl status` shows)
@@ -40,19 +42,19 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-def describe(status: dict) -> str:
+def describe(status: MountStatus) -> str:
     """One line for ``systemctl status``: the figures an operator looks at first."""
     from .status import format_bytes  # status.py imports metrics; keep this module import-light
 
-    line = (f"{format_bytes(status.get('staged_bytes', 0) + status.get('dirty_bytes', 0))} staged, "
-            f"{status.get('uploads_in_flight', 0)} uploads in flight, "
-            f"{format_bytes(status.get('uploaded_bytes', 0))} uploaded")
-    if status.get("upload_failures"):
-        line += f", {status['upload_failures']} upload failures (last: {status.get('last_error')})"
+    line = (f"{format_bytes(status.pending_bytes)} staged, "
+            f"{status.uploads_in_flight or 0} uploads in flight, "
+            f"{format_bytes(status.uploaded_bytes or 0)} uploaded")
+    if status.upload_failures:
+        line += f", {status.upload_failures} upload failures (last: {status.last_error})"
     return line
 
 
-async def report_status(status_fn: Callable[[], dict], interval: float = STATUS_INTERVAL) -> None:
+async def report_status(status_fn: Callable[[], MountStatus], interval: float = STATUS_INTERVAL) -> None:
     """Keep systemd's STATUS= line current while the mount runs (no-op outside systemd)."""
     if not os.environ.get("NOTIFY_SOCKET"):
         return

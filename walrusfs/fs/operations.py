@@ -29,6 +29,7 @@ from pyfuse3 import FUSEError
 
 from .blocks import BlockStore
 from .db import Database
+from .mount_status import CONTROL_PREFIX
 from .namespace import (  # noqa: F401 (make_root, NAME_MAX, RENAME_*: this module's API before the split)
     NAME_MAX,
     RENAME_EXCHANGE,
@@ -49,7 +50,6 @@ assert ROOT == pyfuse3.ROOT_INODE
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
-CONTROL_PREFIX = b"walrusfs."  # xattrs of the root dir that talk to the daemon
 _TIMEOUT = 300.0  # the kernel may cache names and attributes: nobody else changes them
 _READAHEAD_EVERY = 4  # blocks between read-ahead checks of a file being read
 _READAHEAD_BLOBS = 3  # blobs fetched ahead at most per check

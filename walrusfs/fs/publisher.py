@@ -28,6 +28,7 @@ from ..redstuff import BlobId
 from ..retry import Backoff, Retrier
 from .config import FsSettings, FsState
 from .db import Database
+from .mount_status import SnapshotStatus
 from .snapshot import (
     Manifest,
     RetentionPolicy,
@@ -125,13 +126,12 @@ class SnapshotPublisher:
     def changed(self) -> bool:
         return self._changes_seen is None or self.db.conn.total_changes != self._changes_seen
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "seq": self.local.seq, "created_ns": self.local.created_ns, "manifest": self.local.manifest,
-            "db_bytes": self.last_db_bytes, "uploaded_bytes": self.last_uploaded_bytes,
-            "last_error": self.last_error,
-            "next_due_s": None if self._next_due is None else max(0.0, self._next_due - trio.current_time()),
-        }
+    def status(self) -> SnapshotStatus:
+        return SnapshotStatus(
+            seq=self.local.seq, created_ns=self.local.created_ns, manifest=self.local.manifest,
+            db_bytes=self.last_db_bytes, uploaded_bytes=self.last_uploaded_bytes, last_error=self.last_error,
+            next_due_s=None if self._next_due is None else max(0.0, self._next_due - trio.current_time()),
+        )
 
     def previous_manifest(self) -> Manifest | None:
         if self.local.manifest is None:

@@ -17,6 +17,7 @@ from ..client.roots import RootQuorumError, find_root
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import write_key
+from ..progress import Progress
 from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
@@ -98,22 +99,18 @@ def resolve_staged(db_path: Path, reference: Path) -> tuple[int, int]:
         conn.close()
 
 
-def _progress(done: int, total: int) -> None:
-    print(f"\rrestoring metadata: {done / 2**20:7.1f} of {total / 2**20:.1f} MiB", end="", file=sys.stderr,
-          flush=True)
-
-
 async def restore_db_file(client: BlobClient, manifest: Manifest, dest: Path, quiet: bool = False) -> None:
     async def read_blob(blob_id: str) -> bytes:
         return await client.read(BlobId.parse(blob_id))
 
+    progress = None if quiet else Progress("restoring metadata", manifest.db_size)
     try:
-        await restore_database(manifest, read_blob, dest, None if quiet else _progress)
+        await restore_database(manifest, read_blob, dest, None if progress is None else progress.update)
     except SnapshotError as error:
         raise UserError(str(error)) from None
     finally:
-        if not quiet:
-            print(file=sys.stderr)
+        if progress is not None:
+            progress.close()
 
 
 async def restore_state(state: FsState, committee_path: Path, committee: Committee, writer_key_path: Path,

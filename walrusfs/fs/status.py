@@ -13,12 +13,13 @@ import errno
 import json
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
-from .cli import read_status
-from .metrics import snapshot_failing, uploads_failing
+from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus, read_status
 
 EXIT_FAILING = 2
 FSTYPE = "fuse.walrusfs"
@@ -39,17 +40,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(func=_status)
 
 
+def uploads_failing(status: MountStatus | dict) -> bool:
+    return MountStatus.of(status).uploads_failing
+
+
+def snapshot_failing(status: MountStatus | dict) -> bool:
+    return MountStatus.of(status).snapshot_failing
+
+
 def _status(args: argparse.Namespace) -> int:
     mountpoint = find_mount_root(args.dir)
-    status = read_status_within(mountpoint, args.timeout)
-    status["mountpoint"] = str(mountpoint)
-    failing = uploads_failing(status) or snapshot_failing(status) or lease_lost(status)
+    status = MountStatus.of(read_status_within(mountpoint, args.timeout))
+    failing = status.uploads_failing or status.snapshot_failing or status.lease_lost
     if args.json:
-        status["uploads_failing"] = uploads_failing(status)
-        status["snapshot_failing"] = snapshot_failing(status)
-        print(json.dumps(status, indent=2, sort_keys=True))
+        # What the daemon reported, as it reported it, plus the fields derived here.
+        print(json.dumps(dict(status.to_json(), mountpoint=str(mountpoint), uploads_failing=status.uploads_failing,
+                              snapshot_failing=status.snapshot_failing), indent=2, sort_keys=True))
     else:
-        print(format_status(status), end="")
+        print(format_status(status, mountpoint=mountpoint), end="")
     return EXIT_FAILING if failing else 0
 
 
@@ -100,9 +108,9 @@ def _walrusfs_mounts_hint() -> str:
     return f" (mounted now: {', '.join(points[:5])}{' ...' if len(points) > 5 else ''})"
 
 
-def read_status_within(mountpoint: Path, timeout: float) -> dict:
+def read_status_within(mountpoint: Path, timeout: float) -> MountStatus:
     """read_status, but a daemon that is wedged costs ``timeout`` seconds and an error, not a hang."""
-    result: list[dict] = []
+    result: list[MountStatus] = []
     failure: list[BaseException] = []
 
     def ask() -> None:
@@ -187,85 +195,89 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def node_state(health: dict) -> str:
-    score = health.get("failure_score") or 0.0
+def node_state(health: NodeHealth | Mapping[str, Any]) -> str:
+    """ok, flaky or failing by its failure score, noting a node that lied and one avoided for it now."""
+    if isinstance(health, Mapping):  # as the client's health book gives it
+        health = NodeHealth.from_json(health)
+    score = health.failure_score or 0.0
     state = "ok" if score < FLAKY_SCORE else "flaky" if score < FAILING_SCORE else "failing"
-    if health.get("lies"):
+    if health.lies:
         state += ", lied"
-    if health.get("avoided_s"):
-        state += f", avoided {health['avoided_s']:.0f} s"  # not asked by reads for now
+    if health.avoided_s:
+        state += f", avoided {health.avoided_s:.0f} s"  # not asked by reads for now
     return state
 
 
-def format_status(status: dict, now: float | None = None) -> str:
-    """The status dict as an aligned report; fields a daemon does not report are left out."""
+def format_status(status: MountStatus | dict, now: float | None = None, mountpoint: Path | None = None) -> str:
+    """The status as an aligned report; fields a daemon does not report are left out."""
+    status = MountStatus.of(status)
     now = time.time() if now is None else now
     lines: list[str] = []
-    where = status.get("mountpoint", "?")
-    mode = {True: " (read-only)", False: " (read-write)"}.get(status.get("read_only"), "")
-    lines.append(f"walrusfs {status.get('fs_id', '?')} mounted on {where}{mode}")
-    since = status.get("mounted_since")
-    daemon = f"pid {status.get('pid', '?')}"
+    where = mountpoint or status.extra.get("mountpoint", "?")
+    mode = {True: " (read-only)", False: " (read-write)"}.get(status.read_only, "")
+    lines.append(f"walrusfs {status.fs_id or '?'} mounted on {where}{mode}")
+    since = status.mounted_since
+    daemon = f"pid {status.pid if status.pid is not None else '?'}"
     if since is not None:
         daemon += (f", up {format_duration(now - since)} "
                    f"(since {datetime.fromtimestamp(since).strftime('%Y-%m-%d %H:%M:%S')})")
-    lines += _rows([("daemon", daemon), ("state", str(status.get("state", "?")))])
+    lines += _rows([("daemon", daemon), ("state", status.state or "?")])
 
-    failures = int(status.get("upload_failures") or 0)
-    last_error = status.get("last_error")
-    snapshot = status.get("snapshot") if isinstance(status.get("snapshot"), dict) else None
+    failures = int(status.upload_failures or 0)
+    last_error = status.last_error
+    snapshot = status.snapshot
     alerts: list[str] = []
-    permanent = status.get("upload_permanent_error")
+    permanent = status.upload_permanent_error
     if permanent:
         # Retrying cannot help (the nodes refuse this writer, or the request): say so, and what to do.
         alerts.append(f"UPLOADS STOPPED, PERMANENT FAILURE ({_plural(failures, 'failed attempt')} since mount): "
                       "staged data is kept but not retried automatically; fix what the nodes say (the writer key, the "
                       "committee, the clocks), then fsync, sync, unmount or the next snapshot tries again")
         alerts.append(f"permanent error: {_shorten(str(permanent), 1000)}")  # the nodes say why
-    elif uploads_failing(status):
+    elif status.uploads_failing:
         alerts.append(f"UPLOADS FAILING ({_plural(failures, 'failed attempt')} since mount): staged data is "
                       "kept and retried, but it is not durable yet")
         alerts.append(f"last error: {_shorten(str(last_error), 1000)}")  # it names each failed node and why
-    if snapshot_failing(status):
-        alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot['last_error']), 400)}")
-    if lease_lost(status):
-        alerts.append(f"NOT DURABLE, WRITER LEASE NOT HELD: {_shorten(str(status['lease']['message']), 600)}")
+    if snapshot is not None and snapshot.failing:
+        alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot.last_error), 400)}")
+    if status.lease_lost and status.lease is not None:
+        alerts.append(f"NOT DURABLE, WRITER LEASE NOT HELD: {_shorten(str(status.lease.message), 600)}")
     if alerts:
         lines.append("")
         lines += [f"!! {alert}" for alert in alerts]
     lines.append("")
 
-    staged = int(status.get("staged_bytes") or 0)
-    dirty = int(status.get("dirty_bytes") or 0)
-    in_flight = int(status.get("uploads_in_flight") or 0)
+    staged = int(status.staged_bytes or 0)
+    dirty = int(status.dirty_bytes or 0)
+    in_flight = int(status.uploads_in_flight or 0)
     uploads = [
         ("staged", f"{format_bytes(staged):>10}  on local disk, not yet certified"),
         ("in memory", f"{format_bytes(dirty):>10}  written, not yet staged"),
         ("in flight", _plural(in_flight, "blob")),
-        ("certified", f"{_plural(int(status.get('uploaded_blobs') or 0), 'blob')}, "
-                      f"{format_bytes(status.get('uploaded_bytes') or 0)} since mount"),
+        ("certified", f"{_plural(int(status.uploaded_blobs or 0), 'blob')}, "
+                      f"{format_bytes(status.uploaded_bytes or 0)} since mount"),
         ("failures", str(failures)),
     ]
-    if last_error and not uploads_failing(status):
-        when = format_age(status.get("last_error_at"), now) if status.get("last_error_at") else "earlier"
+    if last_error and not status.uploads_failing:
+        when = format_age(status.last_error_at, now) if status.last_error_at else "earlier"
         uploads.append(("last error", f"{_shorten(str(last_error), 100)} ({when}; since recovered)"))
     lines.append("uploads" + ("  (all certified)" if not staged and not dirty and not in_flight else ""))
     lines += _rows(uploads)
 
-    hits, misses = int(status.get("cache_hits") or 0), int(status.get("cache_misses") or 0)
-    cache = format_bytes(status.get("cache_bytes") or 0)
-    if status.get("cache_capacity"):
-        cache += f" of {format_bytes(status['cache_capacity'])}"
+    hits, misses = int(status.cache_hits or 0), int(status.cache_misses or 0)
+    cache = format_bytes(status.cache_bytes or 0)
+    if status.cache_capacity:
+        cache += f" of {format_bytes(status.cache_capacity)}"
     cache += f" used, {_plural(hits, 'hit')}, {_plural(misses, 'miss', 'misses')}"
     if hits + misses:
         cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
-    other = [("cache", cache), ("last snapshot", _format_snapshot(status, snapshot, now))]
-    if isinstance(status.get("lease"), dict):
-        other.append(("writer lease", _format_lease(status["lease"])))
+    other = [("cache", cache), ("last snapshot", _format_snapshot(status, now))]
+    if status.lease is not None:
+        other.append(("writer lease", _format_lease(status.lease)))
     lines.append("")
     lines += _rows(other, indent="")
 
-    nodes = status.get("nodes") if isinstance(status.get("nodes"), dict) else {}
+    nodes = status.nodes
     lines.append("")
     if not nodes:
         lines.append("nodes: none contacted yet")
@@ -274,44 +286,44 @@ def format_status(status: dict, now: float | None = None) -> str:
         lines.append(f"nodes: {healthy} of {len(nodes)} healthy")
         rows = []
         for node, health in sorted(nodes.items()):
-            latency = health.get("latency_ms")
+            latency = health.latency_ms
             rows.append([str(node), node_state(health), "-" if latency is None else f"{latency:.1f} ms",
-                         f"{health.get('failure_score', 0):.2f}", str(health.get("successes", 0)),
-                         str(health.get("failures", 0)), str(health.get("lies", 0)),
-                         _shorten(str(health.get("last_error") or "-"), 60)])
+                         f"{health.failure_score or 0:.2f}", str(health.successes or 0),
+                         str(health.failures or 0), str(health.lies or 0),
+                         _shorten(str(health.last_error or "-"), 60)])
         lines += _table(["NODE", "STATE", "LATENCY", "SCORE", "OK", "FAILED", "LIES", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
 
 
-def lease_lost(status: dict) -> bool:
+def lease_lost(status: MountStatus | dict) -> bool:
     """A writable mount that does not hold its writer lease (docs/writer-lease.md)."""
-    lease = status.get("lease")
-    return isinstance(lease, dict) and not lease.get("held") and bool(lease.get("message"))
+    return MountStatus.of(status).lease_lost
 
 
-def _format_lease(lease: dict) -> str:
-    if lease.get("deposed_by"):
-        taker = lease["deposed_by"]
+def _format_lease(lease: LeaseStatus) -> str:
+    if lease.deposed_by:
+        taker = lease.deposed_by
         return f"DEPOSED by {taker.get('label') or taker.get('holder')} (generation {taker.get('generation')})"
-    state = f"held for {lease.get('valid_for_s', 0):.0f} s more" if lease.get("held") else "LAPSED"
-    return f"generation {lease.get('generation')}, {state} (term {lease.get('term_s', 0):.0f} s)"
+    state = f"held for {lease.valid_for_s or 0:.0f} s more" if lease.held else "LAPSED"
+    return f"generation {lease.generation}, {state} (term {lease.term_s or 0:.0f} s)"
 
 
-def _format_snapshot(status: dict, snapshot: dict | None, now: float) -> str:
-    if "snapshot" not in status:
-        return "- (this daemon does not report metadata snapshots)"
+def _format_snapshot(status: MountStatus, now: float) -> str:
+    snapshot: SnapshotStatus | None = status.snapshot
     if snapshot is None:
-        return "-"
-    due = snapshot.get("next_due_s")
+        # Absent (an older daemon), or reported as something other than a table.
+        absent = status.reported is not None and "snapshot" not in status.reported
+        return "- (this daemon does not report metadata snapshots)" if absent else "-"
+    due = snapshot.next_due_s
     next_due = "" if due is None else f"; next due {format_age(now + due, now)}"
-    if snapshot.get("seq") is None:
+    if snapshot.seq is None:
         return f"none yet{next_due}"
-    created = snapshot.get("created_ns")
-    text = f"#{snapshot['seq']}, {format_age(None if created is None else created / 1e9, now)}"
-    if snapshot.get("db_bytes"):
-        text += f", database {format_bytes(snapshot['db_bytes'])}"
-    if snapshot.get("uploaded_bytes"):
-        text += f" ({format_bytes(snapshot['uploaded_bytes'])} uploaded)"
-    if snapshot.get("manifest"):
-        text += f", manifest {snapshot['manifest']}"
+    created = snapshot.created_ns
+    text = f"#{snapshot.seq}, {format_age(None if created is None else created / 1e9, now)}"
+    if snapshot.db_bytes:
+        text += f", database {format_bytes(snapshot.db_bytes)}"
+    if snapshot.uploaded_bytes:
+        text += f" ({format_bytes(snapshot.uploaded_bytes)} uploaded)"
+    if snapshot.manifest:
+        text += f", manifest {snapshot.manifest}"
     return text + next_due

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import tomli_w
+
 from ..errors import UserError
 from ..keys import decode_public_key
 from ..redstuff import EncodingGeometry, GeometryError
@@ -143,19 +145,12 @@ class Committee:
         def b64(raw: bytes) -> str:
             return base64.b64encode(raw).decode()
 
-        lines = [f"epoch = {self.epoch}", f"n_shards = {self.n_shards}", "", "[writers]"]
-        lines.append("public_keys = [" + ", ".join(_quote(b64(k)) for k in sorted(self.writer_keys)) + "]")
-        for node in self.nodes:
-            lines += [
-                "",
-                "[[nodes]]",
-                f"id = {_quote(node.id)}",
-                f"url = {_quote(node.url)}",
-                f"public_key = {_quote(b64(node.public_key))}",
-                *([f"tls_cert = {_quote(certificate_text(node.tls_cert))}"] if node.tls_cert else []),
-                "shards = [" + ", ".join(str(s) for s in node.shards) + "]",
-            ]
-        return "\n".join(lines) + "\n"
+        nodes = [{"id": node.id, "url": node.url, "public_key": b64(node.public_key),
+                  **({"tls_cert": certificate_text(node.tls_cert)} if node.tls_cert else {}),
+                  "shards": list(node.shards)} for node in self.nodes]
+        return tomli_w.dumps({"epoch": self.epoch, "n_shards": self.n_shards,
+                              "writers": {"public_keys": [b64(k) for k in sorted(self.writer_keys)]},
+                              "nodes": nodes})
 
     def write(self, path: Path | str) -> None:
         """Write atomically: a reader sees the old file or the new one."""
@@ -228,13 +223,6 @@ def _certificate(text: str, where: str) -> bytes:
         return decode_certificate(text)
     except ValueError as error:
         raise UserError(f"{where}: bad tls_cert: {error}") from error
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    if any(ord(c) < 0x20 for c in escaped):
-        raise ValueError(f"control character in {text!r}")
-    return f'"{escaped}"'
 
 
 def round_robin_shards(n_nodes: int, n_shards: int) -> list[tuple[int, ...]]:

@@ -1,0 +1,75 @@
+"""The mount daemon's status is one typed record (walrusfs.fs.mount_status.MountStatus): the daemon
+produces it, ``walrusfs status``, the metrics, the systemd line and ``umount`` read its attributes, and
+on the wire it keeps today's JSON shape exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from walrusfs.fs.mount_status import MountStatus, NodeHealth, SnapshotStatus
+
+# What a writable mount's daemon reports (getfattr -n walrusfs.status), every field.
+DAEMON_JSON = {
+    "pid": 4242, "fs_id": "ab" * 16, "state": "/home/u/.local/share/walrusfs/fs/docs", "mounted_since": 1700000000.5,
+    "staged_bytes": 3 << 20, "dirty_bytes": 4096, "uploads_in_flight": 1, "uploaded_blobs": 7,
+    "uploaded_bytes": 112 << 20, "upload_failures": 2, "last_error": "only 4 of 7 shards confirmed",
+    "upload_permanent_error": None,
+    "last_error_at": 1700000100.0, "last_upload_at": 1700000200.0, "cache_capacity": 2 << 30,
+    "cache_bytes": 16 << 20, "cache_hits": 10, "cache_misses": 3,
+    "nodes": {"node-0": {"latency_ms": 1.25, "failure_score": 0.0, "failures": 0, "successes": 40, "lies": 0,
+                         "last_error": None},
+              "node-1": {"latency_ms": None, "failure_score": 2.5, "failures": 6, "successes": 1, "lies": 1,
+                         "last_error": "connection refused"}},
+    "read_only": False,
+    "snapshot": {"seq": 3, "created_ns": 1700000150 * 10**9, "manifest": "m" * 64, "db_bytes": 1 << 20,
+                 "uploaded_bytes": 65536, "last_error": None, "next_due_s": 12.5},
+    "lease": {"holder": "h" * 32, "label": "host-a", "generation": 2, "held": True, "valid_for_s": 21.5,
+              "term_s": 30.0, "deposed_by": None, "last_error": None, "message": None},
+}
+
+
+def test_the_json_shape_round_trips_exactly() -> None:
+    status = MountStatus.from_json(json.loads(json.dumps(DAEMON_JSON)))
+    assert status.to_json() == DAEMON_JSON
+    assert status.pending_bytes == (3 << 20) + 4096
+    assert status.nodes["node-1"] == NodeHealth(None, 2.5, 1, 6, 1, "connection refused")
+    assert status.snapshot is not None and status.snapshot.seq == 3 and not status.snapshot_failing
+    assert not status.uploads_failing  # the last upload succeeded after the last failure
+    assert status.lease is not None and status.lease.generation == 2 and not status.lease_lost
+    deposed = dict(DAEMON_JSON["lease"], held=False, deposed_by={"holder": "x", "label": "host-b", "generation": 3},
+                   message="another writer took over")
+    assert MountStatus.from_json(dict(DAEMON_JSON, lease=deposed)).lease_lost
+    assert MountStatus.from_json(dict(DAEMON_JSON, lease=None)).to_json()["lease"] is None  # a read-only mount
+
+
+def test_older_and_newer_daemons_fields_are_kept_as_reported() -> None:
+    # A read-only mount of an old snapshot reports only its seq; a newer daemon may report more.
+    reported = {"pid": 1, "staged_bytes": 0, "snapshot": {"seq": 2}, "something_new": {"x": 1}}
+    status = MountStatus.from_json(reported)
+    assert status.to_json() == reported
+    assert status.dirty_bytes is None and status.snapshot == SnapshotStatus(seq=2)
+    assert MountStatus.from_json({}).snapshot is None
+
+
+def test_the_daemon_side_record_serialises_to_the_same_keys() -> None:
+    status = MountStatus(**{key: value for key, value in MountStatus.from_json(DAEMON_JSON).__dict__.items()
+                            if key not in ("reported", "extra")})
+    assert json.loads(json.dumps(status.to_json())) == DAEMON_JSON
+    read_only = MountStatus(snapshot=SnapshotStatus(seq=5, reported=frozenset({"seq"})))
+    assert read_only.to_json()["snapshot"] == {"seq": 5}
+
+
+def test_uploads_failing_needs_a_failure_after_the_last_upload_and_data_waiting() -> None:
+    failing = dict(DAEMON_JSON, last_error_at=300.0, last_upload_at=200.0)
+    assert MountStatus.from_json(failing).uploads_failing
+    assert not MountStatus.from_json(dict(failing, staged_bytes=0, dirty_bytes=0)).uploads_failing
+    assert MountStatus.from_json({k: v for k, v in failing.items() if k != "last_upload_at"}).uploads_failing
+
+
+def test_status_does_not_import_the_mount_commands() -> None:
+    """fs/status.py imported fs/cli.py for read_status (a circle through fs/cli's imports)."""
+    code = "import sys, walrusfs.fs.status; print('walrusfs.fs.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "False"
