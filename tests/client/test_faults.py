@@ -6,28 +6,17 @@ slivers. Tests that stop nodes start them again before they end, so the module s
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 
 import pytest
 import trio
 from blobtools import FAST_FAIL, blob_client, pair_holder, random_bytes, run, store, systematic_holders
-from network import BlackHole, LyingProxy
+from network import BlackHole, LyingProxy, down
 
 from walrusfs.client import ClientSettings, ReadError, ReadReport, StoreError
 from walrusfs.committee import Committee
 from walrusfs.protocol import verify_certificate
-
-
-@contextlib.contextmanager
-def down(network, *nodes: str):
-    """Nodes stopped (SIGTERM) for the duration; started again afterwards, whatever happened."""
-    network.stop(*nodes)
-    try:
-        yield
-    finally:
-        network.start(*nodes)
 
 
 def dead_url() -> str:

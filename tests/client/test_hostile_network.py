@@ -5,7 +5,6 @@ hold up a store's return. Tests that stop nodes start them again before they end
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -14,20 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 from blobtools import FAST_FAIL, blob_client, random_bytes, run, store, systematic_holders
-from network import LyingProxy
+from network import LyingProxy, down
 
 from walrusfs.client import ReadError, ReadReport, StoreError
 from walrusfs.committee import Committee
 from walrusfs.fs.status import format_status, node_state
-
-
-@contextlib.contextmanager
-def down(network, *nodes: str):
-    network.stop(*nodes)
-    try:
-        yield
-    finally:
-        network.start(*nodes)
 
 
 def walrusfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

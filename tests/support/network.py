@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -237,6 +238,17 @@ class LocalNetwork:
 
 
 # --- misbehaving helpers, each its own process ------------------------------------------------------
+
+
+
+@contextlib.contextmanager
+def down(network: LocalNetwork, *nodes: str) -> Iterator[None]:
+    """Nodes stopped (SIGTERM) for the duration; started again afterwards, whatever happened."""
+    network.stop(*nodes)
+    try:
+        yield
+    finally:
+        network.start(*nodes)
 
 
 class Helper:
