@@ -141,16 +141,20 @@ class Committee:
         keys = frozenset(_public_key(text, "[writers] public_keys") for text in writer_texts)
         return cls(epoch, n_shards, tuple(nodes), keys)
 
-    def dumps(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
+        """The committee as the TOML file lays it out (``from_dict`` reads it back)."""
         def b64(raw: bytes) -> str:
             return base64.b64encode(raw).decode()
 
         nodes = [{"id": node.id, "url": node.url, "public_key": b64(node.public_key),
                   **({"tls_cert": certificate_text(node.tls_cert)} if node.tls_cert else {}),
                   "shards": list(node.shards)} for node in self.nodes]
-        return tomli_w.dumps({"epoch": self.epoch, "n_shards": self.n_shards,
-                              "writers": {"public_keys": [b64(k) for k in sorted(self.writer_keys)]},
-                              "nodes": nodes})
+        return {"epoch": self.epoch, "n_shards": self.n_shards,
+                "writers": {"public_keys": [b64(k) for k in sorted(self.writer_keys)]},
+                "nodes": nodes}
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.to_dict())
 
     def write(self, path: Path | str) -> None:
         """Write atomically: a reader sees the old file or the new one."""
