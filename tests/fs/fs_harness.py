@@ -74,6 +74,7 @@ class Filesystem:
     home: Path
     network: LocalNetwork
     blob_size_mib: int | None = None
+    mkfs_args: tuple[str, ...] = ()  # more `walrusfs mkfs` options, e.g. ("--no-encryption",)
     mounts: dict[Path, int] = field(default_factory=dict)  # mount point -> daemon pid
 
     @property
@@ -103,7 +104,7 @@ class Filesystem:
                 "--writer-key", str(self.network.writer_key_path)]
         if self.blob_size_mib:
             args += ["--blob-size", str(self.blob_size_mib)]
-        run(args, self.env)
+        run([*args, *self.mkfs_args], self.env)
 
     def lock_pid(self) -> int | None:
         try:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from fs_harness import WALRUSFS, Filesystem, mounted, run
 
+from walrusfs.fs.config import FsState
+from walrusfs.fs.encryption import Purpose, contents_of
 from walrusfs.keys import load_key
 from walrusfs.roots import fs_id_of_key
 
@@ -190,12 +192,14 @@ def test_a_wrong_blob_reference_count_is_corrected(shared_network, make_fs, tmp_
 
 
 def unstage_to(fs: Filesystem, block: int, data: bytes) -> None:
-    """Turn a certified block back into the state of a staged one (blob NULL, its bytes in
-    staging/<id>): what a crash before its upload leaves."""
+    """Turn a certified block back into the state of a staged one (blob NULL, its bytes, as the
+    filesystem stores them, in staging/<id>): what a crash before its upload leaves."""
     [(blob,)] = query(fs, "SELECT blob FROM blocks WHERE id=?", (block,))
     damage(fs, ("UPDATE blocks SET blob=NULL, offset=NULL WHERE id=?", (block,)),
            ("UPDATE blobs SET refcount=refcount-1 WHERE id=?", (blob,)))
-    (fs.staging_dir / str(block)).write_bytes(data)
+    settings = FsState(fs.state).load_settings()
+    contents = contents_of(settings.encryption, load_key(fs.state / "fs.key"))
+    (fs.staging_dir / str(block)).write_bytes(contents.seal(data, Purpose.BLOCK))
 
 
 @pytest.mark.parametrize("how", ["missing", "corrupt"])

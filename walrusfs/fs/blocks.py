@@ -1,6 +1,10 @@
 """Blocks: content-addressed, deduplicated pieces of files, staged on local disk until their blob
 is certified, then read back through the blob cache. Every block handed out is checked against its
-blake3 hash (schema invariants I3-I5)."""
+digest (schema invariants I3-I5).
+
+A block is stored as its filesystem's Contents seal it (encryption.py): as is, or encrypted. Its
+``size`` in the catalog is the stored size (what it occupies in its blob); its ``hash`` is the
+Contents' digest of the plaintext (plain blake3, or keyed for an encrypted filesystem)."""
 
 from __future__ import annotations
 
@@ -8,16 +12,29 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-import blake3
-
 from .. import directio
 from .cache import BlobCache
 from .catalog import Catalog, StagedBlock
 from .db import Database
+from .encryption import Contents, PlainContents, Purpose, TamperedError
 
 
 class BlockCorruptError(OSError):
     """A block's bytes do not match its hash (local disk rot, or a bug): never returned as data."""
+
+
+def open_block(contents: Contents, stored: bytes, digest: bytes, size: int, where: str) -> bytes:
+    """The plaintext of a stored block, checked: its stored size, its authentication (encrypted
+    filesystems) and its digest. BlockCorruptError naming ``where`` otherwise."""
+    if len(stored) != size:
+        raise BlockCorruptError(f"{where} holds {len(stored)} bytes, the block has {size}")
+    try:
+        data = contents.open(stored, Purpose.BLOCK)
+    except TamperedError as error:
+        raise BlockCorruptError(f"{where}: {error}") from None
+    if contents.digest(data) != digest:
+        raise BlockCorruptError(f"{where} does not match its hash")
+    return data
 
 
 class BlockStore:
@@ -25,17 +42,19 @@ class BlockStore:
     and where they lie is the catalog's (catalog.py)."""
 
     def __init__(self, db: Database, staging: Path, cache: BlobCache, memory_bytes: int = 16 << 20,
-                 staged_memory_bytes: int = 32 << 20, catalog: Catalog | None = None) -> None:
+                 staged_memory_bytes: int = 32 << 20, catalog: Catalog | None = None,
+                 contents: Contents | None = None) -> None:
         self.db = db
+        self.contents = contents or PlainContents()
         self.catalog = catalog or Catalog(db)
         self.staging = staging
         self.cache = cache
         staging.mkdir(parents=True, exist_ok=True)
-        self._memory: OrderedDict[int, bytes] = OrderedDict()  # verified contents, LRU
+        self._memory: OrderedDict[int, bytes] = OrderedDict()  # verified plaintexts, LRU
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
-        # Blocks staged but not yet uploaded, kept so that the uploader, seconds later, packs them
-        # without reading the staging files back (bounded: beyond it, it reads the files).
+        # Blocks staged but not yet uploaded, as stored (sealed), kept so that the uploader, seconds
+        # later, packs them without reading the staging files back (bounded: beyond it, it reads the files).
         self._staged: dict[int, bytes] = {}
         self._staged_memory = 0
         self._staged_limit = staged_memory_bytes
@@ -50,23 +69,24 @@ class BlockStore:
     def stage(self, data: bytes) -> int:
         """The id of a block holding ``data``: an existing one with one more reference, or a new
         staged block. Call inside a transaction."""
-        digest = blake3.blake3(data).digest()
+        digest = self.contents.digest(data)
         existing = self.catalog.find(digest)
         if existing is not None:
             self.catalog.add_reference(existing)
             return existing
-        block_id = self.catalog.add_staged(digest, len(data))
+        stored = self.contents.seal(data, Purpose.BLOCK, digest)
+        block_id = self.catalog.add_staged(digest, len(stored))
         # Written before the row commits: a crash in between leaves an orphan file (fsck removes
         # it), never a row without its file.
-        directio.write_file(self.staging_path(block_id), data)  # past the page cache
+        directio.write_file(self.staging_path(block_id), stored)  # past the page cache
         self._remember(block_id, data)
-        if self._staged_memory + len(data) <= self._staged_limit:
-            self._staged[block_id] = data
-            self._staged_memory += len(data)
+        if self._staged_memory + len(stored) <= self._staged_limit:
+            self._staged[block_id] = stored
+            self._staged_memory += len(stored)
         return block_id
 
     def staged_in_memory(self, block_id: int) -> bytes | None:
-        """A staged block's content if it is still held in memory (safe from a worker thread)."""
+        """A staged block's stored bytes if they are still held in memory (safe from a worker thread)."""
         return self._staged.get(block_id)
 
     def unstage(self, block_id: int) -> None:
@@ -94,7 +114,7 @@ class BlockStore:
             self.unstage(block_id)
 
     async def content(self, block_id: int) -> bytes:
-        """The block's bytes, verified against its hash."""
+        """The block's plaintext, verified (open_block)."""
         cached = self._memory.get(block_id)
         if cached is not None:
             self._memory.move_to_end(block_id)
@@ -104,18 +124,20 @@ class BlockStore:
             raise RuntimeError(f"block {block_id} does not exist (run fsck)")
         digest, size, offset, blob_id = where.digest, where.size, where.offset, where.blob_id
         if blob_id is None:
-            data = self.read_staged(block_id)
+            stored, source = self.read_staged(block_id), "its staging file"
         else:
-            data = await self.cache.read(blob_id, offset, size)
-        if len(data) != size or blake3.blake3(data).digest() != digest:
-            where = "staging file" if blob_id is None else f"cached blob {blob_id}"
+            stored, source = await self.cache.read(blob_id, offset, size), f"cached blob {blob_id}"
+        try:
+            data = open_block(self.contents, stored, digest, size, f"block {block_id} from {source}")
+        except BlockCorruptError:
             if blob_id is not None:
                 self.cache.drop(blob_id)  # refetched, verified, on the next read
-            raise BlockCorruptError(f"block {block_id} from {where} does not match its hash")
+            raise
         self._remember(block_id, data)
         return data
 
     def read_staged(self, block_id: int) -> bytes:
+        """A staged block's stored bytes, unchecked."""
         data = directio.read_file(self.staging_path(block_id))
         if data is None:
             raise FileNotFoundError(f"staged block {block_id} is missing: {self.staging_path(block_id)}")

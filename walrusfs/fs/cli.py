@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import UserError
-from .config import resolve_source
+from .config import AES_256_GCM, NO_ENCRYPTION, resolve_source
 
 HELPER_PATH = Path("/usr/sbin/mount.walrusfs")
 # One wording for the one key wherever a command takes it (mkfs, mount, restore).
@@ -30,6 +30,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--snapshot-interval", type=float, default=900,
                       help="seconds between metadata snapshots on the network while the tree changes "
                            "(default 900; 0: only at unmount)")
+    mkfs.add_argument("--no-encryption", dest="encryption", action="store_const", const=NO_ENCRYPTION,
+                      default=AES_256_GCM, help="store data and metadata unencrypted, readable by every node "
+                      "(only for data meant to be public; the default encrypts with keys that never leave "
+                      "this machine)")
     mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
     mkfs.set_defaults(func=_mkfs)
 

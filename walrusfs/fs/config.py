@@ -22,6 +22,10 @@ import tomli_w
 from ..errors import UserError
 from ..paths import FS_HOME_ENV, fs_home, user_home, walrusfs_home  # noqa: F401 (re-exported)
 
+# Names in fs.toml's ``encryption`` setting (encryption.py says what they mean).
+NO_ENCRYPTION = "none"
+AES_256_GCM = "aes-256-gcm-v1"
+
 
 @dataclass(frozen=True)
 class FsSettings:
@@ -41,6 +45,9 @@ class FsSettings:
     snapshot_keep_last: int = 10  # retention: the newest N snapshots ...
     snapshot_keep_daily: int = 14  # ... plus the newest of each of the last N days ...
     snapshot_keep_monthly: int = 12  # ... plus the newest of each of the last N months
+    # How data and metadata are sealed before they leave this machine (encryption.py). Filesystems
+    # made before encryption have no such line: "none". mkfs makes "aes-256-gcm-v1" unless told not to.
+    encryption: str = "none"
 
     def dump(self) -> str:
         # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.

@@ -12,16 +12,18 @@ import logging
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import blake3
-
+from ..keys import load_key
 from ..protocol.certificates import Certificate, CertificateError
 from ..protocol.committee import Committee
 from ..redstuff import FormatError
 from .acl import ACCESS, DEFAULT, Acl, AclError
+from .blocks import BlockCorruptError, open_block
 from .catalog import Catalog
 from .config import FsSettings, FsState
 from .db import Database
+from .encryption import NO_ENCRYPTION, Contents, contents_of
 from .publisher import LocalSnapshotState
 from .snapshot import SnapshotError
 
@@ -64,8 +66,16 @@ class FsckReport:
 
 class Fsck:
     def __init__(self, db: Database, state: FsState, settings: FsSettings, committee: Committee | None,
-                 repair: bool = True, report: FsckReport | None = None) -> None:
+                 repair: bool = True, report: FsckReport | None = None, contents: Contents | None = None) -> None:
+        """``contents``: how the filesystem seals its blocks; by default from its settings and, if it is
+        encrypted, its key file (checking staged blocks of an encrypted filesystem needs the key)."""
         self.db = db
+        if contents is None:
+            fs_key = None
+            if settings.encryption != NO_ENCRYPTION:
+                fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
+            contents = contents_of(settings.encryption, fs_key)
+        self.contents = contents
         self.catalog = Catalog(db)
         self.state = state
         self.settings = settings
@@ -265,8 +275,10 @@ class Fsck:
                 # snapshot taken while the block was staged.
                 self._lose_block(block, "was staged and never certified, and its staging file is gone")
                 continue
-            if len(data) != size or blake3.blake3(data).digest() != bytes(digest):
-                self._lose_block(block, "was staged and its staging file does not match its hash")
+            try:
+                open_block(self.contents, data, bytes(digest), size, f"staging file of block {block}")
+            except BlockCorruptError as error:
+                self._lose_block(block, f"was staged and its staging file is damaged ({error})")
                 if self.repair:
                     path.unlink(missing_ok=True)
 

@@ -17,9 +17,10 @@ from ..protocol import Confirmation
 from ..protocol.certificates import Certificate
 from ..protocol.roots import RootRecord, fs_id_of_key
 from ..redstuff import BlobId
+from .encryption import read_key_of
 from .fsck import Fsck
 from .publisher import LocalSnapshotState
-from .snapshot import Manifest, SnapshotError
+from .snapshot import Manifest, SnapshotError, manifest_from_blob
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ async def check_snapshots(fsck: Fsck, client: BlobClient, key: Ed25519PrivateKey
         fsck.found("snapshots", f"the network holds snapshot {network.seq}, newer than this machine's "
                     f"{local.seq}: another machine has written this filesystem", False)
     try:
-        manifest = Manifest.from_bytes(await client.read(BlobId.parse(local.manifest or "")))
+        manifest = manifest_from_blob(await client.read(BlobId.parse(local.manifest or "")), read_key_of(key))
     except Exception as error:  # any failure to read is the finding
         fsck.found("snapshots", f"snapshot {local.seq} (manifest {local.manifest}) cannot be read: {error}", False)
         return

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..keys import generate_key, load_key, public_bytes, write_key
 from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
-from .config import FsSettings, resolve_source
+from .config import AES_256_GCM, NO_ENCRYPTION, FsSettings, resolve_source
 from .db import Database
 from .namespace import make_root
 from .schema import DDL, SCHEMA_VERSION
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     settings = FsSettings(
         fs_id=fs_id_of_key(fs_key), committee=str(committee_path), writer_key=str(key_path),
         block_size=args.block_size * 1024, blob_size=args.blob_size << 20, cache_size=args.cache_size << 20,
-        fs_key=str(state.fs_key_path), snapshot_interval=args.snapshot_interval)
+        fs_key=str(state.fs_key_path), snapshot_interval=args.snapshot_interval,
+        encryption=getattr(args, "encryption", AES_256_GCM))
     db = Database(state.db_path)
     db.conn.executescript(DDL)
     db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"created filesystem {settings.fs_id} in {state.root} on {committee.n_shards} shards "
           f"(blocks {args.block_size} KiB, blobs {args.blob_size} MiB)")
     print(f"mount it with: mount -t walrusfs {args.name} DIR   (or: walrusfs mount {args.name} DIR)")
+    if settings.encryption == NO_ENCRYPTION:
+        print("not encrypted: every storage node can read this filesystem's files and names")
+    else:
+        print(f"encrypted ({settings.encryption}): nodes store only ciphertext; the keys derive from "
+              f"{state.fs_key_path}")
     print(f"back up {state.fs_key_path}: with it and the committee file, 'walrusfs mount --key' restores "
-          "this filesystem from the network on any machine")
+          "this filesystem from the network on any machine. Without it the data cannot be read or restored "
+          "by anyone: losing it loses the filesystem.")
     return 0

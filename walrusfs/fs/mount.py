@@ -42,6 +42,7 @@ from .catalog import Catalog
 from .config import FsSettings, FsState
 from .daemon import READY, run_daemon, tell_caller
 from .db import Database
+from .encryption import contents_of, read_key_of
 from .fsck import Fsck
 from .metrics import export_metrics, parse_listen
 from .mount_log import DEFAULT_MAX_BYTES
@@ -304,7 +305,7 @@ async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519Pri
     async with BlobClient(committee, writer_key=key) as client:
         chain = await find_chain(client, fs_key)
         manifest, _ = await manifest_of(client, fs_key, chain, seq)
-        await restore_db_file(client, manifest, db_path)
+        await restore_db_file(client, manifest, db_path, read_key=read_key_of(fs_key))
     if state.db_path.exists():
         resolved, lost = resolve_staged(db_path, state.db_path)
         log.info("snapshot %d: %d blocks staged when it was taken found certified since, %d not", seq, resolved, lost)
@@ -318,12 +319,13 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
     log.debug("serving %s (database %s) with %s", state.root, db_path, options)
     db = Database(db_path)
+    contents = contents_of(settings.encryption, fs_key)  # how blocks are sealed (encryption.py)
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
     if not old_snapshot:
         if state.mounted_marker.exists():
             # The last mount did not end cleanly (kill -9, power loss): check before serving.
-            report = Fsck(db, state, settings, committee).run_local()
+            report = Fsck(db, state, settings, committee, contents=contents).run_local()
             log.warning("the last mount did not end cleanly; fsck: %s",
                         "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
         replace_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
@@ -338,7 +340,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
 
         cache = BlobCache(state.cache, settings.cache_size, fetch)
         catalog = Catalog(db)
-        blocks = BlockStore(db, staging, cache, catalog=catalog)
+        blocks = BlockStore(db, staging, cache, catalog=catalog, contents=contents)
         uploader = Uploader(catalog, blocks, cache, client, settings.blob_size, settings.upload_delay,
                             fill_cache=settings.cache_after_upload)
         publisher = None if options.read_only else SnapshotPublisher(
@@ -358,7 +360,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
 
         def status() -> MountStatus:
             return MountStatus(
-                pid=os.getpid(), fs_id=settings.fs_id, state=str(state.root),
+                pid=os.getpid(), fs_id=settings.fs_id, state=str(state.root), encryption=settings.encryption,
                 mounted_since=started, staged_bytes=blocks.staged_bytes,
                 dirty_bytes=operations.dirty_bytes,
                 uploads_in_flight=uploader.stats.in_flight,

@@ -145,6 +145,7 @@ class MountStatus(_Record):
     pid: int | None = None
     fs_id: str | None = None
     state: str | None = None  # the local state directory
+    encryption: str | None = None  # fs.toml's setting: "none" or the scheme (walrusfs/fs/encryption.py)
     mounted_since: float | None = None
     staged_bytes: int | None = None  # on local disk, not yet in a certified blob
     dirty_bytes: int | None = None  # in memory buffers, not yet staged
@@ -180,6 +181,7 @@ class MountStatus(_Record):
         return cls(
             **numbers,
             fs_id=data.get("fs_id"), state=data.get("state"), last_error=data.get("last_error"),
+            encryption=data.get("encryption") if isinstance(data.get("encryption"), str) else None,
             upload_permanent_error=data.get("upload_permanent_error"),
             nodes={str(node): NodeHealth.from_json(health) for node, health in nodes.items()
                    if isinstance(health, Mapping)} if isinstance(nodes, Mapping) else {},

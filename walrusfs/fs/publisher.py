@@ -28,6 +28,7 @@ from ..redstuff import BlobId
 from ..retry import Backoff, Retrier
 from .config import FsSettings, FsState
 from .db import Database
+from .encryption import contents_of
 from .mount_status import SnapshotStatus
 from .snapshot import (
     Manifest,
@@ -36,6 +37,7 @@ from .snapshot import (
     SnapshotRef,
     copy_database,
     plan_segments,
+    seal_manifest,
     settings_for_manifest,
     store_segments,
 )
@@ -100,6 +102,7 @@ class SnapshotPublisher:
         # are on the network; one that finds them staged can only record that they were staged.
         self.certify_staged = certify_staged
         self.fs_id = fs_id_of_key(key)
+        self.contents = contents_of(settings.encryption, key)  # seals segments and the manifest
         self.local = LocalSnapshotState.load(state)
         self.last_error: str | None = None
         self.last_db_bytes = 0
@@ -183,7 +186,7 @@ class SnapshotPublisher:
         previous = self.previous_manifest()
         try:
             await trio.to_thread.run_sync(copy_database, self.db.path, copy)
-            plan = await trio.to_thread.run_sync(plan_segments, copy, previous)
+            plan = await trio.to_thread.run_sync(plan_segments, copy, previous, self.contents)
         finally:
             copy.unlink(missing_ok=True)
 
@@ -199,7 +202,7 @@ class SnapshotPublisher:
         manifest = Manifest(self.fs_id, seq, created, settings_for_manifest(self.settings), plan.db_size,
                             plan.db_hash, segments, history)
         manifest_bytes = manifest.to_bytes()
-        manifest_id = await store_blob(manifest_bytes)
+        manifest_id = await store_blob(seal_manifest(manifest_bytes, self.contents))
         fence = None if self.lease is None else self.lease.fence
         self.local.attempted = seq
         self.local.attempted_generation = fence[1] if fence else 0

@@ -24,10 +24,11 @@ from ..redstuff import BlobId
 from .catalog import resolve_staged as resolve_staged_blocks
 from .config import FsSettings, FsState
 from .db import Database
+from .encryption import read_key_of
 from .fsck import Fsck, FsckReport
 from .publisher import LocalSnapshotState
 from .set_aside import compare, set_aside
-from .snapshot import Manifest, SnapshotError, SnapshotRef, restore_database
+from .snapshot import Manifest, SnapshotError, SnapshotRef, manifest_from_blob, restore_database
 
 
 @dataclass
@@ -45,9 +46,10 @@ class SnapshotChain:
         return [*self.history, SnapshotRef(self.latest.seq, self.latest.created_ns, self.latest_id)]
 
 
-async def read_manifest(client: BlobClient, blob_id: str, fs_id: str) -> Manifest:
+async def read_manifest(client: BlobClient, blob_id: str, fs_id: str, read_key: bytes | None) -> Manifest:
+    """A manifest from the network (opened with ``read_key`` if its filesystem is encrypted)."""
     try:
-        manifest = Manifest.from_bytes(await client.read(BlobId.parse(blob_id)))
+        manifest = manifest_from_blob(await client.read(BlobId.parse(blob_id)), read_key)
     except SnapshotError as error:
         raise UserError(f"snapshot manifest {blob_id}: {error}") from None
     if manifest.fs_id != fs_id:
@@ -64,7 +66,7 @@ async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChai
     if root is None:
         raise UserError(f"the nodes hold no snapshot of filesystem {fs_id}: it was never unmounted or "
                         "snapshotted with this committee, or this is not its key")
-    manifest = await read_manifest(client, str(root.snapshot), fs_id)
+    manifest = await read_manifest(client, str(root.snapshot), fs_id, read_key_of(key))
     if manifest.seq != root.seq:
         raise UserError(f"root record {root.seq} points at a manifest of snapshot {manifest.seq}")
     return SnapshotChain(manifest, str(root.snapshot), manifest.history, root.generation, root.holder)
@@ -76,7 +78,7 @@ async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: Snapsho
         return chain.latest, chain.latest_id
     for ref in chain.history:
         if ref.seq == seq:
-            manifest = await read_manifest(client, ref.manifest, fs_id_of_key(key))
+            manifest = await read_manifest(client, ref.manifest, fs_id_of_key(key), read_key_of(key))
             if manifest.seq != seq:
                 raise UserError(f"manifest {ref.manifest} is snapshot {manifest.seq}, listed as {seq}")
             return manifest, ref.manifest
@@ -99,13 +101,15 @@ def resolve_staged(db_path: Path, reference: Path) -> tuple[int, int]:
         conn.close()
 
 
-async def restore_db_file(client: BlobClient, manifest: Manifest, dest: Path, quiet: bool = False) -> None:
+async def restore_db_file(client: BlobClient, manifest: Manifest, dest: Path, quiet: bool = False,
+                          read_key: bytes | None = None) -> None:
+    """The manifest's database at ``dest`` (``read_key``: needed if its filesystem is encrypted)."""
     async def read_blob(blob_id: str) -> bytes:
         return await client.read(BlobId.parse(blob_id))
 
     progress = None if quiet else Progress("restoring metadata", manifest.db_size)
     try:
-        await restore_database(manifest, read_blob, dest, None if progress is None else progress.update)
+        await restore_database(manifest, read_blob, dest, None if progress is None else progress.update, read_key)
     except SnapshotError as error:
         raise UserError(str(error)) from None
     finally:
@@ -135,7 +139,7 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
         state.root.mkdir(parents=True)
         state.staging.mkdir()
         write_key(state.fs_key_path, fs_key)
-        await restore_db_file(client, manifest, state.db_path, quiet)
+        await restore_db_file(client, manifest, state.db_path, quiet, read_key_of(fs_key))
     replace_durably(state.snapshot_manifest, manifest.to_bytes())
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path),
                              "writer_key": str(writer_key_path), "fs_key": str(state.fs_key_path)})

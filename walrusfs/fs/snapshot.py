@@ -9,6 +9,10 @@ earlier snapshots; the filesystem's signed root record (walrusfs.protocol.roots)
 
     root record (on every node, highest valid seq wins) -> manifest blob -> segment blobs
 
+An encrypted filesystem seals every compressed segment and the manifest blob (encryption.py,
+purposes SEGMENT and MANIFEST): nodes hold neither names nor sizes of its files. A manifest blob
+says by its first bytes which it is, so a restore knows before it has read the settings.
+
 Order of a snapshot: segment blobs certified -> manifest certified -> root record on a quorum.
 A crash anywhere before the last step leaves the previous snapshot in force; what it stored is
 unreferenced garbage on the nodes.
@@ -30,6 +34,17 @@ from typing import Any
 
 import blake3
 import trio
+
+from .encryption import (
+    AES_256_GCM,
+    NO_ENCRYPTION,
+    Contents,
+    PlainContents,
+    Purpose,
+    TamperedError,
+    contents_for,
+    is_sealed,
+)
 
 SEGMENT_SIZE = 64 << 10  # small enough that a change to a few pages re-stores little
 MANIFEST_MAGIC = b"WFSM"
@@ -96,6 +111,11 @@ class Manifest:
         except (zlib.error, ValueError, KeyError, TypeError) as error:
             raise SnapshotError(f"malformed snapshot manifest: {error}") from None
 
+    @property
+    def encryption(self) -> str:
+        """How the snapshot's segments are sealed: its filesystem's setting (old manifests: none)."""
+        return str(self.settings.get("encryption", NO_ENCRYPTION))
+
     def stored_bytes(self) -> int:
         """Compressed bytes of every segment it references."""
         return sum(s.length for s in self.segments)
@@ -158,7 +178,27 @@ class SegmentPlan:
         return sum(len(data) for _, data in self.new)
 
 
-def plan_segments(copy: Path, previous: Manifest | None) -> SegmentPlan:
+def seal_manifest(manifest_bytes: bytes, contents: Contents) -> bytes:
+    """The manifest blob's bytes: sealed for an encrypted filesystem."""
+    return contents.seal(manifest_bytes, Purpose.MANIFEST)
+
+
+def manifest_from_blob(payload: bytes, read_key: bytes | None) -> Manifest:
+    """A manifest from its blob, opened with the filesystem's read key if it is sealed."""
+    if is_sealed(payload):
+        if read_key is None:
+            raise SnapshotError("the snapshot manifest is encrypted: reading it needs the filesystem's key "
+                                "or a read capability")
+        try:
+            payload = contents_for(AES_256_GCM, read_key).open(payload, Purpose.MANIFEST)
+        except TamperedError as error:
+            raise SnapshotError(f"{error} (or it belongs to a filesystem with another key)") from None
+    return Manifest.from_bytes(payload)
+
+
+def plan_segments(copy: Path, previous: Manifest | None, contents: Contents | None = None) -> SegmentPlan:
+    """``contents``: how the filesystem seals what it stores (default: as is)."""
+    contents = contents or PlainContents()
     known = {s.digest: s for s in previous.segments} if previous else {}
     segments: list[Segment] = []
     new: list[tuple[int, bytes]] = []
@@ -173,7 +213,7 @@ def plan_segments(copy: Path, previous: Manifest | None) -> SegmentPlan:
             if old is not None:
                 segments.append(old)
                 continue
-            packed = zlib.compress(chunk, 6)
+            packed = contents.seal(zlib.compress(chunk, 6), Purpose.SEGMENT)
             new.append((len(segments), packed))
             segments.append(Segment(digest, "", 0, len(packed), len(chunk)))
     return SegmentPlan(segments, new, size, whole.hexdigest())
@@ -207,9 +247,14 @@ async def store_segments(plan: SegmentPlan, store_blob: StoreBlob, blob_size: in
 
 
 async def restore_database(manifest: Manifest, read_blob: ReadBlob, dest: Path,
-                           progress: Callable[[int, int], None] | None = None) -> None:
-    """Rebuild the database file of ``manifest`` at ``dest``: every segment checked against its
-    hash, the whole file against the snapshot's hash, then SQLite's own quick check."""
+                           progress: Callable[[int, int], None] | None = None, read_key: bytes | None = None) -> None:
+    """Rebuild the database file of ``manifest`` at ``dest``: every segment opened (``read_key``:
+    an encrypted filesystem's) and checked against its hash, the whole file against the snapshot's
+    hash, then SQLite's own quick check."""
+    try:
+        contents = contents_for(manifest.encryption, read_key)
+    except ValueError as error:
+        raise SnapshotError(f"snapshot {manifest.seq}: {error}") from None
     by_blob: dict[str, list[int]] = {}
     for index, segment in enumerate(manifest.segments):
         by_blob.setdefault(segment.blob, []).append(index)
@@ -230,7 +275,12 @@ async def restore_database(manifest: Manifest, read_blob: ReadBlob, dest: Path,
                 written = 0
                 for index in indices:
                     segment = manifest.segments[index]
-                    raw = zlib.decompress(payload[segment.offset : segment.offset + segment.length])
+                    sealed = payload[segment.offset : segment.offset + segment.length]
+                    try:
+                        raw = zlib.decompress(contents.open(sealed, Purpose.SEGMENT))
+                    except TamperedError as error:
+                        raise SnapshotError(f"snapshot {manifest.seq}: segment {index} in blob {blob_id}: "
+                                            f"{error}") from None
                     if len(raw) != segment.size or blake3.blake3(raw).hexdigest() != segment.digest:
                         raise SnapshotError(f"snapshot {manifest.seq}: segment {index} from blob {blob_id} "
                                             "does not match its hash")

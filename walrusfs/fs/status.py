@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .config import NO_ENCRYPTION
 from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus, read_status
 
 EXIT_FAILING = 2
@@ -221,7 +222,12 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
     if since is not None:
         daemon += (f", up {format_duration(now - since)} "
                    f"(since {datetime.fromtimestamp(since).strftime('%Y-%m-%d %H:%M:%S')})")
-    lines += _rows([("daemon", daemon), ("state", status.state or "?")])
+    rows = [("daemon", daemon), ("state", status.state or "?")]
+    if status.encryption == NO_ENCRYPTION:
+        rows.append(("encryption", "none: every storage node can read this filesystem's data and names"))
+    elif status.encryption:
+        rows.append(("encryption", f"{status.encryption}: nodes store only ciphertext"))
+    lines += _rows(rows)
 
     failures = int(status.upload_failures or 0)
     last_error = status.last_error

@@ -22,12 +22,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import blake3
 import trio
 
 from ..client import BlobClient, StoreError
 from ..retry import Backoff, Retrier
-from .blocks import BlockStore
+from .blocks import BlockCorruptError, BlockStore, open_block
 from .cache import BlobCache
 from .catalog import Catalog, StagedBlock
 
@@ -193,9 +192,10 @@ class Uploader:
                 parts.append(held)
                 continue
             data = self.blocks.read_staged(block.id)
-            if len(data) != block.size or blake3.blake3(data).digest() != block.digest:
-                raise OSError(f"staged block {block.id} does not match its hash: the staging "
-                              f"directory is damaged (run 'walrusfs fsck')")
+            try:
+                open_block(self.blocks.contents, data, block.digest, block.size, f"staged block {block.id}")
+            except BlockCorruptError as error:
+                raise OSError(f"{error}: the staging directory is damaged (run 'walrusfs fsck')") from None
             parts.append(data)
         return b"".join(parts)
 

@@ -1,0 +1,168 @@
+"""Client-side encryption: what leaves this machine for the nodes is ciphertext (docs/encryption.md).
+
+Keys. Everything derives from the filesystem's key (fs.key, the ed25519 seed that also signs its
+root records), so that file stays the one thing to back up::
+
+    fs.key seed --blake3 derive_key--> read key --> data key   (AES-256-GCM)
+                                                --> digest key (keyed blake3: dedup and nonces)
+
+The read key is what a read capability carries: it decrypts and verifies everything, and cannot
+sign a root record (that needs the seed).
+
+Construction. AES-256-GCM from ``cryptography`` with a synthetic nonce: the nonce of an object is
+the first 12 bytes of its keyed blake3 digest under the digest key. The same plaintext in one
+filesystem gives the same ciphertext (so blocks dedup, and a repeated metadata segment is stored
+once); different plaintexts get the same nonce only on a 96-bit PRF collision. Outside the
+filesystem nobody can compute a digest, so nobody can test whether it holds a given file. We
+measured AES-GCM-SIV (misuse-resistant, the textbook choice) in ``cryptography`` 50 at 330 MB/s
+against 2,300 MB/s for AES-GCM on this machine kind: the synthetic nonce gives the same
+determinism at AES-GCM's speed, and nonces are never chosen by a counter or a clock that could
+repeat.
+
+Sealed object, format v1 (blocks, metadata segments and the snapshot manifest)::
+
+    "WFSE" | u8 version = 1 | u8 purpose | u32 key id = 0 | 12 nonce | ciphertext | 16 tag
+
+The 22-byte header is the associated data, so a block cannot pass for a manifest nor one key's
+object for another's. ``key id`` leaves room for rotating the data key; only 0 exists today.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Protocol
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..keys import private_bytes
+from .config import AES_256_GCM, NO_ENCRYPTION
+
+SEALED_MAGIC = b"WFSE"
+SEALED_VERSION = 1
+_HEADER = struct.Struct("<4sBBI12s")
+HEADER_SIZE = _HEADER.size  # 22
+TAG_SIZE = 16
+OVERHEAD = HEADER_SIZE + TAG_SIZE
+
+SCHEMES = (NO_ENCRYPTION, AES_256_GCM)
+
+_READ_KEY_CONTEXT = "walrusfs 2026-12-01 filesystem read key v1"
+_DATA_KEY_CONTEXT = "walrusfs 2026-12-01 data encryption key v1"
+_DIGEST_KEY_CONTEXT = "walrusfs 2026-12-01 content digest key v1"
+
+
+class Purpose(enum.IntEnum):
+    """What a sealed object is: part of its associated data."""
+
+    BLOCK = 1
+    SEGMENT = 2
+    MANIFEST = 3
+
+
+class TamperedError(OSError):
+    """Ciphertext that does not authenticate: forged or damaged. Never returned as data."""
+
+
+def read_key_of(fs_key: Ed25519PrivateKey) -> bytes:
+    """The 32-byte read key derived from the filesystem's key."""
+    return blake3.blake3(private_bytes(fs_key), derive_key_context=_READ_KEY_CONTEXT).digest()
+
+
+class Contents(Protocol):
+    """How a filesystem turns plaintext into what it stores and back; ``digest`` is the dedup key."""
+
+    scheme: str
+
+    def digest(self, plaintext: bytes) -> bytes: ...
+
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes: ...
+
+    def open(self, stored: bytes, purpose: Purpose) -> bytes: ...
+
+
+class PlainContents:
+    """No encryption: filesystems made before it, or with ``mkfs --no-encryption`` (public data)."""
+
+    scheme = NO_ENCRYPTION
+
+    def digest(self, plaintext: bytes) -> bytes:
+        return blake3.blake3(plaintext).digest()
+
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes:
+        return plaintext
+
+    def open(self, stored: bytes, purpose: Purpose) -> bytes:
+        return stored
+
+
+class SealedContents:
+    """AES-256-GCM with synthetic nonces under keys derived from the read key (module docstring)."""
+
+    scheme = AES_256_GCM
+
+    def __init__(self, read_key: bytes) -> None:
+        if len(read_key) != 32:
+            raise ValueError(f"a read key is 32 bytes, not {len(read_key)}")
+        self.read_key = read_key
+        self._aead = AESGCM(blake3.blake3(read_key, derive_key_context=_DATA_KEY_CONTEXT).digest())
+        self._digest_key = blake3.blake3(read_key, derive_key_context=_DIGEST_KEY_CONTEXT).digest()
+
+    def digest(self, plaintext: bytes) -> bytes:
+        """Keyed: equal for equal plaintexts here, meaningless to anyone without the read key."""
+        return blake3.blake3(plaintext, key=self._digest_key).digest()
+
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes:
+        """``digest``: this object's ``digest(plaintext)`` if the caller has it (saves a hash pass)."""
+        nonce = (digest or self.digest(plaintext))[:12]
+        header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, 0, nonce)
+        return header + self._aead.encrypt(nonce, plaintext, header)
+
+    def open(self, stored: bytes, purpose: Purpose) -> bytes:
+        if len(stored) < OVERHEAD:
+            raise TamperedError(f"sealed {purpose.name.lower()} of {len(stored)} bytes is shorter than its "
+                                f"{OVERHEAD}-byte envelope")
+        magic, version, stored_purpose, key_id, nonce = _HEADER.unpack_from(stored)
+        if magic != SEALED_MAGIC:
+            raise TamperedError(f"a {purpose.name.lower()} of an encrypted filesystem is not sealed (bad magic)")
+        if version != SEALED_VERSION:
+            raise TamperedError(f"sealed object version {version}; this walrusfs reads {SEALED_VERSION} "
+                                "(upgrade walrusfs)")
+        if stored_purpose != purpose:
+            raise TamperedError(f"expected a sealed {purpose.name.lower()}, found purpose {stored_purpose}")
+        if key_id != 0:
+            raise TamperedError(f"sealed with data key {key_id}, which this walrusfs does not know")
+        try:
+            return self._aead.decrypt(nonce, stored[HEADER_SIZE:], stored[:HEADER_SIZE])
+        except InvalidTag:
+            raise TamperedError(f"sealed {purpose.name.lower()} does not authenticate: its ciphertext was "
+                                "forged or damaged") from None
+
+
+def is_sealed(stored: bytes) -> bool:
+    """Whether bytes look like a sealed object (used where either may be found: a manifest)."""
+    return stored[:4] == SEALED_MAGIC
+
+
+def contents_of(scheme: str, fs_key: Ed25519PrivateKey | None) -> Contents:
+    """The Contents of a filesystem's ``encryption`` setting, for the holder of its key."""
+    return contents_for(scheme, None if fs_key is None or scheme == NO_ENCRYPTION else read_key_of(fs_key))
+
+
+def contents_for(scheme: str, read_key: bytes | None) -> Contents:
+    """The Contents of a filesystem's ``encryption`` setting."""
+    if scheme == NO_ENCRYPTION:
+        return PlainContents()
+    if scheme == AES_256_GCM:
+        if read_key is None:
+            raise ValueError("an encrypted filesystem needs its read key (from fs.key or a read capability)")
+        return SealedContents(read_key)
+    raise ValueError(f"encryption {scheme!r} is not one this walrusfs knows ({', '.join(SCHEMES)}): "
+                     "upgrade walrusfs")
+
+
+__all__ = ["AES_256_GCM", "NO_ENCRYPTION", "OVERHEAD", "SCHEMES", "Contents", "PlainContents", "Purpose",
+           "SealedContents", "TamperedError", "contents_for", "contents_of", "is_sealed", "read_key_of"]
