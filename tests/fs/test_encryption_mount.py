@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fs_harness import WALRUSFS, mounted, run, status
-from network import LocalNetwork
+from network import LocalNetwork, down
 
 from walrusfs.fs.encryption import HEADER_SIZE
 
@@ -53,29 +53,28 @@ def test_nodes_hold_neither_the_content_nor_the_names(make_fs, shared_network: L
 
 def test_tampered_ciphertext_is_an_eio_never_wrong_bytes(make_fs, shared_network: LocalNetwork,
                                                           tmp_path: Path) -> None:
+    """A cached blob whose ciphertext was changed is refused and dropped. While the nodes cannot
+    serve it again the read is an EIO (never the wrong bytes); once they can, it reads right."""
     fs = make_fs(shared_network, "tamper")
     data = os.urandom(300_000)
     with mounted(fs, tmp_path / "mnt") as mnt:
         (mnt / "file").write_bytes(data)
     (blob_id, offset), = fs.db().execute(
         "SELECT b.blob_id, k.offset FROM blocks k JOIN blobs b ON b.id = k.blob").fetchall()
-    fs.clear_cache()
+    cached = fs.cache_dir / blob_id
+    assert cached.exists()  # kept after its upload (cache_after_upload)
+    with open(cached, "r+b") as handle:  # flip one ciphertext byte of the block
+        handle.seek(offset + HEADER_SIZE + 1000)
+        byte = handle.read(1)
+        handle.seek(offset + HEADER_SIZE + 1000)
+        handle.write(bytes([byte[0] ^ 0x40]))
     with mounted(fs, tmp_path / "mnt") as mnt:
-        assert (mnt / "file").read_bytes() == data  # fetched from the network into the cache
-        cached = fs.cache_dir / blob_id
-        with open(cached, "r+b") as handle:  # flip one ciphertext byte of the block, in the cache
-            handle.seek(offset + HEADER_SIZE + 1000)
-            byte = handle.read(1)
-            handle.seek(offset + HEADER_SIZE + 1000)
-            handle.write(bytes([byte[0] ^ 0x40]))
-        os.sync()
-        fs.umount(mnt)  # drop the daemon's memory of the block; keep the (tampered) cache
-    with mounted(fs, tmp_path / "mnt") as mnt:
-        with pytest.raises(OSError) as raised:
-            (mnt / "file").read_bytes()
-        assert raised.value.errno == errno.EIO
-        assert "does not authenticate" in fs.log_tail()
-        # The damaged cached copy was dropped: the next read refetches from the nodes and verifies.
+        with down(shared_network, *shared_network.node_ids[:5]):  # too few left to read a blob
+            with pytest.raises(OSError) as raised:
+                (mnt / "file").read_bytes()
+            assert raised.value.errno == errno.EIO
+        assert f"from cached blob {blob_id}: sealed block does not authenticate" in fs.log_tail()
+        assert not cached.exists()  # dropped: the next read fetches a verified copy
         assert (mnt / "file").read_bytes() == data
 
 

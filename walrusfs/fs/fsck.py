@@ -278,7 +278,7 @@ class Fsck:
             try:
                 open_block(self.contents, data, bytes(digest), size, f"staging file of block {block}")
             except BlockCorruptError as error:
-                self._lose_block(block, f"was staged and its staging file is damaged ({error})")
+                self._lose_block(block, f"was staged and its staging file does not match its hash ({error})")
                 if self.repair:
                     path.unlink(missing_ok=True)
 
