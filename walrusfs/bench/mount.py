@@ -12,6 +12,10 @@ measures (1 MB = 10^6 bytes):
 - cold reading of those files back (files/s), after another unmount + empty cache + mount;
 - the mount daemon's memory: peak RSS (VmHWM) and the highest VmRSS sampled every 0.2 s.
 
+``--compare-encryption ROUNDS`` measures instead what encryption costs: the sequential write and
+cold read above, on an unencrypted (``mkfs --no-encryption``) and an encrypted filesystem of the
+same network, alternating, ROUNDS times each, and reports both medians and their ratio.
+
 Everything started is stopped by its pid, and the temporary directory removed, also on errors.
 """
 
@@ -24,6 +28,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +50,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--files", type=int, default=10000, help="small files to create (default 10000)")
     parser.add_argument("--file-kib", type=int, default=4, help="size of each small file, KiB (default 4)")
     parser.add_argument("--blob-size", type=int, help="filesystem blob size, MiB (default: mkfs's)")
+    parser.add_argument("--compare-encryption", type=int, metavar="ROUNDS", default=0,
+                        help="instead: sequential write and cold read on an unencrypted and an encrypted "
+                        "filesystem, alternating ROUNDS times each, and the ratio of their medians")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -132,7 +140,7 @@ class MemorySampler(threading.Thread):
 
 
 class Bench:
-    def __init__(self, root: Path, blob_size: int | None) -> None:
+    def __init__(self, root: Path, blob_size: int | None, name: str = "bench", mkfs_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.walrusfs = str(Path(sys.executable).with_name("walrusfs"))
         if not Path(self.walrusfs).exists():
@@ -142,7 +150,9 @@ class Bench:
         self.nodes: list[subprocess.Popen] = []
         self.mountpoint = root / "mnt"
         self.daemon_pid: int | None = None
-        self.state = root / "home" / "fs" / "bench"
+        self.name = name
+        self.mkfs_args = mkfs_args
+        self.state = root / "home" / "fs" / name
         self.sampler = MemorySampler()
 
     # --- setup and teardown -------------------------------------------------------------------------
@@ -168,15 +178,15 @@ class Bench:
         return result
 
     def mkfs(self) -> None:
-        args = ["mkfs", "bench", "--committee", str(self.root / "net" / "committee.toml"),
-                "--writer-key", str(self.root / "net" / "writer.key")]
+        args = ["mkfs", self.name, "--committee", str(self.root / "net" / "committee.toml"),
+                "--writer-key", str(self.root / "net" / "writer.key"), *self.mkfs_args]
         if self.blob_size:
             args += ["--blob-size", str(self.blob_size)]
         self._cli(*args)
 
     def mount(self) -> None:
         self.mountpoint.mkdir(exist_ok=True)
-        self._cli("mount", "bench", str(self.mountpoint), timeout=120)
+        self._cli("mount", self.name, str(self.mountpoint), timeout=120)
         self.daemon_pid = int(json.loads(os.getxattr(self.mountpoint, "walrusfs.status"))["pid"])
         self.sampler.pid = self.daemon_pid
 
@@ -344,8 +354,52 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         bench.cleanup()
 
 
+COMPARED = ("write_mb_s", "cold_read_mb_s", "write_daemon_cpu_s_per_gib", "cold_read_daemon_cpu_s_per_gib")
+
+
+def compare_encryption(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The sequential phases on unencrypted and encrypted filesystems of one network, alternating."""
+    network = Bench(root, args.blob_size)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "encrypted": []}
+    try:
+        progress(f"bench mount --compare-encryption: starting a {N_NODES}-node network in {root}")
+        network.start_network()
+        for round_ in range(args.compare_encryption):
+            for mode, mkfs_args in (("plain", ("--no-encryption",)), ("encrypted", ())):
+                progress(f"round {round_ + 1}/{args.compare_encryption}: {mode}")
+                bench = Bench(root, args.blob_size, f"{mode}-{round_}", mkfs_args)
+                bench.nodes = network.nodes  # the same node processes: CPU is counted on them
+                try:
+                    bench.mkfs()
+                    bench.mount()
+                    runs[mode].append(bench.sequential(args.size_mib))
+                    bench.umount()
+                finally:
+                    bench.nodes = []  # the network's to stop
+                    bench.cleanup()
+                    shutil.rmtree(bench.state, ignore_errors=True)
+    finally:
+        network.cleanup()
+    results: dict[str, Any] = {"nodes": N_NODES, "size_mib": args.size_mib, "rounds": args.compare_encryption}
+    for mode, measured in runs.items():
+        for key in COMPARED:
+            results[f"{mode}_{key}"] = statistics.median(run[key] for run in measured)
+    for key in COMPARED:
+        results[f"encrypted_over_plain_{key}"] = results[f"encrypted_{key}"] / results[f"plain_{key}"]
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="walrusfs-bench-mount-"))
+    if args.compare_encryption:
+        try:
+            r = compare_encryption(args, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        emit(r, args.json, [(f"{key} (median of {r['rounds']})",
+                             f"plain {r[f'plain_{key}']:8.2f}   encrypted {r[f'encrypted_{key}']:8.2f}   "
+                             f"ratio {r[f'encrypted_over_plain_{key}']:.3f}") for key in COMPARED])
+        return 0
     try:
         r = measure(args, root)
     finally:
