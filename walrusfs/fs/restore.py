@@ -58,7 +58,13 @@ async def read_manifest(client: BlobClient, blob_id: str, fs_id: str, read_key: 
 
 
 async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChain:
-    fs_id = fs_id_of_key(key)
+    """The snapshots of the filesystem that ``key`` owns."""
+    return await find_chain_of(client, fs_id_of_key(key), read_key_of(key))
+
+
+async def find_chain_of(client: BlobClient, fs_id: str, read_key: bytes | None) -> SnapshotChain:
+    """The snapshots of filesystem ``fs_id`` (``read_key``: to open an encrypted one's manifests;
+    the holder of a read capability has it, not the filesystem's key)."""
     try:
         root = await find_root(client.connections, client.committee, fs_id)
     except RootQuorumError as error:
@@ -66,7 +72,7 @@ async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChai
     if root is None:
         raise UserError(f"the nodes hold no snapshot of filesystem {fs_id}: it was never unmounted or "
                         "snapshotted with this committee, or this is not its key")
-    manifest = await read_manifest(client, str(root.snapshot), fs_id, read_key_of(key))
+    manifest = await read_manifest(client, str(root.snapshot), fs_id, read_key)
     if manifest.seq != root.seq:
         raise UserError(f"root record {root.seq} points at a manifest of snapshot {manifest.seq}")
     return SnapshotChain(manifest, str(root.snapshot), manifest.history, root.generation, root.holder)
@@ -74,11 +80,17 @@ async def find_chain(client: BlobClient, key: Ed25519PrivateKey) -> SnapshotChai
 
 async def manifest_of(client: BlobClient, key: Ed25519PrivateKey, chain: SnapshotChain,
                       seq: int | None) -> tuple[Manifest, str]:
+    return await manifest_in(client, fs_id_of_key(key), read_key_of(key), chain, seq)
+
+
+async def manifest_in(client: BlobClient, fs_id: str, read_key: bytes | None, chain: SnapshotChain,
+                      seq: int | None) -> tuple[Manifest, str]:
+    """Snapshot ``seq`` of the chain (None: the latest) and its manifest's blob ID."""
     if seq is None or seq == chain.latest.seq:
         return chain.latest, chain.latest_id
     for ref in chain.history:
         if ref.seq == seq:
-            manifest = await read_manifest(client, ref.manifest, fs_id_of_key(key), read_key_of(key))
+            manifest = await read_manifest(client, ref.manifest, fs_id, read_key)
             if manifest.seq != seq:
                 raise UserError(f"manifest {ref.manifest} is snapshot {manifest.seq}, listed as {seq}")
             return manifest, ref.manifest
