@@ -129,11 +129,14 @@ def test_two_nodes_down_during_a_copy_changes_nothing(local_network, make_fs, tm
     """f = 2 nodes die in the middle of a copy: every write, close, fsync and unmount succeeds as
     before, and every byte reads back from the network with those nodes still down."""
     fs = make_fs(local_network, blob_size_mib=4)
+    # A snapshot offers its root record to the dead nodes until the store deadline (30 s by default):
+    # the bound is not what this test is about. 10 s still leaves each blob's store ample time.
+    deadline = "store_deadline=10"
     source = tmp_path / "source"
     (source / "d").mkdir(parents=True)
     for i in range(24):
         (source / "d" / f"f{i}").write_bytes(distinct(i * 190_000 + 1, 100 + i))
-    with mounted(fs, tmp_path / "mnt") as mp:
+    with mounted(fs, tmp_path / "mnt", "-o", deadline) as mp:
         failures: list[BaseException] = []
         copied = threading.Event()
 
@@ -164,6 +167,6 @@ def test_two_nodes_down_during_a_copy_changes_nothing(local_network, make_fs, tm
         assert status(mp)["uploaded_blobs"] > 0
         fs.umount(mp)
         fs.clear_cache()
-        fs.mount(mp)
+        fs.mount(mp, "-o", deadline)
         assert tree_snapshot(mp) == tree_snapshot(source)
         local_network.start(2, 6)

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 EXIT_FLUSH_SECONDS = 30.0
 # How long one upload may take to reach a certificate before it fails (fsync then says EIO and the
 # data stays staged for a retry): long enough for a loaded network, short enough to say "no quorum".
+# A snapshot's root record is offered this long too, also to nodes that are down.
 DEFAULT_STORE_DEADLINE = 30.0
 
 
@@ -81,7 +82,8 @@ OPTION_HELP: dict[str, str] = {
     "lease_term=SECONDS": "how long the nodes keep this writer's lease between renewals (default 30; a dead "
                           "writer blocks others this long)",
     "store_deadline=SECONDS": f"how long one upload may take to reach a certificate before fsync says EIO "
-                              f"(default {DEFAULT_STORE_DEADLINE:.0f}; the data stays staged and is retried)",
+                              f"(default {DEFAULT_STORE_DEADLINE:.0f}; the data stays staged and is retried), and "
+                              "how long a snapshot's root record keeps being offered to nodes that are down",
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
