@@ -32,7 +32,10 @@ from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import load_key
 
 SUPPORT_DIR = Path(__file__).resolve().parent
-START_TIMEOUT = 30.0
+# Generous: a node answers in milliseconds on an idle machine, so these bounds cost nothing there,
+# but seven Python processes importing numpy on a loaded 2-core machine can take half a minute.
+START_TIMEOUT = 90.0
+HEALTH_PROBE_TIMEOUT = 3.0
 
 # Every child process any LocalNetwork/helper started and has not yet reaped: stopped at exit.
 _LIVE: dict[int, subprocess.Popen] = {}
@@ -102,7 +105,7 @@ def free_port_range(count: int) -> int:
 
 def _healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200
+        return httpx.get(f"{url}/v1/health", timeout=HEALTH_PROBE_TIMEOUT).status_code == 200
     except httpx.HTTPError:
         return False
 
