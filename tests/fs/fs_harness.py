@@ -10,6 +10,7 @@ mount point behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +24,10 @@ from pathlib import Path
 from network import LocalNetwork
 
 WALRUSFS = str(Path(sys.executable).with_name("walrusfs"))
+HELPER = Path("/usr/sbin/mount.walrusfs")
+# Held while a test has replaced the machine-wide helper: tests in parallel processes (pytest -n)
+# or other checkouts' runs take turns instead of restoring it under each other's mount(8).
+HELPER_LOCK = Path("/tmp/walrusfs-tests-mount-helper.lock")
 
 
 # --- mounts ------------------------------------------------------------------------------------------
@@ -230,6 +235,24 @@ def stop_pid(pid: int, timeout: float = 20.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_gone(pid, 10)
+
+
+@contextlib.contextmanager
+def installed_helper():
+    """/usr/sbin/mount.walrusfs as ``walrusfs install-helper`` writes it for this code, for the
+    duration (one test at a time on this machine); whatever was there before is put back."""
+    with open(HELPER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = HELPER.read_bytes() if HELPER.exists() else None
+        result = subprocess.run([WALRUSFS, "install-helper"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        try:
+            yield HELPER
+        finally:
+            if saved is None:
+                HELPER.unlink(missing_ok=True)
+            else:
+                HELPER.write_bytes(saved)
 
 
 @contextlib.contextmanager

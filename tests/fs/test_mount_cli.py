@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fs_harness import WALRUSFS, is_mounted, mounted, mountinfo_entry, run, status, wait_gone
+from fs_harness import WALRUSFS, installed_helper, is_mounted, mounted, mountinfo_entry, run, status, wait_gone
 
 from walrusfs.fs.config import fs_home
 
@@ -73,17 +73,8 @@ def test_helper_finds_the_filesystem_mkfs_made_with_no_environment(shared_networ
 @pytest.fixture
 def helper() -> Iterator[Path]:
     """/usr/sbin/mount.walrusfs, as install-helper writes it (restored afterwards)."""
-    path = Path("/usr/sbin/mount.walrusfs")
-    saved = path.read_bytes() if path.exists() else None
-    result = subprocess.run([WALRUSFS, "install-helper"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    try:
+    with installed_helper() as path:
         yield path
-    finally:
-        if saved is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(saved)
 
 
 def test_mount_a_from_fstab_is_idempotent(shared_network, make_fs, tmp_path: Path, helper: Path) -> None:

@@ -8,10 +8,21 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fs_harness import WALRUSFS, Filesystem, is_mounted, mounted, run, status, tree_snapshot, wait_gone
+from fs_harness import (
+    WALRUSFS,
+    Filesystem,
+    installed_helper,
+    is_mounted,
+    mounted,
+    run,
+    status,
+    tree_snapshot,
+    wait_gone,
+)
 
 MiB = 1 << 20
 
@@ -174,21 +185,10 @@ def test_mount_errors_reach_the_caller(shared_network, make_fs, tmp_path: Path) 
     assert not is_mounted((tmp_path / "mnt").resolve())
 
 
-HELPER = Path("/usr/sbin/mount.walrusfs")
-
-
 @pytest.fixture
-def helper() -> Path:
-    saved = HELPER.read_bytes() if HELPER.exists() else None
-    result = subprocess.run([WALRUSFS, "install-helper"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    try:
-        yield HELPER
-    finally:
-        if saved is None:
-            HELPER.unlink(missing_ok=True)
-        else:
-            HELPER.write_bytes(saved)
+def helper() -> Iterator[Path]:
+    with installed_helper() as path:
+        yield path
 
 
 def test_mount_t_walrusfs_through_the_helper(shared_network, make_fs, tmp_path: Path, helper: Path) -> None:

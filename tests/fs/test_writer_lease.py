@@ -136,7 +136,9 @@ def test_a_takeover_deposes_the_old_writer_whose_fsync_and_umount_fail(shared_ne
 
 def test_a_dead_writers_lease_expires_and_lets_another_writer_in_without_takeover(
         shared_network, make_fs, tmp_path):
-    term = 20  # renewed every 5 s: on the nodes it lasts at least 15 s past the writer's death
+    # Renewed every 3 s: on the nodes it lasts at least 9 s past the writer's death, time enough for
+    # the refused mount below even on a loaded machine (20 s made this test wait twice as long).
+    term = 12
     first = make_fs(shared_network, "first")
     one, two = tmp_path / "one", tmp_path / "two"
     first.mount(one, "-o", f"lease_term={term}")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from network import free_port_range
 
 from walrusfs.cluster import init_cluster
 from walrusfs.committee import Committee
-from walrusfs.ports import free_port_range
 from walrusfs.protocol import sign_request
 from walrusfs.redstuff import EncodedBlob, Sliver, SliverKind, encode
 
@@ -27,7 +27,8 @@ from walrusfs.redstuff import EncodedBlob, Sliver, SliverKind, encode
 def free_port(count: int = 1) -> int:
     """The first of ``count`` consecutive free ports, below the kernel's ephemeral range. (A port
     from ``bind(0)`` lies in that range, where any outgoing connection, a health probe or a peer's
-    poll, may take it as its local port before the node binds it.)"""
+    poll, may take it as its local port before the node binds it.) From this test process's own
+    window of ports, as every network the tests start (tests/support/network.py)."""
     return free_port_range(count)
 
 

@@ -32,7 +32,10 @@ from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import load_key
 
 SUPPORT_DIR = Path(__file__).resolve().parent
-START_TIMEOUT = 30.0
+# Generous: a node answers in milliseconds on an idle machine, so these bounds cost nothing there,
+# but seven Python processes importing numpy on a loaded 2-core machine can take half a minute.
+START_TIMEOUT = 90.0
+HEALTH_PROBE_TIMEOUT = 3.0
 
 # Every child process any LocalNetwork/helper started and has not yet reaped: stopped at exit.
 _LIVE: dict[int, subprocess.Popen] = {}
@@ -73,20 +76,36 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _port_window() -> tuple[int, int]:
+    """The ports this test process draws from: 20000-32700, below the kernel's ephemeral range
+    (32768+), where ports handed out by ``bind(0)`` elsewhere never land. Under pytest-xdist each
+    worker gets its own slice, so two workers never pick the same free port between the probe and
+    the node's bind."""
+    low, high = 20000, 32700
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and workers > 1:
+        width = (high - low) // workers
+        low += int(worker[2:]) % workers * width
+        high = low + width
+    return low, high
+
+
 def free_port_range(count: int) -> int:
-    """A base port such that base..base+count-1 are free now. Drawn at random below the kernel's
-    ephemeral range (32768+), where ports handed out by ``bind(0)`` elsewhere never land."""
+    """A base port such that base..base+count-1 are free now, drawn at random from this process's
+    window (_port_window)."""
     rng = random.SystemRandom()
+    low, high = _port_window()
     for _ in range(200):
-        base = rng.randrange(20000, 32700 - count)
+        base = rng.randrange(low, high - count)
         if all(_port_free(base + i) for i in range(count)):
             return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    raise RuntimeError(f"no {count} consecutive free ports found in {low}-{high}")
 
 
 def _healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200
+        return httpx.get(f"{url}/v1/health", timeout=HEALTH_PROBE_TIMEOUT).status_code == 200
     except httpx.HTTPError:
         return False
 

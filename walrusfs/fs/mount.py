@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 # On a plain umount, staged data gets this long to upload before the daemon exits; the rest is
 # uploaded at the next mount.
 EXIT_FLUSH_SECONDS = 30.0
+# How long one upload may take to reach a certificate before it fails (fsync then says EIO and the
+# data stays staged for a retry): long enough for a loaded network, short enough to say "no quorum".
+# A snapshot's root record is offered this long too, also to nodes that are down.
+DEFAULT_STORE_DEADLINE = 30.0
 
 
 # Every mount option, for `walrusfs mount --help`, the man page and the unknown-option error.
@@ -78,6 +82,9 @@ OPTION_HELP: dict[str, str] = {
     "takeover": "take the filesystem's writer lease over from a writer that died (docs/writer-lease.md)",
     "lease_term=SECONDS": "how long the nodes keep this writer's lease between renewals (default 30; a dead "
                           "writer blocks others this long)",
+    "store_deadline=SECONDS": f"how long one upload may take to reach a certificate before fsync says EIO "
+                              f"(default {DEFAULT_STORE_DEADLINE:.0f}; the data stays staged and is retried), and "
+                              "how long a snapshot's root record keeps being offered to nodes that are down",
     "metrics=HOST:PORT": "serve Prometheus metrics there",
     "metrics_textfile=PATH": "keep a node_exporter textfile there",
     "debug": "log every FUSE request (libfuse's debug output, in mount.log)",
@@ -108,6 +115,7 @@ class MountOptions:
     writer_key: str | None = None  # with key: the nodes' write key (default: the bundled network's)
     takeover: bool = False  # take the writer lease over from a writer that died (writer_lease.py)
     lease_term: float = DEFAULT_TERM  # seconds the nodes keep the writer lease between renewals
+    store_deadline: float = DEFAULT_STORE_DEADLINE  # seconds an upload may take to reach a certificate
 
     @classmethod
     def parse(cls, text: str | None) -> MountOptions:
@@ -140,6 +148,8 @@ class MountOptions:
                 options.takeover = True
             elif item.startswith("lease_term="):
                 options.lease_term = parse_term(item.split("=", 1)[1])
+            elif item.startswith("store_deadline="):
+                options.store_deadline = parse_store_deadline(item.split("=", 1)[1])
             elif item.startswith("x-"):
                 continue  # userspace-only fstab options (x-systemd.*)
             elif item.startswith("metrics="):
@@ -162,6 +172,16 @@ class MountOptions:
                 raise UserError(f"unknown mount option {item!r} (known: {known}, and the generic mount(8) "
                                 "ones; 'walrusfs mount --help' says what each does)")
         return options
+
+
+def parse_store_deadline(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise UserError(f"store_deadline={text!r}: give seconds, e.g. store_deadline=30") from None
+    if not 1.0 <= seconds <= 3600.0:  # under a second no blob certifies; nan and inf fail here too
+        raise UserError(f"store_deadline={text}: between 1 and 3600 seconds")
+    return seconds
 
 
 def acquire_lock(state: FsState) -> int:
@@ -332,7 +352,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
-                                     store_deadline=30.0)
+                                     store_deadline=options.store_deadline)
     async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
 
         async def fetch(blob_id: str) -> bytes:

@@ -210,7 +210,10 @@ class SnapshotPublisher:
         record = RootRecord.create(self.key, seq, BlobId.parse(manifest_id), created, fence)
         await self._ensure_lease()
         try:
-            await publish_root(self.client.connections, self.client.committee, record)
+            # Nodes that are down are retried until the deadline even once a quorum holds the record,
+            # so it is the mount's store deadline (store_deadline=), like any other store's.
+            await publish_root(self.client.connections, self.client.committee, record,
+                               deadline=self.client.settings.store_deadline)
         except RootQuorumError:
             await self._ensure_lease()  # fenced out by a takeover? then say that, not "no quorum"
             raise
