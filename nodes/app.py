@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from walrusfs.protocol import SignedRequest, routes
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError
+from walrusfs.protocol.wire import Health
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -189,13 +190,13 @@ class NodeApp:
 
     async def health(self, request: Request) -> Response:
         stats = self.store.stats
-        return json_response({
+        return json_response(Health(
             # public_key: lets `walrusfs cluster up` tell this node from another network's node
             # that answers on the same port (both are called node-0).
-            "ok": True, "node_id": self.config.node_id, "public_key": self.public_key, "epoch": self.committee.epoch,
-            "n_shards": self.geometry.n_shards, "shards": list(self.shards),
-            "blobs": stats.blobs, "bytes": stats.bytes, "quarantined": stats.quarantined,
-        })
+            ok=True, node_id=self.config.node_id, public_key=self.public_key, epoch=self.committee.epoch,
+            n_shards=self.geometry.n_shards, shards=list(self.shards),
+            blobs=stats.blobs, bytes=stats.bytes, quarantined=stats.quarantined,
+        ).to_dict())
 
     async def prometheus(self, request: Request) -> Response:
         stats = self.store.stats

@@ -40,6 +40,7 @@ from .paths import cluster_dir
 from .protocol import routes
 from .protocol.committee import Committee, NodeInfo, round_robin_shards
 from .protocol.tls import client_context, node_certificate
+from .protocol.wire import Health, RepairStatus, WireError
 
 # The bundled network's directory when none is named: walrusfs.paths.cluster_dir(), resolved when a
 # command runs (it follows $WALRUSFS_HOME, which `walrusfs --home` sets after this module is loaded).
@@ -196,26 +197,26 @@ def _spawn(node: ClusterNode) -> int:
     return process.pid
 
 
-def _health(node: ClusterNode, timeout: float = 1.0) -> dict | None:
+def _health(node: ClusterNode, timeout: float = 1.0) -> Health | None:
     """The node's /v1/health if this node answers at its URL (its public key is the committee's);
     None if nothing, or another process, answers there."""
     answer = _probe(node.info, timeout)
     return answer if answer is not None and _is_this_node(node, answer) else None
 
 
-def _probe(info: NodeInfo, timeout: float) -> dict | None:
+def _probe(info: NodeInfo, timeout: float) -> Health | None:
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
         response = httpx.get(info.url + routes.HEALTH, timeout=timeout, verify=client_context(info.tls_cert))
-        return response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        return Health.from_dict(response.json()) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):  # WireError too: what answers there is no node of ours
         return None
 
 
-def _is_this_node(node: ClusterNode, health: dict) -> bool:
-    return health.get("public_key") == base64.b64encode(node.info.public_key).decode()
+def _is_this_node(node: ClusterNode, health: Health) -> bool:
+    return health.public_key == base64.b64encode(node.info.public_key).decode()
 
 
 def _check_port_free(node: ClusterNode) -> None:
@@ -232,9 +233,9 @@ def _check_port_free(node: ClusterNode) -> None:
         except OSError as error:
             reason = error.strerror
     other = _probe(node.info, timeout=2.0)
-    if other is not None and "node_id" in other:
+    if other is not None:  # a walrusfs node's health (anything else there is no Health)
         raise UserError(f"{node.info.id} cannot start: {host}:{port} is already served by another walrusfs node "
-                        f"({other.get('node_id')} with a different key: another cluster on the same ports). "
+                        f"({other.node_id} with a different key: another cluster on the same ports). "
                         "Stop that cluster (`walrusfs cluster down ITS_DIR`), or give this one other ports: "
                         "`walrusfs cluster init DIR --force --base-port N`.")
     raise UserError(f"{node.info.id} cannot start: cannot listen on {host}:{port} ({reason}). "
@@ -278,7 +279,7 @@ def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]
             answer = _probe(node.info, timeout=0.5)
             if answer is not None and _is_this_node(node, answer):
                 pending.remove(node)
-            elif answer is not None and "node_id" in answer and _running_pid(node) is None:
+            elif answer is not None and _running_pid(node) is None:
                 raise UserError(f"{node.info.id} did not start: {node.info.url} is served by another walrusfs "
                                 "node (a different key: another cluster took the port meanwhile); see its log "
                                 f"{node.log}:\n" + _tail(node.log))
@@ -305,7 +306,7 @@ def cluster_status(root: Path, probe: bool = True) -> list[NodeState]:
         elif health is None:
             states.append(NodeState(node, pid, "unhealthy" if probe else "running"))
         else:
-            states.append(NodeState(node, pid, "up", health.get("blobs"), health.get("bytes")))
+            states.append(NodeState(node, pid, "up", health.blobs, health.bytes))
     return states
 
 
@@ -354,8 +355,10 @@ def repair_status(root: Path) -> dict[str, dict]:
         try:
             response = httpx.get(node.info.url + routes.REPAIR_STATUS, timeout=5.0,
                                  verify=client_context(node.info.tls_cert))
-            out[node.info.id] = response.json() if response.status_code == 200 else {
-                "error": f"HTTP {response.status_code}"}
+            out[node.info.id] = RepairStatus.from_dict(response.json()).to_dict() if response.status_code == 200 \
+                else {"error": f"HTTP {response.status_code}"}
+        except WireError as error:
+            out[node.info.id] = {"error": f"malformed answer: {error}"}
         except (httpx.HTTPError, ValueError) as error:
             out[node.info.id] = {"error": f"{type(error).__name__}: {error}"}
     return out

@@ -28,6 +28,7 @@ from .keys import generate_key, load_key, public_key_text, write_key
 from .paths import cluster_dir
 from .ports import ephemeral_range, exposed_ports
 from .protocol.tls import certificate_text, node_certificate
+from .protocol.wire import RepairStatus
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -95,11 +96,10 @@ _REPAIR_COLUMNS = [("certified", "certified_blobs"), ("missing", "missing_sliver
 def _repair_row(node_id: str, status: dict) -> list[str]:
     if "error" in status:
         return [node_id, "down"] + ["-"] * (len(_REPAIR_COLUMNS) + 1)
-    scrub = status["scrub"]
-    state = ("disk full" if status.get("disk_full") else "whole" if status["idle"]
-             else "syncing" if status["synced_peers"] < status["peers"] else "repairing")
-    return ([node_id, state] + [str(status[key]) for _, key in _REPAIR_COLUMNS]
-            + [f"{scrub['passes']} passes, {scrub['position']} blobs into this one, {scrub['rot_found']} rotten"])
+    typed = RepairStatus.from_dict(status)
+    scrub = typed.scrub
+    return ([node_id, typed.state] + [str(status[key]) for _, key in _REPAIR_COLUMNS]
+            + [f"{scrub.passes} passes, {scrub.position} blobs into this one, {scrub.rot_found} rotten"])
 
 
 def _cmd_repair_status(args: argparse.Namespace) -> int:
