@@ -17,7 +17,7 @@ from fs_harness import Filesystem, mounted, status, tree_snapshot
 from walrusfs.client.certificate import Certificate
 from walrusfs.committee import Committee
 from walrusfs.errors import UserError
-from walrusfs.fs.mount import DEFAULT_STORE_DEADLINE, MountOptions
+from walrusfs.fs.mount_options import DEFAULT_STORE_DEADLINE, MountOptions
 
 MiB = 1 << 20
 # The mount's store deadline where a test waits for it to pass: the bound is what is tested, not its
