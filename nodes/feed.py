@@ -17,9 +17,10 @@ import json
 import logging
 import random
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from walrusfs.protocol.certificates import CertificateError
+from walrusfs.protocol.wire import FeedEntry, FeedPage
 from walrusfs.redstuff import BlobId, FormatError
 
 from .peers import PeerError
@@ -51,11 +52,11 @@ class Feed:
 
     # --- serving -------------------------------------------------------------------------------------
 
-    async def page(self, since: int, limit: int) -> dict[str, Any]:
+    async def page(self, since: int, limit: int) -> FeedPage:
         blobs = self.entries[since : since + limit]
         store = self.store
 
-        def load() -> list[dict[str, Any]]:
+        def load() -> list[FeedEntry]:
             out = []
             for offset, blob in enumerate(blobs):
                 try:
@@ -63,14 +64,12 @@ class Feed:
                 except CorruptObjectError:
                     continue  # the scrubber or the next heal fetches it again from a peer
                 if text is not None:  # None: deleted since
-                    out.append({"seq": since + offset, "blob_id": blob, "certificate": text.decode(),
-                                "invalid": blob in store.invalid})
+                    out.append(FeedEntry(since + offset, blob, text.decode(), blob in store.invalid))
             return out
 
         entries = await self.service.in_worker(load)
         following = since + len(blobs)
-        return {"instance": self.instance, "entries": entries, "next": following,
-                "more": following < len(self.entries)}
+        return FeedPage(self.instance, entries, following, following < len(self.entries))
 
     # --- reading the peers' feeds --------------------------------------------------------------------
 
@@ -94,17 +93,17 @@ class Feed:
             try:
                 body = await service.peers.feed(peer, since, MAX_PAGE)
                 self.bytes_received += len(body)
-                page = json.loads(body)
-                if page["instance"] != instance:
+                page = FeedPage.from_dict(json.loads(body))
+                if page.instance != instance:
                     restarted = since != 0
-                    instance, since = page["instance"], 0
+                    instance, since = page.instance, 0
                     if restarted:
                         continue  # the peer restarted: its numbering is new, read it from the start
-                for entry in page["entries"]:
+                for entry in page.entries:
                     await self._consider(peer, entry)
-                since = int(page["next"])
+                since = page.next
                 self._cursors[peer] = (instance, since)
-                if not page["more"]:
+                if not page.more:
                     break
             except PeerError as error:
                 service._peer_failed(error)
@@ -116,21 +115,21 @@ class Feed:
         self._synced.add(peer)
         service.backoff.succeeded(peer)
 
-    async def _consider(self, peer: str, entry: dict[str, Any]) -> None:
+    async def _consider(self, peer: str, entry: FeedEntry) -> None:
         service = self.service
-        blob = str(entry["blob_id"])
+        blob = entry.blob_id
         blob_id = BlobId.parse(blob)
         if blob in self.store.tombstones:
             return  # a writer deleted it here; that peer has not heard yet
         if not service.knows_certified(blob):
             try:
-                text = await service.in_worker(service.verify_certificate, blob_id, entry["certificate"])
+                text = await service.in_worker(service.verify_certificate, blob_id, entry.certificate)
             except (FormatError, CertificateError) as error:
                 log.warning("peer %s listed blob %s with a certificate that does not verify: %s",
                             peer, blob, error)
                 return
             service.pending_certificates[blob] = text
             service.enqueue(blob)
-        if entry.get("invalid") and blob not in self.store.invalid:
+        if entry.invalid and blob not in self.store.invalid:
             service.invalid_hints[blob] = peer
             service.enqueue(blob)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from walrusfs.protocol.wire import ErrorBody
+
 from .httpd import RECEIVE_INTO
 
 Scope = MutableMapping[str, Any]
@@ -25,7 +27,8 @@ OCTETS = "application/octet-stream"
 
 
 class HTTPError(Exception):
-    """Answered as ``{"error": code, "message": message}`` with ``status``."""
+    """Answered as ``{"error": code, "message": message, **details}`` (walrusfs.protocol.wire.ErrorBody)
+    with ``status``."""
 
     def __init__(self, status: int, code: str, message: str,
                  headers: list[tuple[str, str]] | None = None, **details: Any) -> None:
@@ -172,8 +175,7 @@ def json_response(value: Any, status: int = 200, headers: list[tuple[str, str]] 
 
 
 def error_response(error: HTTPError) -> Response:
-    body = {"error": error.code, "message": error.message, **error.details}
-    return json_response(body, error.status, error.headers)
+    return json_response(ErrorBody(error.code, error.message, error.details).to_dict(), error.status, error.headers)
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ import httpx
 from walrusfs.protocol import routes
 from walrusfs.protocol.committee import NodeInfo
 from walrusfs.protocol.transport import node_mounts, tls_context
+from walrusfs.protocol.wire import ErrorBody
 from walrusfs.redstuff import BlobId, SliverKind
 
 
@@ -58,7 +59,7 @@ class Peers:
             return None
         if response.status_code != 200:
             retry = response.headers.get("retry-after", "")
-            raise PeerError(peer, what, f"HTTP {response.status_code} {response.text[:200]}",
+            raise PeerError(peer, what, f"HTTP {response.status_code} {_said(response)}",
                             response.status_code, float(retry) if retry.isdigit() else 0.0)
         return response.content
 
@@ -82,3 +83,12 @@ class Peers:
         body = await self._get(peer, f"recovery symbol {target} of pair {pair}", path)
         assert body is not None
         return body
+
+
+def _said(response: httpx.Response) -> str:
+    """The peer's error body as ``code: message``, else the start of whatever it sent."""
+    try:
+        error = ErrorBody.from_dict(response.json())
+    except ValueError:  # not JSON, or JSON that is no error body (WireError)
+        return response.text[:200]
+    return f"{error.code}: {error.message}"[:300]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from walrusfs.protocol.certificates import Certificate, CertificateError
+from walrusfs.protocol.wire import RepairStatus
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -554,25 +555,24 @@ class RepairService:
 
     # --- status --------------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RepairStatus:
         s = self.stats
         busy = len(self._queued) + len(self._active) + len(self._retry) + len(self.pending_certificates)
         synced = self.feed.synced_peers()
         peers = len(self.peers.nodes) if self.peers else 0
-        return {
-            "node_id": self.node_id, "enabled": self.config.enabled,
-            "certified_blobs": len(self.store.certified), "invalid_blobs": len(self.store.invalid),
-            "queued_blobs": len(self._queued), "active_blobs": len(self._active),
-            "retrying_blobs": len(self._retry),
-            "missing_slivers": len(self.missing), "missing_found": s.missing_found,
-            "recovered_slivers": s.recovered, "failed_attempts": s.failed,
-            "bytes_fetched": s.bytes_fetched, "bytes_lost": s.bytes_lost, "bytes_recovered": s.bytes_recovered,
-            "feed_bytes": self.feed.bytes_received,
-            "metadata_fetched": s.metadata_fetched, "certificates_learned": s.certificates_learned,
-            "invalid_found": s.invalid_found, "invalid_learned": s.invalid_learned,
-            "disk_full": self.disk_full_since is not None, "disk_full_since": self.disk_full_since,
-            "disk_full_attempts": s.disk_full, "rebuilt_waiting_bytes": sum(map(len, self._rebuilt.values())),
-            "peers": peers, "synced_peers": synced,
-            "idle": self.config.enabled and busy == 0 and not self.missing and synced == peers,
-            "scrub": self.scrubber.status(),
-        }
+        return RepairStatus(
+            node_id=self.node_id, enabled=self.config.enabled,
+            certified_blobs=len(self.store.certified), invalid_blobs=len(self.store.invalid),
+            queued_blobs=len(self._queued), active_blobs=len(self._active), retrying_blobs=len(self._retry),
+            missing_slivers=len(self.missing), missing_found=s.missing_found,
+            recovered_slivers=s.recovered, failed_attempts=s.failed,
+            bytes_fetched=s.bytes_fetched, bytes_lost=s.bytes_lost, bytes_recovered=s.bytes_recovered,
+            feed_bytes=self.feed.bytes_received,
+            metadata_fetched=s.metadata_fetched, certificates_learned=s.certificates_learned,
+            invalid_found=s.invalid_found, invalid_learned=s.invalid_learned,
+            disk_full=self.disk_full_since is not None, disk_full_since=self.disk_full_since,
+            disk_full_attempts=s.disk_full, rebuilt_waiting_bytes=sum(map(len, self._rebuilt.values())),
+            peers=peers, synced_peers=synced,
+            idle=self.config.enabled and busy == 0 and not self.missing and synced == peers,
+            scrub=self.scrubber.status(),
+        )

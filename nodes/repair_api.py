@@ -56,10 +56,10 @@ class RepairAPI:
         since, limit = request.query.get("since", "0"), request.query.get("limit", "500")
         if not since.isdigit() or not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
             raise HTTPError(400, "bad_query", f"since must be an integer >= 0 and limit one in [1, {MAX_PAGE}]")
-        return json_response(await self.service.feed.page(int(since), int(limit)))
+        return json_response((await self.service.feed.page(int(since), int(limit))).to_dict())
 
     async def repair_status(self, request: Request) -> Response:
-        return json_response(self.service.status())
+        return json_response(self.service.status().to_dict())
 
     async def get_certificate(self, request: Request, blob_id: BlobId) -> Response:
         return Response(200, await self._object(blob_id, CERTIFICATE, "certificate"))
@@ -109,7 +109,7 @@ class RepairAPI:
     # --- metrics -------------------------------------------------------------------------------------
 
     def metrics_lines(self) -> list[str]:
-        status = self.service.status()
+        status = self.service.status().to_dict()
         scrub = status["scrub"]
         lines: list[str] = []
         counters = [

@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from walrusfs.protocol.wire import ScrubStatus
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -132,8 +133,8 @@ class Scrubber:
         self.service.core.forget_cached(blob_id)
         log.error("scrub: %s of blob %s %s; quarantined, repair will rebuild it", name, blob_id, why)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ScrubStatus:
         s = self.stats
-        return {"interval": self.service.config.scrub_interval, "passes": s.passes, "objects": s.objects,
-                "bytes": s.bytes, "rot_found": s.rot_found, "missing_found": s.missing_found,
-                "position": s.position, "last_pass_seconds": round(s.last_pass_seconds, 3)}
+        return ScrubStatus(interval=self.service.config.scrub_interval, passes=s.passes, objects=s.objects,
+                           bytes=s.bytes, rot_found=s.rot_found, missing_found=s.missing_found,
+                           position=s.position, last_pass_seconds=round(s.last_pass_seconds, 3))

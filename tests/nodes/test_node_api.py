@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from walrusfs.keys import generate_key
 from walrusfs.protocol import Confirmation, is_certified, verify_certificate
+from walrusfs.protocol.wire import ErrorBody, FeedPage, Health, RepairStatus
 from walrusfs.redstuff import EncodedBlob, RecoverySymbol, Sliver, SliverKind, verify_sliver
 from walrusfs.redstuff.sliver import HEADER_SIZE
 
@@ -123,6 +124,19 @@ def test_health_and_metrics(node: Node, blob: EncodedBlob) -> None:
         ("method", "PUT"), ("route", "/v1/blobs/{id}/slivers/{pair}/{kind}"), ("status", "201")))] == 8
     assert samples[("walrusfs_node_stored_blobs", ())] == 1
     assert "walrusfs_node_received_bytes_total" in text
+
+
+def test_every_json_body_of_a_real_node_parses_as_its_wire_type(node: Node, blob: EncodedBlob) -> None:
+    node.store(blob)
+    health = Health.from_dict(node.http.get("/v1/health").json())
+    assert (health.node_id, health.shards, health.blobs) == ("node-0", list(node.shards), 1)
+    status = RepairStatus.from_dict(node.http.get("/v1/repair/status").json())
+    assert status.node_id == "node-0" and status.scrub.passes >= 0
+    page = FeedPage.from_dict(node.http.get("/v1/certified", params={"since": 0, "limit": 10}).json())
+    assert page.entries == [] and not page.more  # nothing certified on this node
+    refused = node.http.get("/v1/certified", params={"limit": 0})
+    error = ErrorBody.from_dict(refused.json())
+    assert refused.status_code == 400 and error.code == "bad_query" and "limit" in error.message
 
 
 # --- confirmations -------------------------------------------------------------------------------------

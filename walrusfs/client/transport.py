@@ -20,6 +20,7 @@ from ..protocol.committee import Committee, NodeInfo
 from ..protocol.lease import LeaseRecord, LeaseState
 from ..protocol.roots import RootRecord
 from ..protocol.transport import node_mounts, tls_context  # noqa: F401 (re-exported: callers import them from here)
+from ..protocol.wire import ErrorBody, WireError
 from ..redstuff import BlobId, BlobMetadata, FormatError, InconsistencyProof, RecoverySymbol, Sliver, SliverKind
 from .health import HealthBook
 
@@ -206,8 +207,9 @@ class NodeConnection:
             answer = response.json()
             if response.status_code == 200:
                 return LeaseAnswer(True, "granted", "", LeaseState.from_dict(answer, record.fs_id))
-            current = answer.get("current")
-            return LeaseAnswer(False, str(answer.get("error")), str(answer.get("message")),
+            refusal = ErrorBody.from_dict(answer)
+            current = refusal.extra.get("current")
+            return LeaseAnswer(False, refusal.code, refusal.message,
                                None if current is None else LeaseState.from_dict(current, record.fs_id))
 
         return await self._call("writer lease", lambda: self.http.put(
@@ -269,6 +271,12 @@ def _reason(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text.strip()[:300] or response.reason_phrase
+    try:
+        error = ErrorBody.from_dict(body)
+    except WireError:  # not a node's error body (a proxy's, or another server's on that port)
+        pass
+    else:
+        return f"{error.code}: {error.message}"[:500]
     if not isinstance(body, dict):
         return str(body)[:300]
     code, message = body.get("error"), body.get("message") or body.get("detail")

@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..protocol import routes
 from ..protocol.certificates import Certificate, CertificateError
 from ..protocol.committee import Committee
+from ..protocol.wire import FeedPage
 from ..redstuff import BlobId, BlobMetadata, FormatError, SliverKind
 
 
@@ -57,20 +58,21 @@ async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict
         since = 0
         while True:
             try:
-                page = (await http.get(url + routes.CERTIFIED, params={"since": since, "limit": 1000})).json()
-            except (httpx.HTTPError, ValueError):
+                page = FeedPage.from_dict((await http.get(url + routes.CERTIFIED,
+                                                          params={"since": since, "limit": 1000})).json())
+            except (httpx.HTTPError, ValueError):  # WireError too: a malformed page
                 return  # a node that does not answer fails its own challenges below
-            for entry in page["entries"]:
-                if entry.get("invalid"):
-                    invalid.add(entry["blob_id"])
+            for entry in page.entries:
+                if entry.invalid:
+                    invalid.add(entry.blob_id)
                 try:
-                    certificate = Certificate.from_json(entry["certificate"])
+                    certificate = Certificate.from_json(entry.certificate)
                     certificate.verify(committee)
                 except (FormatError, CertificateError):
                     continue
                 found.setdefault(certificate.blob_id, certificate)
-            since = page["next"]
-            if not page["more"]:
+            since = page.next
+            if not page.more:
                 return
 
     async with trio.open_nursery() as nursery:
