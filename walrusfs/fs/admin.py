@@ -18,9 +18,11 @@ from ..errors import UserError
 from ..keys import load_key
 from ..progress import Progress
 from ..protocol.committee import Committee
+from .capability import ReadCapability
 from .cli import WRITER_KEY_HELP
 from .config import resolve_source
 from .db import Database
+from .encryption import read_key_of
 from .fsck import Fsck
 from .mount import acquire_lock
 from .mount_status import CONTROL_PREFIX, SnapshotStatus, read_status
@@ -55,6 +57,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot = commands.add_parser("snapshot", help="publish a metadata snapshot of a mounted filesystem now")
     snapshot.add_argument("mountpoint", type=Path)
     snapshot.set_defaults(func=_snapshot)
+
+    share = commands.add_parser("share", help="print a read capability: mounts the filesystem read-only anywhere")
+    share.add_argument("source", help="filesystem name or state directory (holding its key)")
+    share.add_argument("--snapshot", type=int, metavar="N",
+                       help="pin snapshot N (default: the latest at each mount)")
+    share.set_defaults(func=_share)
 
 
 class _Steps:
@@ -186,6 +194,23 @@ def _snapshot(args: argparse.Namespace) -> int:
     status = read_status(mountpoint).snapshot or SnapshotStatus()
     print(f"snapshot {status.seq} published ({(status.db_bytes or 0) / 2**20:.1f} MiB of metadata, "
           f"{(status.uploaded_bytes or 0) / 2**20:.2f} MiB new) in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _share(args: argparse.Namespace) -> int:
+    state = resolve_source(args.source)
+    settings = state.load_settings()
+    fs_key_path = Path(settings.fs_key or state.fs_key_path)
+    if not fs_key_path.exists():
+        raise UserError(f"{state.root} holds no key of its filesystem (it was made from a read capability): "
+                        "only the holder of the filesystem's key can share it")
+    fs_key = load_key(fs_key_path)
+    capability = ReadCapability(settings.fs_id, read_key_of(fs_key), args.snapshot)
+    print(capability.to_text())
+    which = "the latest snapshot at each mount" if args.snapshot is None else f"snapshot {args.snapshot}"
+    print(f"anyone holding this string and the committee file can read every file of {settings.fs_id} "
+          f"({which}); it cannot write or publish. Mount it with: mount -t walrusfs CAPABILITY DIR. Treat it as "
+          "a secret: it decrypts the data.", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import UserError
+from .capability import ReadCapability, is_capability
 from .config import AES_256_GCM, NO_ENCRYPTION, resolve_source
 
 HELPER_PATH = Path("/usr/sbin/mount.walrusfs")
@@ -46,7 +47,8 @@ def register(commands: argparse._SubParsersAction) -> None:
             textwrap.fill(name, 78, initial_indent="  ", subsequent_indent="  ") + "\n"
             + textwrap.fill(text, 78, initial_indent=" " * 6, subsequent_indent=" " * 6)
             for name, text in OPTION_HELP.items()))
-    mount.add_argument("source", help="filesystem name (its state is HOME/fs/NAME, see --home) or state directory")
+    mount.add_argument("source", help="filesystem name (its state is HOME/fs/NAME, see --home), state directory, "
+                       "or a read capability (walrusfs-ro1:..., printed by walrusfs share): mounted read-only")
     mount.add_argument("mountpoint", type=Path, help="an existing, empty directory (see -o nonempty)")
     mount.add_argument("-o", dest="options", metavar="OPTIONS", help="comma-separated mount options (below)")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
@@ -96,6 +98,13 @@ def _mount(args: argparse.Namespace) -> int:
         if getattr(args, name):
             setattr(options, name, str(getattr(args, name).resolve()))
     options.takeover = options.takeover or args.takeover
+    if is_capability(args.source):  # checked whole before anything is mounted
+        from .mount import capability_state
+
+        capability = ReadCapability.parse(args.source)
+        state = capability_state(capability, options.home)
+        options.fsname = f"walrusfs:{state.root.name}"  # never the capability: /proc/mounts is world-readable
+        return mount(state, args.mountpoint.resolve(), options, args.foreground, capability)
     options.fsname = args.source
     return mount(resolve_source(args.source, options.home), args.mountpoint.resolve(), options, args.foreground)
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -36,11 +37,12 @@ from ..protocol.committee import Committee
 from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
+from .capability import ReadCapability
 from .catalog import Catalog
-from .config import FsSettings, FsState
+from .config import FsSettings, FsState, fs_home
 from .daemon import READY, run_daemon, tell_caller
 from .db import Database
-from .encryption import contents_of, read_key_of
+from .encryption import contents_for, read_key_of
 from .fsck import Fsck
 from .metrics import export_metrics
 from .mount_options import MountOptions
@@ -48,7 +50,14 @@ from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
-from .restore import find_chain, manifest_of, resolve_staged, restore_db_file, restore_state
+from .restore import (
+    find_chain_of,
+    manifest_in,
+    refresh_shared_state,
+    resolve_staged,
+    restore_db_file,
+    restore_state,
+)
 from .snapshot import SnapshotError
 from .uploader import Uploader
 from .writer_lease import acquire_for_mount
@@ -125,7 +134,9 @@ def check_mountpoint(mountpoint: Path, options: MountOptions) -> None:
                         "empty directory, or pass -o nonempty to hide them while mounted.")
 
 
-def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: bool) -> int:
+def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: bool,
+          capability: ReadCapability | None = None) -> int:
+    """Mount ``state`` (``capability``: a read capability's state, restored or refreshed first)."""
     clear_dead_mount(mountpoint)
     current = mounted_here(mountpoint)
     if current is not None:
@@ -139,17 +150,22 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
         raise UserError(f"{mountpoint} already has a walrusfs mount (filesystem {current.state}"
                         f"{', read-only' if current.read_only else ''}, daemon pid {current.pid}): "
                         f"unmount it first (walrusfs umount {mountpoint})")
-    if options.key and not state.settings_path.exists():
+    if capability is not None:
+        options.read_only = True
+        restore_shared(state, capability, options)
+    elif options.key and not state.settings_path.exists():
         restore_from_network(state, options)
     settings = state.load_settings()
     check_mountpoint(mountpoint, options)
     committee = Committee.load(settings.committee)
-    key = _load(settings.writer_key, "the nodes' write key")
-    fs_key = _load(settings.fs_key or str(state.fs_key_path), "the filesystem's key")
+    keys = MountKeys.load(state, settings)
+    if not options.read_only and (keys.fs_key is None or keys.writer is None):
+        raise UserError(f"{state.root} was made from a read capability (it holds no key of the filesystem): it "
+                        "mounts read-only only (-o ro)")
     db_path = state.db_path
     if options.snapshot is not None:
-        db_path = trio.run(prepare_snapshot, state, committee, key, fs_key, options.snapshot)
-    args = (state, settings, committee, key, fs_key, mountpoint, options, db_path)
+        db_path = trio.run(prepare_snapshot, state, settings, committee, keys, options.snapshot)
+    args = (state, settings, committee, keys, mountpoint, options, db_path)
     if foreground:
         lock = None if options.snapshot is not None else acquire_lock(state)
         try:
@@ -167,6 +183,39 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
 
     run_daemon(daemon, state.root / "mount.log", options.log_max_size)
     return 0
+
+
+@dataclass(frozen=True)
+class MountKeys:
+    """What a mount holds: a filesystem's own state has all three keys; one made from a read
+    capability (capability.py) has only the read key, and mounts read-only."""
+
+    writer: Ed25519PrivateKey | None  # signs stores and deletes on the nodes
+    fs_key: Ed25519PrivateKey | None  # owns the filesystem ID, signs its root records
+    read_key: bytes  # opens its sealed blocks and snapshots (encryption.py)
+
+    @classmethod
+    def load(cls, state: FsState, settings: FsSettings) -> MountKeys:
+        shared = state.root / "read.cap"
+        if not settings.fs_key and not state.fs_key_path.exists() and shared.exists():
+            return cls(None, None, ReadCapability.parse(shared.read_text()).read_key)
+        writer = _load(settings.writer_key, "the nodes' write key")
+        fs_key = _load(settings.fs_key or str(state.fs_key_path), "the filesystem's key")
+        return cls(writer, fs_key, read_key_of(fs_key))
+
+
+def capability_state(capability: ReadCapability, home: str | Path | None) -> FsState:
+    """Where a read capability's local state (metadata, cache) lives: one directory per filesystem
+    and pinned snapshot, named without the capability's secret."""
+    name = f"shared-{capability.fs_id[:16]}" + ("" if capability.snapshot is None else f"-{capability.snapshot}")
+    return FsState(fs_home(home) / name)
+
+
+def restore_shared(state: FsState, capability: ReadCapability, options: MountOptions) -> None:
+    from ..cluster import COMMITTEE_FILE, bundled_file
+
+    committee_path = bundled_file(options.committee, COMMITTEE_FILE)
+    trio.run(partial(refresh_shared_state, state, committee_path, Committee.load(committee_path), capability))
 
 
 def _load(path: str, what: str) -> Ed25519PrivateKey:
@@ -190,32 +239,31 @@ def restore_from_network(state: FsState, options: MountOptions) -> None:
         print(f"fsck after restore: {finding.message}", file=sys.stderr)
 
 
-async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519PrivateKey,
-                           fs_key: Ed25519PrivateKey, seq: int) -> Path:
+async def prepare_snapshot(state: FsState, settings: FsSettings, committee: Committee, keys: MountKeys,
+                           seq: int) -> Path:
     """The database of snapshot ``seq``, fetched once into <state>/snapshots/<seq>/."""
     directory = state.snapshots / str(seq)
     db_path = directory / "metadata.db"
     if db_path.exists():
         return db_path
     directory.mkdir(parents=True, exist_ok=True)
-    async with BlobClient(committee, writer_key=key) as client:
-        chain = await find_chain(client, fs_key)
-        manifest, _ = await manifest_of(client, fs_key, chain, seq)
-        await restore_db_file(client, manifest, db_path, read_key=read_key_of(fs_key))
+    async with BlobClient(committee, writer_key=keys.writer) as client:
+        chain = await find_chain_of(client, settings.fs_id, keys.read_key)
+        manifest, _ = await manifest_in(client, settings.fs_id, keys.read_key, chain, seq)
+        await restore_db_file(client, manifest, db_path, read_key=keys.read_key)
     if state.db_path.exists():
         resolved, lost = resolve_staged(db_path, state.db_path)
         log.info("snapshot %d: %d blocks staged when it was taken found certified since, %d not", seq, resolved, lost)
     return db_path
 
 
-async def serve(state: FsState, settings: FsSettings, committee: Committee, key: Ed25519PrivateKey,
-                fs_key: Ed25519PrivateKey, mountpoint: Path, options: MountOptions, db_path: Path,
-                ready_fd: int | None) -> None:
+async def serve(state: FsState, settings: FsSettings, committee: Committee, keys: MountKeys, mountpoint: Path,
+                options: MountOptions, db_path: Path, ready_fd: int | None) -> None:
     keep_freed_buffers(keep=128 << 20)  # the daemon's RSS budget (bench mount: 400 MB)
     directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
     log.debug("serving %s (database %s) with %s", state.root, db_path, options)
     db = Database(db_path)
-    contents = contents_of(settings.encryption, fs_key)  # how blocks are sealed (encryption.py)
+    contents = contents_for(settings.encryption, keys.read_key)  # how blocks are sealed (encryption.py)
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
     if not old_snapshot:
@@ -229,7 +277,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
                                      store_deadline=options.store_deadline)
-    async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
+    async with BlobClient(committee, writer_key=keys.writer, settings=client_settings) as client:
 
         async def fetch(blob_id: str) -> bytes:
             return await client.read(BlobId.parse(blob_id))
@@ -240,11 +288,11 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
         uploader = Uploader(catalog, blocks, cache, client, settings.blob_size, settings.upload_delay,
                             fill_cache=settings.cache_after_upload)
         publisher = None if options.read_only else SnapshotPublisher(
-            state, settings, db, client, fs_key, partial(_certify_staged, catalog, uploader))
+            state, settings, db, client, keys.fs_key, partial(_certify_staged, catalog, uploader))
         lease = None
         if publisher is not None:  # a writable mount: one writer per filesystem, across machines
             try:
-                lease = await acquire_for_mount(state, client, fs_key, takeover=options.takeover,
+                lease = await acquire_for_mount(state, client, keys.fs_key, takeover=options.takeover,
                                                 term=options.lease_term)
             except BaseException:
                 db.close()

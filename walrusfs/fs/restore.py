@@ -21,10 +21,11 @@ from ..progress import Progress
 from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
+from .capability import ReadCapability
 from .catalog import resolve_staged as resolve_staged_blocks
 from .config import FsSettings, FsState
 from .db import Database
-from .encryption import read_key_of
+from .encryption import contents_for, read_key_of
 from .fsck import Fsck, FsckReport
 from .publisher import LocalSnapshotState
 from .set_aside import compare, set_aside
@@ -171,3 +172,38 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     if aside is not None:  # last, so that it is what the user reads
         print(compare(aside, state.db_path).warning(state.root.name), file=sys.stderr)
     return report
+
+
+async def refresh_shared_state(state: FsState, committee_path: Path, committee: Committee, capability: ReadCapability,
+                               *, quiet: bool = False) -> int:
+    """The local state of a read capability (capability.py) at the snapshot it names, or the latest
+    one: restored from the network the first time, and again whenever the network holds a newer
+    snapshot than the one on disk (each read-only mount of the latest sees the latest). No key of
+    the filesystem is stored: only the capability (``read.cap``, mode 0600). Returns the snapshot."""
+    local = LocalSnapshotState.load(state) if state.settings_path.exists() else None
+    async with BlobClient(committee) as client:
+        chain = await find_chain_of(client, capability.fs_id, capability.read_key)
+        manifest, manifest_id = await manifest_in(client, capability.fs_id, capability.read_key, chain,
+                                                  capability.snapshot)
+        if local is not None and local.seq == manifest.seq:
+            return manifest.seq
+        state.root.mkdir(parents=True, exist_ok=True)
+        state.staging.mkdir(exist_ok=True)
+        replace_durably(state.root / "read.cap", capability.to_text().encode(), mode=0o600)
+        await restore_db_file(client, manifest, state.db_path, quiet, capability.read_key)
+    replace_durably(state.snapshot_manifest, manifest.to_bytes())
+    settings = FsSettings(**{**manifest.settings, "committee": str(committee_path), "writer_key": "", "fs_key": ""})
+    db = Database(state.db_path)
+    try:
+        contents = contents_for(settings.encryption, capability.read_key)
+        report = Fsck(db, state, settings, committee, contents=contents).run_local()
+    finally:
+        db.close()
+    for finding in report.findings:  # staged, never certified when the snapshot was taken: holes
+        print(f"snapshot {manifest.seq}: {finding.message}", file=sys.stderr)
+    LocalSnapshotState(manifest.seq, manifest.created_ns, manifest_id, manifest.seq, True).save(state)
+    replace_durably(state.settings_path, settings.dump().encode())
+    if not quiet:
+        print(f"read capability: filesystem {capability.fs_id}, snapshot {manifest.seq} "
+              f"({manifest.db_size / 2**20:.1f} MiB of metadata)", file=sys.stderr)
+    return manifest.seq
