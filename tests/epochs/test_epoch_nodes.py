@@ -318,3 +318,28 @@ def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_
         time.sleep(0.3)
     sliver = httpx.get(network.url(JOINER) + routes.sliver(stored.blob_id, pair, SliverKind.PRIMARY), timeout=10)
     assert sliver.status_code == 200
+
+
+# --- the config's committee at start -------------------------------------------------------------------
+
+
+def test_a_config_committee_newer_than_the_chain_needs_links_to_reach_it(network: Network) -> None:
+    network.start("node-0")
+    network.stop("node-0")
+    successor = network.epoch2()
+    successor.write(network.root / "committee-2.toml")
+    config = network.config("node-0")
+    config.write_text(config.read_text().replace("../committee.toml", "../committee-2.toml"))
+
+    # No node can show how epoch 1 led to epoch 2: the file alone is not trusted.
+    refused = subprocess.run([sys.executable, "-m", "nodes", "--config", str(config)], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to start" in refused.stderr
+    assert "is for epoch 2, but this node's chain" in refused.stderr and "ends at epoch 1" in refused.stderr
+
+    # A peer that has the link: the node takes it at start, verified, and starts at epoch 2.
+    network.start("node-1")
+    assert post_next(network.url("node-1"), network.link(successor, QUORUM_SIGNERS)).status_code == 200
+    network.start("node-0")
+    assert health(network.url("node-0"))["epoch"] == 2
