@@ -286,15 +286,17 @@ def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: N
 # --- certificates across epochs ------------------------------------------------------------------------
 
 
-def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_new_assignment(
+def test_a_certificate_of_epoch_1_stays_valid_at_epoch_3_and_repair_follows_the_new_assignment(
         network: Network) -> None:
     network.start()
     stored = store(network, b"certified in epoch 1" * 5000)
     assert stored.certificate.epoch == 1
     network.start_joiner()
-    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    epoch2 = network.epoch2()
+    epoch3 = Committee(3, epoch2.n_shards, epoch2.nodes, epoch2.writer_keys)
+    links = [network.link(epoch2, QUORUM_SIGNERS), network.link(epoch3, QUORUM_SIGNERS, previous=epoch2)]
     for node_id in [*network.node_ids, JOINER]:
-        assert post_next(network.url(node_id), link).status_code == 200
+        assert post_next(network.url(node_id), *links).json()["epoch"] == 3
 
     # A certificate PUT is checked against the committee of its epoch, found through the chain.
     node0 = network.committee.node("node-0")
