@@ -130,10 +130,17 @@ async def _fetch_extension(chain: CommitteeChain, nodes: Sequence[NodeInfo], epo
         links = await fetch_links(node, best.current.epoch)
         if links:
             try:
-                best = CommitteeChain(best.anchor, [*best.links, *_after(links, best.current.epoch)])
+                best = _extended(best, _after(links, best.current.epoch))
             except ChainError as error:
                 log.warning("node %s served committee links that do not verify: %s", node.id, error)
     return best
+
+
+def _extended(chain: CommitteeChain, links: Iterable[CommitteeLink]) -> CommitteeChain:
+    longer = chain.copy()
+    for link in links:
+        longer.extend(link)
+    return longer
 
 
 def _after(links: Iterable[CommitteeLink], epoch: int) -> list[CommitteeLink]:
@@ -284,8 +291,8 @@ class EpochService:
             new = self._new_links(chain, links)
             if not new:
                 return []
-            try:
-                longer = await self.core.in_worker(CommitteeChain, chain.anchor, [*chain.links, *new])
+            try:  # only the new links are verified: a POST of junk costs little however long the chain
+                longer = await self.core.in_worker(_extended, chain, new)
             except ChainError as error:
                 raise HTTPError(422, "link_refused", str(error), epoch=chain.current.epoch) from None
             await self._durably(save_chain, self.data_dir, longer)
