@@ -131,7 +131,9 @@ class FeedPage:
 @dataclass(frozen=True)
 class Health:
     """``GET /v1/health``. ``public_key`` (the node's signing key, base64, as in the committee) came
-    later: None from a node that predates it."""
+    later: None from a node that predates it. ``standby`` (the node is in no committee of its epoch:
+    joining, or retired; docs/epochs.md) came with epochs: None from a node that predates them (which is
+    never in standby)."""
 
     ok: bool
     node_id: str
@@ -142,13 +144,16 @@ class Health:
     bytes: int
     quarantined: int
     public_key: str | None = None
+    standby: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"ok": self.ok, "node_id": self.node_id}
         if self.public_key is not None:
             body["public_key"] = self.public_key
-        body.update({"epoch": self.epoch, "n_shards": self.n_shards, "shards": list(self.shards),
-                     "blobs": self.blobs, "bytes": self.bytes, "quarantined": self.quarantined})
+        body.update({"epoch": self.epoch, "n_shards": self.n_shards, "shards": list(self.shards)})
+        if self.standby is not None:
+            body["standby"] = self.standby
+        body.update({"blobs": self.blobs, "bytes": self.bytes, "quarantined": self.quarantined})
         return body
 
     @classmethod
@@ -161,7 +166,8 @@ class Health:
         return cls(_get(body, "ok", bool, what), _get(body, "node_id", str, what), _get(body, "epoch", int, what),
                    _get(body, "n_shards", int, what), shards, _get(body, "blobs", int, what),
                    _get(body, "bytes", int, what), _get(body, "quarantined", int, what),
-                   _get(body, "public_key", (str, type(None)), what, None))
+                   _get(body, "public_key", (str, type(None)), what, None),
+                   _get(body, "standby", (bool, type(None)), what, None))
 
 
 # --- repair status ---------------------------------------------------------------------------------------
