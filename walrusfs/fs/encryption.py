@@ -76,6 +76,7 @@ class Contents(Protocol):
     """How a filesystem turns plaintext into what it stores and back; ``digest`` is the dedup key."""
 
     scheme: str
+    overhead: int  # bytes a sealed object has beyond its plaintext
 
     def digest(self, plaintext: bytes) -> bytes: ...
 
@@ -88,6 +89,7 @@ class PlainContents:
     """No encryption: filesystems made before it, or with ``mkfs --no-encryption`` (public data)."""
 
     scheme = NO_ENCRYPTION
+    overhead = 0
 
     def digest(self, plaintext: bytes) -> bytes:
         return blake3.blake3(plaintext).digest()
@@ -103,6 +105,7 @@ class SealedContents:
     """AES-256-GCM with synthetic nonces under keys derived from the read key (module docstring)."""
 
     scheme = AES_256_GCM
+    overhead = OVERHEAD
 
     def __init__(self, read_key: bytes) -> None:
         if len(read_key) != 32:

@@ -273,8 +273,10 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
             log.warning("the last mount did not end cleanly; fsck: %s",
                         "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
         replace_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
+    # Sealed blocks are a little larger than the blocks they hold: a blob takes as many as unsealed ones.
+    pack_size = settings.blob_size + settings.blob_size // settings.block_size * contents.overhead
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
-    per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
+    per_blob = pack_size + committee.geometry.layout(pack_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
                                      store_deadline=options.store_deadline)
     async with BlobClient(committee, writer_key=keys.writer, settings=client_settings) as client:
@@ -285,7 +287,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
         cache = BlobCache(state.cache, settings.cache_size, fetch)
         catalog = Catalog(db)
         blocks = BlockStore(db, staging, cache, catalog=catalog, contents=contents)
-        uploader = Uploader(catalog, blocks, cache, client, settings.blob_size, settings.upload_delay,
+        uploader = Uploader(catalog, blocks, cache, client, pack_size, settings.upload_delay,
                             fill_cache=settings.cache_after_upload)
         publisher = None if options.read_only else SnapshotPublisher(
             state, settings, db, client, keys.fs_key, partial(_certify_staged, catalog, uploader))
