@@ -1,0 +1,502 @@
+"""The handover of shards at an epoch change (docs/epochs.md, Handover): both sides of it.
+
+New holder: a listener of the node's core (``core.add_epoch_listener``). For each shard it gained it
+pages through the old holder's blobs of that shard (``GET /v1/shards/{shard}/blobs``), fetches each
+sliver pair, checks it against the blob's metadata (itself checked against the blob ID) and stores
+it with the metadata and the certificate (checked against the committee of its epoch). A sliver the
+old holder does not give (gone, slow, or one that fails verification) is rebuilt from recovery
+symbols by repair (``RepairService._recover``, the one recovery there is). When the old holder cannot
+even list its blobs, the other nodes' inventories stand in for its listing, and only certified blobs
+are rebuilt. Once every blob of the shard is done the shard is *synced*, and the node sends the old
+holder its signed ``ShardSynced``, retried until it is acknowledged.
+
+Old holder: it keeps serving the slivers of the shards it hands off (``core.set_handing_off``) until
+the new holder's statement arrives and verifies; then it deletes exactly that shard's slivers and
+stops serving it (``release``).
+
+Progress (cursor, counters, states) is kept in ``DATA/epochs/handover.json`` (``HandoverStatus``
+JSON, written durably after every page), so a node killed mid-handover resumes where it was; a page
+done twice costs nothing, since stored slivers are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from walrusfs.protocol.certificates import Certificate, CertificateError
+from walrusfs.protocol.committee import Committee
+from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
+from walrusfs.redstuff import (
+    BlobId,
+    BlobMetadata,
+    FormatError,
+    InconsistencyProof,
+    Sliver,
+    SliverKind,
+    SliverVerificationError,
+    verify_inconsistency_proof,
+    verify_sliver,
+)
+
+from .core import NodeCore
+from .handover_fetch import FetchError, HandoverClient
+from .store import CERTIFICATE, METADATA, MissingMetadataError, sliver_name
+
+if TYPE_CHECKING:
+    from .repair import RepairService
+
+log = logging.getLogger("nodes.handover")
+CONCURRENCY = 8  # blobs moved at once, over all shards gained
+LISTING_ATTEMPTS = 4  # failed listings of the old holder before the other nodes' inventories stand in
+MAX_BACKOFF = 60.0
+
+
+class HandoverService:
+    def __init__(self, core: NodeCore, repair: RepairService, concurrency: int = CONCURRENCY) -> None:
+        self.core = core
+        self.repair = repair
+        self.store = core.store
+        self.path = core.store.root / "epochs" / "handover.json"
+        self.status = self._load()
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._client: HandoverClient | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._lock: asyncio.Lock | None = None  # one state change at a time (listener, release)
+
+    # --- state ---------------------------------------------------------------------------------------
+
+    def _load(self) -> HandoverStatus:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return HandoverStatus(self.core.node_id, self.core.committee.epoch)
+        return HandoverStatus.from_json(text)  # a damaged file stops the node: its progress is not guessed
+
+    def _save(self) -> None:
+        """Durably: write a temporary file, fsync it, rename it into place, fsync the directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(self.path.name + ".tmp")
+        with open(temp, "w") as file:
+            file.write(self.status.to_json())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, self.path)
+        _fsync_dir(self.path.parent)
+
+    async def save(self) -> None:
+        await self.core.in_worker(self._save)
+
+    def handover_complete(self) -> bool:
+        """Every shard this node gained is synced (epoch-nodes asks before signing the next committee)."""
+        return self.status.complete
+
+    def handing_off(self) -> set[int]:
+        return {s for s, entry in self.status.handing_off.items() if not entry.released}
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def register(self) -> None:
+        self.core.add_epoch_listener(self.on_epoch)
+        self.core.set_handing_off(self.handing_off())
+
+    async def stop(self) -> None:
+        await self._cancel_tasks()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def on_epoch(self, previous: Committee, current: Committee) -> None:
+        """Committee ``current`` was adopted after ``previous`` (or the node started with a handover
+        into ``current`` unfinished): work out what moves, persist it, start moving in the background."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+            self._slots = asyncio.Semaphore(self.concurrency)
+        async with self._lock:
+            await self._cancel_tasks()
+            self._plan(previous, current)
+            await self.save()
+            self.core.set_handing_off(self.handing_off())
+            if self._client is not None:
+                await self._client.close()
+            nodes = {node.id: node for committee in (previous, current) for node in committee.nodes}
+            for entry in self.status.gaining.values():
+                if entry.epoch != current.epoch:  # an older handover still releasing: its source too
+                    nodes.update({n.id: n for n in self.core.committee_at(entry.epoch - 1).nodes})
+            self._client = HandoverClient(list(nodes.values()), self.core.node_id)
+            for shard, entry in self.status.gaining.items():
+                if entry.state != "synced" or not entry.released:
+                    self._tasks[shard] = asyncio.create_task(self._gain(entry), name=f"handover-{shard}")
+        log.info("epoch %d: gaining shards %s, handing off %s", current.epoch,
+                 sorted(s for s, e in self.status.gaining.items() if e.state != "synced"), sorted(self.handing_off()))
+
+    def _plan(self, previous: Committee, current: Committee) -> None:
+        me = self.core.node_id
+        before = set(previous.shards_of(me)) if previous.has_node(me) else set()
+        now = set(current.shards_of(me)) if current.has_node(me) else set()
+        status = self.status
+        status.epoch = current.epoch
+        # Finished entries of earlier epochs are history; unfinished ones go on.
+        status.gaining = {s: e for s, e in status.gaining.items()
+                          if s in now and not (e.epoch < current.epoch and e.state == "synced" and e.released)}
+        status.handing_off = {s: e for s, e in status.handing_off.items() if s not in now and not e.released}
+        for shard in sorted(before - now):
+            if shard not in status.handing_off:
+                status.handing_off[shard] = HandedOffShard(shard, current.node_for_shard(shard).id, current.epoch)
+        for shard in sorted(now - before):
+            entry = status.gaining.get(shard)
+            if entry is None or entry.epoch != current.epoch:
+                status.gaining[shard] = GainedShard(shard, previous.node_for_shard(shard).id, current.epoch)
+
+    # --- the new holder ------------------------------------------------------------------------------
+
+    async def _gain(self, entry: GainedShard) -> None:
+        try:
+            if entry.state != "synced":
+                await self._copy(entry)
+                entry.state = "synced"
+                await self.save()
+                log.info("shard %d synced: %d blobs, %d bytes moved for %d bytes of slivers, %d slivers rebuilt",
+                         entry.shard, entry.blobs, entry.bytes_moved, entry.bytes_to_move, entry.rebuilt)
+            await self._announce(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handover of shard %d failed; it resumes at the next start or epoch", entry.shard)
+
+    async def _copy(self, entry: GainedShard) -> None:
+        """Every blob the old holder lists for the shard; its inventory-less fallback if it is gone."""
+        failures = 0
+        while True:
+            assert self._client is not None
+            received = self._client.bytes_received
+            try:
+                page = await self._client.listing(entry.source, entry.shard, entry.cursor)
+            except (FetchError, HandoverError) as error:
+                failures += 1
+                if failures >= LISTING_ATTEMPTS:
+                    log.warning("old holder %s of shard %d cannot list its blobs (%s): rebuilding the shard from "
+                                "recovery symbols of the certified blobs the other nodes hold", entry.source,
+                                entry.shard, error)
+                    await self._rebuild_all(entry)
+                    return
+                await asyncio.sleep(_backoff(failures))
+                continue
+            failures = 0
+            entry.bytes_moved += self._client.bytes_received - received
+            await self._move_all(entry, list(page.blobs), from_source=True)
+            entry.cursor = page.next
+            await self.save()
+            if page.next is None:
+                return
+
+    async def _rebuild_all(self, entry: GainedShard) -> None:
+        """The old holder is gone: every blob some other node stores, certified, gets its pair rebuilt."""
+        assert self._client is not None
+        blobs: set[str] = set()
+        previous = self.core.committee_at(entry.epoch - 1)
+        for node in previous.nodes:
+            if node.id in (entry.source, self.core.node_id):
+                continue
+            after = None
+            try:
+                while True:
+                    page, after = await self._client.inventory(node.id, after)
+                    blobs.update(page)
+                    if after is None:
+                        break
+            except (FetchError, ValueError, KeyError) as error:
+                log.warning("inventory of %s for the handover of shard %d: %s", node.id, entry.shard, error)
+        todo = sorted(b for b in blobs if entry.cursor is None or b > entry.cursor)
+        for start in range(0, len(todo), 200):
+            chunk = todo[start:start + 200]
+            await self._move_all(entry, [BlobId.parse(b) for b in chunk], from_source=False)
+            entry.cursor = chunk[-1]
+            await self.save()
+
+    async def _move_all(self, entry: GainedShard, blobs: list[BlobId], from_source: bool) -> None:
+        """Move every blob of a page; a blob that failed is retried with backoff until it is done
+        (nothing is skipped silently: the shard is synced only when all are)."""
+        attempt = 0
+        while blobs:
+            results = await asyncio.gather(*(self._bounded(self._move(entry, b, from_source)) for b in blobs))
+            blobs = [blob for blob, done in zip(blobs, results, strict=True) if not done]
+            if blobs:
+                attempt += 1
+                log.warning("handover of shard %d: %d blobs not moved yet (attempt %d); retrying", entry.shard,
+                            len(blobs), attempt)
+                await asyncio.sleep(_backoff(attempt))
+
+    async def _bounded(self, work: Awaitable[bool]) -> bool:
+        assert self._slots is not None
+        async with self._slots:
+            return await work
+
+    async def _move(self, entry: GainedShard, blob_id: BlobId, from_source: bool) -> bool:
+        """Store the shard's pair of one blob; True when done (stored, or nothing durable to move)."""
+        assert self._client is not None
+        client, blob = self._client, str(blob_id)
+        if blob in self.store.tombstones:
+            return True
+        received = client.bytes_received
+        try:
+            metadata = await self._metadata(blob_id, entry.source if from_source else None)
+            if metadata is None:
+                return not from_source  # no node has valid metadata: nothing certified to rebuild
+            certified = blob in self.store.certified or await self._certificate(blob_id, entry.source)
+            pair = self.core.geometry.pair_of_shard(entry.shard, blob_id.raw)
+            done = True
+            for kind in SliverKind:
+                if blob in self.store.invalid or self.store.has(blob_id, sliver_name(pair, kind)):
+                    continue
+                entry.bytes_to_move += _sliver_bytes(metadata, kind)
+                if from_source and await self._copy_sliver(entry.source, metadata, pair, kind):
+                    continue
+                if blob in self.store.invalid:
+                    continue
+                if not certified:
+                    # Never certified: not durable, and nothing to rebuild it from. The writer retries it
+                    # with the current committee.
+                    log.info("blob %s is not certified and %s gave no %s sliver of it: not moved", blob,
+                             entry.source, kind.name.lower())
+                    continue
+                fetched = self.repair.stats.bytes_fetched
+                rebuilt = await self.repair._recover(metadata, pair, kind)
+                entry.bytes_moved += self.repair.stats.bytes_fetched - fetched  # may include overlapping rebuilds
+                if rebuilt:
+                    entry.rebuilt += 1
+                done = done and rebuilt
+        except FetchError as error:
+            log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
+            done = False
+        finally:
+            entry.bytes_moved += client.bytes_received - received
+        if done:
+            entry.blobs += 1
+        return done
+
+    async def _metadata(self, blob_id: BlobId, source: str | None) -> BlobMetadata | None:
+        """The blob's metadata: stored here, else from the old holder, else from any node; verified."""
+        payload = await self.core.in_worker(self.store.get, blob_id, METADATA)
+        if payload is not None:
+            return BlobMetadata.from_bytes(payload)
+        assert self._client is not None
+        for node in self._sources_first(source):
+            try:
+                body = await self._client.metadata(node, blob_id)
+            except FetchError:
+                continue
+            if body is None:
+                continue
+            try:
+                metadata = BlobMetadata.from_bytes(body)
+                metadata.verify(blob_id)
+                if metadata.n_shards != self.core.geometry.n_shards:
+                    raise FormatError(f"metadata for n={metadata.n_shards}")
+            except (FormatError, ValueError) as error:
+                log.warning("node %s sent bad metadata for blob %s: %s", node, blob_id, error)
+                continue
+            await self.core.in_worker(self.store.put_metadata, blob_id, metadata.to_bytes())
+            return metadata
+        log.warning("no node gave valid metadata of blob %s", blob_id)
+        return None
+
+    async def _certificate(self, blob_id: BlobId, source: str) -> bool:
+        """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""
+        assert self._client is not None
+        for node in self._sources_first(source):
+            try:
+                body = await self._client.certificate(node, blob_id)
+            except FetchError:
+                continue
+            if body is None:
+                continue
+            try:
+                certificate = Certificate.from_json(body)
+                if certificate.blob_id != blob_id:
+                    raise CertificateError(f"certificate is for {certificate.blob_id}")
+                certificate.verify(self.core.committee_at(certificate.epoch))
+            except (FormatError, CertificateError, ValueError) as error:
+                log.warning("node %s sent a certificate of blob %s that does not verify: %s", node, blob_id, error)
+                continue
+            try:
+                await self.core.in_worker(self.store.put_object, blob_id, CERTIFICATE, certificate.to_json().encode())
+            except MissingMetadataError:
+                return False
+            return True
+        return False
+
+    def _sources_first(self, source: str | None) -> list[str]:
+        assert self._client is not None
+        others = [node for node in self._client.nodes if node != source]
+        random.shuffle(others)
+        return ([source] if source in self._client.nodes else []) + others
+
+    async def _copy_sliver(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind) -> bool:
+        """Fetch one sliver from the old holder, verify it, store it. False if it must be rebuilt."""
+        assert self._client is not None
+        blob_id = metadata.blob_id
+        try:
+            body = await self._client.sliver(source, blob_id, pair, kind)
+        except FetchError as error:
+            if error.status == 410:  # the old holder proved the blob invalid: take the proof, not the data
+                await self._learn_invalid(source, metadata)
+            else:
+                log.warning("%s; rebuilding it from recovery symbols", error)
+            return False
+        if body is None:
+            return False
+        index = self.core.geometry.sliver_of_pair(pair, kind)
+
+        def check_and_store() -> None:
+            sliver = Sliver.from_bytes(body)
+            if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != index:
+                raise SliverVerificationError(f"asked for {kind.name.lower()} sliver {index} of {blob_id}, got "
+                                              f"{sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
+            verify_sliver(metadata, sliver)
+            self.store.put_sliver(blob_id, pair, kind, body)
+
+        try:
+            await self.repair.in_worker(check_and_store)
+        except (FormatError, SliverVerificationError) as error:
+            log.warning("old holder %s served a %s sliver of blob %s (pair %d) that fails verification (%s): "
+                        "rebuilding it from recovery symbols", source, kind.name.lower(), blob_id, pair, error)
+            return False
+        except MissingMetadataError:
+            return True  # deleted meanwhile
+        return True
+
+    async def _learn_invalid(self, source: str, metadata: BlobMetadata) -> None:
+        assert self._client is not None
+        try:
+            body = await self._client.inconsistency(source, metadata.blob_id)
+        except FetchError:
+            return
+        if body is None:
+            return
+
+        def check() -> InconsistencyProof | None:
+            proof = InconsistencyProof.from_bytes(body)
+            return proof if verify_inconsistency_proof(metadata, proof) else None
+
+        try:
+            proof = await self.repair.in_worker(check)
+        except FormatError:
+            proof = None
+        if proof is not None:
+            await self.repair.mark_invalid(metadata.blob_id, proof, learned_from=source)
+
+    async def _announce(self, entry: GainedShard) -> None:
+        """Send the old holder the signed synced statement until it acknowledges it."""
+        statement = ShardSynced(self.core.node_id, entry.epoch, entry.shard).signed_by(self.core.key)
+        attempt = 0
+        while not entry.released:
+            assert self._client is not None
+            try:
+                await self._client.synced(entry.source, statement)
+            except FetchError as error:
+                attempt += 1
+                # An old holder that is gone for good is asked forever, rarely: the shard is synced already.
+                log.log(logging.WARNING if attempt <= 3 else logging.DEBUG,
+                        "synced statement for shard %d not acknowledged yet: %s", entry.shard, error)
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            entry.released = True
+            await self.save()
+            log.info("old holder %s released shard %d", entry.source, entry.shard)
+
+    # --- the old holder ------------------------------------------------------------------------------
+
+    async def release(self, statement: ShardSynced) -> dict[str, Any]:
+        """The new holder says the shard is synced (statement verified by the caller): stop serving
+        it, delete this node's slivers of it, remember that it is released."""
+        shard = statement.shard
+        handing_off = self.handing_off() - {shard}
+        self.core.set_handing_off(handing_off)  # readers go to the new holder from now on
+        deleted, freed = await self.core.in_worker(self._delete_shard, shard)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+            self._slots = asyncio.Semaphore(self.concurrency)
+        async with self._lock:
+            entry = self.status.handing_off.get(shard)
+            if entry is not None:
+                entry.released = True
+            await self.save()
+        log.info("shard %d released to %s (epoch %d): %d slivers deleted, %d bytes freed", shard, statement.node_id,
+                 statement.epoch, deleted, freed)
+        return {"shard": shard, "released": True, "deleted_slivers": deleted, "freed_bytes": freed}
+
+    def _delete_shard(self, shard: int) -> tuple[int, int]:
+        """Delete this node's slivers of ``shard`` for every blob, nothing else (runs in a worker)."""
+        deleted = freed = 0
+        after = None
+        while True:
+            blobs = self.store.list_blobs(after, 1000)
+            for text in blobs:
+                blob_id = BlobId.parse(text)
+                pair = self.core.geometry.pair_of_shard(shard, blob_id.raw)
+                for kind in SliverKind:
+                    size = self.store.delete_object(blob_id, sliver_name(pair, kind))
+                    if size:
+                        deleted += 1
+                        freed += size
+                self.core.forget_cached(blob_id)
+            if len(blobs) < 1000:
+                return deleted, freed
+            after = blobs[-1]
+
+    def shard_blobs(self, shard: int, after: str | None, limit: int) -> tuple[list[BlobId], str | None]:
+        """Blobs of which this node stores a sliver of ``shard``'s pair, or a certificate (so that
+        the new holder rebuilds what this node lacks), after ``after``; and the next cursor (None at
+        the end). Scans at most 20 x ``limit`` blobs per page, so a page is quick however sparse
+        (runs in a worker)."""
+        found: list[BlobId] = []
+        budget, scanned, cursor = 20 * limit, 0, after
+        while scanned < budget:
+            want = min(1000, budget - scanned)
+            batch = self.store.list_blobs(cursor, want)
+            for text in batch:
+                cursor, scanned = text, scanned + 1
+                blob_id = BlobId.parse(text)
+                pair = self.core.geometry.pair_of_shard(shard, blob_id.raw)
+                if text in self.store.certified or any(self.store.has(blob_id, sliver_name(pair, kind))
+                                                       for kind in SliverKind):
+                    found.append(blob_id)
+                    if len(found) == limit:
+                        return found, cursor
+            if len(batch) < want:
+                return found, None
+        return found, cursor
+
+
+def _sliver_bytes(metadata: BlobMetadata, kind: SliverKind) -> int:
+    """A sliver's size on the wire (header and symbols): what moving it must cost at least."""
+    from walrusfs.redstuff.sliver import HEADER_SIZE
+
+    return HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0.5, 1.5) * min(MAX_BACKOFF, 0.5 * 2.0 ** attempt)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
