@@ -1,11 +1,9 @@
 """The handover of shards at an epoch change (docs/epochs.md, Handover): both sides of it.
 
 New holder: a listener of the node's core (``core.add_epoch_listener``). For each shard it gained it
-pages through the old holder's blobs of that shard (``GET /v1/shards/{shard}/blobs``), fetches each
-sliver pair, checks it against the blob's metadata (itself checked against the blob ID) and stores
-it with the metadata and the certificate (checked against the committee of its epoch). A sliver the
-old holder does not give (gone, slow, or one that fails verification) is rebuilt from recovery
-symbols by repair (``RepairService._recover``, the one recovery there is). When the old holder cannot
+pages through the old holder's blobs of that shard (``GET /v1/shards/{shard}/blobs``) and moves
+each blob's sliver pair (nodes.handover_move: fetched and verified, or rebuilt from recovery
+symbols where the old holder is gone, slow or lying), a bounded number at once. When the old holder cannot
 even list its blobs, the other nodes' inventories stand in for its listing, and only certified blobs
 are rebuilt. Once every blob of the shard is done the shard is *synced*, and the node sends the old
 holder its signed ``ShardSynced``, retried until it is acknowledged.
@@ -29,24 +27,14 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from walrusfs.protocol.certificates import Certificate, CertificateError
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
-from walrusfs.redstuff import (
-    BlobId,
-    BlobMetadata,
-    FormatError,
-    InconsistencyProof,
-    Sliver,
-    SliverKind,
-    SliverVerificationError,
-    verify_inconsistency_proof,
-    verify_sliver,
-)
+from walrusfs.redstuff import BlobId, SliverKind
 
 from .core import NodeCore
 from .handover_fetch import FetchError, HandoverClient
-from .store import CERTIFICATE, METADATA, MissingMetadataError, sliver_name
+from .handover_move import BlobMover
+from .store import sliver_name
 
 if TYPE_CHECKING:
     from .repair import RepairService
@@ -67,6 +55,7 @@ class HandoverService:
         self.concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
         self._client: HandoverClient | None = None
+        self._mover: BlobMover | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lock: asyncio.Lock | None = None  # one state change at a time (listener, release)
 
@@ -103,7 +92,10 @@ class HandoverService:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def register(self) -> None:
+        """Hook into the core: told of each new committee, asked before signing the next, and (from
+        the progress on disk) serving what this node still hands off."""
         self.core.add_epoch_listener(self.on_epoch)
+        self.core.handover_complete = self.handover_complete
         self.core.set_handing_off(self.handing_off())
 
     async def stop(self) -> None:
@@ -137,6 +129,7 @@ class HandoverService:
                 if entry.epoch != current.epoch:  # an older handover still releasing: its source too
                     nodes.update({n.id: n for n in self.core.committee_at(entry.epoch - 1).nodes})
             self._client = HandoverClient(list(nodes.values()), self.core.node_id)
+            self._mover = BlobMover(self.core, self.repair, self._client)
             for shard, entry in self.status.gaining.items():
                 if entry.state != "synced" or not entry.released:
                     self._tasks[shard] = asyncio.create_task(self._gain(entry), name=f"handover-{shard}")
@@ -232,7 +225,9 @@ class HandoverService:
         (nothing is skipped silently: the shard is synced only when all are)."""
         attempt = 0
         while blobs:
-            results = await asyncio.gather(*(self._bounded(self._move(entry, b, from_source)) for b in blobs))
+            assert self._mover is not None
+            mover = self._mover
+            results = await asyncio.gather(*(self._bounded(mover.move(entry, b, from_source)) for b in blobs))
             blobs = [blob for blob, done in zip(blobs, results, strict=True) if not done]
             if blobs:
                 attempt += 1
@@ -244,160 +239,6 @@ class HandoverService:
         assert self._slots is not None
         async with self._slots:
             return await work
-
-    async def _move(self, entry: GainedShard, blob_id: BlobId, from_source: bool) -> bool:
-        """Store the shard's pair of one blob; True when done (stored, or nothing durable to move)."""
-        assert self._client is not None
-        client, blob = self._client, str(blob_id)
-        if blob in self.store.tombstones:
-            return True
-        received = client.bytes_received
-        try:
-            metadata = await self._metadata(blob_id, entry.source if from_source else None)
-            if metadata is None:
-                return not from_source  # no node has valid metadata: nothing certified to rebuild
-            certified = blob in self.store.certified or await self._certificate(blob_id, entry.source)
-            pair = self.core.geometry.pair_of_shard(entry.shard, blob_id.raw)
-            done = True
-            for kind in SliverKind:
-                if blob in self.store.invalid or self.store.has(blob_id, sliver_name(pair, kind)):
-                    continue
-                entry.bytes_to_move += _sliver_bytes(metadata, kind)
-                if from_source and await self._copy_sliver(entry.source, metadata, pair, kind):
-                    continue
-                if blob in self.store.invalid:
-                    continue
-                if not certified:
-                    # Never certified: not durable, and nothing to rebuild it from. The writer retries it
-                    # with the current committee.
-                    log.info("blob %s is not certified and %s gave no %s sliver of it: not moved", blob,
-                             entry.source, kind.name.lower())
-                    continue
-                fetched = self.repair.stats.bytes_fetched
-                rebuilt = await self.repair._recover(metadata, pair, kind)
-                entry.bytes_moved += self.repair.stats.bytes_fetched - fetched  # may include overlapping rebuilds
-                if rebuilt:
-                    entry.rebuilt += 1
-                done = done and rebuilt
-        except FetchError as error:
-            log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
-            done = False
-        finally:
-            entry.bytes_moved += client.bytes_received - received
-        if done:
-            entry.blobs += 1
-        return done
-
-    async def _metadata(self, blob_id: BlobId, source: str | None) -> BlobMetadata | None:
-        """The blob's metadata: stored here, else from the old holder, else from any node; verified."""
-        payload = await self.core.in_worker(self.store.get, blob_id, METADATA)
-        if payload is not None:
-            return BlobMetadata.from_bytes(payload)
-        assert self._client is not None
-        for node in self._sources_first(source):
-            try:
-                body = await self._client.metadata(node, blob_id)
-            except FetchError:
-                continue
-            if body is None:
-                continue
-            try:
-                metadata = BlobMetadata.from_bytes(body)
-                metadata.verify(blob_id)
-                if metadata.n_shards != self.core.geometry.n_shards:
-                    raise FormatError(f"metadata for n={metadata.n_shards}")
-            except (FormatError, ValueError) as error:
-                log.warning("node %s sent bad metadata for blob %s: %s", node, blob_id, error)
-                continue
-            await self.core.in_worker(self.store.put_metadata, blob_id, metadata.to_bytes())
-            return metadata
-        log.warning("no node gave valid metadata of blob %s", blob_id)
-        return None
-
-    async def _certificate(self, blob_id: BlobId, source: str) -> bool:
-        """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""
-        assert self._client is not None
-        for node in self._sources_first(source):
-            try:
-                body = await self._client.certificate(node, blob_id)
-            except FetchError:
-                continue
-            if body is None:
-                continue
-            try:
-                certificate = Certificate.from_json(body)
-                if certificate.blob_id != blob_id:
-                    raise CertificateError(f"certificate is for {certificate.blob_id}")
-                certificate.verify(self.core.committee_at(certificate.epoch))
-            except (FormatError, CertificateError, ValueError) as error:
-                log.warning("node %s sent a certificate of blob %s that does not verify: %s", node, blob_id, error)
-                continue
-            try:
-                await self.core.in_worker(self.store.put_object, blob_id, CERTIFICATE, certificate.to_json().encode())
-            except MissingMetadataError:
-                return False
-            return True
-        return False
-
-    def _sources_first(self, source: str | None) -> list[str]:
-        assert self._client is not None
-        others = [node for node in self._client.nodes if node != source]
-        random.shuffle(others)
-        return ([source] if source in self._client.nodes else []) + others
-
-    async def _copy_sliver(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind) -> bool:
-        """Fetch one sliver from the old holder, verify it, store it. False if it must be rebuilt."""
-        assert self._client is not None
-        blob_id = metadata.blob_id
-        try:
-            body = await self._client.sliver(source, blob_id, pair, kind)
-        except FetchError as error:
-            if error.status == 410:  # the old holder proved the blob invalid: take the proof, not the data
-                await self._learn_invalid(source, metadata)
-            else:
-                log.warning("%s; rebuilding it from recovery symbols", error)
-            return False
-        if body is None:
-            return False
-        index = self.core.geometry.sliver_of_pair(pair, kind)
-
-        def check_and_store() -> None:
-            sliver = Sliver.from_bytes(body)
-            if sliver.blob_id != blob_id or sliver.kind is not kind or sliver.index != index:
-                raise SliverVerificationError(f"asked for {kind.name.lower()} sliver {index} of {blob_id}, got "
-                                              f"{sliver.kind.name.lower()} sliver {sliver.index} of {sliver.blob_id}")
-            verify_sliver(metadata, sliver)
-            self.store.put_sliver(blob_id, pair, kind, body)
-
-        try:
-            await self.repair.in_worker(check_and_store)
-        except (FormatError, SliverVerificationError) as error:
-            log.warning("old holder %s served a %s sliver of blob %s (pair %d) that fails verification (%s): "
-                        "rebuilding it from recovery symbols", source, kind.name.lower(), blob_id, pair, error)
-            return False
-        except MissingMetadataError:
-            return True  # deleted meanwhile
-        return True
-
-    async def _learn_invalid(self, source: str, metadata: BlobMetadata) -> None:
-        assert self._client is not None
-        try:
-            body = await self._client.inconsistency(source, metadata.blob_id)
-        except FetchError:
-            return
-        if body is None:
-            return
-
-        def check() -> InconsistencyProof | None:
-            proof = InconsistencyProof.from_bytes(body)
-            return proof if verify_inconsistency_proof(metadata, proof) else None
-
-        try:
-            proof = await self.repair.in_worker(check)
-        except FormatError:
-            proof = None
-        if proof is not None:
-            await self.repair.mark_invalid(metadata.blob_id, proof, learned_from=source)
 
     async def _announce(self, entry: GainedShard) -> None:
         """Send the old holder the signed synced statement until it acknowledges it."""
@@ -481,12 +322,6 @@ class HandoverService:
                 return found, None
         return found, cursor
 
-
-def _sliver_bytes(metadata: BlobMetadata, kind: SliverKind) -> int:
-    """A sliver's size on the wire (header and symbols): what moving it must cost at least."""
-    from walrusfs.redstuff.sliver import HEADER_SIZE
-
-    return HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
 
 
 def _backoff(attempt: int) -> float:
