@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import random
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverErro
 from walrusfs.redstuff import BlobId, SliverKind
 
 from .core import NodeCore
-from .handover_fetch import FetchError, HandoverClient
+from .handover_fetch import FetchError, HandoverClient, Meter
 from .handover_move import BlobMover
 from .store import sliver_name
 
@@ -52,6 +53,7 @@ class HandoverService:
         self.store = core.store
         self.path = core.store.root / "epochs" / "handover.json"
         self.status = self._load()
+        self._save_lock = threading.Lock()
         self.concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
         self._client: HandoverClient | None = None
@@ -69,15 +71,17 @@ class HandoverService:
         return HandoverStatus.from_json(text)  # a damaged file stops the node: its progress is not guessed
 
     def _save(self) -> None:
-        """Durably: write a temporary file, fsync it, rename it into place, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(self.path.name + ".tmp")
-        with open(temp, "w") as file:
-            file.write(self.status.to_json())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, self.path)
-        _fsync_dir(self.path.parent)
+        """Durably: write a temporary file, fsync it, rename it into place, fsync the directory. One
+        writer at a time (the shards' tasks save from worker threads): the last state wins whole."""
+        with self._save_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_name(self.path.name + ".tmp")
+            with open(temp, "w") as file:
+                file.write(self.status.to_json())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, self.path)
+            _fsync_dir(self.path.parent)
 
     async def save(self) -> None:
         await self.core.in_worker(self._save)
@@ -89,6 +93,11 @@ class HandoverService:
     def handing_off(self) -> set[int]:
         return {s for s, entry in self.status.handing_off.items() if not entry.released}
 
+    def receiving(self) -> frozenset[int]:
+        """Shards gained and not synced yet: repair leaves them to the handover (which copies what
+        recovery would rebuild at a cost) until they are."""
+        return frozenset(s for s, entry in self.status.gaining.items() if entry.state != "synced")
+
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def register(self) -> None:
@@ -97,6 +106,7 @@ class HandoverService:
         self.core.add_epoch_listener(self.on_epoch)
         self.core.handover_complete = self.handover_complete
         self.core.set_handing_off(self.handing_off())
+        self.core.receiving = self.receiving()
 
     async def stop(self) -> None:
         await self._cancel_tasks()
@@ -122,6 +132,7 @@ class HandoverService:
             self._plan(previous, current)
             await self.save()
             self.core.set_handing_off(self.handing_off())
+            self.core.receiving = self.receiving()
             if self._client is not None:
                 await self._client.close()
             nodes = {node.id: node for committee in (previous, current) for node in committee.nodes}
@@ -157,27 +168,40 @@ class HandoverService:
     # --- the new holder ------------------------------------------------------------------------------
 
     async def _gain(self, entry: GainedShard) -> None:
-        try:
-            if entry.state != "synced":
-                await self._copy(entry)
-                entry.state = "synced"
-                await self.save()
-                log.info("shard %d synced: %d blobs, %d bytes moved for %d bytes of slivers, %d slivers rebuilt",
-                         entry.shard, entry.blobs, entry.bytes_moved, entry.bytes_to_move, entry.rebuilt)
-            await self._announce(entry)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("handover of shard %d failed; it resumes at the next start or epoch", entry.shard)
+        attempt = 0
+        while True:
+            try:
+                await self._gain_once(entry)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                log.exception("handover of shard %d failed (attempt %d); retrying", entry.shard, attempt)
+                await asyncio.sleep(_backoff(attempt))
+
+    async def _gain_once(self, entry: GainedShard) -> None:
+        if entry.state != "synced":
+            await self._copy(entry)
+            entry.state = "synced"
+            await self.save()
+            self.core.receiving = self.receiving()
+            # Repair's safety net: whatever the old holder did not list (certified after it was
+            # listed, say) is rebuilt from recovery symbols now that the shard is repair's again.
+            for blob in sorted(self.store.certified - self.store.invalid - self.store.tombstones):
+                self.repair.enqueue(blob)
+            log.info("shard %d synced: %d blobs, %d bytes moved for %d bytes of slivers, %d slivers rebuilt",
+                     entry.shard, entry.blobs, entry.bytes_moved, entry.bytes_to_move, entry.rebuilt)
+        await self._announce(entry)
 
     async def _copy(self, entry: GainedShard) -> None:
         """Every blob the old holder lists for the shard; its inventory-less fallback if it is gone."""
         failures = 0
         while True:
             assert self._client is not None
-            received = self._client.bytes_received
+            meter = Meter()
             try:
-                page = await self._client.listing(entry.source, entry.shard, entry.cursor)
+                page = await self._client.listing(entry.source, entry.shard, entry.cursor, meter)
             except (FetchError, HandoverError) as error:
                 failures += 1
                 if failures >= LISTING_ATTEMPTS:
@@ -189,7 +213,7 @@ class HandoverService:
                 await asyncio.sleep(_backoff(failures))
                 continue
             failures = 0
-            entry.bytes_moved += self._client.bytes_received - received
+            entry.bytes_moved += meter.bytes
             await self._move_all(entry, list(page.blobs), from_source=True)
             entry.cursor = page.next
             await self.save()
@@ -200,6 +224,7 @@ class HandoverService:
         """The old holder is gone: every blob some other node stores, certified, gets its pair rebuilt."""
         assert self._client is not None
         blobs: set[str] = set()
+        meter = Meter()
         previous = self.core.committee_at(entry.epoch - 1)
         for node in previous.nodes:
             if node.id in (entry.source, self.core.node_id):
@@ -207,12 +232,13 @@ class HandoverService:
             after = None
             try:
                 while True:
-                    page, after = await self._client.inventory(node.id, after)
+                    page, after = await self._client.inventory(node.id, after, meter)
                     blobs.update(page)
                     if after is None:
                         break
             except (FetchError, ValueError, KeyError) as error:
                 log.warning("inventory of %s for the handover of shard %d: %s", node.id, entry.shard, error)
+        entry.bytes_moved += meter.bytes
         todo = sorted(b for b in blobs if entry.cursor is None or b > entry.cursor)
         for start in range(0, len(todo), 200):
             chunk = todo[start:start + 200]
@@ -247,7 +273,7 @@ class HandoverService:
         while not entry.released:
             assert self._client is not None
             try:
-                await self._client.synced(entry.source, statement)
+                await self._client.synced(entry.source, statement, Meter())
             except FetchError as error:
                 attempt += 1
                 # An old holder that is gone for good is asked forever, rarely: the shard is synced already.

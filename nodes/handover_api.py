@@ -59,7 +59,6 @@ class HandoverAPI:
                             f"shard {shard}")
         try:
             committee = self.core.committee_at(statement.epoch)
-            before = self.core.committee_at(statement.epoch - 1)
         except UserError as error:  # ChainError: an epoch this node has not adopted (yet)
             raise HTTPError(409, "unknown_epoch", f"{error}; send this node the committee links it lacks "
                             f"(POST {routes.COMMITTEE_NEXT}) and retry", epoch=statement.epoch) from None
@@ -68,7 +67,11 @@ class HandoverAPI:
         except HandoverError as error:
             raise HTTPError(403, "forged_statement", str(error)) from None
         me = self.core.node_id
-        if not before.has_node(me) or shard not in before.shards_of(me):
+        try:
+            before = self.core.committee_at(statement.epoch - 1)
+        except UserError:
+            before = None  # the epoch of this node's anchor: it held nothing before it
+        if before is None or not before.has_node(me) or shard not in before.shards_of(me):
             raise HTTPError(409, "not_old_holder", f"this node did not hold shard {shard} in epoch "
                             f"{statement.epoch - 1}: it has nothing of it to hand over")
         if shard in self.core.shards:

@@ -26,10 +26,11 @@ from walrusfs.redstuff import (
     verify_inconsistency_proof,
     verify_sliver,
 )
+from walrusfs.redstuff.merkle import proof_length
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
 from .core import NodeCore
-from .handover_fetch import FetchError, HandoverClient
+from .handover_fetch import FetchError, HandoverClient, Meter
 from .store import CERTIFICATE, METADATA, MissingMetadataError, sliver_name
 
 if TYPE_CHECKING:
@@ -47,22 +48,22 @@ class BlobMover:
 
     async def move(self, entry: GainedShard, blob_id: BlobId, from_source: bool) -> bool:
         """Store the shard's pair of one blob; True when done (stored, or nothing durable to move)."""
-        client, blob = self.client, str(blob_id)
+        blob = str(blob_id)
         if blob in self.store.tombstones:
             return True
-        received = client.bytes_received
+        meter = Meter()
         try:
-            metadata = await self._metadata(blob_id, entry.source if from_source else None)
+            metadata = await self._metadata(blob_id, entry.source if from_source else None, meter)
             if metadata is None:
                 return not from_source  # no node has valid metadata: nothing certified to rebuild
-            certified = blob in self.store.certified or await self._certificate(blob_id, entry.source)
+            certified = blob in self.store.certified or await self._certificate(blob_id, entry.source, meter)
             pair = self.core.geometry.pair_of_shard(entry.shard, blob_id.raw)
             done = True
             for kind in SliverKind:
                 if blob in self.store.invalid or self.store.has(blob_id, sliver_name(pair, kind)):
                     continue
                 entry.bytes_to_move += _sliver_bytes(metadata, kind)
-                if from_source and await self._copy_sliver(entry.source, metadata, pair, kind):
+                if from_source and await self._copy_sliver(entry.source, metadata, pair, kind, meter):
                     continue
                 if blob in self.store.invalid:
                     continue
@@ -72,9 +73,8 @@ class BlobMover:
                     log.info("blob %s is not certified and %s gave no %s sliver of it: not moved", blob,
                              entry.source, kind.name.lower())
                     continue
-                fetched = self.repair.stats.bytes_fetched
                 rebuilt = await self.repair._recover(metadata, pair, kind)
-                entry.bytes_moved += self.repair.stats.bytes_fetched - fetched  # may include overlapping rebuilds
+                meter.bytes += _symbols_bytes(metadata, kind)
                 if rebuilt:
                     entry.rebuilt += 1
                 done = done and rebuilt
@@ -82,19 +82,19 @@ class BlobMover:
             log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
             done = False
         finally:
-            entry.bytes_moved += client.bytes_received - received
+            entry.bytes_moved += meter.bytes
         if done:
             entry.blobs += 1
         return done
 
-    async def _metadata(self, blob_id: BlobId, source: str | None) -> BlobMetadata | None:
+    async def _metadata(self, blob_id: BlobId, source: str | None, meter: Meter) -> BlobMetadata | None:
         """The blob's metadata: stored here, else from the old holder, else from any node; verified."""
         payload = await self.core.in_worker(self.store.get, blob_id, METADATA)
         if payload is not None:
             return BlobMetadata.from_bytes(payload)
         for node in self._sources_first(source):
             try:
-                body = await self.client.metadata(node, blob_id)
+                body = await self.client.metadata(node, blob_id, meter)
             except FetchError:
                 continue
             if body is None:
@@ -112,11 +112,11 @@ class BlobMover:
         log.warning("no node gave valid metadata of blob %s", blob_id)
         return None
 
-    async def _certificate(self, blob_id: BlobId, source: str) -> bool:
+    async def _certificate(self, blob_id: BlobId, source: str, meter: Meter) -> bool:
         """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""
         for node in self._sources_first(source):
             try:
-                body = await self.client.certificate(node, blob_id)
+                body = await self.client.certificate(node, blob_id, meter)
             except FetchError:
                 continue
             if body is None:
@@ -141,14 +141,15 @@ class BlobMover:
         random.shuffle(others)
         return ([source] if source in self.client.nodes else []) + others
 
-    async def _copy_sliver(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind) -> bool:
+    async def _copy_sliver(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind,
+                           meter: Meter) -> bool:
         """Fetch one sliver from the old holder, verify it, store it. False if it must be rebuilt."""
         blob_id = metadata.blob_id
         try:
-            body = await self.client.sliver(source, blob_id, pair, kind)
+            body = await self.client.sliver(source, blob_id, pair, kind, meter)
         except FetchError as error:
             if error.status == 410:  # the old holder proved the blob invalid: take the proof, not the data
-                await self._learn_invalid(source, metadata)
+                await self._learn_invalid(source, metadata, meter)
             else:
                 log.warning("%s; rebuilding it from recovery symbols", error)
             return False
@@ -174,9 +175,9 @@ class BlobMover:
             return True  # deleted meanwhile
         return True
 
-    async def _learn_invalid(self, source: str, metadata: BlobMetadata) -> None:
+    async def _learn_invalid(self, source: str, metadata: BlobMetadata, meter: Meter) -> None:
         try:
-            body = await self.client.inconsistency(source, metadata.blob_id)
+            body = await self.client.inconsistency(source, metadata.blob_id, meter)
         except FetchError:
             return
         if body is None:
@@ -198,3 +199,16 @@ def _sliver_bytes(metadata: BlobMetadata, kind: SliverKind) -> int:
     """A sliver's size on the wire (header and symbols): what moving it must cost at least."""
     return SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
 
+
+
+# A recovery symbol on the wire (RecoverySymbol format v1): a 48-byte head, the symbol, its Merkle proof.
+_SYMBOL_HEAD_SIZE = 48
+
+
+def _symbols_bytes(metadata: BlobMetadata, kind: SliverKind) -> int:
+    """What rebuilding one sliver of ``kind`` fetches: as many symbols as recovery needs (n - f for a
+    primary sliver, n - 2f for a secondary one), each with its proof. Counted as the handover's
+    bytes moved; repair's own counters (``/v1/repair/status``) have the exact figure."""
+    geometry = metadata.geometry
+    needed = geometry.n_secondary if kind is SliverKind.PRIMARY else geometry.n_primary
+    return needed * (_SYMBOL_HEAD_SIZE + metadata.layout.symbol_size + 32 * proof_length(geometry.n_shards))
