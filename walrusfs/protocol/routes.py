@@ -31,13 +31,20 @@ BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
 HANDOVER = "/v1/handover"
 SHARD_BLOBS = "/v1/shards/{shard}/blobs"  # query: after, limit
 SHARD_SYNCED = "/v1/shards/{shard}/synced"
+COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
+COMMITTEE_PROPOSALS = "/v1/committee/proposals"
+COMMITTEE_NEXT = "/v1/committee/next"
+
+# Every node response carries the node's current epoch in this header (docs/epochs.md).
+EPOCH_HEADER = "walrusfs-epoch"
 
 # Sent by a node with the symbol requests of its repair: the holder serves them from its bounded recovery
 # pool (and may answer 429), while the same route without it is a client's foreground range read.
 REPAIR_HEADER = "x-walrusfs-repair"
 
 # The routes without parameters, by their segments.
-_FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS)}
+_FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS,
+                                                                COMMITTEE_CHAIN, COMMITTEE_PROPOSALS, COMMITTEE_NEXT)}
 _FIXED[("v1", "handover")] = HANDOVER
 # The routes under /v1/shards/{shard}/, by their last segment.
 _SHARD_OBJECTS = {"blobs": SHARD_BLOBS, "synced": SHARD_SYNCED}
