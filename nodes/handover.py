@@ -343,12 +343,14 @@ class HandoverService:
             after = blobs[-1]
 
     def shard_blobs(self, shard: int, after: str | None, limit: int) -> tuple[list[BlobId], str | None]:
-        """Blobs of which this node stores a sliver of ``shard``'s pair, or a certificate (so that
-        the new holder rebuilds what this node lacks), after ``after``; and the next cursor (None at
-        the end). Scans at most 20 x ``limit`` blobs per page, so a page is quick however sparse
-        (runs in a worker)."""
+        """Blobs of which this node stores a sliver of ``shard``'s pair, or a certificate if it holds
+        or hands off the shard, after ``after``; and the next cursor (None at the end). Scans at most
+        20 x ``limit`` blobs per page, so a page is quick however sparse (runs in a worker)."""
         found: list[BlobId] = []
         budget, scanned, cursor = 20 * limit, 0, after
+        # A certified blob lacking the pair is listed only by a node answerable for the shard (so that
+        # its new holder rebuilds it), not by one that released the shard long ago.
+        answerable = shard in self.core.serving_shards
         while scanned < budget:
             want = min(1000, budget - scanned)
             batch = self.store.list_blobs(cursor, want)
@@ -356,8 +358,8 @@ class HandoverService:
                 cursor, scanned = text, scanned + 1
                 blob_id = BlobId.parse(text)
                 pair = self.core.geometry.pair_of_shard(shard, blob_id.raw)
-                if text in self.store.certified or any(self.store.has(blob_id, sliver_name(pair, kind))
-                                                       for kind in SliverKind):
+                if (answerable and text in self.store.certified) or any(
+                        self.store.has(blob_id, sliver_name(pair, kind)) for kind in SliverKind):
                     found.append(blob_id)
                     if len(found) == limit:
                         return found, cursor

@@ -57,6 +57,20 @@ def pair_bytes(metadata: BlobMetadata) -> int:
     return sum(SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY) for kind in SliverKind)
 
 
+def listed(url: str, shard: int, limit: int) -> list[str]:
+    """Every blob a node lists for a shard, page by page."""
+    blobs: list[str] = []
+    after: str | None = None
+    while True:
+        query = {"limit": limit, **({"after": after} if after else {})}
+        page = httpx.get(f"{url}/v1/shards/{shard}/blobs", params=query, timeout=10).json()
+        assert len(page["blobs"]) <= limit
+        blobs += page["blobs"]
+        after = page["next"]
+        if after is None:
+            return blobs
+
+
 def gained(status: dict) -> dict[int, dict]:
     return {entry["shard"]: entry for entry in status["gaining"]}
 
@@ -156,6 +170,7 @@ def test_the_old_holder_deletes_a_shard_only_on_its_new_holders_signed_statement
     handing_off = network.handover("node-0")["handing_off"]
     assert handing_off == [{"shard": 4, "to": "node-4", "epoch": 2, "released": False}]
     assert_holds(network, "node-0", [0, 4], blobs)  # shard 4 is still served until it is released
+    assert listed(url, 4, limit=2) == sorted(str(metadata.blob_id) for metadata in blobs)
 
     forgeries = [ShardSynced("node-4", 2, 4).signed_by(network.key("node-1")),  # node-4's name, node-1's key
                  ShardSynced("node-1", 2, 4).signed_by(network.key("node-1")),  # not shard 4's holder
@@ -181,3 +196,5 @@ def test_the_old_holder_deletes_a_shard_only_on_its_new_holders_signed_statement
     refused = httpx.get(f"{url}/v1/blobs/{blobs[0].blob_id}/slivers/{pair(blobs[0], 4)}/primary", timeout=10)
     assert refused.status_code == 421
     assert network.handover("node-0")["handing_off"][0]["released"] is True
+    assert listed(url, 4, limit=2) == []  # nothing of shard 4 left to hand over
+    assert len(listed(url, 0, limit=3)) == BLOBS
