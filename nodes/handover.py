@@ -28,6 +28,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from walrusfs.errors import UserError
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
 from walrusfs.redstuff import BlobId, SliverKind
@@ -69,7 +70,12 @@ class HandoverService:
             text = self.path.read_text()
         except FileNotFoundError:
             return HandoverStatus(self.core.node_id, self.core.committee.epoch)
-        return HandoverStatus.from_json(text)  # a damaged file stops the node: its progress is not guessed
+        try:
+            return HandoverStatus.from_json(text)
+        except HandoverError as error:  # its progress is not guessed: the node stops and says what to do
+            raise UserError(f"{self.path}: {error}: the handover's progress file is damaged; restore it, or "
+                            f"delete it and start the node again: the handover of the current epoch then starts "
+                            f"over, and the slivers already stored are kept, not fetched again") from None
 
     def _save(self) -> None:
         """Durably: write a temporary file, fsync it, rename it into place, fsync the directory. One
