@@ -17,10 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from blobtools import store
-from epoch_harness import EpochNetwork, fetch_verified, sliver_file, wait_stored_everywhere
+from epoch_harness import EpochNetwork, fetch_verified, put_root_everywhere, sliver_file, wait_stored_everywhere
 from network import LyingProxy
 
+from walrusfs.keys import generate_key
 from walrusfs.protocol.handover import ShardSynced
+from walrusfs.protocol.roots import RootRecord
 from walrusfs.redstuff import BlobMetadata, SliverKind
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
@@ -77,6 +79,8 @@ def gained(status: dict) -> dict[int, dict]:
 
 def test_every_moved_shard_lands_on_its_new_holder_verified_and_moves_about_once(
         network: EpochNetwork, blobs: list[BlobMetadata]) -> None:
+    record = RootRecord.create(generate_key(), 7, blobs[0].blob_id, time.time_ns())  # a filesystem's root record
+    put_root_everywhere(network, record)
     network.add_node("node-4")
     network.start("node-4")
     network.change_epoch(network.successor({"node-0": (0,), "node-1": (1,), "node-2": (2,), "node-3": (3, 5),
@@ -101,6 +105,13 @@ def test_every_moved_shard_lands_on_its_new_holder_verified_and_moves_about_once
                 assert sliver_file(network, old, metadata.blob_id, pair(metadata, kept), kind).exists()
         assert_holds(network, old, [kept], blobs)
         assert [entry["released"] for entry in network.handover(old)["handing_off"]] == [True]
+    # The new node holds the filesystem's root record too (every node keeps them).
+    deadline = time.monotonic() + 30
+    while (copied := httpx.get(f"{network.url('node-4')}/v1/roots/{record.fs_id}", timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, copied.text
+        time.sleep(0.1)
+    assert RootRecord.from_json(copied.content) == record
+    assert httpx.get(f"{network.url('node-4')}/v1/roots", timeout=10).json()["fs_ids"] == [record.fs_id]
 
 
 def test_a_shard_whose_old_holder_is_gone_is_rebuilt_from_recovery_symbols(
