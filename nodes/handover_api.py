@@ -30,7 +30,7 @@ class HandoverAPI:
             routes.HANDOVER: {"GET": self.status},
             routes.SHARD_BLOBS: {"GET": self.shard_blobs},
             routes.SHARD_SYNCED: {"POST": self.synced},
-            routes.ROOTS: {"GET": self.root_ids},
+            routes.HANDOVER_ROOTS: {"GET": self.root_ids},
         }
 
     async def status(self, request: Request) -> Response:

@@ -98,7 +98,7 @@ class HandoverClient:
         params: dict[str, Any] = {"limit": 1000}
         if after is not None:
             params["after"] = after
-        body = await self._request(node, "root records held", "GET", routes.ROOTS, meter, params=params)
+        body = await self._request(node, "root records held", "GET", routes.HANDOVER_ROOTS, meter, params=params)
         assert body is not None
         data = json.loads(body)
         return [str(fs_id) for fs_id in data["fs_ids"]], data["next"]

@@ -111,7 +111,7 @@ def test_every_moved_shard_lands_on_its_new_holder_verified_and_moves_about_once
         assert time.monotonic() < deadline, copied.text
         time.sleep(0.1)
     assert RootRecord.from_json(copied.content) == record
-    assert httpx.get(f"{network.url('node-4')}/v1/roots", timeout=10).json()["fs_ids"] == [record.fs_id]
+    assert httpx.get(f"{network.url('node-4')}/v1/handover/roots", timeout=10).json()["fs_ids"] == [record.fs_id]
 
 
 def test_a_shard_whose_old_holder_is_gone_is_rebuilt_from_recovery_symbols(
