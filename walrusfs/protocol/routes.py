@@ -27,6 +27,11 @@ BLOB_STATUS = "/v1/blobs/{id}/status"
 BLOB_CONFIRMATION = "/v1/blobs/{id}/confirmation"
 BLOB_SLIVER = "/v1/blobs/{id}/slivers/{pair}/{kind}"
 BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
+COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
+
+# Every node response carries the node's current epoch (docs/epochs.md): a client that sees a newer
+# one than it knows fetches the committee links it lacks.
+EPOCH_HEADER = "walrusfs-epoch"
 
 # Sent by a node with the symbol requests of its repair: the holder serves them from its bounded recovery
 # pool (and may answer 429), while the same route without it is a client's foreground range read.
