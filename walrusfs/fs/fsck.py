@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.chain import ChainError, CommitteeChain
 from ..protocol.committee import Committee
 from ..redstuff import FormatError
 from .acl import ACCESS, DEFAULT, Acl, AclError
@@ -63,7 +64,8 @@ class FsckReport:
 
 
 class Fsck:
-    def __init__(self, db: Database, state: FsState, settings: FsSettings, committee: Committee | None,
+    def __init__(self, db: Database, state: FsState, settings: FsSettings,
+                 committee: Committee | CommitteeChain | None,
                  repair: bool = True, report: FsckReport | None = None) -> None:
         self.db = db
         self.catalog = Catalog(db)
@@ -307,7 +309,8 @@ class Fsck:
             self._execute("UPDATE blobs SET refcount=? WHERE id=?", (actual, row_id))
 
     def uncertified_blobs(self) -> list[tuple[int, str]]:
-        """Blobs whose recorded certificate does not hold n-f valid signatures of this committee."""
+        """Blobs whose recorded certificate does not hold n-f valid signatures of the committee of its
+        epoch (found through the chain, when fsck has one)."""
         if self.committee is None:
             return []
         bad = []
@@ -322,12 +325,14 @@ class Fsck:
                         "with the nodes reachable asks them for fresh confirmations", False)
 
 
-def certificate_holds(committee: Committee, blob_id: str, certificate: str) -> bool:
+def certificate_holds(committee: Committee | CommitteeChain, blob_id: str, certificate: str) -> bool:
+    """Whether ``certificate`` proves ``blob_id`` available: checked against the committee of the
+    certificate's epoch (a blob certified in epoch 1 stays certified when the chain is at epoch 5)."""
     try:
         parsed = Certificate.from_json(certificate)
         if str(parsed.blob_id) != blob_id:
             return False
-        parsed.verify(committee)
-    except (FormatError, CertificateError):
+        parsed.verify(committee.committee_at(parsed.epoch) if isinstance(committee, CommitteeChain) else committee)
+    except (FormatError, CertificateError, ChainError):
         return False
     return True

@@ -29,7 +29,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import directio
-from ..client import BlobClient, ClientSettings
+from ..client import ClientSettings
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
@@ -39,6 +39,7 @@ from ..redstuff import BlobId
 from .blocks import BlockStore
 from .cache import BlobCache
 from .catalog import Catalog
+from .chain import fs_chain, fs_client
 from .config import FsSettings, FsState
 from .daemon import READY, run_daemon, tell_caller
 from .db import Database
@@ -301,7 +302,8 @@ async def prepare_snapshot(state: FsState, committee: Committee, key: Ed25519Pri
     if db_path.exists():
         return db_path
     directory.mkdir(parents=True, exist_ok=True)
-    async with BlobClient(committee, writer_key=key) as client:
+    async with fs_client(state, committee, key) as client:
+        await client.refresh_chain("mount")
         chain = await find_chain(client, fs_key)
         manifest, _ = await manifest_of(client, fs_key, chain, seq)
         await restore_db_file(client, manifest, db_path)
@@ -323,7 +325,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     if not old_snapshot:
         if state.mounted_marker.exists():
             # The last mount did not end cleanly (kill -9, power loss): check before serving.
-            report = Fsck(db, state, settings, committee).run_local()
+            report = Fsck(db, state, settings, fs_chain(state, committee)).run_local()
             log.warning("the last mount did not end cleanly; fsck: %s",
                         "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
         replace_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
@@ -331,7 +333,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
     per_blob = settings.blob_size + committee.geometry.layout(settings.blob_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
                                      store_deadline=30.0)
-    async with BlobClient(committee, writer_key=key, settings=client_settings) as client:
+    async with fs_client(state, committee, key, client_settings) as client:
+        await client.refresh_chain("mount")  # the committee of now, before the first request
 
         async def fetch(blob_id: str) -> bytes:
             return await client.read(BlobId.parse(blob_id))
@@ -374,6 +377,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 snapshot=publisher.status() if publisher is not None else SnapshotStatus(
                     seq=options.snapshot, reported=frozenset({"seq"})),
                 lease=None if lease is None else LeaseStatus.from_json(lease.status()),
+                epoch=client.committee.epoch,
             )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,

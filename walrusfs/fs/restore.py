@@ -22,6 +22,7 @@ from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
 from .catalog import resolve_staged as resolve_staged_blocks
+from .chain import save_chain
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport
@@ -126,6 +127,8 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
     started = time.monotonic()
     aside = None
     async with BlobClient(committee, writer_key=writer_key) as client:
+        # From the committee file the user kept (maybe years old) to the committee of now.
+        await client.refresh_chain("restore")
         chain = await find_chain(client, fs_key)
         manifest = chain.latest
         if state.settings_path.exists():
@@ -136,12 +139,14 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
         state.staging.mkdir()
         write_key(state.fs_key_path, fs_key)
         await restore_db_file(client, manifest, state.db_path, quiet)
+        committees = client.chain
+    save_chain(state, committees)
     replace_durably(state.snapshot_manifest, manifest.to_bytes())
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path),
                              "writer_key": str(writer_key_path), "fs_key": str(state.fs_key_path)})
     db = Database(state.db_path)
     try:
-        report = Fsck(db, state, settings, committee).run_local()
+        report = Fsck(db, state, settings, committees).run_local()
     finally:
         db.close()
     # Up to date with the snapshot unless fsck had to change something.
