@@ -5,7 +5,8 @@ epoch 1's certificates valid, and a store that meets the change is certified in 
 mount keeps reading and writing while the epoch changes, and the filesystem restores from the
 network alone afterwards.
 
-The networks: 7 nodes, 7 shards (f = 2), and one spare node that joins. Links are signed here with
+The networks: 4 nodes holding 7 shards (f = 2; node-0..2 hold two each, node-3 one), and a spare
+node that joins. Links are signed here with
 the nodes' keys on disk and sent to every node (``POST /v1/committee/next``), as a proposer would.
 Shards that move are not handed over in these tests (that is tests/epochs/test_handover.py's
 business): at most f shards change hands, so reads decode without them, or the previous holder
@@ -51,7 +52,7 @@ class EpochNetwork(LocalNetwork):
     as the committee says) through a proxy that forges the committee links it serves."""
 
     def __init__(self, root: Path, forger: bool = False) -> None:
-        super().__init__(root, nodes=7)
+        super().__init__(root, nodes=4, shards=7)
         self.first = self.committee
         self.known: dict[str, NodeInfo] = {node.id: node for node in self.committee.nodes}
         self.links: list[CommitteeLink] = []
@@ -62,7 +63,7 @@ class EpochNetwork(LocalNetwork):
             self.proxy = LyingProxy(real.url, corrupt=("chain",))
             nodes = tuple(NodeInfo(n.id, self.proxy.url, n.public_key, n.shards) if n.id == "node-0" else n
                           for n in self.committee.nodes)
-            self.committee = self.first = Committee(1, 7, nodes, self.committee.writer_keys)
+            self.committee = self.first = Committee(1, self.committee.n_shards, nodes, self.committee.writer_keys)
             self.committee.write(self.committee_path)
             self.known["node-0"] = self.committee.node("node-0")
 
@@ -115,9 +116,9 @@ class EpochNetwork(LocalNetwork):
 
 
 def to_epoch_3(network: EpochNetwork) -> None:
-    """Epoch 2: shard 6 moves from node-6 to node-5 (node-6 leaves). Epoch 3: the spare joins and takes
+    """Epoch 2: shard 3 moves from node-3 to node-2 (node-3 leaves). Epoch 3: the spare joins and takes
     shard 1 from node-1. Two shards change hands, f of 7."""
-    network.change_epoch(network.successor({6: "node-5"}))
+    network.change_epoch(network.successor({3: "node-2"}))
     network.start(SPARE)
     network.change_epoch(network.successor({1: SPARE}))
 
@@ -151,7 +152,7 @@ def test_a_client_holding_epoch_1_reads_after_the_network_moved_to_epoch_3(moved
                 while c.committee.epoch < 3:
                     await trio.sleep(0.05)
             assert c.committee == network.committee
-            assert SPARE in c.connections and "node-6" not in c.connections
+            assert SPARE in c.connections and "node-3" not in c.connections
             back += [bytes(await c.read(stored.blob_id)) for _, stored in blobs]  # with epoch 3's holders
             return back
 
@@ -203,16 +204,16 @@ def test_a_store_that_meets_an_epoch_change_is_certified_in_the_new_epoch(tmp_pa
         async def go() -> tuple[StoredBlob, StoredBlob, CommitteeChain]:
             async with client(network.first, network) as c:
                 before = await c.store(random_bytes(300_000))
-                # The network moves on; this client has not heard of it. Shard 6's holder now refuses
-                # its slivers (421) and the others confirm in epoch 2.
-                await trio.to_thread.run_sync(lambda: network.change_epoch(network.successor({6: "node-5"})))
+                # The network moves on; this client has not heard of it. Shard 3's holder of epoch 1
+                # now refuses its slivers (421), the others confirm in epoch 2.
+                await trio.to_thread.run_sync(lambda: network.change_epoch(network.successor({3: "node-2"})))
                 after = await c.store(random_bytes(300_000))
                 return before, after, c.chain
 
         before, after, chain = trio.run(go)
     assert before.certificate.epoch == 1 and after.certificate.epoch == 2
     assert {c.epoch for c in after.certificate.confirmations} == {2}  # one epoch per certificate
-    assert "node-6" not in {c.node_id for c in after.certificate.confirmations}
+    assert "node-3" not in {c.node_id for c in after.certificate.confirmations}
     verify_in_chain(chain, before.certificate)
     verify_in_chain(chain, after.certificate)
 
