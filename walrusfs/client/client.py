@@ -217,6 +217,7 @@ class BlobClient:
                 self._nursery.start_soon(delivery.run, deadline - trio.current_time()
                                          + self.settings.background_deadline, done)
                 if superseded is not None:
+                    superseded.superseded = True
                     superseded.scope.cancel()  # one certificate holds confirmations of one epoch
                 while not delivery.settled.is_set() and self.committee.epoch == committee.epoch:
                     with trio.move_on_after(0.2):

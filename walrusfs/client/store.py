@@ -128,6 +128,7 @@ class Delivery:
     # A node answered that it moved on (421 shard_not_held, or a confirmation of a newer epoch): this
     # committee is no longer current, and the store goes on with the next one.
     moved: bool = False
+    superseded: bool = False  # a delivery to a newer committee took over
 
     @property
     def blob_id(self) -> BlobId:
@@ -161,6 +162,8 @@ class Delivery:
                         nursery.start_soon(self._deliver, node.id)
             for node_id in self.pending:
                 self.failures.setdefault(node_id, f"no confirmation within {deadline:.0f} s")
+                if self.superseded:
+                    continue  # the delivery to the newer committee serves the node
                 log.warning("blob %s: node %s not served (%s); repair will heal it",
                             self.blob_id, node_id, "stopped" if self.scope.cancel_called
                             else f"not within {deadline:.0f} s")
@@ -192,14 +195,18 @@ class Delivery:
                             if (pair, kind) not in sent:
                                 nursery.start_soon(self._send, connection, pair, kind, sent, errors, offered)
                 if errors:  # a refusal (not worth retrying) before a transient error
-                    raise min(errors, key=lambda error: error.transient)
+                    raise min(errors, key=lambda error: error.transient and not error.moved)
                 confirmation = offered[-1] if offered else await connection.get_confirmation(self.blob_id)
+                if confirmation.epoch < self.committee.epoch and confirmation.node_id == node_id:
+                    # It stored the slivers but has not adopted this epoch's committee yet: ask again.
+                    raise NodeError(node_id, "confirmation", f"it confirms in epoch {confirmation.epoch}, this "
+                                    f"store is for epoch {self.committee.epoch}", epoch=confirmation.epoch)
                 break
             except NodeError as error:
-                if error.moved:
+                if error.moved and not error.behind(self.committee.epoch):
                     self._moved_on(node_id, error.reason)
                     return
-                if not error.transient:
+                if not error.transient and not error.moved:
                     self.refused.add(node_id)
                     self._fail(node_id, error.reason)
                     return

@@ -50,7 +50,7 @@ class NodeError(Exception):
 
     def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
                  lie: bool = False, invalid: bool = False, unreachable: bool = False,
-                 status: int | None = None) -> None:
+                 status: int | None = None, epoch: int | None = None) -> None:
         super().__init__(f"node {node_id}: {what}: {reason}")
         self.node_id = node_id
         self.reason = reason
@@ -59,11 +59,18 @@ class NodeError(Exception):
         self.invalid = invalid
         self.unreachable = unreachable
         self.status = status  # the HTTP status the node answered with, if it answered
+        self.epoch = epoch  # the node's current epoch, if it named one (walrusfs-epoch)
 
     @property
     def moved(self) -> bool:
-        """The node holds no longer the shard asked about (421 shard_not_held): the committee changed."""
+        """The node does not hold the shard asked about in its epoch (421 shard_not_held, or
+        not_in_committee): the committee changed, and either the node or the client is behind."""
         return self.status == 421
+
+    def behind(self, epoch: int) -> bool:
+        """The node answered from an older epoch than ``epoch``: it has not adopted the newer committee
+        yet (links reach nodes one by one), so asking it again soon is worth it."""
+        return self.epoch is not None and self.epoch < epoch
 
     @property
     def missing(self) -> bool:
@@ -109,14 +116,14 @@ class NodeConnection:
             self.health.failure(self.node_id, reason)
             raise NodeError(self.node_id, what, reason,
                             unreachable=isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))) from error
-        self._note_epoch(response)
+        epoch = self._note_epoch(response)
         if response.status_code not in ok:
             reason = f"HTTP {response.status_code}: {_reason(response)}"
             if response.status_code != 421:  # a node that moved on to a new epoch is not failing
                 self.health.failure(self.node_id, reason)
             raise NodeError(self.node_id, what, reason, transient=response.status_code >= 500
                             or response.status_code in (404, 409, 429), invalid=response.status_code == 410,
-                            status=response.status_code)
+                            status=response.status_code, epoch=epoch)
         try:
             value = parse(response)
         except (FormatError, ValueError) as error:
@@ -125,14 +132,15 @@ class NodeConnection:
         self.health.success(self.node_id, time.monotonic() - start)
         return value
 
-    def _note_epoch(self, response: httpx.Response) -> None:
-        if self.on_epoch is None:
-            return
+    def _note_epoch(self, response: httpx.Response) -> int | None:
+        """The epoch the node names in its answer (None: a node without epochs, or a garbled header)."""
         try:
             epoch = int(response.headers.get(routes.EPOCH_HEADER, ""))
         except ValueError:
-            return  # a node without epochs (older), or a garbled header: nothing to follow
-        self.on_epoch(self.node_id, epoch)
+            return None
+        if self.on_epoch is not None:
+            self.on_epoch(self.node_id, epoch)
+        return epoch
 
     def _auth(self, method: str, path: str, body: bytes | None = b"") -> dict[str, str]:
         """Signed for this node and this body (None: a self-certifying sliver, left unbound)."""
