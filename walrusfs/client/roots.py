@@ -29,7 +29,8 @@ class RootQuorumError(Exception):
 
 
 def _shards(committee: Committee, node_ids: list[str]) -> int:
-    return sum(len(committee.shards_of(node_id)) for node_id in node_ids)
+    """Shards the nodes hold in ``committee``; a node not in it counts for nothing."""
+    return sum(len(committee.shards_of(node_id)) for node_id in node_ids if committee.has_node(node_id))
 
 
 async def publish_root(connections: dict[str, NodeConnection], committee: Committee, record: RootRecord,
