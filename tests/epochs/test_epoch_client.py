@@ -34,6 +34,7 @@ from network import LocalNetwork, LyingProxy, free_port_range
 from walrusfs.client import BlobClient, StoredBlob
 from walrusfs.client.epochs import load_chain, verify_in_chain
 from walrusfs.keys import generate_key, load_key, public_bytes, write_key
+from walrusfs.protocol import routes
 from walrusfs.protocol.certificates import Certificate
 from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, propose, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
@@ -42,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fs"))  # the mount
 
 from fs_harness import WALRUSFS, Filesystem, mounted, run
 
-COMMITTEE_NEXT = "/v1/committee/next"
 SPARE = "node-7"
 
 
@@ -106,7 +106,7 @@ class EpochNetwork(LocalNetwork):
         body = {"version": 1, "links": [link.to_dict() for link in self.links]}
         for node_id in self.known:
             if self.pid(node_id) is not None:
-                response = httpx.post(self.known[node_id].url + COMMITTEE_NEXT, json=body, timeout=30)
+                response = httpx.post(self.known[node_id].url + routes.COMMITTEE_NEXT, json=body, timeout=30)
                 assert response.status_code in (200, 201), f"{node_id}: {response.status_code} {response.text}"
 
     def stop_all(self) -> None:
