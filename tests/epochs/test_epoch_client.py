@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from walrusfs.protocol import routes
 from walrusfs.protocol.certificates import Certificate
 from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, propose, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
+from walrusfs.repair.audit import audit, current_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fs"))  # the mount harness
 
@@ -198,6 +200,17 @@ def test_a_blob_certified_at_epoch_1_verifies_at_epoch_3(moved) -> None:
         stored.certificate.verify(chain.current)  # not against epoch 3's committee: against its own
 
 
+def test_audit_starts_from_the_committee_file_and_challenges_the_current_holders(moved) -> None:
+    network, blobs = moved
+    chain = trio.run(current_chain, network.first)  # what `walrusfs audit --committee FILE` does first
+    chosen, verdicts = trio.run(audit, chain, [stored.blob_id for _, stored in blobs], 2, 3, random.Random(7))
+    assert sorted(chosen) == sorted(stored.blob_id for _, stored in blobs)
+    assert verdicts.keys() == {node.id for node in network.committee.nodes}  # node-3 retired, the spare in
+    # The nodes that kept their shards prove them; the gaining ones are the handover's to fill.
+    assert verdicts["node-0"].ok and verdicts["node-1"].ok, {n: v.to_dict() for n, v in verdicts.items()}
+    assert all(verdict.challenges == 2 * 3 for verdict in verdicts.values())
+
+
 def test_a_store_that_meets_an_epoch_change_is_certified_in_the_new_epoch(tmp_path: Path) -> None:
     with EpochNetwork(tmp_path / "network") as network:
 
@@ -290,7 +303,6 @@ def test_a_mount_reads_and_writes_through_epoch_changes_and_restores_from_the_ne
                 for name, data in expected.items():
                     (mountpoint / name).write_bytes(data)
                 os.sync()
-                run([WALRUSFS, "snapshot", str(mountpoint)], fs.env)
                 with Load(mountpoint, expected) as load:
                     time.sleep(1.0)
                     to_epoch_3(network)
