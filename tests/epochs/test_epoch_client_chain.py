@@ -177,6 +177,12 @@ def test_when_no_node_proves_the_claimed_epoch_the_chain_stays_and_is_not_asked_
     assert epochs.behind
 
 
+def test_a_filesystem_made_before_epochs_has_no_chain_file_and_starts_from_its_committee(tmp_path: Path) -> None:
+    anchor, _ = three_epochs(Keys())
+    chain = load_chain(anchor, tmp_path / "committee-chain.json")
+    assert chain.current == anchor and not chain.links
+
+
 def test_a_saved_chain_is_re_verified_on_load_and_a_tampered_one_is_set_aside(tmp_path: Path) -> None:
     keys = Keys()
     anchor, links = three_epochs(keys)

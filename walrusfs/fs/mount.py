@@ -371,7 +371,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, key:
                 last_error_at=uploader.stats.last_error_at, last_upload_at=uploader.stats.last_upload_at,
                 cache_capacity=settings.cache_size,
                 cache_bytes=cache.used, cache_hits=cache.hits, cache_misses=cache.misses,
-                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()},
+                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()
+                       if node in client.connections},  # the current committee's (nodes retire)
                 read_only=options.read_only,
                 # A read-only mount of an old snapshot publishes none: it reports which one it shows.
                 snapshot=publisher.status() if publisher is not None else SnapshotStatus(
