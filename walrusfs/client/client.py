@@ -131,6 +131,8 @@ class BlobClient:
     async def _refresh_in_background(self, reason: str) -> None:
         try:
             await self.epochs.refresh(reason)
+        except Exception:  # a bug here must not take the client (a mount's daemon) down with it
+            log.exception("refreshing the committee chain failed (%s); the next newer epoch seen tries again", reason)
         finally:
             self._refreshing = False
 
