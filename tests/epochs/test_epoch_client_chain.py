@@ -217,6 +217,29 @@ def test_a_committee_file_replaced_by_a_later_committee_keeps_the_saved_chain(tm
     assert loaded.current.epoch == 3 and loaded.anchor.epoch == 1
 
 
+def test_a_saved_chain_behind_a_newer_committee_file_is_kept_to_walk_forward(tmp_path: Path) -> None:
+    keys = Keys()
+    anchor, links = three_epochs(keys)
+    path = tmp_path / "committee-chain.json"
+    path.write_text(CommitteeChain(anchor, links[:1]).to_json())  # saved at epoch 2
+    loaded = load_chain(links[1].committee, path)  # the file now holds epoch 3's committee
+    assert loaded.anchor == anchor and loaded.current.epoch == 2 and path.exists()
+
+
+def test_the_chain_kept_beside_a_rewritten_committee_file_reaches_back_to_older_epochs(tmp_path: Path) -> None:
+    keys = Keys()
+    anchor, links = three_epochs(keys)
+    beside = tmp_path / "chain.json"  # as the bundled cluster keeps it next to committee.toml
+    beside.write_text(CommitteeChain(anchor, links).to_json())
+    current = links[1].committee
+    loaded = load_chain(current, tmp_path / "state" / "committee-chain.json", beside)
+    assert loaded.anchor == anchor and loaded.current == current  # epoch 1's certificates stay checkable
+
+    stranger, stranger_links = three_epochs(Keys())
+    beside.write_text(CommitteeChain(stranger, stranger_links).to_json())
+    assert load_chain(current, None, beside).committees() == (current,)  # not this file's chain: ignored
+
+
 def certificate(keys: Keys, committee: Committee, blob_id: BlobId, epoch: int | None = None) -> Certificate:
     epoch = committee.epoch if epoch is None else epoch
     confirmations = tuple(Confirmation(epoch, blob_id, node.id, node.shards).signed_by(keys[node.id])

@@ -30,7 +30,9 @@ from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
 
-CHAIN_FILE = "committee-chain.json"
+# The bundled cluster keeps its whole chain beside its committee file, which it rewrites at each change
+# (walrusfs cluster add/retire): DIR/chain.json next to DIR/committee.toml.
+CLUSTER_CHAIN = "chain.json"
 ASK_TIMEOUT = 5.0  # seconds one node gets to serve its links before the next is asked
 # After a refresh that did not reach the epoch a node claimed, the next one waits this long: a node
 # that names a made-up epoch in its headers does not get every request followed by a round of asking.
@@ -199,25 +201,41 @@ def certificate_from_confirmations(chain: CommitteeChain, certificate_of: Callab
     return None
 
 
-def load_chain(anchor: Committee, path: Path | None) -> CommitteeChain:
-    """The chain saved at ``path``, re-verified link by link, if it contains ``anchor`` (the trusted
-    committee file); else the bare anchor. A saved chain that does not verify, or belongs to another
-    committee file, is set aside (``.rejected``) with a warning: the nodes serve the chain again."""
-    if path is None or not path.exists():
-        return CommitteeChain(anchor)
-    try:
-        saved = CommitteeChain.from_json(path.read_bytes(), source=str(path))
-        trusted = _contains(saved, anchor)
-    except (OSError, ChainError) as error:
-        _set_aside(path, str(error))
-        return CommitteeChain(anchor)
-    if not trusted:
-        _set_aside(path, f"it does not contain the committee of {anchor.epoch} this filesystem trusts (its "
-                         "committee file)")
-        return CommitteeChain(anchor)
-    # Where the committee file was since replaced by a newer committee of the same chain, the saved
-    # chain reaches back further, and certificates of those epochs stay checkable.
-    return saved
+def load_chain(anchor: Committee, path: Path | None, beside: Path | None = None) -> CommitteeChain:
+    """The chain to start from, for a holder of the committee file ``anchor``:
+
+    - the chain saved at ``path``, re-verified link by link, if it contains ``anchor``, or if it ends
+      before ``anchor``'s epoch (the committee file was since replaced by a newer committee, as the
+      bundled cluster does at each change: the saved chain was verified from the file's earlier
+      content, and walking it forward reaches the new one);
+    - else a chain kept ``beside`` the committee file (the bundled cluster's DIR/chain.json), if it
+      verifies and contains ``anchor``: it reaches back to the epochs before the file's, so older
+      certificates stay checkable;
+    - else ``anchor`` alone.
+
+    A saved chain that does not verify, or holds another committee at ``anchor``'s epoch, is set aside
+    (``.rejected``) with a warning: the nodes serve the chain again."""
+    if path is not None and path.exists():
+        try:
+            saved = CommitteeChain.from_json(path.read_bytes(), source=str(path))
+        except (OSError, ChainError) as error:
+            _set_aside(path, str(error))
+        else:
+            if _contains(saved, anchor) or saved.current.epoch < anchor.epoch:
+                return saved
+            _set_aside(path, f"it holds another committee of epoch {anchor.epoch} than the committee file "
+                             "this filesystem trusts")
+    if beside is not None and beside.exists():
+        try:
+            kept = CommitteeChain.from_json(beside.read_bytes(), source=str(beside))
+        except (OSError, ChainError) as error:
+            log.warning("ignoring the committee chain %s beside the committee file: %s", beside, error)
+        else:
+            if _contains(kept, anchor):
+                return kept
+            log.warning("ignoring the committee chain %s: it does not contain the committee of epoch %d in the "
+                        "committee file beside it", beside, anchor.epoch)
+    return CommitteeChain(anchor)
 
 
 def _contains(chain: CommitteeChain, committee: Committee) -> bool:
@@ -243,5 +261,5 @@ def chain_saver(path: Path) -> Callable[[CommitteeChain], None]:
     return save
 
 
-__all__ = ["CHAIN_FILE", "EpochFollower", "certificate_from_confirmations", "chain_saver", "load_chain",
-           "verify_in_chain"]
+__all__ = ["CLUSTER_CHAIN", "EpochFollower", "certificate_from_confirmations", "chain_saver",
+           "load_chain", "verify_in_chain"]

@@ -22,7 +22,7 @@ from ..protocol.committee import Committee
 from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
 from .catalog import resolve_staged as resolve_staged_blocks
-from .chain import save_chain
+from .chain import fs_chain, save_chain
 from .config import FsSettings, FsState
 from .db import Database
 from .fsck import Fsck, FsckReport
@@ -126,7 +126,7 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
                         "(pass --force to do that: the old state is set aside, not deleted)")
     started = time.monotonic()
     aside = None
-    async with BlobClient(committee, writer_key=writer_key) as client:
+    async with BlobClient(fs_chain(state, committee, committee_path), writer_key=writer_key) as client:
         # From the committee file the user kept (maybe years old) to the committee of now.
         await client.refresh_chain("restore")
         chain = await find_chain(client, fs_key)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import trio
 
-from ..client.epochs import verify_in_chain
+from ..client.epochs import CLUSTER_CHAIN, load_chain, verify_in_chain
 from ..client.health import HealthBook
 from ..client.transport import NodeConnection, NodeError, connections, node_mounts, tls_context
 from ..errors import UserError
@@ -175,11 +175,13 @@ async def metadata_of(nodes: dict[str, NodeConnection], blob_id: BlobId) -> Blob
     raise UserError(f"no node serves valid metadata of certified blob {blob_id}")
 
 
-async def current_chain(committee: Committee) -> CommitteeChain:
-    """The chain from the committee file to the committee of now, verified link by link."""
+async def current_chain(committee: Committee, committee_path: Path | None = None) -> CommitteeChain:
+    """The chain from the committee file (and the chain kept beside it, if any) to the committee of now,
+    verified link by link."""
     from ..client import BlobClient
 
-    async with BlobClient(committee) as client:
+    beside = None if committee_path is None else Path(committee_path).parent / CLUSTER_CHAIN
+    async with BlobClient(load_chain(committee, None, beside)) as client:
         await client.refresh_chain("audit")
         return client.chain
 
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     path = bundled_file(args.committee, COMMITTEE_FILE)
     if not Path(path).exists():
         raise UserError(f"no committee file at {path}: pass --committee")
-    chain = trio.run(current_chain, Committee.load(path))
+    chain = trio.run(current_chain, Committee.load(path), Path(path))
     try:
         blob_ids = [BlobId.parse(text) for text in args.blob]
     except FormatError as error:
