@@ -171,7 +171,8 @@ class EpochFollower:
             why = str(error) if isinstance(error, ChainError) else f"not a chain answer: {error!r}"
             self.rejected[node.id] = why
             failures[node.id] = f"refused: {why}"
-            log.warning("node %s (%s) served a committee chain that does not verify, skipping it: %s",
+            log.warning("node %s (%s) served a committee chain that does not verify, skipping it and asking the "
+                        "other nodes: %s. A node that keeps doing this is faulty or compromised: tell its operator",
                         node.id, node.url, why)
             return None
         return epoch
