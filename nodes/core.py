@@ -70,6 +70,8 @@ class NodeCore:
         # Whether this node's own handover into the current epoch is complete (every shard it gained
         # is synced): it signs no successor before (docs/epochs.md). nodes.handover replaces it.
         self.handover_complete: Callable[[], bool] = lambda: True
+        # Told of the epoch a peer's answer names (nodes.epochs fetches the links of a newer one).
+        self.on_peer_epoch: Callable[[str, int], None] = lambda peer, epoch: None
 
     # --- the committee of the current epoch --------------------------------------------------------------
 

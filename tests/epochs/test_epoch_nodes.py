@@ -7,6 +7,7 @@ hands shard 3 from node-3 to a joining node-4.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -21,10 +22,17 @@ import tomli_w
 from blobtools import store
 from network import _LIVE, LocalNetwork, _terminate, free_port_range
 
+from nodes.app import NodeApp
+from nodes.config import NodeConfig
+from nodes.epochs import served_certificate
+from nodes.http import HTTPError
+from nodes.store import BlobStore
+from walrusfs.cluster import init_cluster
 from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from walrusfs.protocol import routes, sign_request
-from walrusfs.protocol.chain import CommitteeLink, committee_digest, propose, sign_link
+from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, committee_digest, propose, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
+from walrusfs.protocol.tls import node_certificate
 from walrusfs.redstuff import SliverKind
 
 FAST_REPAIR = {"sync_interval": 0.5, "grace": 0.5, "scrub_interval": 3600.0}
@@ -286,15 +294,32 @@ def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: N
 # --- certificates across epochs ------------------------------------------------------------------------
 
 
-def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_new_assignment(
+def test_a_node_that_hears_of_a_newer_epoch_from_a_peer_fetches_it_at_once(network: Network) -> None:
+    """node-0 follows the chain only every 300-900 s by itself, but its feed polls node-1 every second,
+    and node-1's answers name epoch 2."""
+    config = network.config("node-0")
+    config.write_text(config.read_text().replace("sync_interval = 0.5", "sync_interval = 600.0"))
+    network.start("node-1")
+    assert post_next(network.url("node-1"), network.link(network.epoch2(), QUORUM_SIGNERS)).status_code == 200
+    network.start("node-0")
+    url = network.url("node-0")
+    start = time.monotonic()
+    while health(url)["epoch"] != 2:
+        assert time.monotonic() - start < 60, "node-0 did not fetch the links node-1's epoch header announced"
+        time.sleep(0.2)
+
+
+def test_a_certificate_of_epoch_1_stays_valid_at_epoch_3_and_repair_follows_the_new_assignment(
         network: Network) -> None:
     network.start()
     stored = store(network, b"certified in epoch 1" * 5000)
     assert stored.certificate.epoch == 1
     network.start_joiner()
-    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    epoch2 = network.epoch2()
+    epoch3 = Committee(3, epoch2.n_shards, epoch2.nodes, epoch2.writer_keys)
+    links = [network.link(epoch2, QUORUM_SIGNERS), network.link(epoch3, QUORUM_SIGNERS, previous=epoch2)]
     for node_id in [*network.node_ids, JOINER]:
-        assert post_next(network.url(node_id), link).status_code == 200
+        assert post_next(network.url(node_id), *links).json()["epoch"] == 3
 
     # A certificate PUT is checked against the committee of its epoch, found through the chain.
     node0 = network.committee.node("node-0")
@@ -318,3 +343,72 @@ def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_
         time.sleep(0.3)
     sliver = httpx.get(network.url(JOINER) + routes.sliver(stored.blob_id, pair, SliverKind.PRIMARY), timeout=10)
     assert sliver.status_code == 200
+
+
+# --- the config's committee at start -------------------------------------------------------------------
+
+
+def test_a_config_committee_newer_than_the_chain_needs_links_to_reach_it(network: Network) -> None:
+    network.start("node-0")
+    network.stop("node-0")
+    successor = network.epoch2()
+    successor.write(network.root / "committee-2.toml")
+    config = network.config("node-0")
+    config.write_text(config.read_text().replace("../committee.toml", "../committee-2.toml"))
+
+    # No node can show how epoch 1 led to epoch 2: the file alone is not trusted.
+    refused = subprocess.run([sys.executable, "-m", "nodes", "--config", str(config)], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to start" in refused.stderr
+    assert "is for epoch 2, but this node's chain" in refused.stderr and "ends at epoch 1" in refused.stderr
+
+    # A peer that has the link: the node takes it at start, verified, and starts at epoch 2.
+    network.start("node-1")
+    assert post_next(network.url("node-1"), network.link(successor, QUORUM_SIGNERS)).status_code == 200
+    network.start("node-0")
+    assert health(network.url("node-0"))["epoch"] == 2
+
+
+def test_a_joining_node_serves_tls_with_its_keys_certificate_when_the_network_does() -> None:
+    """What the committee that admits it will pin (``node_certificate`` of its key), from the start:
+    it cannot change scheme without a restart. Where no node serves TLS, neither does it."""
+    keys = [generate_key() for _ in range(4)]
+    joiner_key = generate_key()
+
+    def committee(tls: bool) -> Committee:
+        nodes = tuple(NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{2000 + i}",
+                               public_bytes(key), (i,), node_certificate(key) if tls else None)
+                      for i, key in enumerate(keys))
+        return Committee(1, 4, nodes, frozenset())
+
+    tls_chain = CommitteeChain(committee(tls=True))
+    assert served_certificate(tls_chain, JOINER, joiner_key) == node_certificate(joiner_key)
+    assert served_certificate(tls_chain, "node-1", keys[1]) == tls_chain.current.node("node-1").tls_cert
+    assert served_certificate(CommitteeChain(committee(tls=False)), JOINER, joiner_key) is None
+
+
+def test_a_node_signs_nothing_while_its_own_handover_is_incomplete(tmp_path: Path) -> None:
+    """One layer (the node's epoch service, in process): the handover's answer is asked before
+    anything is signed or remembered."""
+    committee = init_cluster(tmp_path, nodes=4, shards=4, base_port=free_port_range(4))
+    config = NodeConfig.load(tmp_path / "node-0" / "config.toml")
+    chain_committee, key = config.load_identity()
+    blobs = BlobStore(config.data_dir)
+    blobs.open()
+    app = NodeApp(config, chain_committee, key, blobs)
+    successor = Committee(2, 4, committee.nodes, frozenset({public_bytes(generate_key())}))
+    link = propose(committee, successor)
+    try:
+        app.core.handover_complete = lambda: False
+        with pytest.raises(HTTPError) as refused:
+            asyncio.run(app.epochs.sign_proposal(link))
+        assert refused.value.status == 409 and refused.value.code == "handover_incomplete"
+        assert not (config.data_dir / "epochs" / "signed.json").exists()
+
+        app.core.handover_complete = lambda: True
+        signature = asyncio.run(app.epochs.sign_proposal(link))
+        assert link.with_signature("node-0", signature).signed_shards(committee) == {0}
+    finally:
+        app.core.close()
+        app.executor.shutdown()
