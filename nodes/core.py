@@ -72,6 +72,9 @@ class NodeCore:
         self.handover_complete: Callable[[], bool] = lambda: True
         # Told of the epoch a peer's answer names (nodes.epochs fetches the links of a newer one).
         self.on_peer_epoch: Callable[[str, int], None] = lambda peer, epoch: None
+        # Shards this node gained and is still receiving from their old holders (nodes.handover sets
+        # it): repair leaves them to the handover, which copies what recovery would rebuild at a cost.
+        self.receiving: frozenset[int] = frozenset()
 
     # --- the committee of the current epoch --------------------------------------------------------------
 
