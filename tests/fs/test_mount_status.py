@@ -27,6 +27,7 @@ DAEMON_JSON = {
                  "uploaded_bytes": 65536, "last_error": None, "next_due_s": 12.5},
     "lease": {"holder": "h" * 32, "label": "host-a", "generation": 2, "held": True, "valid_for_s": 21.5,
               "term_s": 30.0, "deposed_by": None, "last_error": None, "message": None},
+    "epoch": 3,
 }
 
 

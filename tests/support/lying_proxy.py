@@ -2,9 +2,11 @@
 
 Listens on 127.0.0.1 (a port of its own choosing, printed as ``READY <port>`` on stdout) and passes
 every request to UPSTREAM_URL, except that in successful responses of the kinds listed in KINDS
-(comma-separated: ``sliver``, ``symbol``, ``metadata``, ``confirmation``) it flips bits: one byte in
-the middle of a sliver, recovery symbol or metadata body; one byte of a confirmation's signature
-(also of the confirmation a sliver PUT's answer carries).
+(comma-separated: ``sliver``, ``symbol``, ``metadata``, ``confirmation``, ``chain``) it flips bits: one
+byte in the middle of a sliver, recovery symbol or metadata body; one byte of a confirmation's signature
+(also of the confirmation a sliver PUT's answer carries). ``chain`` forges the committee links a node
+serves: the newest link's first node is pointed at another URL (what an attacker would redirect
+clients with), its signatures left as they were.
 Writes pass through untouched, so the node behind stores correct data and only its answers lie,
 unless KINDS has ``upload``: then the bodies of sliver PUTs are corrupted on their way to the node.
 ``GET /_proxy/requests`` answers (itself, not the node) how many requests of each kind it received.
@@ -29,12 +31,18 @@ _ROUTES = {
     "symbol": re.compile(r"^/v1/blobs/[^/]+/slivers/\d+/(primary|secondary)/recovery/\d+$"),
     "metadata": re.compile(r"^/v1/blobs/[^/]+/metadata$"),
     "confirmation": re.compile(r"^/v1/blobs/[^/]+/confirmation$"),
+    "chain": re.compile(r"^/v1/committee/chain$"),
 }
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authorization", b"proxy-authenticate", b"host", b"content-length"}
 
 
 def corrupt(kind: str, body: bytes) -> bytes:
+    if kind == "chain":
+        answer = json.loads(body)
+        if answer.get("links"):
+            answer["links"][-1]["committee"]["nodes"][0]["url"] = "http://203.0.113.9:31400"
+        return json.dumps(answer).encode()
     if kind == "confirmation":
         data = json.loads(body)
         signature = bytearray(base64.b64decode(data["signature"]))

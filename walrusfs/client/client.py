@@ -8,6 +8,12 @@ One pooled httpx client serves every request. The client owns a nursery for deli
 after store() returned (slow nodes), so leaving the ``async with`` waits for them, at most
 ``exit_grace`` seconds; nodes that cannot even be connected to (down) are not waited for: their
 slivers and the certificate are left to the nodes' own repair at once.
+
+The client follows the committee chain (walrusfs.client.epochs, docs/epochs.md): given a committee
+or a CommitteeChain, it works with the newest committee verified, and when a node names a newer
+epoch it fetches and verifies the links, opens connections to the new nodes and goes on: a store
+in flight is delivered again to the new committee (slivers a node already took are not sent twice;
+one certificate holds confirmations of one epoch), and a read retries with the new holders.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ..protocol.committee import Committee
+from ..protocol.chain import CommitteeChain
+from ..protocol.committee import Committee, NodeInfo
 from ..redstuff import BlobId, BlobMetadata
 from .budget import ByteBudget
 from .certificate import Certificate
+from .epochs import EpochFollower
 from .health import HealthBook
-from .read import BlobReader, ReadReport
-from .store import Delivery, StoreError, StoreProgress, announce_certificate, encode_for_upload
+from .read import BlobInvalidError, BlobReader, ReadError, ReadReport
+from .store import Delivery, Sent, StoreError, StoreProgress, announce_certificate, encode_for_upload
 from .transport import NodeConnection, tls_context
 
 log = logging.getLogger(__name__)
@@ -52,9 +60,12 @@ class ClientSettings:
 
 
 class BlobClient:
-    def __init__(self, committee: Committee, writer_key: object | None = None,
-                 settings: ClientSettings | None = None) -> None:
-        self.committee = committee
+    def __init__(self, committee: Committee | CommitteeChain, writer_key: object | None = None,
+                 settings: ClientSettings | None = None, *,
+                 save_chain: Callable[[CommitteeChain], None] | None = None) -> None:
+        """``committee``: the committee to start from, or a verified chain; ``save_chain`` keeps the
+        chain whenever it grew (a filesystem's state directory: walrusfs.client.epochs.chain_saver)."""
+        chain = committee if isinstance(committee, CommitteeChain) else CommitteeChain(committee)
         self.writer_key = writer_key
         self.settings = settings or ClientSettings()
         self.health = HealthBook()
@@ -64,26 +75,80 @@ class BlobClient:
         self._nursery: trio.Nursery | None = None
         self._nursery_manager = None
         self._closing = trio.Event()  # set on leaving: background work stops waiting for absent nodes
-        self.connections: dict[str, NodeConnection] = {}
+        self._refreshing = False
+        self.epochs = EpochFollower(chain, self._connection_to, save_chain)
+        self.epochs.add_listener(self._adopt)
+        # Every node connected to, by identity: nodes of older committees still serve the shards
+        # they hand off, and a node whose URL or key changed gets a connection of its own.
+        self._pool: dict[NodeInfo, NodeConnection] = {}
+        self.connections: dict[str, NodeConnection] = {}  # the current committee's nodes, by id
+
+    @property
+    def committee(self) -> Committee:
+        """The newest committee verified (it changes when the network moves to a new epoch)."""
+        return self.epochs.current
+
+    @property
+    def chain(self) -> CommitteeChain:
+        return self.epochs.chain
 
     async def __aenter__(self) -> BlobClient:
+        self.connections = {node.id: self._connection_to(node) for node in self.committee.nodes}
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    def _connection_to(self, node: NodeInfo) -> NodeConnection:
+        connection = self._pool.get(node)
+        if connection is not None:
+            return connection
         s = self.settings
         # One connection pool per node: httpcore checks every pooled connection (a poll(2) each)
         # whenever a request starts or ends, which over one shared pool of all nodes' connections
         # cost 8% of the mount daemon's main thread during writes.
         per_node = max(4, s.max_connections // len(self.committee.nodes))
-        for node in self.committee.nodes:
-            http = httpx.AsyncClient(
-                verify=tls_context(node),
-                timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
-                limits=httpx.Limits(max_connections=per_node, max_keepalive_connections=per_node),
-            )
-            self._http.append(http)
-            self.connections[node.id] = NodeConnection(http, self.committee, node, self.health,
-                                                       self.writer_key)
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        return self
+        http = httpx.AsyncClient(
+            verify=tls_context(node),
+            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+            limits=httpx.Limits(max_connections=per_node, max_keepalive_connections=per_node),
+        )
+        self._http.append(http)
+        connection = self._pool[node] = NodeConnection(http, self.committee, node, self.health, self.writer_key)
+        connection.on_epoch = self._saw
+        return connection
+
+    def _adopt(self, previous: Committee, current: Committee) -> None:
+        """A newer committee was verified: from now on requests go to its nodes. A new dict, so that
+        work in flight keeps the committee and connections it started with, consistent."""
+        self.connections = {node.id: self._connection_to(node) for node in current.nodes}
+
+    def _saw(self, node_id: str, epoch: int) -> None:
+        self.epochs.saw(node_id, epoch)
+        if self.epochs.behind and not self._refreshing and self._nursery is not None and not self._closing.is_set():
+            self._refreshing = True
+            self._nursery.start_soon(self._refresh_in_background, f"{node_id} is at epoch {epoch}")
+
+    async def _refresh_in_background(self, reason: str) -> None:
+        try:
+            await self.epochs.refresh(reason)
+        except Exception:  # a bug here must not take the client (a mount's daemon) down with it
+            log.exception("refreshing the committee chain failed (%s); the next newer epoch seen tries again", reason)
+        finally:
+            self._refreshing = False
+
+    async def refresh_chain(self, reason: str = "") -> bool:
+        """Fetch and verify the committee links the nodes have after the current epoch (at start, say,
+        or when a node says it has moved on); True if the committee changed."""
+        return await self.epochs.refresh(reason)
+
+    async def _catch_up(self, epoch: int) -> bool:
+        """After a failure under committee ``epoch``: True if a newer committee is known now (found by
+        a refresh if a node named a newer epoch), so the operation is worth going on with."""
+        if self.committee.epoch > epoch:
+            return True
+        if self.epochs.behind:
+            await self.epochs.refresh(f"a node is at epoch {self.epochs.seen_epoch}")
+        return self.committee.epoch > epoch
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         """Wait for background deliveries (at most ``exit_grace`` seconds), unless leaving on an
@@ -107,21 +172,29 @@ class BlobClient:
                 self._http.clear()
 
     def _reader(self) -> BlobReader:
-        return BlobReader(self.connections, self.committee.n_shards,
-                          lambda shard: self.committee.node_for_shard(shard).id,
-                          self.health.order_key, self.settings.hedge_after, self.health.avoided_for)
+        committee, follower = self.committee, self.epochs
+
+        def previous(shard: int) -> list[NodeConnection]:
+            return [self._connection_to(node) for node in follower.previous_holders(shard)]
+
+        return BlobReader(self.connections, committee.n_shards, lambda shard: committee.node_for_shard(shard).id,
+                          self.health.order_key, self.settings.hedge_after, self.health.avoided_for,
+                          previous_holders=previous)
 
     async def store(self, data: bytes | memoryview,
                     on_progress: Callable[[StoreProgress], None] | None = None) -> StoredBlob:
         """Encode and store ``data``; returns only with a verified availability certificate."""
         assert self._nursery is not None, "use BlobClient inside 'async with'"
+        await self._catch_up(self.committee.epoch)
         # Until every node is served the blob is held with all its slivers (its encoded length).
         layout = self.committee.geometry.layout(len(data))
         need = len(data) + layout.encoded_length
         delivery: Delivery | None = None
-        with trio.move_on_after(self.settings.store_deadline):
+        deadline = trio.current_time() + self.settings.store_deadline
+        with trio.move_on_at(deadline):
             taken = await self._budget.acquire(need)
             holder = [self._budget]  # which budget the delivery holds its memory in
+            latest: list[Delivery | None] = [None]  # only the newest epoch's delivery gives the memory back
 
             def release() -> None:
                 holder[0].release(taken)
@@ -131,16 +204,34 @@ class BlobClient:
             except BaseException:
                 release()
                 raise
-            progress = StoreProgress(bytes_total=encoded.layout.encoded_length,
-                                     quorum=self.committee.geometry.quorum)
-            delivery = Delivery(self.committee, encoded, self.connections, progress, closing=self._closing)
-            self._nursery.start_soon(delivery.run, self.settings.store_deadline
-                                     + self.settings.background_deadline, release)
-            while not delivery.settled.is_set():
-                with trio.move_on_after(0.2):
-                    await delivery.settled.wait()
-                if on_progress:
-                    on_progress(progress)
+            sent = Sent()  # what nodes took, over every epoch's delivery: nothing is sent twice
+            while True:
+                committee = self.committee
+                progress = StoreProgress(bytes_total=encoded.layout.encoded_length, quorum=committee.geometry.quorum)
+                superseded, delivery = delivery, Delivery(committee, encoded, self.connections, progress,
+                                                          closing=self._closing, sent=sent)
+                latest[0] = delivery
+
+                def done(this: Delivery = delivery) -> None:
+                    if latest[0] is this:
+                        release()
+
+                self._nursery.start_soon(delivery.run, deadline - trio.current_time()
+                                         + self.settings.background_deadline, done)
+                if superseded is not None:
+                    superseded.superseded = True
+                    superseded.scope.cancel()  # one certificate holds confirmations of one epoch
+                while not delivery.settled.is_set() and self.committee.epoch == committee.epoch:
+                    with trio.move_on_after(0.2):
+                        await delivery.settled.wait()
+                    if on_progress:
+                        on_progress(progress)
+                    if (delivery.moved or self.epochs.seen_epoch > committee.epoch) and self.epochs.behind:
+                        await self.epochs.refresh(f"storing {encoded.blob_id}")
+                if delivery.certified() or not await self._catch_up(committee.epoch):
+                    break
+                log.info("blob %s: the network moved to epoch %d during the store; delivering it to that "
+                         "committee", encoded.blob_id, self.committee.epoch)
         if delivery is None:
             raise StoreError(f"no memory for another blob within {self.settings.store_deadline:.0f} s: "
                              f"{self._budget.used} bytes of earlier blobs are still being delivered", {})
@@ -148,7 +239,7 @@ class BlobClient:
             on_progress(progress)
         if delivery.certified():
             certificate = delivery.certificate()
-            certificate.verify(self.committee)
+            certificate.verify(delivery.committee)
             # Nodes down now learn it from their peers later: no longer than slow deliveries go on.
             self._nursery.start_soon(announce_certificate, self.connections, certificate,
                                      min(10.0, self.settings.background_deadline), self._closing)
@@ -170,8 +261,9 @@ class BlobClient:
         detail = describe_failures(failures)
         raise StoreError(
             f"blob {encoded.blob_id} is NOT stored: confirmations cover {covered} shards, a "
-            f"certificate needs {self.committee.geometry.quorum} of {self.committee.n_shards} "
-            f"within {self.settings.store_deadline:.0f} s. Failed nodes: {detail}. Act on what the "
+            f"certificate needs {delivery.committee.geometry.quorum} of {delivery.committee.n_shards} "
+            f"(epoch {delivery.committee.epoch}) within {self.settings.store_deadline:.0f} s. Failed nodes: "
+            f"{detail}. Act on what the "
             "nodes answered, check that they are up (walrusfs cluster status), and try again.",
             failures, permanent=delivery.refused_for_good(),
         )
@@ -179,11 +271,29 @@ class BlobClient:
     async def read(self, blob_id: BlobId, offset: int = 0, length: int | None = None,
                    report: ReadReport | None = None) -> bytes | memoryview:
         """The blob's bytes [offset, offset+length), every byte verified against ``blob_id``. A
-        whole-blob read returns a view of the decoder's buffer rather than copying it."""
-        return await self._reader().read(blob_id, offset, length, report)
+        whole-blob read returns a view of the decoder's buffer rather than copying it. A read that
+        fails while the network moves to a new epoch is tried again with the new committee."""
+        if self.epochs.behind:
+            await self._catch_up(self.committee.epoch)
+        while True:
+            epoch = self.committee.epoch
+            try:
+                return await self._reader().read(blob_id, offset, length, report)
+            except BlobInvalidError:
+                raise
+            except ReadError:
+                if not await self._catch_up(epoch):
+                    raise
+            log.info("read of %s: retrying with the committee of epoch %d", blob_id, self.committee.epoch)
 
     async def metadata(self, blob_id: BlobId) -> BlobMetadata:
-        return await self._reader().metadata(blob_id, ReadReport())
+        while True:
+            epoch = self.committee.epoch
+            try:
+                return await self._reader().metadata(blob_id, ReadReport())
+            except ReadError:
+                if not await self._catch_up(epoch):
+                    raise
 
     async def status(self, blob_id: BlobId) -> dict[str, dict]:
         """Each node's own account of which slivers of the blob it holds."""

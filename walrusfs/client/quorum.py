@@ -21,7 +21,9 @@ T = TypeVar("T")
 
 
 def shards_of(committee: Committee, node_ids: list[str]) -> int:
-    return sum(len(committee.shards_of(node_id)) for node_id in node_ids)
+    """Shards the nodes hold in ``committee``; a node not in it (the committee changed while it was
+    asked: walrusfs.client.epochs) counts for nothing."""
+    return sum(len(committee.shards_of(node_id)) for node_id in node_ids if committee.has_node(node_id))
 
 
 @dataclass

@@ -8,6 +8,10 @@ too few other nodes are left; a node that hangs is overtaken after the hedge del
 
 A byte range that touches only a few symbols fetches just those symbols, each with a Merkle proof
 against its row's root, from the nodes holding the systematic rows.
+
+During an epoch change a shard's new holder may not have its slivers yet (404, or 421 from a node
+that no longer holds it): the sliver is asked of the shard's previous holders, which keep serving
+it until the handover is done; failing that, the read decodes from the other slivers as always.
 """
 
 from __future__ import annotations
@@ -76,8 +80,11 @@ class ReadReport:
 
 class BlobReader:
     def __init__(self, connections: dict[str, NodeConnection], n_shards: int, shard_owner,
-                 order_key, hedge_after: float, avoided_for: Callable[[str], float] | None = None) -> None:
+                 order_key, hedge_after: float, avoided_for: Callable[[str], float] | None = None,
+                 previous_holders: Callable[[int], list[NodeConnection]] | None = None) -> None:
         self.connections = connections
+        # shard -> connections to its holders of earlier epochs, newest first (walrusfs.client.epochs)
+        self.previous_holders = previous_holders or (lambda shard: [])
         self.n_shards = n_shards
         self.shard_owner = shard_owner  # shard -> node id
         self.order_key = order_key  # node id -> sort key (healthy, fast first)
@@ -198,8 +205,7 @@ class BlobReader:
         async def fetch_verified(index: int, answered: Answered) -> Sliver:
             node = node_of(index)
             try:
-                sliver = await self.connections[node].get_sliver(metadata.blob_id, pair_of(index), kind,
-                                                                 on_head=answered)
+                node, sliver = await self._get_sliver(metadata, pair_of(index), kind, node, answered, report)
                 report.slivers_fetched += 1
                 report.bytes_fetched += sliver.nbytes
                 await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
@@ -221,6 +227,28 @@ class BlobReader:
                 await self._raise_if_proven_invalid(metadata, node_of(index))
         self._note_slow([node_of(index) for index in result.slow], report)
         return dict(result.successes)
+
+    async def _get_sliver(self, metadata: BlobMetadata, pair: int, kind: SliverKind, node: str,
+                          answered: Answered, report: ReadReport) -> tuple[str, Sliver]:
+        """The sliver and the node that served it: the shard's current holder, or if that does not
+        have it (yet) or holds the shard no longer, a previous holder (a handover in progress)."""
+        try:
+            return node, await self.connections[node].get_sliver(metadata.blob_id, pair, kind, on_head=answered)
+        except NodeError as error:
+            if not (error.missing or error.moved):
+                raise
+            first = error
+        shard = metadata.geometry.shard_of_pair(pair, metadata.blob_id.raw)
+        for previous in self.previous_holders(shard):
+            try:
+                sliver = await previous.get_sliver(metadata.blob_id, pair, kind, on_head=answered)
+            except NodeError as error:
+                report.note(previous.node_id, error)
+                continue
+            log.debug("blob %s: %s sliver of pair %d from %s, the previous holder of shard %d (%s: %s)",
+                      metadata.blob_id, kind.name.lower(), pair, previous.node_id, shard, node, first.reason)
+            return previous.node_id, sliver
+        raise first
 
     async def _raise_if_proven_invalid(self, metadata: BlobMetadata, node: str) -> None:
         """A node says the blob is invalid (410): BlobInvalidError if its proof checks out against

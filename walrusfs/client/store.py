@@ -97,8 +97,18 @@ class StoreProgress:
 
 
 @dataclass
+class Sent:
+    """What nodes have taken of one blob, kept across the deliveries of one store: when the network
+    moves to a new epoch mid-store, the blob is delivered to the new committee without sending a
+    node again what it already holds."""
+
+    metadata: set[str] = field(default_factory=set)  # node ids
+    slivers: dict[str, set[tuple[int, SliverKind]]] = field(default_factory=dict)  # node id -> (pair, kind)
+
+
+@dataclass
 class Delivery:
-    """Sending one encoded blob to every node of the committee."""
+    """Sending one encoded blob to every node of the committee (of one epoch)."""
 
     committee: Committee
     encoded: EncodedBlob
@@ -114,6 +124,11 @@ class Delivery:
     finished: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     closing: trio.Event | None = None  # set when the client closes: unreachable nodes are given up
+    sent: Sent = field(default_factory=Sent)
+    # A node answered that it moved on (421 shard_not_held, or a confirmation of a newer epoch): this
+    # committee is no longer current, and the store goes on with the next one.
+    moved: bool = False
+    superseded: bool = False  # a delivery to a newer committee took over
 
     @property
     def blob_id(self) -> BlobId:
@@ -147,6 +162,8 @@ class Delivery:
                         nursery.start_soon(self._deliver, node.id)
             for node_id in self.pending:
                 self.failures.setdefault(node_id, f"no confirmation within {deadline:.0f} s")
+                if self.superseded:
+                    continue  # the delivery to the newer committee serves the node
                 log.warning("blob %s: node %s not served (%s); repair will heal it",
                             self.blob_id, node_id, "stopped" if self.scope.cancel_called
                             else f"not within {deadline:.0f} s")
@@ -163,13 +180,12 @@ class Delivery:
         connection = self.connections[node_id]
         geometry = self.encoded.layout.geometry
         attempt = 0
-        sent: set[tuple[int, SliverKind]] = set()
-        metadata_sent = False
+        sent = self.sent.slivers.setdefault(node_id, set())
         while True:
             try:
-                if not metadata_sent:
+                if node_id not in self.sent.metadata:
                     await connection.put_metadata(self.encoded.metadata)
-                    metadata_sent = True
+                    self.sent.metadata.add(node_id)
                 errors: list[NodeError] = []
                 offered: list[Confirmation] = []  # come with the node's last sliver
                 async with trio.open_nursery() as nursery:
@@ -179,11 +195,18 @@ class Delivery:
                             if (pair, kind) not in sent:
                                 nursery.start_soon(self._send, connection, pair, kind, sent, errors, offered)
                 if errors:  # a refusal (not worth retrying) before a transient error
-                    raise min(errors, key=lambda error: error.transient)
+                    raise min(errors, key=lambda error: error.transient and not error.moved)
                 confirmation = offered[-1] if offered else await connection.get_confirmation(self.blob_id)
+                if confirmation.epoch < self.committee.epoch and confirmation.node_id == node_id:
+                    # It stored the slivers but has not adopted this epoch's committee yet: ask again.
+                    raise NodeError(node_id, "confirmation", f"it confirms in epoch {confirmation.epoch}, this "
+                                    f"store is for epoch {self.committee.epoch}", epoch=confirmation.epoch)
                 break
             except NodeError as error:
-                if not error.transient:
+                if error.moved and not error.behind(self.committee.epoch):
+                    self._moved_on(node_id, error.reason)
+                    return
+                if not error.transient and not error.moved:
                     self.refused.add(node_id)
                     self._fail(node_id, error.reason)
                     return
@@ -198,6 +221,11 @@ class Delivery:
                 self.failures[node_id] = error.reason
                 await _pause(delay, error, self.closing)
         node = self.committee.node(node_id)
+        if (confirmation.epoch > self.committee.epoch and confirmation.node_id == node_id
+                and confirmation.blob_id == self.blob_id):
+            self._moved_on(node_id, f"it confirms in epoch {confirmation.epoch}, this store is for epoch "
+                                    f"{self.committee.epoch}")
+            return
         if (confirmation.node_id != node_id or confirmation.blob_id != self.blob_id
                 or confirmation.epoch != self.committee.epoch or not confirmation.verify(node.public_key)):
             connection.health.lie(node_id, "confirmation with an invalid signature")
@@ -229,6 +257,12 @@ class Delivery:
             offered.append(confirmation)
         sent.add((pair, kind))
         self.progress.bytes_sent += sliver.nbytes
+
+    def _moved_on(self, node_id: str, reason: str) -> None:
+        """The node is in a newer epoch than this delivery's committee: neither a refusal nor a lie."""
+        log.info("blob %s: node %s has moved on to a newer committee (%s)", self.blob_id, node_id, reason)
+        self.moved = True  # the store asks for the new committee (and, once verified, goes on with it)
+        self._fail(node_id, f"moved to a newer epoch: {reason}")
 
     def _fail(self, node_id: str, reason: str) -> None:
         self.failures[node_id] = reason

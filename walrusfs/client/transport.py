@@ -50,7 +50,8 @@ class NodeError(Exception):
     is not there, as opposed to one that is there and slow."""
 
     def __init__(self, node_id: str, what: str, reason: str, *, transient: bool = True,
-                 lie: bool = False, invalid: bool = False, unreachable: bool = False) -> None:
+                 lie: bool = False, invalid: bool = False, unreachable: bool = False,
+                 status: int | None = None, epoch: int | None = None) -> None:
         super().__init__(f"node {node_id}: {what}: {reason}")
         self.node_id = node_id
         self.reason = reason
@@ -58,6 +59,24 @@ class NodeError(Exception):
         self.lie = lie
         self.invalid = invalid
         self.unreachable = unreachable
+        self.status = status  # the HTTP status the node answered with, if it answered
+        self.epoch = epoch  # the node's current epoch, if it named one (walrusfs-epoch)
+
+    @property
+    def moved(self) -> bool:
+        """The node does not hold the shard asked about in its epoch (421 shard_not_held, or
+        not_in_committee): the committee changed, and either the node or the client is behind."""
+        return self.status == 421
+
+    def behind(self, epoch: int) -> bool:
+        """The node answered from an older epoch than ``epoch``: it has not adopted the newer committee
+        yet (links reach nodes one by one), so asking it again soon is worth it."""
+        return self.epoch is not None and self.epoch < epoch
+
+    @property
+    def missing(self) -> bool:
+        """The node does not have what was asked for (404): a new holder before its handover is done."""
+        return self.status == 404
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,9 @@ class NodeConnection:
         self.health = health
         self.writer_key = writer_key
         self.base = node.url.rstrip("/")
+        # Called with (node id, epoch) of every answer that names the node's epoch (its walrusfs-epoch
+        # header): a client that sees a newer epoch than it knows fetches the committee links it lacks.
+        self.on_epoch: Callable[[str, int], None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -95,11 +117,14 @@ class NodeConnection:
             self.health.failure(self.node_id, reason)
             raise NodeError(self.node_id, what, reason,
                             unreachable=isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))) from error
+        epoch = self._note_epoch(response)
         if response.status_code not in ok:
             reason = f"HTTP {response.status_code}: {_reason(response)}"
-            self.health.failure(self.node_id, reason)
+            if response.status_code != 421:  # a node that moved on to a new epoch is not failing
+                self.health.failure(self.node_id, reason)
             raise NodeError(self.node_id, what, reason, transient=response.status_code >= 500
-                            or response.status_code in (404, 409, 429), invalid=response.status_code == 410)
+                            or response.status_code in (404, 409, 429), invalid=response.status_code == 410,
+                            status=response.status_code, epoch=epoch)
         try:
             value = parse(response)
         except (FormatError, ValueError) as error:
@@ -107,6 +132,16 @@ class NodeConnection:
             raise NodeError(self.node_id, what, f"malformed answer: {error}", lie=True) from error
         self.health.success(self.node_id, time.monotonic() - start)
         return value
+
+    def _note_epoch(self, response: httpx.Response) -> int | None:
+        """The epoch the node names in its answer (None: a node without epochs, or a garbled header)."""
+        try:
+            epoch = int(response.headers.get(routes.EPOCH_HEADER, ""))
+        except ValueError:
+            return None
+        if self.on_epoch is not None:
+            self.on_epoch(self.node_id, epoch)
+        return epoch
 
     def _auth(self, method: str, path: str, body: bytes | None = b"") -> dict[str, str]:
         """Signed for this node and this body (None: a self-certifying sliver, left unbound)."""
@@ -155,6 +190,18 @@ class NodeConnection:
         return await self._call(f"get recovery symbol {target} from pair {pair}",
                                 lambda: self.http.get(self.base + path),
                                 lambda r: RecoverySymbol.from_bytes(r.content))
+
+    async def get_chain(self, after: int) -> dict:
+        """The node's committee links after epoch ``after``: ``{"version", "epoch", "links"}``, as JSON
+        (unverified: walrusfs.client.epochs checks every link from the committee it trusts)."""
+        def parse(response: httpx.Response) -> dict:
+            answer = response.json()
+            if not isinstance(answer, dict):
+                raise ValueError("the committee chain answer is not a JSON object")
+            return answer
+
+        return await self._call("get committee chain", lambda: self.http.get(
+            self.base + routes.COMMITTEE_CHAIN, params={"after": after}), parse)
 
     async def get_status(self, blob_id: BlobId) -> dict:
         path = routes.status(blob_id)

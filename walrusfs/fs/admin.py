@@ -12,13 +12,13 @@ from pathlib import Path
 
 import trio
 
-from ..client import BlobClient
 from ..cluster import COMMITTEE_FILE, WRITER_KEY_FILE, bundled_file
 from ..errors import UserError
 from ..keys import load_key
 from ..progress import Progress
 from ..protocol.committee import Committee
 from .capability import ReadCapability
+from .chain import fs_chain, fs_client
 from .cli import WRITER_KEY_HELP
 from .config import resolve_source
 from .db import Database
@@ -103,7 +103,7 @@ def _fsck(args: argparse.Namespace) -> int:
         committee = Committee.load(settings.committee)
         db = Database(state.db_path)
         try:
-            fsck = Fsck(db, state, settings, committee, repair=not args.dry_run)
+            fsck = Fsck(db, state, settings, fs_chain(state, committee), repair=not args.dry_run)
             # The report below prints every finding: logging them as well said each one twice.
             logging.getLogger("walrusfs.fs.fsck").setLevel(logging.CRITICAL)
             fsck.run_local()
@@ -112,7 +112,9 @@ def _fsck(args: argparse.Namespace) -> int:
                 fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
 
                 async def network() -> None:
-                    async with BlobClient(committee, writer_key=key) as client:
+                    async with fs_client(state, committee, key) as client:
+                        await client.refresh_chain("fsck")
+                        fsck.committee = client.chain  # certificates of every epoch up to now
                         await renew_certificates(fsck, client)
                         await check_snapshots(fsck, client, fs_key)
                         if args.deep:
@@ -167,7 +169,8 @@ def _snapshots(args: argparse.Namespace) -> int:
     fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
 
     async def chain():
-        async with BlobClient(committee) as client:
+        async with fs_client(state, committee) as client:
+            await client.refresh_chain("snapshots")
             return await find_chain(client, fs_key)
 
     found = trio.run(chain)

@@ -9,6 +9,8 @@
     <state>/snapshot.json the last metadata snapshot published to the network (snapshot.py)
     <state>/writer-id     this state's identity as the filesystem's writer (docs/writer-lease.md)
     <state>/snapshots/    databases of older snapshots, restored for read-only mounts
+    <state>/committee-chain.json  the committee chain verified from fs.toml's committee file to the
+                          newest epoch seen (walrusfs.client.epochs; re-verified whenever it is loaded)
 """
 
 from __future__ import annotations
@@ -98,6 +100,10 @@ class FsState:
     @property
     def snapshots(self) -> Path:
         return self.root / "snapshots"
+
+    @property
+    def chain_path(self) -> Path:
+        return self.root / "committee-chain.json"
 
     def load_settings(self) -> FsSettings:
         try:

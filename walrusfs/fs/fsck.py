@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..keys import load_key
 from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.chain import ChainError, CommitteeChain
 from ..protocol.committee import Committee
 from ..redstuff import FormatError
 from .acl import ACCESS, DEFAULT, Acl, AclError
@@ -65,10 +66,12 @@ class FsckReport:
 
 
 class Fsck:
-    def __init__(self, db: Database, state: FsState, settings: FsSettings, committee: Committee | None,
+    def __init__(self, db: Database, state: FsState, settings: FsSettings,
+                 committee: Committee | CommitteeChain | None,
                  repair: bool = True, report: FsckReport | None = None, contents: Contents | None = None) -> None:
-        """``contents``: how the filesystem seals its blocks; by default from its settings and, if it is
-        encrypted, its key file (checking staged blocks of an encrypted filesystem needs the key)."""
+        """``committee``: the chain (or one committee) certificates are checked against; ``contents``:
+        how the filesystem seals its blocks; by default from its settings and, if it is encrypted, its
+        key file (checking staged blocks of an encrypted filesystem needs the key)."""
         self.db = db
         if contents is None:
             fs_key = None
@@ -319,7 +322,8 @@ class Fsck:
             self._execute("UPDATE blobs SET refcount=? WHERE id=?", (actual, row_id))
 
     def uncertified_blobs(self) -> list[tuple[int, str]]:
-        """Blobs whose recorded certificate does not hold n-f valid signatures of this committee."""
+        """Blobs whose recorded certificate does not hold n-f valid signatures of the committee of its
+        epoch (found through the chain, when fsck has one)."""
         if self.committee is None:
             return []
         bad = []
@@ -334,12 +338,14 @@ class Fsck:
                         "with the nodes reachable asks them for fresh confirmations", False)
 
 
-def certificate_holds(committee: Committee, blob_id: str, certificate: str) -> bool:
+def certificate_holds(committee: Committee | CommitteeChain, blob_id: str, certificate: str) -> bool:
+    """Whether ``certificate`` proves ``blob_id`` available: checked against the committee of the
+    certificate's epoch (a blob certified in epoch 1 stays certified when the chain is at epoch 5)."""
     try:
         parsed = Certificate.from_json(certificate)
         if str(parsed.blob_id) != blob_id:
             return False
-        parsed.verify(committee)
-    except (FormatError, CertificateError):
+        parsed.verify(committee.committee_at(parsed.epoch) if isinstance(committee, CommitteeChain) else committee)
+    except (FormatError, CertificateError, ChainError):
         return False
     return True

@@ -11,6 +11,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient
+from ..client.epochs import certificate_from_confirmations
 from ..client.roots import RootQuorumError, find_root, publish_root
 from ..client.transport import NodeError
 from ..protocol import Confirmation
@@ -29,8 +30,16 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 async def renew_certificates(fsck: Fsck, client: BlobClient) -> None:
     """I5 repair: for a blob whose recorded certificate does not verify, ask every node for its
-    confirmation; n-f valid ones make a new certificate."""
-    for row_id, blob_id in fsck.uncertified_blobs():
+    confirmation; n-f valid ones of one epoch make a new certificate (during an epoch change some
+    nodes confirm in the old epoch and some in the new one: each epoch is tried on its own)."""
+    uncertified = fsck.uncertified_blobs()
+    # Checked offline against the chain saved locally, a blob certified in an epoch only the nodes
+    # could tell about was reported; with the chain fetched since (fsck.committee), it holds.
+    still = {blob_id for _, blob_id in uncertified}
+    fsck.report.findings = [f for f in fsck.report.findings if not (
+        f.check == "I5" and not f.repaired and "no valid availability certificate on record" in f.message
+        and not any(blob_id in f.message for blob_id in still))]
+    for row_id, blob_id in uncertified:
         parsed = BlobId.parse(blob_id)
         confirmations: list[Confirmation] = []
 
@@ -41,17 +50,25 @@ async def renew_certificates(fsck: Fsck, client: BlobClient) -> None:
         async with trio.open_nursery() as nursery:
             for node_id in client.connections:
                 nursery.start_soon(one, node_id)
-        certificate = Certificate(parsed, client.committee.epoch, tuple(confirmations))
+
+        def of_epoch(epoch: int, parsed: BlobId = parsed, confirmations: list[Confirmation] = confirmations
+                     ) -> Certificate:
+            return Certificate(parsed, epoch, tuple(c for c in confirmations if c.epoch == epoch))
+
         # The local check reported this blob as left for the nodes: what they answer replaces that.
         fsck.report.findings = [f for f in fsck.report.findings
                                 if not (f.check == "I5" and not f.repaired and blob_id in f.message)]
-        try:
-            certificate.verify(client.committee)
-        except ValueError as error:
+        certificate = certificate_from_confirmations(client.chain, of_epoch,
+                                                     [client.committee.epoch, *(c.epoch for c in confirmations)])
+        if certificate is None:
+            committee = client.committee
+            covered = of_epoch(committee.epoch).covered_shards(committee)
             fsck.found("I5", f"blob {blob_id}: no valid certificate on record and the nodes cannot provide one "
-                        f"({error}); its data may be lost", False)
+                        f"(confirmations of epoch {committee.epoch} cover {len(covered)} shards, "
+                        f"{committee.geometry.quorum} needed); its data may be lost", False)
             continue
-        fsck.found("I5", f"blob {blob_id}: certificate renewed from {len(confirmations)} node confirmations", True)
+        fsck.found("I5", f"blob {blob_id}: certificate renewed from {len(certificate.confirmations)} node "
+                   f"confirmations of epoch {certificate.epoch}", True)
         if fsck.repair:
             fsck.catalog.set_certificate(row_id, certificate.to_json())
 

@@ -28,7 +28,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import directio
-from ..client import BlobClient, ClientSettings
+from ..client import ClientSettings
 from ..durable import replace_durably
 from ..errors import UserError
 from ..keys import load_key
@@ -39,6 +39,7 @@ from .blocks import BlockStore
 from .cache import BlobCache
 from .capability import ReadCapability
 from .catalog import Catalog
+from .chain import fs_chain, fs_client
 from .config import FsSettings, FsState, fs_home
 from .daemon import READY, run_daemon, tell_caller
 from .db import Database
@@ -247,7 +248,8 @@ async def prepare_snapshot(state: FsState, settings: FsSettings, committee: Comm
     if db_path.exists():
         return db_path
     directory.mkdir(parents=True, exist_ok=True)
-    async with BlobClient(committee, writer_key=keys.writer) as client:
+    async with fs_client(state, committee, keys.writer) as client:
+        await client.refresh_chain("mount")
         chain = await find_chain_of(client, settings.fs_id, keys.read_key)
         manifest, _ = await manifest_in(client, settings.fs_id, keys.read_key, chain, seq)
         await restore_db_file(client, manifest, db_path, read_key=keys.read_key)
@@ -269,7 +271,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     if not old_snapshot:
         if state.mounted_marker.exists():
             # The last mount did not end cleanly (kill -9, power loss): check before serving.
-            report = Fsck(db, state, settings, committee, contents=contents).run_local()
+            report = Fsck(db, state, settings, fs_chain(state, committee), contents=contents).run_local()
             log.warning("the last mount did not end cleanly; fsck: %s",
                         "clean" if not report.findings else f"{len(report.findings)} problems repaired or reported")
         replace_durably(state.mounted_marker, f"{os.getpid()}\n".encode())
@@ -279,7 +281,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     per_blob = pack_size + committee.geometry.layout(pack_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
                                      store_deadline=options.store_deadline)
-    async with BlobClient(committee, writer_key=keys.writer, settings=client_settings) as client:
+    async with fs_client(state, committee, keys.writer, client_settings) as client:
+        await client.refresh_chain("mount")  # the committee of now, before the first request
 
         async def fetch(blob_id: str) -> bytes:
             return await client.read(BlobId.parse(blob_id))
@@ -316,12 +319,14 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 last_error_at=uploader.stats.last_error_at, last_upload_at=uploader.stats.last_upload_at,
                 cache_capacity=settings.cache_size,
                 cache_bytes=cache.used, cache_hits=cache.hits, cache_misses=cache.misses,
-                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()},
+                nodes={node: NodeHealth.from_json(health) for node, health in client.health.snapshot().items()
+                       if node in client.connections},  # the current committee's (nodes retire)
                 read_only=options.read_only,
                 # A read-only mount of an old snapshot publishes none: it reports which one it shows.
                 snapshot=publisher.status() if publisher is not None else SnapshotStatus(
                     seq=options.snapshot, reported=frozenset({"seq"})),
                 lease=None if lease is None else LeaseStatus.from_json(lease.status()),
+                epoch=client.committee.epoch,
             )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,

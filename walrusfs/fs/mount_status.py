@@ -165,6 +165,7 @@ class MountStatus(_Record):
     read_only: bool | None = None
     snapshot: SnapshotStatus | None = None  # None: a daemon that does not report snapshots
     lease: LeaseStatus | None = None  # None: a read-only mount, or a daemon without writer leases
+    epoch: int | None = None  # the committee's epoch the mount works with (docs/epochs.md)
     reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -177,7 +178,7 @@ class MountStatus(_Record):
         numbers = {name: _number(data.get(name)) for name in (
             "pid", "mounted_since", "staged_bytes", "dirty_bytes", "uploads_in_flight", "uploaded_blobs",
             "uploaded_bytes", "upload_failures", "last_error_at", "last_upload_at", "cache_capacity", "cache_bytes",
-            "cache_hits", "cache_misses")}
+            "cache_hits", "cache_misses", "epoch")}
         return cls(
             **numbers,
             fs_id=data.get("fs_id"), state=data.get("state"), last_error=data.get("last_error"),

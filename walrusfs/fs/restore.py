@@ -23,6 +23,7 @@ from ..protocol.roots import fs_id_of_key
 from ..redstuff import BlobId
 from .capability import ReadCapability
 from .catalog import resolve_staged as resolve_staged_blocks
+from .chain import fs_chain, save_chain
 from .config import FsSettings, FsState
 from .db import Database
 from .encryption import contents_for, read_key_of
@@ -142,7 +143,9 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
                         "(pass --force to do that: the old state is set aside, not deleted)")
     started = time.monotonic()
     aside = None
-    async with BlobClient(committee, writer_key=writer_key) as client:
+    async with BlobClient(fs_chain(state, committee, committee_path), writer_key=writer_key) as client:
+        # From the committee file the user kept (maybe years old) to the committee of now.
+        await client.refresh_chain("restore")
         chain = await find_chain(client, fs_key)
         manifest = chain.latest
         if state.settings_path.exists():
@@ -153,12 +156,14 @@ async def restore_state(state: FsState, committee_path: Path, committee: Committ
         state.staging.mkdir()
         write_key(state.fs_key_path, fs_key)
         await restore_db_file(client, manifest, state.db_path, quiet, read_key_of(fs_key))
+        committees = client.chain
+    save_chain(state, committees)
     replace_durably(state.snapshot_manifest, manifest.to_bytes())
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path),
                              "writer_key": str(writer_key_path), "fs_key": str(state.fs_key_path)})
     db = Database(state.db_path)
     try:
-        report = Fsck(db, state, settings, committee).run_local()
+        report = Fsck(db, state, settings, committees).run_local()
     finally:
         db.close()
     # Up to date with the snapshot unless fsck had to change something.
@@ -181,7 +186,8 @@ async def refresh_shared_state(state: FsState, committee_path: Path, committee: 
     snapshot than the one on disk (each read-only mount of the latest sees the latest). No key of
     the filesystem is stored: only the capability (``read.cap``, mode 0600). Returns the snapshot."""
     local = LocalSnapshotState.load(state) if state.settings_path.exists() else None
-    async with BlobClient(committee) as client:
+    async with BlobClient(fs_chain(state, committee, committee_path)) as client:
+        await client.refresh_chain("mount")
         chain = await find_chain_of(client, capability.fs_id, capability.read_key)
         manifest, manifest_id = await manifest_in(client, capability.fs_id, capability.read_key, chain,
                                                   capability.snapshot)
@@ -191,12 +197,14 @@ async def refresh_shared_state(state: FsState, committee_path: Path, committee: 
         state.staging.mkdir(exist_ok=True)
         replace_durably(state.root / "read.cap", capability.to_text().encode(), mode=0o600)
         await restore_db_file(client, manifest, state.db_path, quiet, capability.read_key)
+        committees = client.chain
+    save_chain(state, committees)
     replace_durably(state.snapshot_manifest, manifest.to_bytes())
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path), "writer_key": "", "fs_key": ""})
     db = Database(state.db_path)
     try:
         contents = contents_for(settings.encryption, capability.read_key)
-        report = Fsck(db, state, settings, committee, contents=contents).run_local()
+        report = Fsck(db, state, settings, committees, contents=contents).run_local()
     finally:
         db.close()
     for finding in report.findings:  # staged, never certified when the snapshot was taken: holes

@@ -278,6 +278,8 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
     if hits + misses:
         cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
     other = [("cache", cache), ("last snapshot", _format_snapshot(status, now))]
+    if status.epoch is not None:
+        other.append(("committee", f"epoch {status.epoch}"))
     if status.lease is not None:
         other.append(("writer lease", _format_lease(status.lease)))
     lines.append("")

@@ -8,6 +8,11 @@ holding the sliver. The blobs come from the nodes' certified feeds (or ``--blob`
 confirmation inside a blob's certificate is what it signed for. A missing sliver of a blob a node
 did not sign is reported apart: it should have repaired it, but it never claimed it. A symbol that
 fails its proof fails the node whatever it signed: it answered, and the answer was a lie.
+
+Audits follow the committee chain (docs/epochs.md): the committee file is only where the walk
+starts; the current holders are challenged, each certificate is checked against the committee of
+its own epoch, and a blob certified before the current epoch counts as claimed by every current
+holder (the shards it gained came with their slivers, by handover or repair).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from typing import Any
 import httpx
 import trio
 
+from ..client.epochs import CLUSTER_CHAIN, load_chain, verify_in_chain
 from ..client.health import HealthBook
 from ..client.transport import NodeConnection, NodeError, connections, node_mounts, tls_context
 from ..errors import UserError
 from ..protocol import routes
 from ..protocol.certificates import Certificate, CertificateError
+from ..protocol.chain import CommitteeChain
 from ..protocol.committee import Committee
 from ..protocol.wire import FeedPage
 from ..redstuff import BlobId, BlobMetadata, FormatError, SliverKind
@@ -48,7 +55,7 @@ class NodeVerdict:
                 "failures": self.failures, "unsigned_failures": self.unsigned_failures}
 
 
-async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict[BlobId, Certificate]:
+async def certified_blobs(http: httpx.AsyncClient, chain: CommitteeChain) -> dict[BlobId, Certificate]:
     """Every blob some node lists in its certified feed, with a certificate that verifies (blobs
     that a node proved invalid are left out: nobody must hold them)."""
     found: dict[BlobId, Certificate] = {}
@@ -67,7 +74,7 @@ async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict
                     invalid.add(entry.blob_id)
                 try:
                     certificate = Certificate.from_json(entry.certificate)
-                    certificate.verify(committee)
+                    verify_in_chain(chain, certificate)
                 except (FormatError, CertificateError):
                     continue
                 found.setdefault(certificate.blob_id, certificate)
@@ -76,19 +83,19 @@ async def certified_blobs(http: httpx.AsyncClient, committee: Committee) -> dict
                 return
 
     async with trio.open_nursery() as nursery:
-        for node in committee.nodes:
+        for node in chain.current.nodes:
             nursery.start_soon(read_feed, node.url)
     return {blob_id: cert for blob_id, cert in found.items() if str(blob_id) not in invalid}
 
 
-async def certificate_of(http: httpx.AsyncClient, committee: Committee, blob_id: BlobId) -> Certificate:
-    for node in committee.nodes:
+async def certificate_of(http: httpx.AsyncClient, chain: CommitteeChain, blob_id: BlobId) -> Certificate:
+    for node in chain.current.nodes:
         try:
             response = await http.get(node.url + routes.certificate(blob_id))
             if response.status_code == 200:
                 certificate = Certificate.from_json(response.content)
                 if certificate.blob_id == blob_id:
-                    certificate.verify(committee)
+                    verify_in_chain(chain, certificate)
                     return certificate
         except (httpx.HTTPError, FormatError, CertificateError):
             continue
@@ -116,23 +123,28 @@ async def challenge(connection: NodeConnection, metadata: BlobMetadata, pair: in
     return None
 
 
-async def audit(committee: Committee, blob_ids: list[BlobId] | None, sample: int, challenges: int,
-                rng: random.Random) -> tuple[list[BlobId], dict[str, NodeVerdict]]:
+async def audit(committees: Committee | CommitteeChain, blob_ids: list[BlobId] | None, sample: int,
+                challenges: int, rng: random.Random) -> tuple[list[BlobId], dict[str, NodeVerdict]]:
+    """Challenge the holders of the chain's current committee (a bare committee: its holders)."""
+    chain = committees if isinstance(committees, CommitteeChain) else CommitteeChain(committees)
+    committee = chain.current
     verdicts = {node.id: NodeVerdict() for node in committee.nodes}
     limiter = trio.CapacityLimiter(16)
     async with httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(30.0, connect=3.0),
                                  mounts=node_mounts(committee.nodes)) as http:
         if blob_ids:
-            certificates = {blob_id: await certificate_of(http, committee, blob_id) for blob_id in blob_ids}
+            certificates = {blob_id: await certificate_of(http, chain, blob_id) for blob_id in blob_ids}
         else:
-            certificates = await certified_blobs(http, committee)
+            certificates = await certified_blobs(http, chain)
         chosen = sorted(certificates)
         chosen = rng.sample(chosen, min(sample, len(chosen)))
         nodes = connections(http, committee, HealthBook())
         geometry = committee.geometry
 
         async def one(blob_id: BlobId, node_id: str, metadata: BlobMetadata) -> None:
-            signed = any(c.node_id == node_id for c in certificates[blob_id].confirmations)
+            certificate = certificates[blob_id]
+            signed = (certificate.epoch < committee.epoch  # handed over to today's holders since
+                      or any(c.node_id == node_id for c in certificate.confirmations))
             verdict = verdicts[node_id]
             for _ in range(challenges):
                 shard = rng.choice(committee.shards_of(node_id))
@@ -165,6 +177,17 @@ async def metadata_of(nodes: dict[str, NodeConnection], blob_id: BlobId) -> Blob
     raise UserError(f"no node serves valid metadata of certified blob {blob_id}")
 
 
+async def current_chain(committee: Committee, committee_path: Path | None = None) -> CommitteeChain:
+    """The chain from the committee file (and the chain kept beside it, if any) to the committee of now,
+    verified link by link."""
+    from ..client import BlobClient
+
+    beside = None if committee_path is None else Path(committee_path).parent / CLUSTER_CHAIN
+    async with BlobClient(load_chain(committee, None, beside)) as client:
+        await client.refresh_chain("audit")
+        return client.chain
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("audit", help="storage challenges: which nodes cannot prove they hold "
                                  "the slivers they signed for")
@@ -186,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     path = bundled_file(args.committee, COMMITTEE_FILE)
     if not Path(path).exists():
         raise UserError(f"no committee file at {path}: pass --committee")
-    committee = Committee.load(path)
+    chain = trio.run(current_chain, Committee.load(path), Path(path))
     try:
         blob_ids = [BlobId.parse(text) for text in args.blob]
     except FormatError as error:
@@ -194,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sample < 1 or args.challenges < 1:
         raise UserError("--sample and --challenges must be at least 1")
     rng = random.Random(args.seed) if args.seed is not None else random.SystemRandom()
-    chosen, verdicts = trio.run(audit, committee, blob_ids or None, args.sample, args.challenges, rng)
+    chosen, verdicts = trio.run(audit, chain, blob_ids or None, args.sample, args.challenges, rng)
     failed = sorted(node for node, verdict in verdicts.items() if not verdict.ok)
     if args.json:
         print(json.dumps({"blobs": [str(b) for b in chosen], "failed": failed,
