@@ -8,7 +8,6 @@ thread pool so the event loop only moves bytes.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.protocol import SignedRequest, routes
 from walrusfs.protocol.committee import Committee
-from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError, is_fs_id
+from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -33,6 +32,7 @@ from . import metrics as metrics_format
 from .buffers import ImagePool, ObjectImage
 from .config import NodeConfig
 from .core import NodeCore
+from .fs_records import parse_fs_id, read_record, store_record
 from .http import (
     OCTETS,
     ClientDisconnected,
@@ -233,32 +233,20 @@ class NodeApp:
         return json_response({"blob_ids": blob_ids, "next": blob_ids[-1] if len(blob_ids) == limit else None})
 
     async def get_root(self, request: Request, fs_id: str) -> Response:
-        record = await self.core.in_worker(self.roots.get, _parse_fs_id(fs_id))
+        record = await self.core.in_worker(self.roots.get, parse_fs_id(fs_id))
         if record is None:
             raise HTTPError(404, "not_found", f"this node holds no root record for filesystem {fs_id}")
         return Response(200, record.to_json(), "application/json")
 
     async def put_root(self, request: Request, fs_id: str) -> Response:
-        # Not journalled: a record certifies itself and a replayed older one is refused as stale.
-        signed = await self.core.authorize(request)
-        fs_id = _parse_fs_id(fs_id)
-        body = await request.read_body(MAX_RECORD_BYTES)
-        self.core.check_body(signed, body)
+        fs_id, record = await read_record(self.core, request, fs_id, MAX_RECORD_BYTES, _verified_root,
+                                          RootRecordError, "bad_root_record")
         try:
-            record = RootRecord.from_json(body)
-            record.verify(fs_id)
-        except RootRecordError as error:
-            raise HTTPError(422, "bad_root_record", str(error)) from None
-        try:
-            replaced = await self.core.in_worker(self.leases.put_fenced, self.roots, record)
+            replaced = await store_record(self.core, self.leases.put_fenced, self.roots, record)
         except FencedError as error:
             raise fenced_error(error) from None
         except StaleRecordError as error:
             raise HTTPError(409, "stale_root_record", str(error), seq=error.stored.seq) from None
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self.core.disk_full() from None
-            raise
         return json_response({"fs_id": fs_id, "seq": record.seq}, 201 if replaced else 200)
 
     async def put_metadata(self, request: Request, blob_id: BlobId) -> Response:
@@ -433,10 +421,10 @@ class NodeApp:
         return json_response({"blob_id": str(blob_id), "deleted": True})
 
 
-def _parse_fs_id(text: str) -> str:
-    if not is_fs_id(text):
-        raise HTTPError(400, "bad_fs_id", f"not a filesystem ID: {text[:40]!r} (expected 32 hex digits)")
-    return text
+def _verified_root(body: bytes, fs_id: str) -> RootRecord:
+    record = RootRecord.from_json(body)
+    record.verify(fs_id)
+    return record
 
 
 def _parse_blob_id(text: str) -> BlobId:

@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from walrusfs.protocol import routes
 from walrusfs.protocol.lease import MAX_LEASE_BYTES, LeaseRecord, LeaseRecordError, LeaseState
-from walrusfs.protocol.roots import is_fs_id
 
 from .core import NodeCore
+from .fs_records import parse_fs_id, read_record, store_record
 from .http import HTTPError, Request, Response, json_response
 from .leases import FencedError, LeaseRefused, LeaseStore
 
@@ -34,33 +33,20 @@ class LeaseAPI:
         return {routes.LEASE: {"GET": self.get_lease, "PUT": self.put_lease}}
 
     async def get_lease(self, request: Request, fs_id: str) -> Response:
-        fs_id = _parse_fs_id(fs_id)
+        fs_id = parse_fs_id(fs_id)
         state = await self.core.in_worker(self.leases.get, fs_id)
         if state is None:
             raise HTTPError(404, "not_found", f"this node holds no writer lease for filesystem {fs_id}")
         return json_response(state.to_dict())
 
     async def put_lease(self, request: Request, fs_id: str) -> Response:
-        # Not journalled (it would cost every fsync a disk write on each node): the lease request
-        # certifies itself, and the node refuses one whose renewal counter is not above the last it
-        # granted, so a replay cannot grant or extend anything the holder did not just ask for.
-        signed = await self.core.authorize(request)
-        fs_id = _parse_fs_id(fs_id)
-        body = await request.read_body(MAX_LEASE_BYTES)
-        self.core.check_body(signed, body)
+        # Not journalled (it would cost every fsync a disk write on each node): nodes.fs_records.
+        fs_id, record = await read_record(self.core, request, fs_id, MAX_LEASE_BYTES, _verified_lease,
+                                          LeaseRecordError, "bad_lease")
         try:
-            record = LeaseRecord.from_json(body)
-            record.verify(fs_id)
-        except LeaseRecordError as error:
-            raise HTTPError(422, "bad_lease", str(error)) from None
-        try:
-            state = await self.core.in_worker(self.leases.request, record)
+            state = await store_record(self.core, self.leases.request, record)
         except LeaseRefused as refusal:
             raise HTTPError(409, refusal.code, str(refusal), **current_fields(refusal.current)) from None
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self.core.disk_full() from None
-            raise
         return json_response(state.to_dict())
 
 
@@ -68,7 +54,7 @@ def fenced_error(error: FencedError) -> HTTPError:
     return HTTPError(409, "fenced", str(error), **current_fields(error.current))
 
 
-def _parse_fs_id(text: str) -> str:
-    if not is_fs_id(text):
-        raise HTTPError(400, "bad_fs_id", f"not a filesystem ID: {text[:40]!r} (expected 32 hex digits)")
-    return text
+def _verified_lease(body: bytes, fs_id: str) -> LeaseRecord:
+    record = LeaseRecord.from_json(body)
+    record.verify(fs_id)
+    return record

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import blake3
 
-from walrusfs.durable import replace_durably
 from walrusfs.protocol.lease import LeaseRecord, LeaseRecordError, LeaseState
 from walrusfs.protocol.roots import RootRecord
 
+from .fs_files import FsFiles
 from .roots import RootStore
 
 log = logging.getLogger(__name__)
@@ -80,19 +80,14 @@ def describe(record: LeaseRecord) -> str:
 class LeaseStore:
     def __init__(self, data_dir: Path, monotonic: Callable[[], float] = time.monotonic,
                  wall_ns: Callable[[], int] = time.time_ns) -> None:
-        self.directory = data_dir / "leases"
+        self.files = FsFiles(data_dir / "leases")
         self.lock = threading.Lock()  # held across a fence check and the root record it admits
         self._monotonic = monotonic
         self._wall_ns = wall_ns
         self._held: dict[str, _Held | None] = {}
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for entry in self.directory.glob("*.tmp"):
-            entry.unlink()  # an unacknowledged grant cut short
-
-    def _path(self, fs_id: str) -> Path:
-        return self.directory / f"{fs_id}.json"
+        self.files.open()
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -102,10 +97,8 @@ class LeaseStore:
         return self._held[fs_id]
 
     def _load(self, fs_id: str) -> _Held | None:
-        path = self._path(fs_id)
-        try:
-            payload = path.read_bytes()
-        except FileNotFoundError:
+        payload = self.files.read(fs_id)
+        if payload is None:
             return None
         try:
             data = json.loads(payload)
@@ -117,8 +110,8 @@ class LeaseStore:
             intact = _checksum(data["lease"], expires_wall) == data["checksum"]
         except (ValueError, KeyError, TypeError, LeaseRecordError) as error:
             # One node losing a lease is within the f faults the quorum tolerates; keep the file.
-            log.error("lease of %s on disk is damaged (%s): set aside as %s.damaged", fs_id, error, path.name)
-            path.replace(path.with_name(path.name + ".damaged"))
+            damaged = self.files.set_aside(fs_id)
+            log.error("lease of %s on disk is damaged (%s): set aside as %s", fs_id, error, damaged.name)
             return None
         term_ns = record.term_ms * 1_000_000
         if not intact:  # the record verifies, its expiry does not: assume a whole term from now
@@ -164,7 +157,7 @@ class LeaseStore:
         lease = record.to_dict()
         payload = {"format": FILE_FORMAT, "lease": lease, "expires_wall_ns": expires_wall_ns,
                    "checksum": _checksum(lease, expires_wall_ns)}
-        replace_durably(self._path(record.fs_id), json.dumps(payload, sort_keys=True).encode(), 0o644)
+        self.files.write(record.fs_id, json.dumps(payload, sort_keys=True).encode())
 
     @staticmethod
     def _decide(record: LeaseRecord, current: LeaseState | None) -> None:

@@ -6,7 +6,7 @@ A record replaces the stored one only if it verifies and it is higher in (lease 
 number) order, so neither a replay of an old record nor a forgery nor a deposed writer's record can
 roll a filesystem back on an honest node. Which writer may publish at all is the lease store's
 fence (nodes/leases.py). Written like
-every other object: temporary file, fdatasync, rename, directory fsync.
+every other object: temporary file, fdatasync, rename, directory fsync (nodes.fs_files).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import logging
 import threading
 from pathlib import Path
 
-from walrusfs.durable import replace_durably
 from walrusfs.protocol.roots import RootRecord, RootRecordError
+
+from .fs_files import FsFiles
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +33,23 @@ class StaleRecordError(Exception):
 
 class RootStore:
     def __init__(self, data_dir: Path) -> None:
-        self.directory = data_dir / "roots"
+        self.files = FsFiles(data_dir / "roots")
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for entry in self.directory.glob("*.tmp"):
-            entry.unlink()  # an unacknowledged write cut short
-
-    def _path(self, fs_id: str) -> Path:
-        return self.directory / f"{fs_id}.json"
+        self.files.open()
 
     def get(self, fs_id: str) -> RootRecord | None:
         """The stored record, or None; a stored record that no longer verifies (rot) is dropped."""
-        try:
-            payload = self._path(fs_id).read_bytes()
-        except FileNotFoundError:
+        payload = self.files.read(fs_id)
+        if payload is None:
             return None
         try:
             record = RootRecord.from_json(payload)
             record.verify(fs_id)
         except RootRecordError as error:
             log.error("root record of %s on disk is damaged (%s): dropping it", fs_id, error)
-            self._path(fs_id).unlink(missing_ok=True)
+            self.files.drop(fs_id)
             return None
         return record
 
@@ -68,5 +63,5 @@ class RootStore:
                     return False
                 if record.order <= stored.order:
                     raise StaleRecordError(stored)
-            replace_durably(self._path(record.fs_id), record.to_json(), 0o644)
+            self.files.write(record.fs_id, record.to_json())
             return True

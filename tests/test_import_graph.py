@@ -22,12 +22,6 @@ PACKAGES = ("walrusfs", "nodes")
 MAX_LINES = 500
 LENGTH_REASON = "Length:"  # the line of a long module's docstring that says why it is long
 
-# Circles that remain outside the protocol/node work, each to be removed by the work named; any other
-# circle fails the test, and so does one of these once it is gone (remove it from here then).
-KNOWN_CYCLES = {
-    # schema.py names db.Database in type hints only; db.py applies schema.py's migrations.
-    frozenset({"walrusfs.fs.db", "walrusfs.fs.schema"}),
-}
 
 # What each lower layer may import of walrusfs/ and nodes/ (besides itself).
 LOWER_LAYERS = {
@@ -125,12 +119,9 @@ def test_the_cycle_finder_finds_a_circle_and_only_it() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == set()
 
 
-def test_no_circle_in_the_import_graph_but_the_known_ones() -> None:
-    found = cycles(import_graph())
-    new = [sorted(cycle) for cycle in found - KNOWN_CYCLES]
-    assert not new, f"modules importing each other in a circle: {new}"
-    gone = [sorted(cycle) for cycle in KNOWN_CYCLES - found]
-    assert not gone, f"these circles are gone: remove them from KNOWN_CYCLES: {gone}"
+def test_no_circle_in_the_import_graph() -> None:
+    found = [sorted(cycle) for cycle in cycles(import_graph())]
+    assert not found, f"modules importing each other in a circle: {found}"
 
 
 def test_the_node_modules_import_each_other_without_a_circle() -> None:

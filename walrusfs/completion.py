@@ -50,7 +50,7 @@ def visible_options(parser: argparse.ArgumentParser) -> list[str]:
 
 def bash_script(parser: argparse.ArgumentParser) -> str:
     from .fs.config import FS_HOME_ENV
-    from .fs.mount import IGNORED_OPTIONS, OPTION_HELP
+    from .fs.mount_options import IGNORED_OPTIONS, OPTION_HELP
 
     mount_options = sorted({name.split("=")[0] + ("=" if "=" in name else "")
                             for name in OPTION_HELP if "," not in name} | IGNORED_OPTIONS)

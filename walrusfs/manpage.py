@@ -81,7 +81,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def manpage(parser: argparse.ArgumentParser, version: str) -> str:
-    from .fs.mount import OPTION_HELP
+    from .fs.mount_options import OPTION_HELP
 
     lines = [
         f'.TH WALRUSFS 1 "" "walrusfs {roff(version)}" "User Commands"',

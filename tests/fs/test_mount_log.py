@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from walrusfs.errors import UserError
-from walrusfs.fs.mount import MountOptions
 from walrusfs.fs.mount_log import DEFAULT_MAX_BYTES
+from walrusfs.fs.mount_options import MountOptions
 
 # A daemon's logging, as mount.py sets it up after fork, in a process of its own (it takes over fds 0-2).
 DAEMON = """

@@ -15,6 +15,7 @@ import trio
 
 from ..protocol.committee import Committee
 from ..protocol.lease import LeaseRecord, LeaseState
+from .quorum import ask_every_node
 from .transport import LeaseAnswer, NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,6 @@ log = logging.getLogger(__name__)
 
 class LeaseQuorumError(Exception):
     """Not enough nodes answered to read, grant or renew a lease; says which and why."""
-
-
-def shards_of(committee: Committee, node_ids: list[str]) -> int:
-    return sum(len(committee.shards_of(node_id)) for node_id in node_ids)
 
 
 @dataclass
@@ -64,42 +61,13 @@ async def read_leases(connections: dict[str, NodeConnection], committee: Committ
                       deadline: float = 20.0, grace: float = 0.5) -> dict[str, LeaseState | None]:
     """Each answering node's lease of ``fs_id`` (None: it holds none). Waits up to ``grace`` seconds
     for the rest once nodes covering n-f shards answered; raises LeaseQuorumError without them."""
-    found: dict[str, LeaseState | None] = {}
-    failures: dict[str, str] = {}
-    quorum, everyone = trio.Event(), trio.Event()
-
-    async def one(connection: NodeConnection) -> None:
-        try:
-            found[connection.node_id] = await connection.get_lease(fs_id)
-        except NodeError as error:
-            failures[connection.node_id] = error.reason
-        if shards_of(committee, list(found)) >= committee.geometry.quorum:
-            quorum.set()
-        if len(found) + len(failures) == len(connections):
-            everyone.set()
-
-    with trio.move_on_after(deadline):
-        async with trio.open_nursery() as nursery:
-            for connection in connections.values():
-                nursery.start_soon(one, connection)
-
-            async def stop_when_everyone_answered() -> None:
-                await everyone.wait()
-                nursery.cancel_scope.cancel()
-
-            async def stop_after_grace() -> None:
-                await quorum.wait()
-                await trio.sleep(grace)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_when_everyone_answered)
-            nursery.start_soon(stop_after_grace)
-    if not quorum.is_set():
-        detail = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()))
+    found = await ask_every_node(connections, committee, lambda connection: connection.get_lease(fs_id),
+                                 deadline, grace)
+    if not found.quorum:
         raise LeaseQuorumError(f"cannot read the writer lease of filesystem {fs_id}: nodes covering "
-                               f"{shards_of(committee, list(found))} shards answered, {committee.geometry.quorum} "
-                               f"needed ({detail or 'no answer in time'}). Check the nodes (walrusfs cluster status).")
-    return found
+                               f"{found.covered(committee)} shards answered, {committee.geometry.quorum} "
+                               f"needed ({found.detail()}). Check the nodes (walrusfs cluster status).")
+    return found.answers
 
 
 async def send_lease(connections: dict[str, NodeConnection], record: LeaseRecord, deadline: float) -> LeaseRound:

@@ -17,6 +17,7 @@ import trio
 from ..protocol.committee import Committee
 from ..protocol.roots import RootRecord
 from ..retry import Backoff
+from .quorum import ask_every_node, shards_of
 from .transport import NodeConnection, NodeError
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ _RETRY = Backoff(first=0.2, cap=3.0)  # walrusfs.retry: full jitter, capped
 
 class RootQuorumError(Exception):
     """Not enough nodes answered to publish or to trust a root record; says which and why."""
-
-
-def _shards(committee: Committee, node_ids: list[str]) -> int:
-    return sum(len(committee.shards_of(node_id)) for node_id in node_ids)
 
 
 async def publish_root(connections: dict[str, NodeConnection], committee: Committee, record: RootRecord,
@@ -58,7 +55,7 @@ async def publish_root(connections: dict[str, NodeConnection], committee: Commit
         async with trio.open_nursery() as nursery:
             for connection in connections.values():
                 nursery.start_soon(one, connection)
-    covered = _shards(committee, stored)
+    covered = shards_of(committee, stored)
     if covered < committee.geometry.quorum:
         detail = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()) if node not in stored)
         raise RootQuorumError(
@@ -73,51 +70,20 @@ async def find_root(connections: dict[str, NodeConnection], committee: Committee
 
     Waits for every node up to ``grace`` seconds after nodes covering n-f shards have answered, so
     a fast stale quorum does not hide a newer record one slow node already holds."""
-    answered: list[str] = []
-    records: list[RootRecord] = []
-    failures: dict[str, str] = {}
-    quorum_reached = trio.Event()
-    finished = trio.Event()
-    pending = [len(connections)]
 
-    async def one(connection: NodeConnection) -> None:
+    async def ask(connection: NodeConnection) -> RootRecord | None:
         try:
-            record = await connection.get_root(fs_id)
+            return await connection.get_root(fs_id)
         except NodeError as error:
-            failures[connection.node_id] = error.reason
             if error.lie:
                 log.warning("node %s served a bad root record for %s: %s", connection.node_id, fs_id, error.reason)
-        else:
-            answered.append(connection.node_id)
-            if record is not None:
-                records.append(record)
-            if _shards(committee, answered) >= committee.geometry.quorum:
-                quorum_reached.set()
-        pending[0] -= 1
-        if not pending[0]:
-            finished.set()
+            raise
 
-    with trio.move_on_after(deadline):
-        async with trio.open_nursery() as nursery:
-            for connection in connections.values():
-                nursery.start_soon(one, connection)
-
-            async def stop_when_done() -> None:
-                await finished.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_when_done)
-
-            async def stop_after_grace() -> None:
-                await quorum_reached.wait()
-                await trio.sleep(grace)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_after_grace)
-    if not quorum_reached.is_set():
-        detail = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()))
+    found = await ask_every_node(connections, committee, ask, deadline, grace)
+    if not found.quorum:
         raise RootQuorumError(
             f"cannot find the root record of filesystem {fs_id}: nodes covering "
-            f"{_shards(committee, answered)} shards answered, {committee.geometry.quorum} needed "
-            f"({detail or 'no answer in time'}). Check the nodes (walrusfs cluster status).")
-    return max(records, key=lambda r: r.order, default=None)
+            f"{found.covered(committee)} shards answered, {committee.geometry.quorum} needed "
+            f"({found.detail()}). Check the nodes (walrusfs cluster status).")
+    return max((record for record in found.answers.values() if record is not None), key=lambda r: r.order,
+               default=None)

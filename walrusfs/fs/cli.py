@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--force", action="store_true", help="replace an existing filesystem's local state")
     mkfs.set_defaults(func=_mkfs)
 
-    from .mount import OPTION_HELP
+    from .mount_options import OPTION_HELP
 
     mount = commands.add_parser(
         "mount", help="mount a filesystem (what mount -t walrusfs runs)",
@@ -82,7 +82,8 @@ def _umount(args: argparse.Namespace) -> int:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from .mount import MountOptions, mount
+    from .mount import mount
+    from .mount_options import MountOptions
 
     if args.mount_verbose:
         logging.getLogger().setLevel(logging.DEBUG)

@@ -34,15 +34,28 @@ I9  The root record on a quorum of nodes names the snapshot that <state>/snapsho
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import UserError
 from .acl import ACCESS, DEFAULT, Acl, AclError
 
-if TYPE_CHECKING:
-    from .db import Database
+
+class Database(Protocol):
+    """What a migration needs of db.Database. Named here, not imported: db.py runs the migrations
+    when it opens a database, so the schema sits below it and cannot import it back."""
+
+    path: Path
+
+    def execute(self, sql: str, params: tuple | dict = ...) -> sqlite3.Cursor: ...
+
+    def get_val(self, sql: str, params: tuple | dict = ...) -> Any: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
 
 SCHEMA_VERSION = 2
 

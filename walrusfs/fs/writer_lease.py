@@ -24,7 +24,8 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client import BlobClient
-from ..client.lease import LeaseQuorumError, LeaseRound, read_leases, send_lease, shards_of
+from ..client.lease import LeaseQuorumError, LeaseRound, read_leases, send_lease
+from ..client.quorum import shards_of
 from ..client.roots import RootQuorumError, find_root
 from ..durable import replace_durably
 from ..errors import UserError
