@@ -8,6 +8,7 @@ thread pool so the event loop only moves bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.protocol import SignedRequest, routes
+from walrusfs.protocol.chain import CommitteeChain
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.roots import MAX_RECORD_BYTES, RootRecord, RootRecordError
 from walrusfs.redstuff import (
@@ -32,6 +34,8 @@ from . import metrics as metrics_format
 from .buffers import ImagePool, ObjectImage
 from .config import NodeConfig
 from .core import NodeCore
+from .epochs import EpochService
+from .epochs_api import EpochsAPI
 from .fs_records import parse_fs_id, read_record, store_record
 from .http import (
     OCTETS,
@@ -70,12 +74,14 @@ MAX_INVENTORY_PAGE = 10_000
 
 
 class NodeApp:
-    def __init__(self, config: NodeConfig, committee: Committee, key: Ed25519PrivateKey,
+    def __init__(self, config: NodeConfig, chain: CommitteeChain | Committee, key: Ed25519PrivateKey,
                  store: BlobStore, workers: int = 8) -> None:
-        self.core = core = NodeCore(config, committee, key, store, workers)
+        if isinstance(chain, Committee):  # a node that was never told of another epoch
+            chain = CommitteeChain(chain)
+        self.core = core = NodeCore(config, chain, key, store, workers)
         # The core's parts under the names the server and the tests know them by.
-        self.config, self.committee, self.key, self.public_key = config, committee, key, core.public_key
-        self.store, self.geometry, self.shards = store, core.geometry, core.shards
+        self.config, self.key, self.public_key = config, key, core.public_key
+        self.store, self.geometry = store, core.geometry
         self.metrics, self.replay, self.expansions = core.metrics, core.replay, core.expansions
         self.executor, self.journal = core.executor, core.journal
         self.connections = ConnectionStats()  # kept by nodes.httpd
@@ -93,13 +99,23 @@ class NodeApp:
         self.leases = LeaseStore(store.root)
         self.leases.open()
         self.lease_api = LeaseAPI(core, self.leases)
+        self.epochs = EpochService(core)
+        self.epochs_api = EpochsAPI(core, self.epochs)
         self._handlers = self._routes()
+
+    @property
+    def committee(self) -> Committee:
+        return self.core.committee
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        return self.core.shards
 
     # --- ASGI entry point --------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.core, self.repair, self.memory)
+            await _lifespan(receive, send, self.core, self.repair, self.memory, self.epochs)
             return
         if scope["type"] != "http":
             return
@@ -116,6 +132,8 @@ class NodeApp:
         except Exception:
             log.exception("%s %s failed", scope["method"], scope.get("path"))
             response = error_response(HTTPError(500, "internal", "internal error; see the node's log"))
+        # Every answer says the node's epoch: a client that sees a newer one fetches the chain.
+        response.headers = [*response.headers, (routes.EPOCH_HEADER, str(self.core.committee.epoch))]
         sent = await response.send(send, head_only=scope["method"] == "HEAD")
         received = request.received if request else 0
         self.metrics.request(route, scope["method"], response.status, received, sent)
@@ -135,6 +153,7 @@ class NodeApp:
             routes.BLOB_RECOVERY: {"GET": self.recovery_symbol},
             **self.repair_api.routes(),
             **self.lease_api.routes(),
+            **self.epochs_api.routes(),
         }
 
     def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
@@ -193,7 +212,7 @@ class NodeApp:
             # public_key: lets `walrusfs cluster up` tell this node from another network's node
             # that answers on the same port (both are called node-0).
             "ok": True, "node_id": self.config.node_id, "public_key": self.public_key, "epoch": self.committee.epoch,
-            "n_shards": self.geometry.n_shards, "shards": list(self.shards),
+            "n_shards": self.geometry.n_shards, "shards": list(self.shards), "standby": self.core.standby,
             "blobs": stats.blobs, "bytes": stats.bytes, "quarantined": stats.quarantined,
         })
 
@@ -294,6 +313,7 @@ class NodeApp:
         if length is not None and length > self.max_sliver_body:
             raise HTTPError(413, "too_large", f"body of {length} bytes; no sliver of a blob this node "
                             f"accepts exceeds {self.max_sliver_body}")
+        shards = self.core.shards
         self.core.check_shard(blob_id, pair)
         metadata = await self.core.require_metadata(blob_id)
         expected = SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY)
@@ -318,7 +338,8 @@ class NodeApp:
         answer = {"blob_id": str(blob_id), "pair": pair, "kind": kind.name.lower(), "stored": True}
         # With the last of its slivers the writer gets the confirmation, sparing a round trip.
         if complete:
-            answer["confirmation"] = self.core.confirmation(blob_id).to_dict()
+            with contextlib.suppress(HTTPError):  # the epoch changed meanwhile: the writer asks again
+                answer["confirmation"] = self.core.confirmation(blob_id, shards).to_dict()
         return json_response(answer, 201 if created else 200)
 
     def _verify_and_store(self, blob_id: BlobId, pair: int, kind: SliverKind, metadata: BlobMetadata,
@@ -349,7 +370,7 @@ class NodeApp:
         return created, not self.core.missing(blob_id)
 
     async def get_sliver(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind) -> Response:
-        self.core.check_shard(blob_id, pair)
+        self.core.check_serving(blob_id, pair)
         payload = await self.core.read_object(blob_id, sliver_name(pair, kind))
         if payload is None:
             raise _sliver_not_found(blob_id, pair, kind)
@@ -363,7 +384,7 @@ class NodeApp:
 
     async def recovery_symbol(self, request: Request, blob_id: BlobId, pair: int, kind: SliverKind,
                               target: int) -> Response:
-        self.core.check_shard(blob_id, pair)
+        self.core.check_serving(blob_id, pair)
         if routes.REPAIR_HEADER in request.headers:  # a peer repairing: its own bounded pool, may get 429
             return await self.repair_api.serve_symbol(blob_id, pair, kind, target)
         expansion = await self.repair.expansion(blob_id, pair, kind, self.executor)
@@ -400,13 +421,16 @@ class NodeApp:
         return json_response(await self.core.in_worker(collect))
 
     async def confirmation(self, request: Request, blob_id: BlobId) -> Response:
+        shards = self.core.shards
+        if not shards:
+            self.core.confirmation(blob_id)  # 421: this node confirms nothing in this epoch
         if await self.core.metadata(blob_id) is None:
             raise HTTPError(404, "not_found", f"no metadata for blob {blob_id}")
         missing = await self.core.in_worker(self.core.missing, blob_id)
         if missing:
             raise HTTPError(409, "incomplete", f"this node lacks {len(missing)} slivers of blob {blob_id}",
                             missing=missing)
-        return Response(200, self.core.confirmation(blob_id).to_json().encode())
+        return Response(200, self.core.confirmation(blob_id, shards).to_json().encode())
 
     async def delete_blob(self, request: Request, blob_id: BlobId) -> Response:
         # Journalled: replayed later (after the blob was stored again) it would destroy data.
@@ -446,15 +470,19 @@ def _parse_kind(text: str) -> SliverKind:
     return SliverKind.parse(text)
 
 
-async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: RepairService, memory: MemoryKeeper) -> None:
-    """Repair and the memory keeper run in the server's event loop from startup to shutdown."""
+async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: RepairService, memory: MemoryKeeper,
+                    epochs: EpochService) -> None:
+    """Repair, the memory keeper and the epoch follower run in the server's event loop from startup
+    to shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             repair.start()
             memory.start()
+            epochs.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await epochs.stop()
             await memory.stop()
             await repair.stop()
             core.close()

@@ -22,6 +22,9 @@
     [http]                            # optional; connection caps (docs/node-api.md, "Memory")
     max_connections = 2048            # client connections held at once; more are answered 503
     max_connections_per_peer = 256    # of them from one IP address (at most max_connections)
+
+    [epochs]                          # optional; committee changes (docs/epochs.md)
+    proposers = ["<base64 ed25519>"]  # operator keys whose proposals of the next committee it considers
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.errors import UserError
-from walrusfs.keys import load_key, public_bytes
+from walrusfs.keys import decode_public_key, load_key, public_bytes
 from walrusfs.protocol.committee import Committee
 from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30
 _KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair",
-          "http"}
+          "http", "epochs"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,32 @@ class HTTPConfig:
             raise UserError("[http] max_connections_per_peer must be at most max_connections, so that one "
                             "address cannot hold every connection")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class EpochsConfig:
+    """The ``[epochs]`` table: who may propose the next committee to this node (docs/epochs.md). No
+    proposers: the node signs no proposal, and still adopts links signed by others."""
+
+    proposers: frozenset[bytes] = frozenset()  # raw ed25519 public keys
+
+    @classmethod
+    def from_dict(cls, data: object) -> EpochsConfig:
+        if not isinstance(data, dict):
+            raise UserError("[epochs] must be a table")
+        unknown = sorted(data.keys() - {"proposers"})
+        if unknown:
+            raise UserError(f"[epochs]: unknown settings {', '.join(unknown)} (known: proposers)")
+        texts = data.get("proposers", [])
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise UserError("[epochs] proposers must be a list of base64 ed25519 public keys")
+        keys = set()
+        for text in texts:
+            try:
+                keys.add(decode_public_key(text))
+            except ValueError as error:
+                raise UserError(f"[epochs] proposers: bad public key {text[:60]!r}: {error}") from error
+        return cls(frozenset(keys))
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,7 @@ class NodeConfig:
     log_level: str = "info"
     repair: RepairConfig = RepairConfig()
     http: HTTPConfig = HTTPConfig()
+    epochs: EpochsConfig = EpochsConfig()
 
     @classmethod
     def load(cls, path: Path | str) -> NodeConfig:
@@ -162,15 +192,23 @@ class NodeConfig:
             raise UserError("log_level must be one of debug, info, warning, error")
         return cls(path, text("node_id"), host.strip("[]"), int(port_text), relative("data_dir"),
                    relative("signing_key"), relative("committee"), max_blob, log_level,
-                   RepairConfig.from_dict(data.get("repair", {})), HTTPConfig.from_dict(data.get("http", {})))
+                   RepairConfig.from_dict(data.get("repair", {})), HTTPConfig.from_dict(data.get("http", {})),
+                   EpochsConfig.from_dict(data.get("epochs", {})))
 
     def load_identity(self) -> tuple[Committee, Ed25519PrivateKey]:
-        """The committee and this node's key, checked against each other."""
+        """The committee of the config file and this node's key, checked against each other where the
+        committee names the node. A node it does not name may be joining (it starts in standby,
+        nodes.epochs), unless its key is another member's: then the node id is wrong."""
         committee = Committee.load(self.committee_path)
-        if not committee.has_node(self.node_id):
-            raise UserError(f"node id {self.node_id!r} is not in committee {self.committee_path}")
         key = load_key(self.signing_key_path)
-        if public_bytes(key) != committee.node(self.node_id).public_key:
+        own = public_bytes(key)
+        if not committee.has_node(self.node_id):
+            others = [node.id for node in committee.nodes if node.public_key == own]
+            if others:
+                raise UserError(f"node id {self.node_id!r} is not in committee {self.committee_path}, and its "
+                                f"signing key {self.signing_key_path} is the one of {others[0]!r}: fix node_id")
+            return committee, key
+        if own != committee.node(self.node_id).public_key:
             raise UserError(
                 f"signing key {self.signing_key_path} does not match the public key the committee "
                 f"lists for {self.node_id!r}"

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from walrusfs.keys import public_key_text
+from walrusfs.keys import public_bytes, public_key_text
 from walrusfs.protocol import AUTH_SCHEME, AuthError, Confirmation, ReplayGuard, SignedRequest, routes, verify_request
+from walrusfs.protocol.certificates import Certificate, CertificateError
+from walrusfs.protocol.chain import ChainError, CommitteeChain
 from walrusfs.protocol.committee import Committee
 from walrusfs.redstuff import BlobId, BlobMetadata, EncodingGeometry, SliverKind
 
@@ -34,19 +36,23 @@ from .store import CERTIFICATE, INCONSISTENCY, METADATA, BlobStore, CorruptObjec
 log = logging.getLogger("nodes.app")  # the messages it logs were the app's: operators grep for them
 T = TypeVar("T")
 METADATA_CACHE_SIZE = 4096
+# Told of each committee adopted (nodes.epochs), after it is persisted: (previous, current).
+EpochListener = Callable[[Committee, Committee], Awaitable[None]]
 
 
 class NodeCore:
-    def __init__(self, config: NodeConfig, committee: Committee, key: Ed25519PrivateKey,
+    def __init__(self, config: NodeConfig, chain: CommitteeChain, key: Ed25519PrivateKey,
                  store: BlobStore, workers: int = 8) -> None:
         self.config = config
-        self.committee = committee
+        # The committees this node trusts, from its anchor to the current one. Replaced only by
+        # nodes.epochs, after the longer chain is on disk; everything else reads it when it acts.
+        self.chain = chain
         self.key = key
         self.public_key = public_key_text(key)
+        self.public_key_bytes = public_bytes(key)
         self.node_id = config.node_id
         self.store = store
-        self.geometry = committee.geometry
-        self.shards = committee.shards_of(config.node_id)
+        self.geometry = chain.current.geometry  # the shard count never changes along a chain
         self.metrics = Metrics()
         self.replay = ReplayGuard()
         self.expansions = ExpansionCache()
@@ -59,6 +65,52 @@ class NodeCore:
         self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
         # Told of each blob an object of which failed its checksum (repair re-queues it if certified).
         self.on_quarantine: Callable[[BlobId], None] = lambda blob_id: None
+        self.epoch_listeners: list[EpochListener] = []
+        self._handing_off: frozenset[int] = frozenset()
+        # Whether this node's own handover into the current epoch is complete (every shard it gained
+        # is synced): it signs no successor before (docs/epochs.md). nodes.handover replaces it.
+        self.handover_complete: Callable[[], bool] = lambda: True
+
+    # --- the committee of the current epoch --------------------------------------------------------------
+
+    @property
+    def committee(self) -> Committee:
+        return self.chain.current
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """This node's shards in the current committee; () in standby (in no committee, or named
+        there with another key, which can only be a mistake: it could not sign for them)."""
+        return shards_in(self.chain.current, self.node_id, self.public_key_bytes)
+
+    @property
+    def standby(self) -> bool:
+        return not self.shards
+
+    @property
+    def serving_shards(self) -> frozenset[int]:
+        """Shards whose slivers this node serves to readers: its current ones and those it still
+        hands off (until their new holders have them, docs/epochs.md)."""
+        return frozenset(self.shards) | self._handing_off
+
+    def set_handing_off(self, shards: set[int] | frozenset[int]) -> None:
+        self._handing_off = frozenset(shards)
+
+    def committee_at(self, epoch: int) -> Committee:
+        """The committee of ``epoch`` (ChainError if the chain does not reach it)."""
+        return self.chain.committee_at(epoch)
+
+    def add_epoch_listener(self, callback: EpochListener) -> None:
+        """``await callback(previous, current)`` after each committee this node adopts is persisted,
+        and at start for the last change (the listener finds out whether it has work left)."""
+        self.epoch_listeners.append(callback)
+
+    async def notify_epoch(self, previous: Committee, current: Committee) -> None:
+        for listener in list(self.epoch_listeners):
+            try:
+                await listener(previous, current)
+            except Exception:  # one part failing must not keep the others from the new epoch
+                log.exception("a part of the node failed to take up epoch %d", current.epoch)
 
     # --- work off the event loop -----------------------------------------------------------------------
 
@@ -73,9 +125,15 @@ class NodeCore:
         nonce goes to the on-disk journal before the write takes effect and is refused after a
         restart too; otherwise it is remembered in memory. ``body_bound=False``: the route's body
         certifies itself, so the signature may leave it unbound."""
+        committee = self.committee
+        if not committee.has_node(self.node_id):
+            raise HTTPError(421, "not_in_committee",
+                            f"this node is in no committee of epoch {committee.epoch} (standby, or retired): "
+                            f"write to the nodes of the current committee (GET {routes.COMMITTEE_CHAIN})",
+                            epoch=committee.epoch)
         try:
             signed = verify_request(request.headers.get("authorization"), request.method, request.target,
-                                    self.committee, self.node_id, body_bound=body_bound,
+                                    committee, self.node_id, body_bound=body_bound,
                                     replay=None if durable else self.replay)
         except AuthError as error:
             raise unauthorized(error) from None
@@ -105,13 +163,26 @@ class NodeCore:
     # --- shards ----------------------------------------------------------------------------------------
 
     def check_shard(self, blob_id: BlobId, pair: int) -> int:
+        """The shard of ``pair`` if this node holds it in the current epoch (writes); else 421."""
         shard = self.geometry.shard_of_pair(pair, blob_id.raw)
         if shard not in self.shards:
-            holder = self.committee.node_for_shard(shard)
-            raise HTTPError(421, "shard_not_held",
-                            f"pair {pair} of this blob belongs to shard {shard}, held by {holder.id!r} "
-                            f"({holder.url}), not by this node", shard=shard, node=holder.id)
+            raise self._not_held(pair, shard)
         return shard
+
+    def check_serving(self, blob_id: BlobId, pair: int) -> int:
+        """The shard of ``pair`` if this node serves it (reads: also a shard it still hands off)."""
+        shard = self.geometry.shard_of_pair(pair, blob_id.raw)
+        if shard not in self.serving_shards:
+            raise self._not_held(pair, shard)
+        return shard
+
+    def _not_held(self, pair: int, shard: int) -> HTTPError:
+        committee = self.committee
+        holder = committee.node_for_shard(shard)
+        return HTTPError(421, "shard_not_held",
+                         f"pair {pair} of this blob belongs to shard {shard}, held by {holder.id!r} "
+                         f"({holder.url}) in epoch {committee.epoch}, not by this node", [], shard=shard,
+                         node=holder.id, epoch=committee.epoch)
 
     def pairs(self, blob_id: BlobId) -> list[tuple[int, int]]:
         """(shard, pair) for each shard of this node, for one blob."""
@@ -122,8 +193,19 @@ class NodeCore:
         return [f"pair {pair} {kind.name.lower()}" for _, pair in self.pairs(blob_id) for kind in SliverKind
                 if not self.store.has(blob_id, sliver_name(pair, kind))]
 
-    def confirmation(self, blob_id: BlobId) -> Confirmation:
-        unsigned = Confirmation(self.committee.epoch, blob_id, self.node_id, self.shards)
+    def confirmation(self, blob_id: BlobId, shards: tuple[int, ...] | None = None) -> Confirmation:
+        """Signed in the current epoch, for ``shards`` (default: the current ones), which must be this
+        node's shards now: an epoch change between checking and signing is answered 421, not signed."""
+        committee = self.committee
+        held = shards_in(committee, self.node_id, self.public_key_bytes)
+        if shards is None:
+            shards = held
+        if not held or set(shards) != set(held):
+            raise HTTPError(421, "not_in_committee",
+                            f"this node holds {'no shards' if not held else f'shards {list(held)}'} in epoch "
+                            f"{committee.epoch}: ask the nodes of the current committee "
+                            f"(GET {routes.COMMITTEE_CHAIN})", epoch=committee.epoch)
+        unsigned = Confirmation(committee.epoch, blob_id, self.node_id, shards)
         return unsigned.signed_by(self.key)
 
     # --- stored objects --------------------------------------------------------------------------------
@@ -177,6 +259,23 @@ class NodeCore:
     def close(self) -> None:
         """Stop the symbol-serving pool (at shutdown, after repair; the foreground pool is the server's)."""
         self.serve_executor.shutdown(wait=True, cancel_futures=True)
+
+
+def committee_of_certificate(core: NodeCore, certificate: Certificate) -> Committee:
+    """The committee a certificate must be checked against: the one of its epoch, through the chain
+    (a blob certified in epoch 1 stays certified in epoch 3). CertificateError if the chain lacks it."""
+    try:
+        return core.committee_at(certificate.epoch)
+    except ChainError as error:
+        raise CertificateError(f"certificate of epoch {certificate.epoch}: {error}") from None
+
+
+def shards_in(committee: Committee, node_id: str, public_key: bytes) -> tuple[int, ...]:
+    """The shards ``committee`` gives the node with this id and key; () if none."""
+    if not committee.has_node(node_id):
+        return ()
+    node = committee.node(node_id)
+    return node.shards if node.public_key == public_key else ()
 
 
 def unauthorized(error: AuthError) -> HTTPError:

@@ -47,7 +47,9 @@ class Feed:
         self.entries.append(blob)
 
     def synced_peers(self) -> int:
-        return len(self._synced)
+        """Current peers whose whole feed was read (peers that left the committee do not count)."""
+        peers = self.service.peers
+        return len(self._synced & set(peers.nodes)) if peers is not None else 0
 
     # --- serving -------------------------------------------------------------------------------------
 
@@ -77,12 +79,12 @@ class Feed:
     async def sync_forever(self) -> None:
         service = self.service
         assert service.peers is not None
-        peers = list(service.peers.nodes)
         await asyncio.sleep(random.uniform(0, 0.3))
         while True:
+            peers = list(service.peers.nodes)  # read each round: they follow the committee (epochs)
             await asyncio.gather(*(self.sync_peer(peer) for peer in peers if service.backoff.ready(peer)))
             interval = service.config.sync_interval
-            if len(self._synced) < len(peers):  # until every peer was read once, look again soon
+            if self.synced_peers() < len(peers):  # until every peer was read once, look again soon
                 interval = min(interval, 1.0)
             await asyncio.sleep(jittered(interval))
 

@@ -13,11 +13,13 @@ book or writer signature (peers only read).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
 
 from walrusfs.protocol import routes
+from walrusfs.protocol.chain import CommitteeChain
 from walrusfs.protocol.committee import NodeInfo
 from walrusfs.protocol.transport import node_mounts, tls_context
 from walrusfs.redstuff import BlobId, SliverKind
@@ -32,23 +34,52 @@ class PeerError(Exception):
         self.retry_after = retry_after
 
 
+def peer_nodes(chain: CommitteeChain) -> list[NodeInfo]:
+    """Whom a node asks: the nodes of the current committee, then those of the one before that left
+    it (they still hand their shards off, and know what was certified)."""
+    current = chain.current
+    nodes = list(current.nodes)
+    if chain.links:
+        previous = chain.committee_at(current.epoch - 1)
+        nodes += [node for node in previous.nodes if not current.has_node(node.id)]
+    return nodes
+
+
 class Peers:
     def __init__(self, nodes: list[NodeInfo], own_id: str, timeout: float = 30.0) -> None:
-        self.nodes = {node.id: node for node in nodes if node.id != own_id}
         self.own_id = own_id
+        self.timeout = timeout
         self.bytes_received = 0
+        self._old: list[httpx.AsyncClient] = []
+        self.nodes: dict[str, NodeInfo] = {}
+        self._http = self._client(nodes)
+
+    def _client(self, nodes: Iterable[NodeInfo]) -> httpx.AsyncClient:
+        self.nodes = {node.id: node for node in nodes if node.id != self.own_id}
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         # Peers with a pinned certificate get a transport each that trusts only it (walrusfs.protocol.tls).
-        self._http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(timeout, connect=3.0),
-                                       limits=limits, headers={routes.REPAIR_HEADER: own_id},
-                                       mounts=node_mounts(self.nodes.values(), limits=limits))
+        return httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(self.timeout, connect=3.0),
+                                 limits=limits, headers={routes.REPAIR_HEADER: self.own_id},
+                                 mounts=node_mounts(self.nodes.values(), limits=limits))
+
+    def set_nodes(self, nodes: list[NodeInfo]) -> None:
+        """Ask these nodes from now on (a new epoch). Requests in flight finish on the old client,
+        closed with this one."""
+        if {node.id: node for node in nodes if node.id != self.own_id} == self.nodes:
+            return
+        self._old.append(self._http)
+        self._http = self._client(nodes)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        for client in (*self._old, self._http):
+            await client.aclose()
 
     async def _get(self, peer: str, what: str, path: str, params: dict[str, Any] | None = None,
                    missing_ok: bool = False) -> bytes | None:
-        url = self.nodes[peer].url + path
+        node = self.nodes.get(peer)
+        if node is None:  # it left the committee since it was chosen
+            raise PeerError(peer, what, "no longer a peer (the committee changed)")
+        url = node.url + path
         try:
             response = await self._http.get(url, params=params)
         except httpx.HTTPError as error:

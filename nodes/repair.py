@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from walrusfs.protocol.certificates import Certificate, CertificateError
+from walrusfs.protocol.committee import Committee
 from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
@@ -45,10 +46,10 @@ from walrusfs.redstuff import (
     verify_inconsistency_proof,
 )
 
-from .core import NodeCore
+from .core import NodeCore, committee_of_certificate
 from .feed import Feed
 from .http import HTTPError
-from .peers import PeerError, Peers
+from .peers import PeerError, Peers, peer_nodes
 from .ratelimit import Backoff, TokenBucket
 from .scrub import Scrubber
 from .store import (
@@ -92,7 +93,6 @@ class RepairService:
         self.core = core
         self.config = core.config.repair
         self.store = core.store
-        self.committee = core.committee
         self.geometry = core.geometry
         self.node_id = core.node_id
         self.stats = RepairStats()
@@ -118,10 +118,16 @@ class RepairService:
         self._rebuilt: dict[tuple[str, int, SliverKind], bytes] = {}
         self.disk_full_since: float | None = None  # wall-clock time of the ENOSPC not yet followed by a write
 
+    @property
+    def committee(self) -> Committee:
+        """The current committee: repair and scrubbing work on the current assignment."""
+        return self.core.committee
+
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.peers = Peers(list(self.committee.nodes), self.node_id)
+        self.peers = Peers(peer_nodes(self.core.chain), self.node_id)
+        self.core.add_epoch_listener(self._epoch_changed)
         if not self.config.enabled:
             return
         self._queue = asyncio.Queue()
@@ -146,6 +152,13 @@ class RepairService:
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def _epoch_changed(self, previous: Committee, current: Committee) -> None:
+        """Peers follow the committee; every certified blob is checked against the new assignment."""
+        if self.peers is not None:
+            self.peers.set_nodes(peer_nodes(self.core.chain))
+        for blob in sorted(self.store.certified - self.store.invalid - self.store.tombstones):
+            self.enqueue(blob)
 
     # --- what triggers repair ------------------------------------------------------------------------
 
@@ -348,7 +361,7 @@ class RepairService:
         certificate = Certificate.from_json(text)
         if certificate.blob_id != blob_id:
             raise CertificateError(f"certificate is for {certificate.blob_id}, not {blob_id}")
-        certificate.verify(self.committee)
+        certificate.verify(committee_of_certificate(self.core, certificate))
         return certificate.to_json()
 
     async def _store_certificate(self, blob_id: BlobId) -> bool:

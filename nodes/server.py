@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from walrusfs.errors import UserError
+from walrusfs.keys import public_bytes
 from walrusfs.malloc import keep_freed_buffers
 from walrusfs.ports import ephemeral_range, in_ephemeral_range
 from walrusfs.protocol.tls import server_context
@@ -28,6 +29,7 @@ from walrusfs.protocol.tls import server_context
 from . import httpd
 from .app import NodeApp
 from .config import NodeConfig
+from .epochs import open_chain, own_entry
 from .memory import FREE_BUDGET
 from .store import BlobStore
 
@@ -92,12 +94,14 @@ def build_app(config: NodeConfig) -> NodeApp:
         store.open()
     except OSError as error:
         raise UserError(f"cannot use data directory {config.data_dir}: {error}") from error
-    return NodeApp(config, committee, key, store)
+    chain = open_chain(config.data_dir, committee, config.committee_path, config.node_id, public_bytes(key))
+    return NodeApp(config, chain, key, store)
 
 
 def _tls(app: NodeApp, server: str) -> ssl.SSLContext | None:
     """The TLS context if the committee gives this node a certificate (docs/node-api.md, TLS)."""
-    certificate = app.committee.node(app.config.node_id).tls_cert
+    entry = own_entry(app.core.chain, app.config.node_id)  # a node in standby serves as it last did, if ever
+    certificate = None if entry is None else entry.tls_cert
     if certificate is None:
         return None
     if server != "httpd":
@@ -118,7 +122,8 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
     app = build_app(config)
     tls = _tls(app, server)
     log.info("node %s (epoch %d, shards %s) listening on %s://%s:%d, data in %s",
-             config.node_id, app.committee.epoch, list(app.shards), "https" if tls else "http", config.host,
+             config.node_id, app.committee.epoch, list(app.shards) or "none: standby", "https" if tls else "http",
+             config.host,
              config.port, config.data_dir)
     if server == "httpd":
         try:

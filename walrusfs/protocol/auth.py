@@ -25,6 +25,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import blake3
@@ -154,8 +155,19 @@ def verify_request(header: str | None, method: str, target: str, committee: Comm
     caller checks the body itself with ``SignedRequest.check_body`` once it has it. Raises
     AuthError saying what is wrong.
     """
+    return verify_signed(header, method, target, node_id, committee.node(node_id).public_key,
+                         committee.writer_keys, "one of the committee's writers", now=now, replay=replay,
+                         body_bound=body_bound)
+
+
+def verify_signed(header: str | None, method: str, target: str, node_id: str, node_key: bytes,
+                  allowed: Collection[bytes], role: str, *, now: float | None = None,
+                  replay: ReplayGuard | None = None, body_bound: bool = True) -> SignedRequest:
+    """``verify_request`` for any set of keys: a request to node ``node_id`` (whose public key is
+    ``node_key``) signed by one of ``allowed`` (``role`` names them in the refusal, e.g. "one of this
+    node's proposers"). The format and every check are the writers' (docs/node-api.md)."""
     if not header:
-        raise AuthError(f"writes need an Authorization: {AUTH_SCHEME} header signed by a writer key")
+        raise AuthError(f"this request needs an Authorization: {AUTH_SCHEME} header signed by {role}")
     fields = _parse_header(header)
     try:
         key = base64.b64decode(fields["key"], validate=True)
@@ -180,15 +192,14 @@ def verify_request(header: str | None, method: str, target: str, committee: Comm
             f"Authorization timestamp is {int(now - timestamp)} s away from the node's clock "
             f"(limit {MAX_CLOCK_SKEW} s): check the clocks"
         )
-    node_key = committee.node(node_id).public_key
     message = _request_message(method, target, node_id, node_key, timestamp, fields["nonce"], digest)
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
     except InvalidSignature:
         raise AuthError("Authorization signature does not verify for this method, path, node and body digest "
                         "(or the node's key is not the one in the signer's committee file)") from None
-    if not committee.is_writer(key):
-        raise AuthError("this key is not one of the committee's writers", forbidden=True)
+    if key not in allowed:
+        raise AuthError(f"this key is not {role}", forbidden=True)
     signed = SignedRequest(key, timestamp, fields["nonce"], digest)
     if replay is not None and not replay.check_and_remember(signed.nonce, now, signed.expiry):
         raise AuthError("Authorization nonce was already used (replayed request)")

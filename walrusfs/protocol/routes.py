@@ -27,13 +27,20 @@ BLOB_STATUS = "/v1/blobs/{id}/status"
 BLOB_CONFIRMATION = "/v1/blobs/{id}/confirmation"
 BLOB_SLIVER = "/v1/blobs/{id}/slivers/{pair}/{kind}"
 BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
+COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
+COMMITTEE_PROPOSALS = "/v1/committee/proposals"
+COMMITTEE_NEXT = "/v1/committee/next"
+
+# Every node response carries the node's current epoch in this header (docs/epochs.md).
+EPOCH_HEADER = "walrusfs-epoch"
 
 # Sent by a node with the symbol requests of its repair: the holder serves them from its bounded recovery
 # pool (and may answer 429), while the same route without it is a client's foreground range read.
 REPAIR_HEADER = "x-walrusfs-repair"
 
 # The routes without parameters, by their segments.
-_FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS)}
+_FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS,
+                                                                COMMITTEE_CHAIN, COMMITTEE_PROPOSALS, COMMITTEE_NEXT)}
 # The one-word routes under /v1/blobs/{id}/.
 _BLOB_OBJECTS = {"metadata": BLOB_METADATA, "certificate": BLOB_CERTIFICATE, "inconsistency": BLOB_INCONSISTENCY,
                  "status": BLOB_STATUS, "confirmation": BLOB_CONFIRMATION}

@@ -1,0 +1,306 @@
+"""Nodes hold a committee chain, adopt verified links, sign proposals by their policy, and keep
+certificates of earlier epochs valid (docs/epochs.md), on real node processes.
+
+The network: 4 nodes, 4 shards (n = 4, f = 1: a link needs signatures covering 3 shards). Epoch 2
+hands shard 3 from node-3 to a joining node-4.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+from blobtools import store
+from network import _LIVE, LocalNetwork, _terminate, free_port_range
+
+from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text, write_key
+from walrusfs.protocol import routes, sign_request
+from walrusfs.protocol.chain import CommitteeLink, committee_digest, propose, sign_link
+from walrusfs.protocol.committee import Committee, NodeInfo
+from walrusfs.redstuff import SliverKind
+
+FAST_REPAIR = {"sync_interval": 0.5, "grace": 0.5, "scrub_interval": 3600.0}
+JOINER = "node-4"
+
+
+class Network(LocalNetwork):
+    """A LocalNetwork of 4 nodes whose configs name ``operator`` as proposer, plus a joining node-4
+    (configured, not started) that the committee of epoch 1 does not name."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, nodes=4, shards=4)
+        self.operator = generate_key()
+        self.joiner_dir = self.root / JOINER
+        (self.joiner_dir / "data").mkdir(parents=True)
+        self.joiner_key = generate_key()
+        write_key(self.joiner_dir / "node.key", self.joiner_key)
+        port = free_port_range(1)
+        self.joiner_info = NodeInfo(JOINER, f"http://127.0.0.1:{port}", public_bytes(self.joiner_key), (3,))
+        self.joiner: subprocess.Popen | None = None
+        for directory in [*(self.root / node for node in self.node_ids), self.joiner_dir]:
+            config = {"node_id": directory.name, "listen": f"127.0.0.1:{self._port(directory.name, port)}",
+                      "data_dir": "data", "signing_key": "node.key", "committee": "../committee.toml",
+                      "repair": FAST_REPAIR, "epochs": {"proposers": [public_key_text(self.operator)]}}
+            (directory / "config.toml").write_text(tomli_w.dumps(config))
+
+    def _port(self, node_id: str, joiner_port: int) -> int:
+        return joiner_port if node_id == JOINER else int(self.url(node_id).rsplit(":", 1)[1])
+
+    def key(self, node_id: str):
+        return self.joiner_key if node_id == JOINER else load_key(self.root / node_id / "node.key")
+
+    def url(self, node: str | int) -> str:
+        return self.joiner_info.url if node == JOINER else super().url(node)
+
+    def start_joiner(self) -> None:
+        with open(self.joiner_dir / "node.log", "ab") as log:
+            self.joiner = subprocess.Popen([sys.executable, "-m", "nodes", "--config",
+                                            str(self.joiner_dir / "config.toml")], stdin=subprocess.DEVNULL,
+                                           stdout=log, stderr=subprocess.STDOUT, cwd=self.joiner_dir)
+        _LIVE[self.joiner.pid] = self.joiner
+        self.processes[JOINER] = self.joiner
+        self._wait_healthy([JOINER])
+
+    def kill9_joiner(self) -> None:
+        if self.joiner is not None:
+            _terminate(self.joiner, signum=9)
+
+    def stop_all(self) -> None:
+        super().stop_all()
+        if self.joiner is not None:
+            _terminate(self.joiner)
+
+    # --- the committee of epoch 2 -------------------------------------------------------------------
+
+    def epoch2(self) -> Committee:
+        """node-3 leaves, node-4 takes its shard 3."""
+        nodes = (*(node for node in self.committee.nodes if node.id != "node-3"), self.joiner_info)
+        return Committee(2, self.committee.n_shards, nodes, self.committee.writer_keys)
+
+    def link(self, successor: Committee, signers: list[str], previous: Committee | None = None) -> CommitteeLink:
+        previous = previous or self.committee
+        link = propose(previous, successor)
+        for node_id in signers:
+            link = link.with_signature(node_id, sign_link(self.key(node_id), previous, successor))
+        return link
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    with Network(tmp_path / "network") as net:
+        yield net
+
+
+def post_next(url: str, *links: CommitteeLink) -> httpx.Response:
+    body = json.dumps({"version": 1, "links": [link.to_dict() for link in links]})
+    return httpx.post(url + routes.COMMITTEE_NEXT, content=body, timeout=10)
+
+
+def chain_of(url: str, after: int = 0) -> dict:
+    response = httpx.get(url + routes.COMMITTEE_CHAIN, params={"after": after}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def health(url: str) -> dict:
+    return httpx.get(url + routes.HEALTH, timeout=10).json()
+
+
+def propose_to(network: Network, node_id: str, link: CommitteeLink, key=None) -> httpx.Response:
+    body = link.to_json().encode()
+    info = network.committee.node(node_id)
+    auth = sign_request(key or network.operator, "POST", routes.COMMITTEE_PROPOSALS, info, body)
+    return httpx.post(info.url + routes.COMMITTEE_PROPOSALS, content=body, headers={"Authorization": auth},
+                      timeout=10)
+
+
+QUORUM_SIGNERS = ["node-0", "node-1", "node-2"]  # 3 of 4 shards: n - f
+
+
+# --- adopting and serving the chain --------------------------------------------------------------------
+
+
+def test_a_node_adopts_a_signed_link_serves_the_chain_and_keeps_it_across_kill_9(network: Network) -> None:
+    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    url = network.url("node-0")
+    assert chain_of(url) == {"version": 1, "epoch": 1, "links": []}
+
+    adopted = post_next(url, link)
+    assert adopted.status_code == 200, adopted.text
+    assert adopted.json() == {"epoch": 2, "adopted": [2]}
+    assert health(url)["epoch"] == 2
+    served = chain_of(url)
+    assert served["epoch"] == 2 and [CommitteeLink.from_dict(entry) for entry in served["links"]] == [link]
+    assert chain_of(url, after=2)["links"] == []
+    assert post_next(url, link).json() == {"epoch": 2, "adopted": []}  # idempotent
+
+    network.kill9("node-0")
+    network.start("node-0")
+    assert chain_of(url)["epoch"] == 2 and health(url)["epoch"] == 2
+    stored = json.loads((network.root / "node-0" / "data" / "epochs" / "chain.json").read_text())
+    assert stored["version"] == 1 and stored["anchor"]["epoch"] == 1 and len(stored["links"]) == 1
+
+
+def test_every_response_carries_the_epoch_header(network: Network) -> None:
+    url = network.url("node-1")
+    assert httpx.get(url + routes.HEALTH).headers[routes.EPOCH_HEADER] == "1"
+    missing = httpx.get(url + "/v1/no/such/route")
+    assert missing.status_code == 404 and missing.headers[routes.EPOCH_HEADER] == "1"
+    post_next(url, network.link(network.epoch2(), QUORUM_SIGNERS))
+    assert httpx.get(url + routes.HEALTH).headers[routes.EPOCH_HEADER] == "2"
+
+
+@pytest.mark.parametrize(("forge", "status", "reason"), [
+    ("too_few", 422, "signed by nodes holding 2 shards of epoch 1; it needs 3"),
+    ("wrong_keys", 422, "signed by nodes holding 0 shards"),
+    ("other_predecessor", 422, "another committee than the epoch 1 committee"),
+    ("gap", 409, "next link it can take is for epoch 2, not 3"),
+])
+def test_a_link_that_does_not_verify_or_follow_is_refused_and_nothing_changes(
+        network: Network, forge: str, status: int, reason: str) -> None:
+    successor = network.epoch2()
+    if forge == "too_few":
+        link = network.link(successor, ["node-0", "node-1"])
+    elif forge == "wrong_keys":  # names of members, signatures by other keys: a forgery
+        link = propose(network.committee, successor)
+        for node_id in QUORUM_SIGNERS:
+            link = link.with_signature(node_id, sign_link(generate_key(), network.committee, successor))
+    elif forge == "other_predecessor":
+        other = Committee(1, 4, network.committee.nodes, frozenset({public_bytes(generate_key())}))
+        link = network.link(successor, QUORUM_SIGNERS, previous=other)
+        link = CommitteeLink(link.previous_digest, successor, link.signatures)
+    else:
+        epoch3 = Committee(3, 4, successor.nodes, successor.writer_keys)
+        link = network.link(epoch3, ["node-0", "node-1", "node-2", "node-4"], previous=successor)
+    url = network.url("node-2")
+    refused = post_next(url, link)
+    assert refused.status_code == status, refused.text
+    assert reason in refused.json()["message"]
+    assert chain_of(url) == {"version": 1, "epoch": 1, "links": []} and health(url)["epoch"] == 1
+    chain_file = json.loads((network.root / "node-2" / "data" / "epochs" / "chain.json").read_text())
+    assert chain_file["links"] == []
+
+
+def test_a_link_conflicting_with_an_adopted_one_is_refused_as_a_fork(network: Network) -> None:
+    url = network.url("node-0")
+    assert post_next(url, network.link(network.epoch2(), QUORUM_SIGNERS)).status_code == 200
+    rival = Committee(2, 4, network.committee.nodes, frozenset({public_bytes(generate_key())}))
+    refused = post_next(url, network.link(rival, QUORUM_SIGNERS))
+    assert refused.status_code == 409 and "a fork" in refused.json()["message"]
+    assert chain_of(url)["epoch"] == 2
+
+
+# --- signing proposals ---------------------------------------------------------------------------------
+
+
+def test_a_node_signs_a_proposal_of_its_proposer_once_per_epoch_also_across_a_restart(network: Network) -> None:
+    successor = network.epoch2()
+    unsigned = propose(network.committee, successor)
+    signed = propose_to(network, "node-1", unsigned)
+    assert signed.status_code == 200, signed.text
+    answer = signed.json()
+    assert answer["node_id"] == "node-1"
+    link = unsigned.with_signature("node-1", base64.b64decode(answer["signature"]))
+    assert link.signed_shards(network.committee) == {1}  # a valid signature of node-1's key
+    assert propose_to(network, "node-1", unsigned).status_code == 200  # the same committee again: fine
+    record = json.loads((network.root / "node-1" / "data" / "epochs" / "signed.json").read_text())
+    assert record == {"version": 1, "signed": {"2": committee_digest(successor).hex()}}
+
+    rival = Committee(2, 4, network.committee.nodes, successor.writer_keys)
+    for _ in range(2):
+        refused = propose_to(network, "node-1", propose(network.committee, rival))
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "signed_another"
+        assert "never signs two successors of one epoch" in refused.json()["message"]
+        network.restart("node-1")
+
+
+def test_a_proposal_not_signed_by_a_proposer_is_refused(network: Network) -> None:
+    unsigned = propose(network.committee, network.epoch2())
+    stranger = propose_to(network, "node-0", unsigned, key=generate_key())
+    assert stranger.status_code == 403 and "not one of this node's proposers" in stranger.json()["message"]
+    writer = propose_to(network, "node-0", unsigned, key=network.writer_key)  # a writer is no proposer
+    assert writer.status_code == 403
+    unsigned_request = httpx.post(network.url("node-0") + routes.COMMITTEE_PROPOSALS, content=unsigned.to_json())
+    assert unsigned_request.status_code == 401
+    assert not (network.root / "node-0" / "data" / "epochs" / "signed.json").exists()
+
+
+def test_a_proposal_that_does_not_follow_the_current_committee_is_refused(network: Network) -> None:
+    successor = network.epoch2()
+    epoch3 = Committee(3, 4, successor.nodes, successor.writer_keys)
+    refused = propose_to(network, "node-0", propose(successor, epoch3))
+    assert refused.status_code == 409 and refused.json()["error"] == "proposal_does_not_follow"
+
+
+# --- a joining node ------------------------------------------------------------------------------------
+
+
+def test_a_joining_node_waits_in_standby_until_a_link_gives_it_shards(network: Network) -> None:
+    network.start_joiner()
+    url = network.url(JOINER)
+    state = health(url)
+    assert state["standby"] is True and state["shards"] == [] and state["epoch"] == 1
+    refused = httpx.put(f"{url}/v1/blobs/{'A' * 43}/slivers/0/primary", content=b"x")
+    assert refused.status_code == 421 and "in no committee of epoch 1" in refused.json()["message"]
+
+    assert post_next(url, network.link(network.epoch2(), QUORUM_SIGNERS)).status_code == 200
+    state = health(url)
+    assert state["standby"] is False and state["shards"] == [3] and state["epoch"] == 2
+    network.kill9_joiner()
+    network.start_joiner()
+    assert health(url)["shards"] == [3]
+
+
+def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: Network) -> None:
+    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    assert post_next(network.url("node-1"), link).status_code == 200
+    url = network.url("node-0")
+    deadline = 60.0
+    start = time.monotonic()
+    while health(url)["epoch"] != 2:
+        assert time.monotonic() - start < deadline, "node-0 did not follow the chain from its peers"
+        time.sleep(0.2)
+
+
+# --- certificates across epochs ------------------------------------------------------------------------
+
+
+def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_new_assignment(
+        network: Network) -> None:
+    stored = store(network, b"certified in epoch 1" * 5000)
+    assert stored.certificate.epoch == 1
+    network.start_joiner()
+    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    for node_id in [*network.node_ids, JOINER]:
+        assert post_next(network.url(node_id), link).status_code == 200
+
+    # A certificate PUT is checked against the committee of its epoch, found through the chain.
+    node0 = network.committee.node("node-0")
+    path = routes.certificate(stored.blob_id)
+    body = stored.certificate.to_json().encode()
+    put = httpx.put(node0.url + path, content=body,
+                    headers={"Authorization": sign_request(network.writer_key, "PUT", path, node0, body)})
+    assert put.status_code in (200, 201), put.text
+
+    # The joining node learns the blob from its peers' feeds (each entry's epoch-1 certificate
+    # verified through the chain) and rebuilds its shard-3 slivers: repair works on epoch 2's shards.
+    geometry = network.committee.geometry
+    pair = geometry.pair_of_shard(3, stored.blob_id.raw)
+    start = time.monotonic()
+    while True:
+        status = httpx.get(f"{network.url(JOINER)}{routes.status(stored.blob_id)}", timeout=10).json()
+        if status.get("complete"):
+            break
+        assert time.monotonic() - start < 60, f"node-4 did not rebuild its slivers: {status}"
+        time.sleep(0.3)
+    sliver = httpx.get(network.url(JOINER) + routes.sliver(stored.blob_id, pair, SliverKind.PRIMARY), timeout=10)
+    assert sliver.status_code == 200
