@@ -4,6 +4,8 @@ A cluster directory holds everything for N storage nodes on 127.0.0.1::
 
     committee.toml          epoch, n_shards, the nodes and the writer's public key
     writer.key              the writer's ed25519 key (clients sign writes with it)
+    operator.key            the operator's ed25519 key: nodes sign the next committee it proposes
+    chain.json              the committee chain, once the committee changed (walrusfs.cluster_epochs)
     node-<i>/config.toml    node i's configuration (listen 127.0.0.1:<base port + i>)
     node-<i>/node.key       node i's signing key
     node-<i>/data/          node i's slivers
@@ -13,7 +15,8 @@ A cluster directory holds everything for N storage nodes on 127.0.0.1::
 Nodes run as detached processes; ``down`` stops exactly the pids ``up`` recorded (checking each is
 still that node), never processes found by name.
 
-The ``walrusfs cluster`` and ``walrusfs node`` commands that drive it are in walrusfs.cluster_cli.
+The ``walrusfs cluster`` and ``walrusfs node`` commands that drive it are in walrusfs.cluster_cli;
+``cluster add`` and ``cluster retire`` (epoch changes) in walrusfs.cluster_epochs.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from .errors import UserError
-from .keys import generate_key, public_bytes, write_key
+from .keys import generate_key, public_bytes, public_key_text, write_key
 from .paths import cluster_dir
 from .protocol import routes
 from .protocol.committee import Committee, NodeInfo, round_robin_shards
 from .protocol.tls import client_context, node_certificate
+from .redstuff.geometry import MIN_SHARDS
 
 # The bundled network's directory when none is named: walrusfs.paths.cluster_dir(), resolved when a
 # command runs (it follows $WALRUSFS_HOME, which `walrusfs --home` sets after this module is loaded).
@@ -48,11 +52,25 @@ DEFAULT_CLUSTER_DIR_HELP = "$WALRUSFS_HOME/cluster, else ~/.local/share/walrusfs
 # local ports: a node port in that range can be taken just before the node binds it (walrusfs.ports).
 DEFAULT_BASE_PORT = 31400
 DEFAULT_NODES = 7
+# `walrusfs cluster init` without --shards: two shards per node (7 nodes: 14 shards), at most 32.
+# The shard count is fixed for the life of a network and a node holds at least one shard, so it
+# bounds how far the network can grow: with one shard per node no node could ever join. Two per
+# node let 7 nodes grow to 14, each newcomer taking a shard off a loaded node. Not more, because the
+# codec's work per byte grows with the shard count (`walrusfs bench codec --size 32`, CPU-seconds:
+# encode 292 MB/s at n=7, 182 at 14, 121 at 21, 78 at 28; docs/epochs.md, "Choosing the shard
+# count"), and on the bundled network the mount's writes are CPU-bound (docs/performance.md: about
+# 10 CPU-seconds per GiB, 4 of them the client's encoding): 21 shards would add ~5 CPU-seconds per
+# GiB to the writer alone, 14 add ~2. Past 32 every figure is below a third of n=7's.
+DEFAULT_SHARDS_PER_NODE = 2
+MAX_DEFAULT_SHARDS = 32
 COMMITTEE_FILE = "committee.toml"
 # Whether `cluster init` makes nodes serve TLS: plain HTTP on loopback, where nobody is on the path and
 # TLS measurably costs speed (docs/performance.md: `walrusfs bench blob --transport both`). Deployments use TLS.
 DEFAULT_LOOPBACK_TLS = False
 WRITER_KEY_FILE = "writer.key"
+# The key whose proposals of the next committee every node of the bundled network considers
+# (its public key is each node config's [epochs] proposers; docs/epochs.md).
+OPERATOR_KEY_FILE = "operator.key"
 
 
 def bundled_file(given: Path | str | None, name: str) -> Path:
@@ -94,10 +112,17 @@ class NodeState:
 # --- init --------------------------------------------------------------------------------------------
 
 
+def default_shards(nodes: int) -> int:
+    """The shard count ``walrusfs cluster init --nodes N`` gives a network (never fewer than N)."""
+    return max(nodes, MIN_SHARDS, min(DEFAULT_SHARDS_PER_NODE * nodes, MAX_DEFAULT_SHARDS))
+
+
 def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = None,
                  base_port: int = DEFAULT_BASE_PORT, force: bool = False, tls: bool = False) -> Committee:
     """Create keys, committee and node configurations for ``nodes`` nodes under ``root``. ``tls``:
-    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.protocol.tls)."""
+    the nodes serve https with their self-signed certificates, pinned in the committee (walrusfs.protocol.tls).
+    ``shards`` None: one per node, the smallest network (what tests build); the command's default
+    is ``default_shards``."""
     shards = nodes if shards is None else shards
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
@@ -119,6 +144,8 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
     root.mkdir(parents=True, exist_ok=True)
     writer = generate_key()
     write_key(root / WRITER_KEY_FILE, writer)
+    operator = generate_key()
+    write_key(root / OPERATOR_KEY_FILE, operator)
     infos = []
     for i, node_shards in enumerate(round_robin_shards(nodes, shards)):
         directory = root / f"node-{i}"
@@ -128,20 +155,26 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
         info = NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{base_port + i}", public_bytes(key),
                         node_shards, node_certificate(key) if tls else None)
         infos.append(info)
-        (directory / "config.toml").write_text(tomli_w.dumps({
-            "node_id": info.id, "listen": f"127.0.0.1:{base_port + i}", "data_dir": "data",
-            "signing_key": "node.key", "committee": f"../{COMMITTEE_FILE}"}))
+        write_node_config(directory, info.id, base_port + i, public_key_text(operator))
     committee = Committee(epoch=1, n_shards=shards, nodes=tuple(infos),
                           writer_keys=frozenset({public_bytes(writer)}))
     committee.write(root / COMMITTEE_FILE)
     return committee
 
 
+def write_node_config(directory: Path, node_id: str, port: int, operator: str) -> None:
+    """A bundled node's config.toml: it reads the cluster's committee.toml, and signs the next
+    committee when the operator key (base64 public key ``operator``) proposes it."""
+    (directory / "config.toml").write_text(tomli_w.dumps({
+        "node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data", "signing_key": "node.key",
+        "committee": f"../{COMMITTEE_FILE}", "epochs": {"proposers": [operator]}}))
+
+
 def _remove_cluster_files(root: Path) -> None:
     committee = Committee.load(root / COMMITTEE_FILE)
     for node in committee.nodes:
         shutil.rmtree(root / node.id, ignore_errors=True)
-    for name in (COMMITTEE_FILE, WRITER_KEY_FILE):
+    for name in (COMMITTEE_FILE, WRITER_KEY_FILE, OPERATOR_KEY_FILE, "chain.json", "proposal.json"):
         (root / name).unlink(missing_ok=True)
 
 
@@ -266,6 +299,12 @@ def wait_process_healthy(node: NodeInfo, process: subprocess.Popen, log: Path, d
 def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]:
     """Start every node not already running; wait until all answer /v1/health."""
     _, nodes = load_cluster(root)
+    start_nodes(nodes, timeout)
+    return cluster_status(root)
+
+
+def start_nodes(nodes: list[ClusterNode], timeout: float = START_TIMEOUT) -> None:
+    """Start those of ``nodes`` not already running; wait until all answer /v1/health."""
     stopped = [node for node in nodes if _running_pid(node) is None]
     for node in stopped:  # all checked before any starts: a taken port leaves nothing half started
         _check_port_free(node)
@@ -291,7 +330,6 @@ def start_cluster(root: Path, timeout: float = START_TIMEOUT) -> list[NodeState]
                             f"{timeout:.0f} s; see its log {node.log}:\n" + _tail(node.log))
         if pending:
             time.sleep(0.05)
-    return cluster_status(root)
 
 
 def cluster_status(root: Path, probe: bool = True) -> list[NodeState]:
@@ -312,6 +350,11 @@ def cluster_status(root: Path, probe: bool = True) -> list[NodeState]:
 def stop_cluster(root: Path, timeout: float = STOP_TIMEOUT) -> list[tuple[ClusterNode, str]]:
     """SIGTERM each recorded node, wait, SIGKILL whatever is left after ``timeout``."""
     _, nodes = load_cluster(root)
+    return stop_nodes(nodes, timeout)
+
+
+def stop_nodes(nodes: list[ClusterNode], timeout: float = STOP_TIMEOUT) -> list[tuple[ClusterNode, str]]:
+    """``stop_cluster`` for the given nodes (each by the pid it recorded)."""
     running = {node.info.id: (node, pid) for node in nodes if (pid := _running_pid(node))}
     outcome = {node.info.id: "not running" for node in nodes}
     for node_id, (_, pid) in running.items():
