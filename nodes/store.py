@@ -295,6 +295,21 @@ class BlobStore:
             self.invalid.discard(key)
         return True
 
+    def delete_object(self, blob_id: BlobId, name: str) -> int:
+        """Remove one object of a blob (a sliver handed over to its new holder), durably; the bytes
+        freed, 0 if it was not stored. The blob's other objects stay."""
+        path = self.blob_dir(blob_id) / name
+        try:
+            size = path.stat().st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        _fsync_dir(path.parent)
+        with self._lock:
+            self.stats.bytes -= size
+            self._verified.discard((str(blob_id), name))
+        return size
+
     def quarantine(self, blob_id: BlobId, name: str) -> None:
         """Move aside an object whose checksum passed but whose content is wrong (it does not verify
         against the blob's metadata): what the scrubber does with a sliver that rotted undetectably."""

@@ -27,6 +27,10 @@ BLOB_STATUS = "/v1/blobs/{id}/status"
 BLOB_CONFIRMATION = "/v1/blobs/{id}/confirmation"
 BLOB_SLIVER = "/v1/blobs/{id}/slivers/{pair}/{kind}"
 BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
+# The handover of shards at an epoch change (docs/epochs.md).
+HANDOVER = "/v1/handover"
+SHARD_BLOBS = "/v1/shards/{shard}/blobs"  # query: after, limit
+SHARD_SYNCED = "/v1/shards/{shard}/synced"
 COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
 COMMITTEE_PROPOSALS = "/v1/committee/proposals"
 COMMITTEE_NEXT = "/v1/committee/next"
@@ -41,6 +45,9 @@ REPAIR_HEADER = "x-walrusfs-repair"
 # The routes without parameters, by their segments.
 _FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS,
                                                                 COMMITTEE_CHAIN, COMMITTEE_PROPOSALS, COMMITTEE_NEXT)}
+_FIXED[("v1", "handover")] = HANDOVER
+# The routes under /v1/shards/{shard}/, by their last segment.
+_SHARD_OBJECTS = {"blobs": SHARD_BLOBS, "synced": SHARD_SYNCED}
 # The one-word routes under /v1/blobs/{id}/.
 _BLOB_OBJECTS = {"metadata": BLOB_METADATA, "certificate": BLOB_CERTIFICATE, "inconsistency": BLOB_INCONSISTENCY,
                  "status": BLOB_STATUS, "confirmation": BLOB_CONFIRMATION}
@@ -86,6 +93,14 @@ def recovery_symbol(blob_id: BlobId, pair: int, kind: SliverKind, target: int) -
     return f"{sliver(blob_id, pair, kind)}/recovery/{target}"
 
 
+def shard_blobs(shard: int) -> str:
+    return f"/v1/shards/{shard}/blobs"
+
+
+def shard_synced(shard: int) -> str:
+    return f"/v1/shards/{shard}/synced"
+
+
 @dataclass(frozen=True)
 class Match:
     """A request path matched to a route: its template and its parameters (as text)."""
@@ -103,6 +118,8 @@ def match(segments: list[str]) -> Match | None:
         return Match(ROOT, {"fs_id": segments[2]})
     if len(segments) == 3 and segments[:2] == ["v1", "leases"]:
         return Match(LEASE, {"fs_id": segments[2]})
+    if len(segments) == 4 and segments[:2] == ["v1", "shards"] and segments[3] in _SHARD_OBJECTS:
+        return Match(_SHARD_OBJECTS[segments[3]], {"shard": segments[2]})
     if len(segments) < 3 or segments[:2] != ["v1", "blobs"]:
         return None
     params = {"id": segments[2]}

@@ -1,0 +1,80 @@
+"""The HTTP side of the handover (docs/node-api.md): the handover status, a shard's blob listing
+(for its new holder) and the new holder's synced statement (for its old holder)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from walrusfs.errors import UserError
+from walrusfs.protocol import routes
+from walrusfs.protocol.handover import BlobListing, HandoverError, ShardSynced
+from walrusfs.redstuff import BlobId, FormatError
+
+from .core import NodeCore
+from .handover import HandoverService
+from .http import HTTPError, Request, Response, json_response
+
+Handler = Callable[..., Awaitable[Response]]
+MAX_LISTING_PAGE = 1000
+MAX_STATEMENT_BODY = 4096
+
+
+class HandoverAPI:
+    def __init__(self, core: NodeCore, service: HandoverService) -> None:
+        self.core = core
+        self.service = service
+
+    def routes(self) -> dict[str, dict[str, Handler]]:
+        return {
+            routes.HANDOVER: {"GET": self.status},
+            routes.SHARD_BLOBS: {"GET": self.shard_blobs},
+            routes.SHARD_SYNCED: {"POST": self.synced},
+        }
+
+    async def status(self, request: Request) -> Response:
+        return json_response(self.service.status.to_dict())
+
+    async def shard_blobs(self, request: Request, shard: int) -> Response:
+        after = request.query.get("after")
+        if after is not None:
+            try:
+                after = str(BlobId.parse(after))
+            except FormatError as error:
+                raise HTTPError(400, "bad_query", f"after: {error}") from None
+        limit = request.query.get("limit", "200")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LISTING_PAGE:
+            raise HTTPError(400, "bad_query", f"limit must be an integer in [1, {MAX_LISTING_PAGE}]")
+        blobs, following = await self.core.in_worker(self.service.shard_blobs, shard, after, int(limit))
+        return json_response(BlobListing(shard, tuple(blobs), following).to_dict())
+
+    async def synced(self, request: Request, shard: int) -> Response:
+        # The statement certifies itself (signed by the shard's new holder): no request signature.
+        body = await request.read_body(MAX_STATEMENT_BODY)
+        try:
+            statement = ShardSynced.from_json(bytes(body))
+        except HandoverError as error:
+            raise HTTPError(400, "bad_statement", str(error)) from None
+        if statement.shard != shard:
+            raise HTTPError(400, "bad_statement", f"the statement is about shard {statement.shard}, posted for "
+                            f"shard {shard}")
+        try:
+            committee = self.core.committee_at(statement.epoch)
+        except UserError as error:  # ChainError: an epoch this node has not adopted (yet)
+            raise HTTPError(409, "unknown_epoch", f"{error}; send this node the committee links it lacks "
+                            f"(POST {routes.COMMITTEE_NEXT}) and retry", epoch=statement.epoch) from None
+        try:
+            statement.verify(committee)
+        except HandoverError as error:
+            raise HTTPError(403, "forged_statement", str(error)) from None
+        me = self.core.node_id
+        try:
+            before = self.core.committee_at(statement.epoch - 1)
+        except UserError:
+            before = None  # the epoch of this node's anchor: it held nothing before it
+        if before is None or not before.has_node(me) or shard not in before.shards_of(me):
+            raise HTTPError(409, "not_old_holder", f"this node did not hold shard {shard} in epoch "
+                            f"{statement.epoch - 1}: it has nothing of it to hand over")
+        if shard in self.core.shards:
+            raise HTTPError(409, "shard_held", f"this node holds shard {shard} again in its current epoch "
+                            f"{self.core.committee.epoch}: it keeps its slivers")
+        return json_response(await self.service.release(statement))
