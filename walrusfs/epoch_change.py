@@ -35,11 +35,11 @@ from .protocol import routes
 from .protocol.auth import sign_request
 from .protocol.chain import CHAIN_VERSION, ChainError, CommitteeChain, CommitteeLink
 from .protocol.committee import Committee, NodeInfo
+from .protocol.handover import HandoverError, HandoverStatus
 from .protocol.rebalance import shard_moves
 from .protocol.tls import client_context
 
 log = logging.getLogger(__name__)
-HANDOVER = "/v1/handover"  # HANDOVER on epoch-handover's branch: use it once merged
 
 REQUEST_TIMEOUT = 10.0
 RETRY_DELAY = 1.0  # seconds between asking a node again (down, or busy with the last handover)
@@ -323,11 +323,11 @@ def _get_json(node: NodeInfo, route: str, timeout: float = 5.0) -> dict[str, Any
 
 def node_handover(node: NodeInfo, timeout: float = 5.0) -> dict[str, Any]:
     """A node's ``GET /v1/handover`` (docs/epochs.md); EpochChangeError if it gives none."""
-    status = _get_json(node, HANDOVER, timeout)
-    if status.get("version") != 1:
-        raise EpochChangeError(f"{node.id} answered {HANDOVER} with a status of version "
-                               f"{status.get('version')}; this walrusfs reads 1: upgrade it")
-    return status
+    status = _get_json(node, routes.HANDOVER, timeout)
+    try:  # the format's one reader (HandoverStatus, v1) checks it; what comes back is its canonical form
+        return HandoverStatus.from_json(json.dumps(status)).to_dict()
+    except HandoverError as error:
+        raise EpochChangeError(f"{node.id} answered {routes.HANDOVER} with {error}") from None
 
 
 def handover_progress(previous: Committee, current: Committee,
@@ -364,12 +364,12 @@ def _gained(status: dict[str, Any], shard: int, epoch: int) -> dict[str, Any] | 
 
 
 def fetch_statuses(nodes: Sequence[NodeInfo],
-                   route: str = HANDOVER) -> dict[str, dict[str, Any] | EpochChangeError]:
+                   route: str = routes.HANDOVER) -> dict[str, dict[str, Any] | EpochChangeError]:
     """Every node's /v1/handover (or ``route``: /v1/health...), asked at once; an EpochChangeError in
     place of the ones that fail."""
     def one(node: NodeInfo) -> dict[str, Any] | EpochChangeError:
         try:
-            return node_handover(node) if route == HANDOVER else _get_json(node, route)
+            return node_handover(node) if route == routes.HANDOVER else _get_json(node, route)
         except EpochChangeError as error:
             return error
 
