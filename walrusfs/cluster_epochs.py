@@ -208,53 +208,95 @@ def change_committee(root: Path, change: Change, *, timeout: float | None = None
     root = Path(root).expanduser().resolve()
     committee, members = load_cluster(root)
     operator = operator_key(root)
-    start_nodes([member for member in members if member.directory.exists()])
+    leaving = set(change.node_ids)
+    start_nodes([member for member in members if member.info.id not in leaving])
+    _start_if_possible([member for member in members if member.info.id in leaving], stream)
     chain = load_chain(root, committee)
     longer = fetch_chain(chain)
     if longer.current.epoch > chain.current.epoch:  # an earlier run got the link out, then stopped
         save_chain(root, longer)
         chain = longer
-    pending = _resume(root, chain, stream)
-    resumed = pending is not None
-    if pending is None:
+    step = _next_step(root, chain, change, stream)
+    if step is None:
         pending = _plan(root, chain, change, public_key_text(operator))
-    previous, successor = chain.current, pending.link.committee
-    joining = [ClusterNode(node, root / node.id) for node in successor.nodes if not previous.has_node(node.id)]
-    start_nodes(joining)
-    try:
-        link = collect_signatures(previous, pending.link, operator, timeout=timeout or SIGNATURE_TIMEOUT)
-    except UserError:
-        stop_nodes(joining)  # they hold nothing yet; the same command starts them again
-        raise
-    chain.extend(link)
-    save_chain(root, chain)
-    (root / PROPOSAL_FILE).unlink(missing_ok=True)
-    print(f"epoch {successor.epoch}: the committee is signed by nodes holding {len(link.signed_shards(previous))} of "
-          f"{previous.n_shards} shards of epoch {previous.epoch}", file=stream)
+        step = _Step(pending.change, chain.current, pending.link.committee, pending)
+    previous, successor = step.previous, step.successor
+    if step.pending is not None:  # not signed yet
+        joining = [ClusterNode(node, root / node.id) for node in successor.nodes if not previous.has_node(node.id)]
+        start_nodes(joining)
+        try:
+            link = collect_signatures(previous, step.pending.link, operator, timeout=timeout or SIGNATURE_TIMEOUT)
+        except UserError:
+            stop_nodes(joining)  # they hold nothing yet; the same command starts them again
+            raise
+        chain.extend(link)
+        save_chain(root, chain)
+        (root / PROPOSAL_FILE).unlink(missing_ok=True)
+        print(f"epoch {successor.epoch}: the committee is signed by nodes holding {len(link.signed_shards(previous))} "
+              f"of {previous.n_shards} shards of epoch {previous.epoch}", file=stream)
     for node_id, reason in sorted(send_links(chain, [*previous.nodes, *successor.nodes]).items()):
         print(f"warning: {node_id} did not take the new committee ({reason}); it catches up from its peers",
               file=stream)
     wait_for_handover(previous, successor, timeout=timeout, stream=stream)
-    retired = [ClusterNode(node, root / node.id) for node in previous.nodes if not successor.has_node(node.id)]
-    stop_nodes(retired)
-    if resumed and pending.change != change:
-        raise UserError(f"finished the change an earlier run had started ({pending.change.describe()}); the one "
+    # Every node that left, at this change or at one an earlier run did not see to its end: the
+    # network no longer needs them, and `cluster down` (which reads committee.toml) would not stop them.
+    retired = {node.id: node for old in chain.committees() for node in old.nodes if not successor.has_node(node.id)}
+    stop_nodes([ClusterNode(node, root / node.id) for node in retired.values() if (root / node.id).exists()])
+    if step.change != change:
+        raise UserError(f"finished the change an earlier run had started ({step.change.describe()}); the one "
                         f"asked for now ({change.describe()}) was not started: run the command again")
     return previous, successor
 
 
-def _resume(root: Path, chain: CommitteeChain, stream: Any) -> Pending | None:
-    """The change an earlier run left under way, if it is still for the next epoch."""
+@dataclass(frozen=True)
+class _Step:
+    """The change to carry out: ``pending`` is its unsigned proposal, None once its link is in the chain."""
+
+    change: Change
+    previous: Committee
+    successor: Committee
+    pending: Pending | None
+
+
+def _next_step(root: Path, chain: CommitteeChain, change: Change, stream: Any) -> _Step | None:
+    """A change an earlier run left unfinished (its proposal not yet signed, or its handover not seen
+    to its end), else None: plan ``change`` afresh."""
+    current = chain.current
     pending = Pending.load(root)
-    if pending is None:
-        return None
-    link = pending.link
-    if link.epoch == chain.current.epoch + 1 and link.previous_digest == committee_digest(chain.current):
-        print(f"finishing the committee change an earlier run started ({pending.change.describe()}, epoch "
-              f"{link.epoch})", file=stream)
-        return pending
-    (root / PROPOSAL_FILE).unlink()  # adopted already, or overtaken by another committee of that epoch
+    if pending is not None:
+        link = pending.link
+        if link.epoch == current.epoch + 1 and link.previous_digest == committee_digest(current):
+            print(f"finishing the committee change an earlier run started ({pending.change.describe()}, epoch "
+                  f"{link.epoch})", file=stream)
+            return _Step(pending.change, current, link.committee, pending)
+        (root / PROPOSAL_FILE).unlink()
+        if link.epoch <= current.epoch and \
+                committee_digest(chain.committee_at(link.epoch)) == committee_digest(link.committee):
+            # adopted: an earlier run sent the link and stopped before it saved the chain
+            print(f"finishing the committee change an earlier run started ({pending.change.describe()}, epoch "
+                  f"{link.epoch}): waiting for its handover", file=stream)
+            return _Step(pending.change, chain.committee_at(link.epoch - 1), link.committee, None)
+        unused = [node.id for node in link.committee.nodes if not any(c.has_node(node.id) for c in chain.committees())]
+        print(f"the change an earlier run proposed ({pending.change.describe()}) was overtaken by another committee "
+              f"of epoch {link.epoch}; dropped" + (f" (directories never used: {', '.join(unused)})" if unused else ""),
+              file=stream)
+    if change.action == "retire" and current.epoch > chain.anchor.epoch and change.node_ids and \
+            all(not current.has_node(i) and chain.committee_at(current.epoch - 1).has_node(i) for i in change.node_ids):
+        print(f"{', '.join(change.node_ids)} left the committee at epoch {current.epoch}; waiting for that handover",
+              file=stream)
+        return _Step(change, chain.committee_at(current.epoch - 1), current, None)
     return None
+
+
+def _start_if_possible(nodes: list[ClusterNode], stream: Any) -> None:
+    """Start nodes that are about to retire, if they can be: their shards are handed over best from
+    them, but a node that is gone for good is rebuilt from the others' recovery symbols instead."""
+    for node in nodes:
+        try:
+            start_nodes([node])
+        except (UserError, OSError) as error:
+            print(f"warning: {node.info.id} (retiring) does not start; its shards are rebuilt from the other nodes: "
+                  f"{str(error).splitlines()[0]}", file=stream)
 
 
 def _plan(root: Path, chain: CommitteeChain, change: Change, operator: str) -> Pending:

@@ -5,6 +5,7 @@ chain beside committee.toml, the pending proposal, and handover progress from /v
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from walrusfs.cluster_epochs import (
     CHAIN_FILE,
     Change,
     Pending,
+    _next_step,
     create_nodes,
     load_chain,
     operator_key,
@@ -189,3 +191,46 @@ def test_a_signature_that_does_not_verify_counts_for_nothing(tmp_path: Path) -> 
     assert not round_.quorum_reached and round_.still_possible()  # node-0 could still sign
     round_.refusals["node-0"] = "no"
     assert not round_.still_possible()
+
+
+# --- an interrupted change is finished by running the command again ----------------------------------------
+
+
+def test_a_proposal_not_yet_signed_is_proposed_again_unchanged(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    pending = Pending(Change("retire", node_ids=("node-2",)), propose(first, rebalance(first, retiring=["node-2"])))
+    pending.save(tmp_path)
+    step = _next_step(tmp_path, CommitteeChain(first), Change("add", count=1), io.StringIO())
+    assert step is not None and step.pending is not None and step.change == pending.change
+    assert committee_digest(step.successor) == committee_digest(pending.link.committee)
+    assert (tmp_path / "proposal.json").exists()  # kept until the signed link is saved
+
+
+def test_a_proposal_whose_link_the_nodes_already_adopted_goes_on_to_its_handover(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    successor = rebalance(first, retiring=["node-2"])
+    Pending(Change("retire", node_ids=("node-2",)), propose(first, successor)).save(tmp_path)
+    chain = signed_by_all(tmp_path, first, successor)  # what the nodes serve: the run stopped after sending it
+    out = io.StringIO()
+    step = _next_step(tmp_path, chain, Change("retire", node_ids=("node-2",)), out)
+    assert step is not None and step.pending is None
+    assert step.previous == first and step.successor == successor
+    assert not (tmp_path / "proposal.json").exists() and "waiting for its handover" in out.getvalue()
+
+
+def test_a_proposal_overtaken_by_another_committee_is_dropped(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    retire_two = propose(first, rebalance(first, retiring=["node-2"]))
+    Pending(Change("retire", node_ids=("node-2",)), retire_two).save(tmp_path)
+    chain = signed_by_all(tmp_path, first, rebalance(first, retiring=["node-1"]))  # another epoch 2
+    out = io.StringIO()
+    assert _next_step(tmp_path, chain, Change("add", count=1), out) is None  # plan the new change afresh
+    assert not (tmp_path / "proposal.json").exists() and "overtaken" in out.getvalue()
+
+
+def test_retiring_a_node_that_left_at_the_last_change_waits_for_that_handover(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    chain = signed_by_all(tmp_path, first, rebalance(first, retiring=["node-2"]))
+    step = _next_step(tmp_path, chain, Change("retire", node_ids=("node-2",)), io.StringIO())
+    assert step is not None and step.pending is None and step.previous == first and step.successor == chain.current
+    assert _next_step(tmp_path, chain, Change("retire", node_ids=("node-1",)), io.StringIO()) is None
