@@ -114,7 +114,7 @@ def collect_signatures(previous: Committee, link: CommitteeLink, operator: Ed255
     def ask(node: NodeInfo) -> None:
         with _client(node) as http:
             while not done.is_set() and clock() < deadline:
-                outcome = _ask_once(http, node, body, operator)
+                outcome = _ask_once(http, node, body, operator, previous.epoch)
                 if isinstance(outcome, bytes):
                     round_.add(node.id, outcome)
                     break
@@ -145,9 +145,10 @@ def collect_signatures(previous: Committee, link: CommitteeLink, operator: Ed255
         f"the same command again (the nodes that signed sign this same committee again, never another)")
 
 
-def _ask_once(http: httpx.Client, node: NodeInfo, body: bytes,
-              operator: Ed25519PrivateKey) -> bytes | tuple[bool, str]:
-    """The node's signature, or (final, reason): final when asking again cannot help."""
+def _ask_once(http: httpx.Client, node: NodeInfo, body: bytes, operator: Ed25519PrivateKey,
+              epoch: int) -> bytes | tuple[bool, str]:
+    """The node's signature, or (final, reason): final when asking again cannot help. ``epoch``: the
+    proposal's predecessor's."""
     target = routes.COMMITTEE_PROPOSALS
     headers = {"Authorization": sign_request(operator, "POST", target, node, body),
                "Content-Type": "application/json"}
@@ -161,8 +162,12 @@ def _ask_once(http: httpx.Client, node: NodeInfo, body: bytes,
         except (ValueError, KeyError, TypeError, binascii.Error):
             return True, f"answered 200 without a signature: {response.text[:200]}"
     reason = _reason(response)
-    # 409 handover_incomplete: the node is still taking in the shards of the last change; 429/503: busy
-    busy = response.status_code in (429, 503) or (response.status_code == 409 and "handover_incomplete" in reason)
+    # 409 handover_incomplete: the node is still taking in the shards of the last change; a node behind
+    # the epoch of the proposal's predecessor catches up from its peers; 429/503: busy
+    node_epoch = _epoch_of(response)
+    behind = node_epoch is not None and node_epoch < epoch
+    busy = response.status_code in (429, 503) or (response.status_code == 409 and (
+        "handover_incomplete" in reason or ("proposal_does_not_follow" in reason and behind)))
     return not busy, reason
 
 

@@ -27,7 +27,7 @@ from walrusfs.cluster_epochs import (
 )
 from walrusfs.epoch_change import EpochChangeError, SignatureRound, handover_progress
 from walrusfs.errors import UserError
-from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text
+from walrusfs.keys import decode_public_key, generate_key, load_key, public_bytes, public_key_text
 from walrusfs.ports import free_port_range
 from walrusfs.protocol.chain import ChainError, CommitteeChain, committee_digest, propose, sign_link
 from walrusfs.protocol.committee import Committee
@@ -234,3 +234,36 @@ def test_retiring_a_node_that_left_at_the_last_change_waits_for_that_handover(tm
     step = _next_step(tmp_path, chain, Change("retire", node_ids=("node-2",)), io.StringIO())
     assert step is not None and step.pending is None and step.previous == first and step.successor == chain.current
     assert _next_step(tmp_path, chain, Change("retire", node_ids=("node-1",)), io.StringIO()) is None
+
+
+# --- committee plan, for a deployment's operator ------------------------------------------------------------
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "walrusfs.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_committee_plan_writes_the_rebalanced_next_committee_and_names_the_moves(tmp_path: Path) -> None:
+    first = make(tmp_path)  # no node runs: the chain is the committee file's alone
+    key = public_key_text(generate_key())
+    planned = cli("committee", "plan", "--committee", tmp_path / "committee.toml", "--retire", "node-1",
+                  "--join", "node-9", "http://127.0.0.1:9999", key, "-o", tmp_path / "next.toml")
+    assert planned.returncode == 0, planned.stderr
+    nxt = Committee.load(tmp_path / "next.toml")
+    assert nxt == rebalance(first, joining=[nxt.node("node-9")], retiring=["node-1"])
+    assert nxt.node("node-9").url == "http://127.0.0.1:9999" and nxt.node("node-9").public_key == decode_public_key(key)
+    assert "epoch 2: 2 of 8 shards move (1: node-1 -> node-9, 5: node-1 -> node-9)" in planned.stderr
+    refused = cli("committee", "plan", "--committee", tmp_path / "committee.toml", "--join", "node-0",
+                  "http://127.0.0.1:9999", key)
+    assert refused.returncode != 0 and "already in the committee" in refused.stderr
+
+
+def test_committee_propose_refuses_a_committee_that_is_not_for_the_next_epoch(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    rebalance(rebalance(first, retiring=["node-0"]), retiring=["node-1"]).write(tmp_path / "epoch3.toml")
+    refused = cli("committee", "propose", tmp_path / "epoch3.toml", "--committee", tmp_path / "committee.toml",
+                  "--operator-key", tmp_path / "operator.key")
+    assert refused.returncode != 0
+    assert "is a committee for epoch 3, and the network is at epoch 1: propose a committee for epoch 2" in \
+        refused.stderr
