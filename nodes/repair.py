@@ -154,11 +154,10 @@ class RepairService:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     async def _epoch_changed(self, previous: Committee, current: Committee) -> None:
-        """Peers follow the committee; every certified blob is checked against the new assignment."""
+        """Peers follow the committee. (Slivers of the shards gained come by handover, nodes.handover,
+        not by rebuilding every blob here: repair is its safety net, through the feed and scrubbing.)"""
         if self.peers is not None:
             self.peers.set_nodes(peer_nodes(self.core.chain))
-        for blob in sorted(self.store.certified - self.store.invalid - self.store.tombstones):
-            self.enqueue(blob)
 
     # --- what triggers repair ------------------------------------------------------------------------
 

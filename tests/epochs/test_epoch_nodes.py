@@ -28,6 +28,7 @@ from walrusfs.protocol.committee import Committee, NodeInfo
 from walrusfs.redstuff import SliverKind
 
 FAST_REPAIR = {"sync_interval": 0.5, "grace": 0.5, "scrub_interval": 3600.0}
+JOINER_REPAIR = {**FAST_REPAIR, "scrub_interval": 1.0}  # its scrubber finds what its new shard lacks
 JOINER = "node-4"
 
 
@@ -46,9 +47,10 @@ class Network(LocalNetwork):
         self.joiner_info = NodeInfo(JOINER, f"http://127.0.0.1:{port}", public_bytes(self.joiner_key), (3,))
         self.joiner: subprocess.Popen | None = None
         for directory in [*(self.root / node for node in self.node_ids), self.joiner_dir]:
+            repair = JOINER_REPAIR if directory == self.joiner_dir else FAST_REPAIR
             config = {"node_id": directory.name, "listen": f"127.0.0.1:{self._port(directory.name, port)}",
                       "data_dir": "data", "signing_key": "node.key", "committee": "../committee.toml",
-                      "repair": FAST_REPAIR, "epochs": {"proposers": [public_key_text(self.operator)]}}
+                      "repair": repair, "epochs": {"proposers": [public_key_text(self.operator)]}}
             (directory / "config.toml").write_text(tomli_w.dumps(config))
 
     def _port(self, node_id: str, joiner_port: int) -> int:
@@ -95,8 +97,13 @@ class Network(LocalNetwork):
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Network]:
-    with Network(tmp_path / "network") as net:
+    """Configured, not started: each test starts the nodes it needs (a node process takes seconds to
+    start on a loaded machine)."""
+    net = Network(tmp_path / "network")
+    try:
         yield net
+    finally:
+        net.stop_all()
 
 
 def post_next(url: str, *links: CommitteeLink) -> httpx.Response:
@@ -129,6 +136,7 @@ QUORUM_SIGNERS = ["node-0", "node-1", "node-2"]  # 3 of 4 shards: n - f
 
 
 def test_a_node_adopts_a_signed_link_serves_the_chain_and_keeps_it_across_kill_9(network: Network) -> None:
+    network.start("node-0")
     link = network.link(network.epoch2(), QUORUM_SIGNERS)
     url = network.url("node-0")
     assert chain_of(url) == {"version": 1, "epoch": 1, "links": []}
@@ -150,6 +158,7 @@ def test_a_node_adopts_a_signed_link_serves_the_chain_and_keeps_it_across_kill_9
 
 
 def test_every_response_carries_the_epoch_header(network: Network) -> None:
+    network.start("node-1")
     url = network.url("node-1")
     assert httpx.get(url + routes.HEALTH).headers[routes.EPOCH_HEADER] == "1"
     missing = httpx.get(url + "/v1/no/such/route")
@@ -158,38 +167,35 @@ def test_every_response_carries_the_epoch_header(network: Network) -> None:
     assert httpx.get(url + routes.HEALTH).headers[routes.EPOCH_HEADER] == "2"
 
 
-@pytest.mark.parametrize(("forge", "status", "reason"), [
-    ("too_few", 422, "signed by nodes holding 2 shards of epoch 1; it needs 3"),
-    ("wrong_keys", 422, "signed by nodes holding 0 shards"),
-    ("other_predecessor", 422, "another committee than the epoch 1 committee"),
-    ("gap", 409, "next link it can take is for epoch 2, not 3"),
-])
-def test_a_link_that_does_not_verify_or_follow_is_refused_and_nothing_changes(
-        network: Network, forge: str, status: int, reason: str) -> None:
-    successor = network.epoch2()
-    if forge == "too_few":
-        link = network.link(successor, ["node-0", "node-1"])
-    elif forge == "wrong_keys":  # names of members, signatures by other keys: a forgery
-        link = propose(network.committee, successor)
-        for node_id in QUORUM_SIGNERS:
-            link = link.with_signature(node_id, sign_link(generate_key(), network.committee, successor))
-    elif forge == "other_predecessor":
-        other = Committee(1, 4, network.committee.nodes, frozenset({public_bytes(generate_key())}))
-        link = network.link(successor, QUORUM_SIGNERS, previous=other)
-        link = CommitteeLink(link.previous_digest, successor, link.signatures)
-    else:
-        epoch3 = Committee(3, 4, successor.nodes, successor.writer_keys)
-        link = network.link(epoch3, ["node-0", "node-1", "node-2", "node-4"], previous=successor)
+def test_a_link_that_does_not_verify_or_follow_is_refused_with_the_reason_and_nothing_changes(
+        network: Network) -> None:
+    network.start("node-2")
     url = network.url("node-2")
-    refused = post_next(url, link)
-    assert refused.status_code == status, refused.text
-    assert reason in refused.json()["message"]
-    assert chain_of(url) == {"version": 1, "epoch": 1, "links": []} and health(url)["epoch"] == 1
-    chain_file = json.loads((network.root / "node-2" / "data" / "epochs" / "chain.json").read_text())
-    assert chain_file["links"] == []
+    successor = network.epoch2()
+    forged = propose(network.committee, successor)  # names of members, signatures by other keys
+    for node_id in QUORUM_SIGNERS:
+        forged = forged.with_signature(node_id, sign_link(generate_key(), network.committee, successor))
+    other = Committee(1, 4, network.committee.nodes, frozenset({public_bytes(generate_key())}))
+    elsewhere = network.link(successor, QUORUM_SIGNERS, previous=other)  # signed after another epoch 1
+    epoch3 = Committee(3, 4, successor.nodes, successor.writer_keys)
+    cases = [
+        (network.link(successor, ["node-0", "node-1"]), 422, "signed by nodes holding 2 shards of epoch 1; it needs 3"),
+        (forged, 422, "signed by nodes holding 0 shards"),
+        (elsewhere, 422, "another committee than the epoch 1 committee"),
+        (network.link(epoch3, ["node-0", "node-1", "node-2", JOINER], previous=successor), 409,
+         "next link it can take is for epoch 2, not 3"),
+    ]
+    for link, status, reason in cases:
+        refused = post_next(url, link)
+        assert refused.status_code == status, refused.text
+        assert reason in refused.json()["message"]
+        assert chain_of(url) == {"version": 1, "epoch": 1, "links": []} and health(url)["epoch"] == 1
+        chain_file = json.loads((network.root / "node-2" / "data" / "epochs" / "chain.json").read_text())
+        assert chain_file["links"] == []
 
 
 def test_a_link_conflicting_with_an_adopted_one_is_refused_as_a_fork(network: Network) -> None:
+    network.start("node-0")
     url = network.url("node-0")
     assert post_next(url, network.link(network.epoch2(), QUORUM_SIGNERS)).status_code == 200
     rival = Committee(2, 4, network.committee.nodes, frozenset({public_bytes(generate_key())}))
@@ -202,6 +208,7 @@ def test_a_link_conflicting_with_an_adopted_one_is_refused_as_a_fork(network: Ne
 
 
 def test_a_node_signs_a_proposal_of_its_proposer_once_per_epoch_also_across_a_restart(network: Network) -> None:
+    network.start("node-1")
     successor = network.epoch2()
     unsigned = propose(network.committee, successor)
     signed = propose_to(network, "node-1", unsigned)
@@ -215,15 +222,18 @@ def test_a_node_signs_a_proposal_of_its_proposer_once_per_epoch_also_across_a_re
     assert record == {"version": 1, "signed": {"2": committee_digest(successor).hex()}}
 
     rival = Committee(2, 4, network.committee.nodes, successor.writer_keys)
-    for _ in range(2):
+    for restarted in (False, True):
+        if restarted:
+            network.kill9("node-1")
+            network.start("node-1")
         refused = propose_to(network, "node-1", propose(network.committee, rival))
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == "signed_another"
         assert "never signs two successors of one epoch" in refused.json()["message"]
-        network.restart("node-1")
 
 
 def test_a_proposal_not_signed_by_a_proposer_is_refused(network: Network) -> None:
+    network.start("node-0")
     unsigned = propose(network.committee, network.epoch2())
     stranger = propose_to(network, "node-0", unsigned, key=generate_key())
     assert stranger.status_code == 403 and "not one of this node's proposers" in stranger.json()["message"]
@@ -235,6 +245,7 @@ def test_a_proposal_not_signed_by_a_proposer_is_refused(network: Network) -> Non
 
 
 def test_a_proposal_that_does_not_follow_the_current_committee_is_refused(network: Network) -> None:
+    network.start("node-0")
     successor = network.epoch2()
     epoch3 = Committee(3, 4, successor.nodes, successor.writer_keys)
     refused = propose_to(network, "node-0", propose(successor, epoch3))
@@ -261,6 +272,7 @@ def test_a_joining_node_waits_in_standby_until_a_link_gives_it_shards(network: N
 
 
 def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: Network) -> None:
+    network.start("node-0", "node-1")
     link = network.link(network.epoch2(), QUORUM_SIGNERS)
     assert post_next(network.url("node-1"), link).status_code == 200
     url = network.url("node-0")
@@ -276,6 +288,7 @@ def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: N
 
 def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_new_assignment(
         network: Network) -> None:
+    network.start()
     stored = store(network, b"certified in epoch 1" * 5000)
     assert stored.certificate.epoch == 1
     network.start_joiner()
@@ -292,7 +305,8 @@ def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_
     assert put.status_code in (200, 201), put.text
 
     # The joining node learns the blob from its peers' feeds (each entry's epoch-1 certificate
-    # verified through the chain) and rebuilds its shard-3 slivers: repair works on epoch 2's shards.
+    # verified through the chain); its scrubber finds the slivers of its new shard 3 missing and
+    # repair rebuilds them: both work on epoch 2's assignment.
     geometry = network.committee.geometry
     pair = geometry.pair_of_shard(3, stored.blob_id.raw)
     start = time.monotonic()
@@ -304,3 +318,28 @@ def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_
         time.sleep(0.3)
     sliver = httpx.get(network.url(JOINER) + routes.sliver(stored.blob_id, pair, SliverKind.PRIMARY), timeout=10)
     assert sliver.status_code == 200
+
+
+# --- the config's committee at start -------------------------------------------------------------------
+
+
+def test_a_config_committee_newer_than_the_chain_needs_links_to_reach_it(network: Network) -> None:
+    network.start("node-0")
+    network.stop("node-0")
+    successor = network.epoch2()
+    successor.write(network.root / "committee-2.toml")
+    config = network.config("node-0")
+    config.write_text(config.read_text().replace("../committee.toml", "../committee-2.toml"))
+
+    # No node can show how epoch 1 led to epoch 2: the file alone is not trusted.
+    refused = subprocess.run([sys.executable, "-m", "nodes", "--config", str(config)], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to start" in refused.stderr
+    assert "is for epoch 2, but this node's chain" in refused.stderr and "ends at epoch 1" in refused.stderr
+
+    # A peer that has the link: the node takes it at start, verified, and starts at epoch 2.
+    network.start("node-1")
+    assert post_next(network.url("node-1"), network.link(successor, QUORUM_SIGNERS)).status_code == 200
+    network.start("node-0")
+    assert health(network.url("node-0"))["epoch"] == 2
