@@ -6,6 +6,7 @@ A cluster directory holds everything for N storage nodes on 127.0.0.1::
     writer.key              the writer's ed25519 key (clients sign writes with it)
     operator.key            the operator's ed25519 key: nodes sign the next committee it proposes
     chain.json              the committee chain, once the committee changed (walrusfs.cluster_epochs)
+    first-committee.toml    the chain's first committee: what nodes added later are configured with
     node-<i>/config.toml    node i's configuration (listen 127.0.0.1:<base port + i>)
     node-<i>/node.key       node i's signing key
     node-<i>/data/          node i's slivers
@@ -162,19 +163,22 @@ def init_cluster(root: Path, nodes: int = DEFAULT_NODES, shards: int | None = No
     return committee
 
 
-def write_node_config(directory: Path, node_id: str, port: int, operator: str) -> None:
-    """A bundled node's config.toml: it reads the cluster's committee.toml, and signs the next
-    committee when the operator key (base64 public key ``operator``) proposes it."""
+def write_node_config(directory: Path, node_id: str, port: int, operator: str,
+                      committee: str = COMMITTEE_FILE) -> None:
+    """A bundled node's config.toml: it reads the cluster's ``committee`` file (committee.toml; a
+    node added later the first committee, its chain's anchor), and signs the next committee when the
+    operator key (base64 public key ``operator``) proposes it."""
     (directory / "config.toml").write_text(tomli_w.dumps({
         "node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data", "signing_key": "node.key",
-        "committee": f"../{COMMITTEE_FILE}", "epochs": {"proposers": [operator]}}))
+        "committee": f"../{committee}", "epochs": {"proposers": [operator]}}))
 
 
 def _remove_cluster_files(root: Path) -> None:
     committee = Committee.load(root / COMMITTEE_FILE)
     for node in committee.nodes:
         shutil.rmtree(root / node.id, ignore_errors=True)
-    for name in (COMMITTEE_FILE, WRITER_KEY_FILE, OPERATOR_KEY_FILE, "chain.json", "proposal.json"):
+    for name in (COMMITTEE_FILE, WRITER_KEY_FILE, OPERATOR_KEY_FILE, "chain.json", "proposal.json",
+                 "first-committee.toml"):
         (root / name).unlink(missing_ok=True)
 
 

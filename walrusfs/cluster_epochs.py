@@ -6,12 +6,13 @@ Besides walrusfs.cluster's files, a cluster directory holds::
     operator.key     the operator's key: every node config lists its public key as [epochs] proposers
     chain.json       the committee chain (walrusfs.protocol.chain, format v1) from the first committee to
                      the current one; committee.toml is always its current committee
-    proposal.json    a change under way: {"version": 1, "action": "add"|"retire", "nodes": [ids],
-                     "link": <the unsigned link>}; present from before the first node is asked to sign
-                     until the signed link is saved
+    first-committee.toml  the chain's first committee, which nodes added later are configured with
+    proposal.json    a change under way: {"version": 1, "action": "add"|"retire", "count": K, "nodes":
+                     [ids retiring], "link": <the unsigned link>}; present from before the first node is
+                     asked to sign until the signed link is saved
 
-A change: start the new nodes (in standby: their config's committee does not name them), propose the
-rebalanced committee (walrusfs.protocol.rebalance) to the current nodes, collect signatures covering
+A change: start the new nodes (in standby: their config's committee, the first, does not name them),
+propose the rebalanced committee (walrusfs.protocol.rebalance) to the current nodes, collect signatures covering
 n - f shards, save the chain and committee.toml, give every node the link, then wait until every
 shard that moved is synced on its new holder, with a progress bar. Interrupted anywhere, the same
 command finishes it: the proposal is kept, because nodes that signed it sign no other for that epoch.
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .epoch_change import HandoverProgress
 
 CHAIN_FILE = "chain.json"
+FIRST_COMMITTEE_FILE = "first-committee.toml"
 PROPOSAL_FILE = "proposal.json"
 PROPOSAL_VERSION = 1
 POLL_INTERVAL = 0.5  # seconds between two looks at the handover
@@ -148,10 +150,18 @@ def operator_key(root: Path) -> Ed25519PrivateKey:
 
 def create_nodes(root: Path, chain: CommitteeChain, count: int, operator: str) -> list[NodeInfo]:
     """``count`` node directories (key, config, data) with ids and ports after every one any committee
-    of the chain used (a retired node's id is never given to another key); they hold no shards yet."""
+    of the chain used (a retired node's id is never given to another key); they hold no shards yet.
+
+    Their config names the chain's first committee (DIR/first-committee.toml), not the current one:
+    a node checks a certificate against the committee of its epoch, and knows only the epochs from
+    its chain's anchor on, which is its config's committee at its first start. That committee does
+    not name them either, so they start in standby; the links up to now are sent to them."""
     if count < 1:
         raise UserError(f"--nodes must be at least 1, not {count}")
     root = Path(root)
+    first_committee = root / FIRST_COMMITTEE_FILE
+    if not first_committee.exists():
+        replace_durably(first_committee, chain.anchor.dumps().encode(), mode=0o644)
     current = chain.current
     used = {node.id for committee in chain.committees() for node in committee.nodes}
     used |= {path.name for path in root.glob("node-*")}
@@ -166,7 +176,7 @@ def create_nodes(root: Path, chain: CommitteeChain, count: int, operator: str) -
         (directory / "data").mkdir(parents=True)
         key = generate_key()
         write_key(directory / "node.key", key)
-        write_node_config(directory, f"node-{index}", port, operator)
+        write_node_config(directory, f"node-{index}", port, operator, FIRST_COMMITTEE_FILE)
         infos.append(NodeInfo(f"node-{index}", f"{'https' if tls else 'http'}://127.0.0.1:{port}", public_bytes(key),
                               (), node_certificate(key) if tls else None))
         port += 1

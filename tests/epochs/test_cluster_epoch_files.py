@@ -85,13 +85,16 @@ def test_new_nodes_take_ids_and_ports_after_every_one_a_committee_ever_used(tmp_
     operator = public_key_text(generate_key())
     new = create_nodes(tmp_path, chain, 2, operator)
     assert [node.id for node in new] == ["node-4", "node-5"]
+    assert Committee.load(tmp_path / "first-committee.toml") == first
     last_port = max(int(node.url.rsplit(":", 1)[1]) for node in first.nodes)
     ports = [int(node.url.rsplit(":", 1)[1]) for node in new]
     assert ports[0] > last_port and ports[1] > ports[0]
     for node, port in zip(new, ports, strict=True):
         assert node.shards == () and node.url.startswith("http://")
         config = tomllib.loads((tmp_path / node.id / "config.toml").read_text())
-        assert config["listen"] == f"127.0.0.1:{port}" and config["committee"] == "../committee.toml"
+        assert config["listen"] == f"127.0.0.1:{port}"
+        # the chain's first committee: the node can then check certificates of every epoch since
+        assert config["committee"] == "../first-committee.toml"
         assert config["epochs"]["proposers"] == [operator]
         assert public_bytes(load_key(tmp_path / node.id / "node.key")) == node.public_key
 
