@@ -82,6 +82,8 @@ def _print_status(status: dict[str, Any]) -> None:
         print(table(["shard", "from", "to", "state", "moved", "to move"],
                     [[str(s["shard"]), s["from"], s["to"], s["state"], str(s["bytes_moved"]),
                       str(s["bytes_to_move"])] for s in handover["shards"]]))
+    for node_id, reason in sorted(handover["unreachable"].items()):
+        print(f"{node_id}: no handover status: {reason}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
