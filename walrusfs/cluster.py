@@ -57,11 +57,11 @@ DEFAULT_NODES = 7
 # The shard count is fixed for the life of a network and a node holds at least one shard, so it
 # bounds how far the network can grow: with one shard per node no node could ever join. Two per
 # node let 7 nodes grow to 14, each newcomer taking a shard off a loaded node. Not more, because the
-# codec's work per byte grows with the shard count (`walrusfs bench codec --size 32`, CPU-seconds:
-# encode 292 MB/s at n=7, 182 at 14, 121 at 21, 78 at 28; docs/epochs.md, "Choosing the shard
-# count"), and on the bundled network the mount's writes are CPU-bound (docs/performance.md: about
-# 10 CPU-seconds per GiB, 4 of them the client's encoding): 21 shards would add ~5 CPU-seconds per
-# GiB to the writer alone, 14 add ~2. Past 32 every figure is below a third of n=7's.
+# codec's work per byte grows with the shard count (`walrusfs bench codec --size 32`, MB encoded per
+# CPU-second: 253-267 at n=7, 147-173 at 14, 119-124 at 21, 74 at 28; docs/epochs.md, "Choosing the
+# shard count"), and on the bundled network the mount's writes are CPU-bound (docs/performance.md:
+# about 10 CPU-seconds per GiB, 4 of them the client's encoding): 21 shards would add ~5 CPU-seconds
+# per GiB to the writer alone, 14 about 2.5. Past 28 encoding costs 3.5x what it does at n=7.
 DEFAULT_SHARDS_PER_NODE = 2
 MAX_DEFAULT_SHARDS = 32
 COMMITTEE_FILE = "committee.toml"
