@@ -4,6 +4,10 @@ Reads are public; writes and deletions need a committee writer's signature (walr
 Everything uploaded is verified against the blob ID in the path before it is stored; everything
 served was checksum-verified as it was read from disk. Hashing, erasure coding and disk I/O run in a
 thread pool so the event loop only moves bytes.
+
+Length: the routing and the blob, sliver, root and inventory routes, which share the request checks;
+every other family of routes (repair, leases, epochs, handover) is its own ``*_api`` module, wired in
+here. The next cut is the sliver routes (PUT, GET, recovery symbols) into their own module.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from .core import NodeCore
 from .epochs import EpochService
 from .epochs_api import EpochsAPI
 from .fs_records import parse_fs_id, read_record, store_record
+from .handover import HandoverService
+from .handover_api import HandoverAPI
 from .http import (
     OCTETS,
     ClientDisconnected,
@@ -101,6 +107,8 @@ class NodeApp:
         self.lease_api = LeaseAPI(core, self.leases)
         self.epochs = EpochService(core)
         self.epochs_api = EpochsAPI(core, self.epochs)
+        self.handover = HandoverService(core, self.repair)  # registers itself with the core
+        self.handover_api = HandoverAPI(core, self.handover)
         self._handlers = self._routes()
 
     @property
@@ -115,7 +123,7 @@ class NodeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.core, self.repair, self.memory, self.epochs)
+            await _lifespan(receive, send, self.core, self.repair, self.memory, self.epochs, self.handover)
             return
         if scope["type"] != "http":
             return
@@ -154,6 +162,7 @@ class NodeApp:
             **self.repair_api.routes(),
             **self.lease_api.routes(),
             **self.epochs_api.routes(),
+            **self.handover_api.routes(),
         }
 
     def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
@@ -471,9 +480,9 @@ def _parse_kind(text: str) -> SliverKind:
 
 
 async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: RepairService, memory: MemoryKeeper,
-                    epochs: EpochService) -> None:
-    """Repair, the memory keeper and the epoch follower run in the server's event loop from startup
-    to shutdown."""
+                    epochs: EpochService, handover: HandoverService) -> None:
+    """Repair, the memory keeper, the epoch follower and the handover run in the server's event loop
+    from startup to shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -483,6 +492,7 @@ async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: Repair
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await epochs.stop()
+            await handover.stop()
             await memory.stop()
             await repair.stop()
             core.close()

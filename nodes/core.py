@@ -70,6 +70,9 @@ class NodeCore:
         # Whether this node's own handover into the current epoch is complete (every shard it gained
         # is synced): it signs no successor before (docs/epochs.md). nodes.handover replaces it.
         self.handover_complete: Callable[[], bool] = lambda: True
+        # Shards this node gained and is still receiving from their old holders (nodes.handover sets
+        # it): repair leaves them to the handover, which copies what recovery would rebuild at a cost.
+        self.receiving: frozenset[int] = frozenset()
 
     # --- the committee of the current epoch --------------------------------------------------------------
 

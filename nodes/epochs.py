@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from walrusfs.durable import replace_durably
 from walrusfs.errors import UserError
 from walrusfs.protocol import routes
 from walrusfs.protocol.chain import ChainError, CommitteeChain, CommitteeLink, committee_digest, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
+from walrusfs.protocol.tls import node_certificate
 from walrusfs.protocol.transport import node_mounts, tls_context
 
 from .core import NodeCore, shards_in
@@ -162,6 +164,18 @@ def own_entry(chain: CommitteeChain, node_id: str) -> NodeInfo | None:
     for committee in reversed(chain.committees()):
         if committee.has_node(node_id):
             return committee.node(node_id)
+    return None
+
+
+def served_certificate(chain: CommitteeChain, node_id: str, key: Ed25519PrivateKey) -> bytes | None:
+    """The TLS certificate the node serves (None: plain HTTP): the one of its newest committee entry;
+    a node no committee named yet (joining) serves its key's certificate if the nodes of its current
+    committee serve TLS, since the committee that admits it will pin that certificate."""
+    entry = own_entry(chain, node_id)
+    if entry is not None:
+        return entry.tls_cert
+    if any(node.tls_cert is not None for node in chain.current.nodes):
+        return node_certificate(key)
     return None
 
 

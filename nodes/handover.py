@@ -60,6 +60,7 @@ class HandoverService:
         self._mover: BlobMover | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lock: asyncio.Lock | None = None  # one state change at a time (listener, release)
+        self.register()
 
     # --- state ---------------------------------------------------------------------------------------
 
@@ -127,12 +128,14 @@ class HandoverService:
         if self._lock is None:
             self._lock = asyncio.Lock()
             self._slots = asyncio.Semaphore(self.concurrency)
+        # Before anything yields: the chain is current already, and a read of a shard handed off, or
+        # a repair of one being received, must not find the core without its new lists.
+        self._plan(previous, current)
+        self.core.set_handing_off(self.handing_off())
+        self.core.receiving = self.receiving()
         async with self._lock:
             await self._cancel_tasks()
-            self._plan(previous, current)
             await self.save()
-            self.core.set_handing_off(self.handing_off())
-            self.core.receiving = self.receiving()
             if self._client is not None:
                 await self._client.close()
             nodes = {node.id: node for committee in (previous, current) for node in committee.nodes}
@@ -276,6 +279,8 @@ class HandoverService:
                 await self._client.synced(entry.source, statement, Meter())
             except FetchError as error:
                 attempt += 1
+                if error.code == "unknown_epoch" and await self._send_links(entry):
+                    continue  # it was behind: it knows the epoch now
                 # An old holder that is gone for good is asked forever, rarely: the shard is synced already.
                 log.log(logging.WARNING if attempt <= 3 else logging.DEBUG,
                         "synced statement for shard %d not acknowledged yet: %s", entry.shard, error)
@@ -284,6 +289,18 @@ class HandoverService:
             entry.released = True
             await self.save()
             log.info("old holder %s released shard %d", entry.source, entry.shard)
+
+    async def _send_links(self, entry: GainedShard) -> bool:
+        """Bring an old holder that missed the change up to this node's epoch (the links certify
+        themselves), so that it can check the synced statement."""
+        assert self._client is not None
+        links = [link.to_dict() for link in self.core.chain.links]  # it skips those it has
+        try:
+            await self._client.links(entry.source, links, Meter())
+        except FetchError as error:
+            log.warning("could not send %s the committee links it lacks: %s", entry.source, error)
+            return False
+        return True
 
     # --- the old holder ------------------------------------------------------------------------------
 

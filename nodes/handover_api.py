@@ -34,7 +34,15 @@ class HandoverAPI:
     async def status(self, request: Request) -> Response:
         return json_response(self.service.status.to_dict())
 
-    async def shard_blobs(self, request: Request, shard: int) -> Response:
+    def _shard(self, request: Request) -> int:
+        """The shard in the path (``/v1/shards/{shard}/...``)."""
+        text, n_shards = request.segments[2], self.core.geometry.n_shards
+        if not text.isdigit() or len(text) > 5 or int(text) >= n_shards:
+            raise HTTPError(400, "bad_index", f"shard {text[:20]!r} is not an integer in [0, {n_shards})")
+        return int(text)
+
+    async def shard_blobs(self, request: Request) -> Response:
+        shard = self._shard(request)
         after = request.query.get("after")
         if after is not None:
             try:
@@ -47,7 +55,8 @@ class HandoverAPI:
         blobs, following = await self.core.in_worker(self.service.shard_blobs, shard, after, int(limit))
         return json_response(BlobListing(shard, tuple(blobs), following).to_dict())
 
-    async def synced(self, request: Request, shard: int) -> Response:
+    async def synced(self, request: Request) -> Response:
+        shard = self._shard(request)
         # The statement certifies itself (signed by the shard's new holder): no request signature.
         body = await request.read_body(MAX_STATEMENT_BODY)
         try:

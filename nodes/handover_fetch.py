@@ -35,10 +35,11 @@ class Meter:
 class FetchError(Exception):
     """A node did not answer, or answered with an error (``status`` None: no answer at all)."""
 
-    def __init__(self, node: str, what: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, node: str, what: str, reason: str, status: int | None = None, code: str = "") -> None:
         super().__init__(f"node {node}: {what}: {reason}")
         self.node = node
         self.status = status
+        self.code = code  # the node's error code ("unknown_epoch", ...), if it answered one
 
 
 class HandoverClient:
@@ -70,7 +71,8 @@ class HandoverClient:
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code not in (200, 201):
-            raise FetchError(node, what, f"HTTP {response.status_code} {response.text[:300]}", response.status_code)
+            raise FetchError(node, what, f"HTTP {response.status_code} {response.text[:300]}", response.status_code,
+                             _error_code(response.content))
         return response.content
 
     async def listing(self, node: str, shard: int, after: str | None, meter: Meter) -> BlobListing:
@@ -107,6 +109,18 @@ class HandoverClient:
         return await self._request(node, f"pair {pair} {kind.name.lower()} of {blob_id}", "GET",
                                    routes.sliver(blob_id, pair, kind), meter, missing_ok=True)
 
+    async def links(self, node: str, links: list[dict[str, Any]], meter: Meter) -> None:
+        """Committee links a node lacks (the body certifies itself: no request signature)."""
+        body = json.dumps({"version": 1, "links": links}).encode()
+        await self._request(node, "committee links", "POST", routes.COMMITTEE_NEXT, meter, body=body)
+
     async def synced(self, node: str, statement: ShardSynced, meter: Meter) -> None:
         await self._request(node, f"synced statement for shard {statement.shard}", "POST",
                             routes.shard_synced(statement.shard), meter, body=statement.to_json().encode())
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("error", ""))
+    except (ValueError, AttributeError):
+        return ""

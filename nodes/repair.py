@@ -249,7 +249,7 @@ class RepairService:
             self.enqueue(blob, delay=self.config.grace - quiet_since + 0.1)
             return None
         todo = []
-        for shard in self.core.shards:
+        for shard in set(self.core.shards) - self.core.receiving:  # the handover's until it is synced
             pair = self.geometry.pair_of_shard(shard, blob_id.raw)
             for kind in SliverKind:
                 if not self.store.has(blob_id, sliver_name(pair, kind)):

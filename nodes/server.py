@@ -29,7 +29,7 @@ from walrusfs.protocol.tls import server_context
 from . import httpd
 from .app import NodeApp
 from .config import NodeConfig
-from .epochs import open_chain, own_entry
+from .epochs import open_chain, served_certificate
 from .memory import FREE_BUDGET
 from .store import BlobStore
 
@@ -100,15 +100,14 @@ def build_app(config: NodeConfig) -> NodeApp:
 
 def _tls(app: NodeApp, server: str) -> ssl.SSLContext | None:
     """The TLS context if the committee gives this node a certificate (docs/node-api.md, TLS)."""
-    entry = own_entry(app.core.chain, app.config.node_id)  # a node in standby serves as it last did, if ever
-    certificate = None if entry is None else entry.tls_cert
+    certificate = served_certificate(app.core.chain, app.config.node_id, app.key)
     if certificate is None:
         return None
     if server != "httpd":
         raise UserError(f"the committee gives {app.config.node_id} a tls_cert, and only the node's own server "
                         f"(not --server {server}) serves TLS")
     # That certificate certifies the committee's key for this node, which is this node's key (both checked
-    # as they were loaded).
+    # as they were loaded), or is derived from this node's key (a joining node).
     return server_context(app.key, certificate)
 
 

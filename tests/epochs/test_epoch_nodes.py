@@ -21,10 +21,12 @@ import tomli_w
 from blobtools import store
 from network import _LIVE, LocalNetwork, _terminate, free_port_range
 
+from nodes.epochs import served_certificate
 from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from walrusfs.protocol import routes, sign_request
-from walrusfs.protocol.chain import CommitteeLink, committee_digest, propose, sign_link
+from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, committee_digest, propose, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
+from walrusfs.protocol.tls import node_certificate
 from walrusfs.redstuff import SliverKind
 
 FAST_REPAIR = {"sync_interval": 0.5, "grace": 0.5, "scrub_interval": 3600.0}
@@ -286,15 +288,17 @@ def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: N
 # --- certificates across epochs ------------------------------------------------------------------------
 
 
-def test_a_certificate_of_epoch_1_stays_valid_at_epoch_2_and_repair_follows_the_new_assignment(
+def test_a_certificate_of_epoch_1_stays_valid_at_epoch_3_and_repair_follows_the_new_assignment(
         network: Network) -> None:
     network.start()
     stored = store(network, b"certified in epoch 1" * 5000)
     assert stored.certificate.epoch == 1
     network.start_joiner()
-    link = network.link(network.epoch2(), QUORUM_SIGNERS)
+    epoch2 = network.epoch2()
+    epoch3 = Committee(3, epoch2.n_shards, epoch2.nodes, epoch2.writer_keys)
+    links = [network.link(epoch2, QUORUM_SIGNERS), network.link(epoch3, QUORUM_SIGNERS, previous=epoch2)]
     for node_id in [*network.node_ids, JOINER]:
-        assert post_next(network.url(node_id), link).status_code == 200
+        assert post_next(network.url(node_id), *links).json()["epoch"] == 3
 
     # A certificate PUT is checked against the committee of its epoch, found through the chain.
     node0 = network.committee.node("node-0")
@@ -343,3 +347,21 @@ def test_a_config_committee_newer_than_the_chain_needs_links_to_reach_it(network
     assert post_next(network.url("node-1"), network.link(successor, QUORUM_SIGNERS)).status_code == 200
     network.start("node-0")
     assert health(network.url("node-0"))["epoch"] == 2
+
+
+def test_a_joining_node_serves_tls_with_its_keys_certificate_when_the_network_does() -> None:
+    """What the committee that admits it will pin (``node_certificate`` of its key), from the start:
+    it cannot change scheme without a restart. Where no node serves TLS, neither does it."""
+    keys = [generate_key() for _ in range(4)]
+    joiner_key = generate_key()
+
+    def committee(tls: bool) -> Committee:
+        nodes = tuple(NodeInfo(f"node-{i}", f"{'https' if tls else 'http'}://127.0.0.1:{2000 + i}",
+                               public_bytes(key), (i,), node_certificate(key) if tls else None)
+                      for i, key in enumerate(keys))
+        return Committee(1, 4, nodes, frozenset())
+
+    tls_chain = CommitteeChain(committee(tls=True))
+    assert served_certificate(tls_chain, JOINER, joiner_key) == node_certificate(joiner_key)
+    assert served_certificate(tls_chain, "node-1", keys[1]) == tls_chain.current.node("node-1").tls_cert
+    assert served_certificate(CommitteeChain(committee(tls=False)), JOINER, joiner_key) is None

@@ -167,7 +167,7 @@ def verify_signed(header: str | None, method: str, target: str, node_id: str, no
     ``node_key``) signed by one of ``allowed`` (``role`` names them in the refusal, e.g. "one of this
     node's proposers"). The format and every check are the writers' (docs/node-api.md)."""
     if not header:
-        raise AuthError(f"this request needs an Authorization: {AUTH_SCHEME} header signed by {role}")
+        raise AuthError(f"writes need an Authorization: {AUTH_SCHEME} header signed by {role}")
     fields = _parse_header(header)
     try:
         key = base64.b64decode(fields["key"], validate=True)
