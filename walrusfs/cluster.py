@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -175,11 +176,23 @@ def write_node_config(directory: Path, node_id: str, port: int, operator: str,
 
 def _remove_cluster_files(root: Path) -> None:
     committee = Committee.load(root / COMMITTEE_FILE)
-    for node in committee.nodes:
-        shutil.rmtree(root / node.id, ignore_errors=True)
+    for node_id in {node.id for node in committee.nodes} | _former_node_ids(root):
+        shutil.rmtree(root / node_id, ignore_errors=True)
     for name in (COMMITTEE_FILE, WRITER_KEY_FILE, OPERATOR_KEY_FILE, "chain.json", "proposal.json",
                  "first-committee.toml"):
         (root / name).unlink(missing_ok=True)
+
+
+def _former_node_ids(root: Path) -> set[str]:
+    """Ids of nodes that committees before the current one named (DIR/chain.json; retired nodes
+    whose directories were kept), for ``init --force`` to remove with the rest."""
+    try:
+        chain = json.loads((root / "chain.json").read_text())
+        committees = [chain["anchor"], *(link["committee"] for link in chain["links"])]
+        return {str(node["id"]) for committee in committees for node in committee["nodes"]
+                if "/" not in str(node["id"]) and str(node["id"]) not in ("", ".", "..")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def load_cluster(root: Path) -> tuple[Committee, list[ClusterNode]]:

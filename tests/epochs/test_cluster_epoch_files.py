@@ -270,3 +270,13 @@ def test_committee_propose_refuses_a_committee_that_is_not_for_the_next_epoch(tm
     assert refused.returncode != 0
     assert "is a committee for epoch 3, and the network is at epoch 1: propose a committee for epoch 2" in \
         refused.stderr
+
+
+def test_init_force_replaces_a_cluster_whose_retired_nodes_directories_were_kept(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    save_chain(tmp_path, signed_by_all(tmp_path, first, rebalance(first, retiring=["node-3"])))
+    old_key = (tmp_path / "node-3" / "node.key").read_text()
+    again = init_cluster(tmp_path, nodes=4, shards=8, base_port=free_port_range(4), force=True)
+    assert again.epoch == 1 and again.has_node("node-3")
+    assert (tmp_path / "node-3" / "node.key").read_text() != old_key
+    assert not (tmp_path / "chain.json").exists()
