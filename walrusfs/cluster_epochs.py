@@ -59,10 +59,10 @@ FIRST_COMMITTEE_FILE = "first-committee.toml"
 PROPOSAL_FILE = "proposal.json"
 PROPOSAL_VERSION = 1
 POLL_INTERVAL = 0.5  # seconds between two looks at the handover
-RELEASE_GRACE = 30.0
+RELEASE_GRACE = 30.0  # seconds to wait, once every shard is synced, for the old holders to let go of theirs
 # How long to keep asking for signatures when no --timeout is given: nodes still taking in the last
 # change's shards answer "not yet" (they sign only once it has landed), and a node may be restarting.
-SIGNATURE_TIMEOUT = 600.0  # seconds to wait, once every shard is synced, for the old holders to let go of theirs
+SIGNATURE_TIMEOUT = 600.0
 
 
 # --- the chain and the pending change in the cluster directory ------------------------------------------------
