@@ -228,9 +228,29 @@ def _running_pid(node: ClusterNode) -> int | None:
     return pid
 
 
+# The node processes this process started, kept so that their exit status can be told ("killed
+# by signal 9", not only "exited"): a dropped Popen reaps its exited child when it is collected.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
 def _reap(pid: int) -> None:
+    if pid in _CHILDREN:
+        _CHILDREN[pid].poll()
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _how_it_ended(node: ClusterNode) -> str:
+    try:
+        process = _CHILDREN.get(int(node.pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        process = None
+    if process is None or process.poll() is None:
+        return "exited"
+    if process.returncode < 0:
+        return f"was killed by signal {-process.returncode}"
+    return f"exited with status {process.returncode}"
 
 
 def _spawn(node: ClusterNode) -> int:
@@ -240,6 +260,7 @@ def _spawn(node: ClusterNode) -> int:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=node.directory,
             start_new_session=True,  # detached: survives the shell, not signalled with it
         )
+    _CHILDREN[process.pid] = process
     temp = node.pid_file.with_suffix(".tmp")
     temp.write_text(f"{process.pid}\n")
     os.replace(temp, node.pid_file)
@@ -339,7 +360,7 @@ def start_nodes(nodes: list[ClusterNode], timeout: float = START_TIMEOUT) -> Non
                                 "node (a different key: another cluster took the port meanwhile); see its log "
                                 f"{node.log}:\n" + _tail(node.log))
             elif _running_pid(node) is None:
-                raise UserError(f"node {node.info.id} exited while starting; see its log {node.log}:\n"
+                raise UserError(f"node {node.info.id} {_how_it_ended(node)} while starting; see its log {node.log}:\n"
                                 + _tail(node.log))
         if pending and time.monotonic() > deadline:
             node = pending[0]

@@ -120,6 +120,7 @@ def test_up_names_the_node_that_cannot_start(cluster_dir: Path) -> None:
     assert failed.returncode != 0
     assert "node-1" in failed.stderr and str(cluster_dir / "node-1" / "node.log") in failed.stderr
     assert "does not hold an ed25519 key" in failed.stderr
+    assert "node node-1 exited with status 2 while starting" in failed.stderr  # status 2: a bad configuration
     walrusfs("cluster", "down", cluster_dir)
 
 
