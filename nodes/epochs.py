@@ -14,10 +14,11 @@ Files (each replaced durably: fsynced, renamed, directory fsynced):
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,12 @@ class EpochService:
         an epoch change catches up by itself."""
         while True:
             await asyncio.sleep(jittered(self.core.config.repair.sync_interval))
-            await self.follow_once()
+            try:
+                await self.follow_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a full disk, say: try again next time, the node keeps serving
+                log.exception("following the committee chain failed; will try again")
 
     async def follow_once(self) -> None:
         current = self.core.committee
@@ -282,7 +288,7 @@ class EpochService:
                 longer = await self.core.in_worker(CommitteeChain, chain.anchor, [*chain.links, *new])
             except ChainError as error:
                 raise HTTPError(422, "link_refused", str(error), epoch=chain.current.epoch) from None
-            await self.core.in_worker(save_chain, self.data_dir, longer)
+            await self._durably(save_chain, self.data_dir, longer)
             self.core.chain = longer
             added = [longer.committee_at(link.epoch) for link in new]
             for committee in added:
@@ -350,11 +356,15 @@ class EpochService:
                                 f"when GET /v1/handover shows it done", [("retry-after", "10")],
                                 epoch=current.epoch)
             if signed is None:
-                await self.core.in_worker(self.signed.remember, link.epoch, digest)
+                await self._durably(self.signed.remember, link.epoch, digest)
             log.info("signed the committee proposed for epoch %d (%s)", link.epoch, digest)
             return sign_link(self.core.key, current, successor)
 
-    def status(self) -> dict[str, Any]:
-        chain = self.core.chain
-        return {"epoch": chain.current.epoch, "anchor_epoch": chain.anchor.epoch,
-                "standby": self.core.standby, "signed": {str(e): d for e, d in sorted(self.signed.signed.items())}}
+    async def _durably(self, function: Callable[..., None], *args: Any) -> None:
+        """Write one of DATA/epochs/'s files; 507 for a full disk (nothing changed), as every write."""
+        try:
+            await self.core.in_worker(function, *args)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self.core.disk_full() from None
+            raise

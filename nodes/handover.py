@@ -28,13 +28,16 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from walrusfs.errors import UserError
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
+from walrusfs.protocol.roots import RootRecord, RootRecordError, is_fs_id
 from walrusfs.redstuff import BlobId, SliverKind
 
 from .core import NodeCore
 from .handover_fetch import FetchError, HandoverClient, Meter
 from .handover_move import BlobMover
+from .roots import RootStore, StaleRecordError
 from .store import sliver_name
 
 if TYPE_CHECKING:
@@ -42,14 +45,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodes.handover")
 CONCURRENCY = 8  # blobs moved at once, over all shards gained
+ROOTS_TASK = -1  # the key of the root records' task among the shards' tasks
 LISTING_ATTEMPTS = 4  # failed listings of the old holder before the other nodes' inventories stand in
 MAX_BACKOFF = 60.0
 
 
 class HandoverService:
-    def __init__(self, core: NodeCore, repair: RepairService, concurrency: int = CONCURRENCY) -> None:
+    def __init__(self, core: NodeCore, repair: RepairService, roots: RootStore,
+                 concurrency: int = CONCURRENCY) -> None:
         self.core = core
         self.repair = repair
+        self.roots = roots
         self.store = core.store
         self.path = core.store.root / "epochs" / "handover.json"
         self.status = self._load()
@@ -69,7 +75,12 @@ class HandoverService:
             text = self.path.read_text()
         except FileNotFoundError:
             return HandoverStatus(self.core.node_id, self.core.committee.epoch)
-        return HandoverStatus.from_json(text)  # a damaged file stops the node: its progress is not guessed
+        try:
+            return HandoverStatus.from_json(text)
+        except HandoverError as error:  # its progress is not guessed: the node stops and says what to do
+            raise UserError(f"{self.path}: {error}: the handover's progress file is damaged; restore it, or "
+                            f"delete it and start the node again: the handover of the current epoch then starts "
+                            f"over, and the slivers already stored are kept, not fetched again") from None
 
     def _save(self) -> None:
         """Durably: write a temporary file, fsync it, rename it into place, fsync the directory. One
@@ -147,6 +158,8 @@ class HandoverService:
             for shard, entry in self.status.gaining.items():
                 if entry.state != "synced" or not entry.released:
                     self._tasks[shard] = asyncio.create_task(self._gain(entry), name=f"handover-{shard}")
+            if any(entry.epoch == current.epoch for entry in self.status.gaining.values()):
+                self._tasks[ROOTS_TASK] = asyncio.create_task(self._copy_roots(previous), name="handover-roots")
         log.info("epoch %d: gaining shards %s, handing off %s", current.epoch,
                  sorted(s for s, e in self.status.gaining.items() if e.state != "synced"), sorted(self.handing_off()))
 
@@ -269,6 +282,44 @@ class HandoverService:
         async with self._slots:
             return await work
 
+    async def _copy_roots(self, previous: Committee) -> None:
+        """Filesystems' root records are kept by every node: one that gains shards takes each record
+        from the nodes of the epoch before (verified; the highest wins, as for any PUT). Idempotent,
+        so it is simply done again at the next start or epoch."""
+        assert self._client is not None
+        copied = 0
+        for node in previous.nodes:
+            if node.id == self.core.node_id:
+                continue
+            after: str | None = None
+            try:
+                while True:
+                    ids, after = await self._client.root_ids(node.id, after, Meter())
+                    for fs_id in ids:
+                        copied += await self._copy_root(node.id, fs_id)
+                    if after is None:
+                        break
+            except (FetchError, ValueError, KeyError) as error:
+                log.warning("root records of %s not copied: %s", node.id, error)
+        log.info("root records: %d copied or updated from the nodes of epoch %d", copied, previous.epoch)
+
+    async def _copy_root(self, node: str, fs_id: str) -> int:
+        assert self._client is not None
+        if not is_fs_id(fs_id):
+            return 0
+        body = await self._client.root(node, fs_id, Meter())
+        if body is None:
+            return 0
+        try:
+            record = RootRecord.from_json(body)
+            record.verify(fs_id)
+            return int(await self.core.in_worker(self.roots.put, record))
+        except RootRecordError as error:
+            log.warning("node %s sent a root record of %s that does not verify: %s", node, fs_id, error)
+        except StaleRecordError:
+            pass  # this node holds that one or a later one already
+        return 0
+
     async def _announce(self, entry: GainedShard) -> None:
         """Send the old holder the signed synced statement until it acknowledges it."""
         statement = ShardSynced(self.core.node_id, entry.epoch, entry.shard).signed_by(self.core.key)
@@ -343,12 +394,14 @@ class HandoverService:
             after = blobs[-1]
 
     def shard_blobs(self, shard: int, after: str | None, limit: int) -> tuple[list[BlobId], str | None]:
-        """Blobs of which this node stores a sliver of ``shard``'s pair, or a certificate (so that
-        the new holder rebuilds what this node lacks), after ``after``; and the next cursor (None at
-        the end). Scans at most 20 x ``limit`` blobs per page, so a page is quick however sparse
-        (runs in a worker)."""
+        """Blobs of which this node stores a sliver of ``shard``'s pair, or a certificate if it holds
+        or hands off the shard, after ``after``; and the next cursor (None at the end). Scans at most
+        20 x ``limit`` blobs per page, so a page is quick however sparse (runs in a worker)."""
         found: list[BlobId] = []
         budget, scanned, cursor = 20 * limit, 0, after
+        # A certified blob lacking the pair is listed only by a node answerable for the shard (so that
+        # its new holder rebuilds it), not by one that released the shard long ago.
+        answerable = shard in self.core.serving_shards
         while scanned < budget:
             want = min(1000, budget - scanned)
             batch = self.store.list_blobs(cursor, want)
@@ -356,8 +409,8 @@ class HandoverService:
                 cursor, scanned = text, scanned + 1
                 blob_id = BlobId.parse(text)
                 pair = self.core.geometry.pair_of_shard(shard, blob_id.raw)
-                if text in self.store.certified or any(self.store.has(blob_id, sliver_name(pair, kind))
-                                                       for kind in SliverKind):
+                if (answerable and text in self.store.certified) or any(
+                        self.store.has(blob_id, sliver_name(pair, kind)) for kind in SliverKind):
                     found.append(blob_id)
                     if len(found) == limit:
                         return found, cursor

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from walrusfs.errors import UserError
 from walrusfs.protocol import routes
 from walrusfs.protocol.handover import BlobListing, HandoverError, ShardSynced
+from walrusfs.protocol.roots import is_fs_id
 from walrusfs.redstuff import BlobId, FormatError
 
 from .core import NodeCore
@@ -29,6 +30,7 @@ class HandoverAPI:
             routes.HANDOVER: {"GET": self.status},
             routes.SHARD_BLOBS: {"GET": self.shard_blobs},
             routes.SHARD_SYNCED: {"POST": self.synced},
+            routes.HANDOVER_ROOTS: {"GET": self.root_ids},
         }
 
     async def status(self, request: Request) -> Response:
@@ -54,6 +56,17 @@ class HandoverAPI:
             raise HTTPError(400, "bad_query", f"limit must be an integer in [1, {MAX_LISTING_PAGE}]")
         blobs, following = await self.core.in_worker(self.service.shard_blobs, shard, after, int(limit))
         return json_response(BlobListing(shard, tuple(blobs), following).to_dict())
+
+    async def root_ids(self, request: Request) -> Response:
+        """The filesystems whose root records this node holds (what a node new to them copies)."""
+        after = request.query.get("after")
+        if after is not None and not is_fs_id(after):
+            raise HTTPError(400, "bad_query", f"after: not a filesystem ID: {after[:40]!r}")
+        limit = request.query.get("limit", "1000")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LISTING_PAGE:
+            raise HTTPError(400, "bad_query", f"limit must be an integer in [1, {MAX_LISTING_PAGE}]")
+        ids = await self.core.in_worker(self.service.roots.list, after, int(limit))
+        return json_response({"version": 1, "fs_ids": ids, "next": ids[-1] if len(ids) == int(limit) else None})
 
     async def synced(self, request: Request) -> Response:
         shard = self._shard(request)

@@ -94,6 +94,19 @@ class HandoverClient:
         data = json.loads(body)
         return [str(blob) for blob in data["blob_ids"]], data["next"]
 
+    async def root_ids(self, node: str, after: str | None, meter: Meter) -> tuple[list[str], str | None]:
+        params: dict[str, Any] = {"limit": 1000}
+        if after is not None:
+            params["after"] = after
+        body = await self._request(node, "root records held", "GET", routes.HANDOVER_ROOTS, meter, params=params)
+        assert body is not None
+        data = json.loads(body)
+        return [str(fs_id) for fs_id in data["fs_ids"]], data["next"]
+
+    async def root(self, node: str, fs_id: str, meter: Meter) -> bytes | None:
+        return await self._request(node, f"root record of {fs_id}", "GET", routes.root(fs_id), meter,
+                                   missing_ok=True)
+
     async def metadata(self, node: str, blob_id: BlobId, meter: Meter) -> bytes | None:
         return await self._request(node, "metadata", "GET", routes.metadata(blob_id), meter, missing_ok=True)
 

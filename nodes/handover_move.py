@@ -9,8 +9,11 @@ blob: an uncertified one was never durable, and its writer retries it with the c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from walrusfs.protocol.certificates import Certificate, CertificateError
@@ -37,6 +40,31 @@ if TYPE_CHECKING:
     from .repair import RepairService
 
 log = logging.getLogger("nodes.handover")
+# Sliver bytes fetched and not yet stored, at most (the blobs moved at once are bounded too, but blobs
+# range from kilobytes to a gigabyte): beyond it a fetch waits, so memory stays bounded.
+IN_FLIGHT_BYTES = 256 << 20
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once; a request larger than ``limit`` waits until it is alone."""
+
+    def __init__(self, limit: int = IN_FLIGHT_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
 
 
 class BlobMover:
@@ -45,6 +73,7 @@ class BlobMover:
         self.repair = repair
         self.store = core.store
         self.client = client
+        self.budget = ByteBudget()
 
     async def move(self, entry: GainedShard, blob_id: BlobId, from_source: bool) -> bool:
         """Store the shard's pair of one blob; True when done (stored, or nothing durable to move)."""
@@ -144,6 +173,11 @@ class BlobMover:
     async def _copy_sliver(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind,
                            meter: Meter) -> bool:
         """Fetch one sliver from the old holder, verify it, store it. False if it must be rebuilt."""
+        async with self.budget.hold(_sliver_bytes(metadata, kind)):
+            return await self._copy_held(source, metadata, pair, kind, meter)
+
+    async def _copy_held(self, source: str, metadata: BlobMetadata, pair: int, kind: SliverKind,
+                         meter: Meter) -> bool:
         blob_id = metadata.blob_id
         try:
             body = await self.client.sliver(source, blob_id, pair, kind, meter)

@@ -16,7 +16,9 @@ from network import LocalNetwork, free_port_range
 
 from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import generate_key, load_key, public_bytes, write_key
+from walrusfs.protocol import sign_request
 from walrusfs.protocol.chain import CommitteeLink, propose, sign_link
+from walrusfs.protocol.roots import RootRecord
 from walrusfs.redstuff import BlobId, BlobMetadata, Sliver, SliverKind, verify_sliver
 
 COMMITTEE_NEXT = "/v1/committee/next"
@@ -136,3 +138,13 @@ def wait_stored_everywhere(network: EpochNetwork, blob_ids: list[BlobId], timeou
 def sliver_file(network: EpochNetwork, node_id: str, blob_id: BlobId, pair: int, kind: SliverKind) -> Path:
     text = str(blob_id)
     return network.root / node_id / "data" / "blobs" / text[:2] / text / f"p{pair}.{kind.name.lower()}"
+
+
+def put_root_everywhere(network: EpochNetwork, record: RootRecord) -> None:
+    """A filesystem's root record, PUT by the writer to every node of the current committee."""
+    path = f"/v1/roots/{record.fs_id}"
+    body = record.to_json()
+    for node in network.committee.nodes:
+        headers = {"Authorization": sign_request(network.writer_key, "PUT", path, node, body)}
+        response = httpx.put(node.url + path, content=body, headers=headers, timeout=10)
+        assert response.status_code in (200, 201), response.text

@@ -7,6 +7,7 @@ hands shard 3 from node-3 to a joining node-4.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -21,7 +22,12 @@ import tomli_w
 from blobtools import store
 from network import _LIVE, LocalNetwork, _terminate, free_port_range
 
+from nodes.app import NodeApp
+from nodes.config import NodeConfig
 from nodes.epochs import served_certificate
+from nodes.http import HTTPError
+from nodes.store import BlobStore
+from walrusfs.cluster import init_cluster
 from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text, write_key
 from walrusfs.protocol import routes, sign_request
 from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, committee_digest, propose, sign_link
@@ -365,3 +371,29 @@ def test_a_joining_node_serves_tls_with_its_keys_certificate_when_the_network_do
     assert served_certificate(tls_chain, JOINER, joiner_key) == node_certificate(joiner_key)
     assert served_certificate(tls_chain, "node-1", keys[1]) == tls_chain.current.node("node-1").tls_cert
     assert served_certificate(CommitteeChain(committee(tls=False)), JOINER, joiner_key) is None
+
+
+def test_a_node_signs_nothing_while_its_own_handover_is_incomplete(tmp_path: Path) -> None:
+    """One layer (the node's epoch service, in process): the handover's answer is asked before
+    anything is signed or remembered."""
+    committee = init_cluster(tmp_path, nodes=4, shards=4, base_port=free_port_range(4))
+    config = NodeConfig.load(tmp_path / "node-0" / "config.toml")
+    chain_committee, key = config.load_identity()
+    blobs = BlobStore(config.data_dir)
+    blobs.open()
+    app = NodeApp(config, chain_committee, key, blobs)
+    successor = Committee(2, 4, committee.nodes, frozenset({public_bytes(generate_key())}))
+    link = propose(committee, successor)
+    try:
+        app.core.handover_complete = lambda: False
+        with pytest.raises(HTTPError) as refused:
+            asyncio.run(app.epochs.sign_proposal(link))
+        assert refused.value.status == 409 and refused.value.code == "handover_incomplete"
+        assert not (config.data_dir / "epochs" / "signed.json").exists()
+
+        app.core.handover_complete = lambda: True
+        signature = asyncio.run(app.epochs.sign_proposal(link))
+        assert link.with_signature("node-0", signature).signed_shards(committee) == {0}
+    finally:
+        app.core.close()
+        app.executor.shutdown()

@@ -17,10 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from blobtools import store
-from epoch_harness import EpochNetwork, fetch_verified, sliver_file, wait_stored_everywhere
+from epoch_harness import EpochNetwork, fetch_verified, put_root_everywhere, sliver_file, wait_stored_everywhere
 from network import LyingProxy
 
+from walrusfs.keys import generate_key
 from walrusfs.protocol.handover import ShardSynced
+from walrusfs.protocol.roots import RootRecord
 from walrusfs.redstuff import BlobMetadata, SliverKind
 from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
@@ -57,12 +59,28 @@ def pair_bytes(metadata: BlobMetadata) -> int:
     return sum(SLIVER_HEADER_SIZE + metadata.layout.sliver_size(kind is SliverKind.PRIMARY) for kind in SliverKind)
 
 
+def listed(url: str, shard: int, limit: int) -> list[str]:
+    """Every blob a node lists for a shard, page by page."""
+    blobs: list[str] = []
+    after: str | None = None
+    while True:
+        query = {"limit": limit, **({"after": after} if after else {})}
+        page = httpx.get(f"{url}/v1/shards/{shard}/blobs", params=query, timeout=10).json()
+        assert len(page["blobs"]) <= limit
+        blobs += page["blobs"]
+        after = page["next"]
+        if after is None:
+            return blobs
+
+
 def gained(status: dict) -> dict[int, dict]:
     return {entry["shard"]: entry for entry in status["gaining"]}
 
 
 def test_every_moved_shard_lands_on_its_new_holder_verified_and_moves_about_once(
         network: EpochNetwork, blobs: list[BlobMetadata]) -> None:
+    record = RootRecord.create(generate_key(), 7, blobs[0].blob_id, time.time_ns())  # a filesystem's root record
+    put_root_everywhere(network, record)
     network.add_node("node-4")
     network.start("node-4")
     network.change_epoch(network.successor({"node-0": (0,), "node-1": (1,), "node-2": (2,), "node-3": (3, 5),
@@ -87,6 +105,13 @@ def test_every_moved_shard_lands_on_its_new_holder_verified_and_moves_about_once
                 assert sliver_file(network, old, metadata.blob_id, pair(metadata, kept), kind).exists()
         assert_holds(network, old, [kept], blobs)
         assert [entry["released"] for entry in network.handover(old)["handing_off"]] == [True]
+    # The new node holds the filesystem's root record too (every node keeps them).
+    deadline = time.monotonic() + 30
+    while (copied := httpx.get(f"{network.url('node-4')}/v1/roots/{record.fs_id}", timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, copied.text
+        time.sleep(0.1)
+    assert RootRecord.from_json(copied.content) == record
+    assert httpx.get(f"{network.url('node-4')}/v1/handover/roots", timeout=10).json()["fs_ids"] == [record.fs_id]
 
 
 def test_a_shard_whose_old_holder_is_gone_is_rebuilt_from_recovery_symbols(
@@ -117,6 +142,7 @@ def test_a_new_node_killed_mid_handover_resumes_where_it_was(
         while gained(network.handover("node-4"))[4]["state"] != "synced":
             assert time.monotonic() < deadline, network.handover("node-4")
             time.sleep(0.05)
+        assert network.handover("node-4")["complete"] is False  # shard 6 is not: node-4 signs no successor yet
         network.kill9("node-4")
     finally:
         os.kill(frozen, signal.SIGCONT)
@@ -156,6 +182,7 @@ def test_the_old_holder_deletes_a_shard_only_on_its_new_holders_signed_statement
     handing_off = network.handover("node-0")["handing_off"]
     assert handing_off == [{"shard": 4, "to": "node-4", "epoch": 2, "released": False}]
     assert_holds(network, "node-0", [0, 4], blobs)  # shard 4 is still served until it is released
+    assert listed(url, 4, limit=2) == sorted(str(metadata.blob_id) for metadata in blobs)
 
     forgeries = [ShardSynced("node-4", 2, 4).signed_by(network.key("node-1")),  # node-4's name, node-1's key
                  ShardSynced("node-1", 2, 4).signed_by(network.key("node-1")),  # not shard 4's holder
@@ -181,3 +208,5 @@ def test_the_old_holder_deletes_a_shard_only_on_its_new_holders_signed_statement
     refused = httpx.get(f"{url}/v1/blobs/{blobs[0].blob_id}/slivers/{pair(blobs[0], 4)}/primary", timeout=10)
     assert refused.status_code == 421
     assert network.handover("node-0")["handing_off"][0]["released"] is True
+    assert listed(url, 4, limit=2) == []  # nothing of shard 4 left to hand over
+    assert len(listed(url, 0, limit=3)) == BLOBS

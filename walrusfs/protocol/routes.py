@@ -31,6 +31,7 @@ BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
 HANDOVER = "/v1/handover"
 SHARD_BLOBS = "/v1/shards/{shard}/blobs"  # query: after, limit
 SHARD_SYNCED = "/v1/shards/{shard}/synced"
+HANDOVER_ROOTS = "/v1/handover/roots"  # query: after, limit: filesystems whose root records a node holds
 COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
 COMMITTEE_PROPOSALS = "/v1/committee/proposals"
 COMMITTEE_NEXT = "/v1/committee/next"
@@ -46,6 +47,7 @@ REPAIR_HEADER = "x-walrusfs-repair"
 _FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, INVENTORY, CERTIFIED, REPAIR_STATUS,
                                                                 COMMITTEE_CHAIN, COMMITTEE_PROPOSALS, COMMITTEE_NEXT)}
 _FIXED[("v1", "handover")] = HANDOVER
+_FIXED[("v1", "handover", "roots")] = HANDOVER_ROOTS
 # The routes under /v1/shards/{shard}/, by their last segment.
 _SHARD_OBJECTS = {"blobs": SHARD_BLOBS, "synced": SHARD_SYNCED}
 # The one-word routes under /v1/blobs/{id}/.
