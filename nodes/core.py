@@ -73,6 +73,8 @@ class NodeCore:
         # Shards this node gained and is still receiving from their old holders (nodes.handover sets
         # it): repair leaves them to the handover, which copies what recovery would rebuild at a cost.
         self.receiving: frozenset[int] = frozenset()
+        # Told of the epoch a peer's answer names (nodes.epochs fetches the links of a newer one).
+        self.on_peer_epoch: Callable[[str, int], None] = lambda peer, epoch: None
 
     # --- the committee of the current epoch --------------------------------------------------------------
 

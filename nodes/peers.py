@@ -13,7 +13,7 @@ book or writer signature (peers only read).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -46,8 +46,11 @@ def peer_nodes(chain: CommitteeChain) -> list[NodeInfo]:
 
 
 class Peers:
-    def __init__(self, nodes: list[NodeInfo], own_id: str, timeout: float = 30.0) -> None:
+    def __init__(self, nodes: list[NodeInfo], own_id: str, timeout: float = 30.0,
+                 on_epoch: Callable[[str, int], None] | None = None) -> None:
         self.own_id = own_id
+        # Told of the epoch each answer names (routes.EPOCH_HEADER): a newer one means this node is behind.
+        self.on_epoch = on_epoch
         self.timeout = timeout
         self.bytes_received = 0
         self._old: list[httpx.AsyncClient] = []
@@ -85,6 +88,9 @@ class Peers:
         except httpx.HTTPError as error:
             raise PeerError(peer, what, f"{type(error).__name__}: {error}") from error
         self.bytes_received += len(response.content)
+        epoch = response.headers.get(routes.EPOCH_HEADER, "")
+        if self.on_epoch is not None and epoch.isdigit():
+            self.on_epoch(peer, int(epoch))
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code != 200:

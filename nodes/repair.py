@@ -126,7 +126,9 @@ class RepairService:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.peers = Peers(peer_nodes(self.core.chain), self.node_id)
+        core = self.core
+        self.peers = Peers(peer_nodes(core.chain), self.node_id,
+                           on_epoch=lambda peer, epoch: core.on_peer_epoch(peer, epoch))
         self.core.add_epoch_listener(self._epoch_changed)
         if not self.config.enabled:
             return

@@ -69,6 +69,17 @@ def test_a_chain_survives_its_json_and_is_reverified_on_load() -> None:
         CommitteeChain.from_json(json.dumps(data))
 
 
+def test_a_copy_is_extended_on_its_own() -> None:
+    committees, links = five_epochs()
+    chain = CommitteeChain(committees[0], links[:2])
+    longer = chain.copy()
+    longer.extend(links[2])
+    assert longer.current == committees[3] and len(longer.links) == 3
+    assert chain.current == committees[2] and len(chain.links) == 2
+    with pytest.raises(ChainError, match="does not follow"):
+        longer.extend(links[0])  # the copy still verifies what it is given
+
+
 def test_a_successor_signed_by_too_few_shards_is_refused() -> None:
     first = committee(1, [f"node-{i}" for i in range(5)])  # 2 shards each
     second = committee(2, [f"node-{i}" for i in range(1, 6)])

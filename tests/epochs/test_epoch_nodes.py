@@ -294,6 +294,21 @@ def test_a_node_that_missed_an_epoch_change_catches_up_from_its_peers(network: N
 # --- certificates across epochs ------------------------------------------------------------------------
 
 
+def test_a_node_that_hears_of_a_newer_epoch_from_a_peer_fetches_it_at_once(network: Network) -> None:
+    """node-0 follows the chain only every 300-900 s by itself, but its feed polls node-1 every second,
+    and node-1's answers name epoch 2."""
+    config = network.config("node-0")
+    config.write_text(config.read_text().replace("sync_interval = 0.5", "sync_interval = 600.0"))
+    network.start("node-1")
+    assert post_next(network.url("node-1"), network.link(network.epoch2(), QUORUM_SIGNERS)).status_code == 200
+    network.start("node-0")
+    url = network.url("node-0")
+    start = time.monotonic()
+    while health(url)["epoch"] != 2:
+        assert time.monotonic() - start < 60, "node-0 did not fetch the links node-1's epoch header announced"
+        time.sleep(0.2)
+
+
 def test_a_certificate_of_epoch_1_stays_valid_at_epoch_3_and_repair_follows_the_new_assignment(
         network: Network) -> None:
     network.start()

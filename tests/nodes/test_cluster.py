@@ -133,6 +133,8 @@ def test_up_names_the_node_that_cannot_start(cluster_dir: Path) -> None:
     (lambda text: text + "[http]\nmax_connections = 10\nmax_connections_per_peer = 20\n",
      "max_connections_per_peer must be at most max_connections"),
     (lambda text: text + "[http]\nmax_connections = 0\n", "[http] max_connections must be an integer"),
+    (lambda text: text + '[epochs]\nproposers = ["not a key"]\n', "[epochs] proposers: bad public key"),
+    (lambda text: text + "[epochs]\nproposer = []\n", "[epochs]: unknown settings proposer"),
     (lambda text: text.replace('committee = "../committee.toml"', 'committee = "missing.toml"'),
      "cannot read committee file"),
 ])

@@ -198,6 +198,13 @@ class CommitteeChain:
     def committees(self) -> tuple[Committee, ...]:
         return tuple(self._committees)
 
+    def copy(self) -> CommitteeChain:
+        """The same chain, to be extended on its own (nothing is verified again)."""
+        twin = CommitteeChain(self.anchor)
+        twin._committees = list(self._committees)
+        twin._links = list(self._links)
+        return twin
+
     def extend(self, link: CommitteeLink) -> Committee:
         """Verify ``link`` against the current committee and make its committee current."""
         successor = link.verify(self.current)
