@@ -217,6 +217,13 @@ def _running_pid(node: ClusterNode) -> int | None:
         pid = int(node.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
+    process = _CHILDREN.get(pid)
+    if process is not None:
+        # Started by this process, so no other program can have its pid until it is reaped. Its
+        # cmdline would not do: just after exec it can read empty for a moment (the kernel sets the
+        # new arguments after closing the close-on-exec pipe Popen waits on); on a loaded machine a
+        # node just started was once taken for one that "exited while starting", with an empty log.
+        return pid if process.poll() is None else None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
