@@ -10,7 +10,7 @@ from pathlib import Path
 from walrusfs.cluster import init_cluster
 from walrusfs.committee import Committee, NodeInfo
 from walrusfs.fs.config import FsSettings, FsState
-from walrusfs.keys import generate_key, public_bytes
+from walrusfs.keys import generate_key, load_key, public_bytes, public_key_text
 
 AWKWARD = "/home/o'brien/my \"quoted\" dir\\with backslash/ünï"
 
@@ -36,5 +36,7 @@ def test_cluster_node_config_is_valid_toml(tmp_path: Path) -> None:
     root = tmp_path / "it's a \"cluster\""
     init_cluster(root, nodes=2, shards=7, base_port=20000)
     config = tomllib.loads((root / "node-1" / "config.toml").read_text())
+    operator = public_key_text(load_key(root / "operator.key"))
     assert config == {"node_id": "node-1", "listen": "127.0.0.1:20001", "data_dir": "data",
-                      "signing_key": "node.key", "committee": "../committee.toml"}
+                      "signing_key": "node.key", "committee": "../committee.toml",
+                      "epochs": {"proposers": [operator]}}

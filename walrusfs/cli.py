@@ -59,6 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("walrusfs.fs.status", "what a mount is doing: staged bytes, uploads, cache, snapshots, node health"),
     "cluster": ("walrusfs.cluster_cli", "run a local network of storage nodes on 127.0.0.1"),
     "node": ("walrusfs.cluster_cli", "run one storage node"),
+    "committee": ("walrusfs.committee_cli", "the committee of storage nodes: epoch, shards, handover"),
     "audit": ("walrusfs.repair.audit",
               "storage challenges: which nodes cannot prove they hold the slivers they signed for"),
     "completion": ("walrusfs.completion", "print a shell completion script"),

@@ -13,29 +13,27 @@ from .cluster import (
     DEFAULT_CLUSTER_DIR_HELP,
     DEFAULT_LOOPBACK_TLS,
     DEFAULT_NODES,
+    DEFAULT_SHARDS_PER_NODE,
+    MAX_DEFAULT_SHARDS,
     START_TIMEOUT,
     STOP_TIMEOUT,
     WRITER_KEY_FILE,
     NodeState,
     cluster_status,
+    default_shards,
     init_cluster,
     repair_status,
     start_cluster,
     stop_cluster,
 )
+from .cluster_epochs import register_cluster_actions
 from .errors import UserError
 from .keys import generate_key, load_key, public_key_text, write_key
 from .paths import cluster_dir
 from .ports import ephemeral_range, exposed_ports
 from .protocol.tls import certificate_text, node_certificate
 from .protocol.wire import RepairStatus
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in [headers, *rows]]
-    return "\n".join(lines)
+from .tables import table as _table
 
 
 def _state_rows(states: list[NodeState]) -> list[list[str]]:
@@ -61,7 +59,8 @@ def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    committee = init_cluster(_dir(args), args.nodes, args.shards, args.base_port, args.force, args.tls)
+    shards = args.shards if args.shards is not None else default_shards(args.nodes)
+    committee = init_cluster(_dir(args), args.nodes, shards, args.base_port, args.force, args.tls)
     root = Path(_dir(args)).expanduser().resolve()
     print(f"initialised a cluster of {len(committee.nodes)} nodes, {committee.n_shards} shards in {root}")
     warning = ephemeral_port_warning(args.base_port, len(committee.nodes))
@@ -152,7 +151,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     init = with_dir(actions.add_parser("init", help="create keys, committee and node configurations"))
     init.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of nodes (default 7)")
-    init.add_argument("--shards", type=int, help="number of shards (default: one per node)")
+    init.add_argument("--shards", type=int, help=f"number of shards, fixed for the life of the network (default: "
+                      f"{DEFAULT_SHARDS_PER_NODE} per node, at most {MAX_DEFAULT_SHARDS}, at least one per node, so "
+                      "that nodes added later take load off every node)")
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                       help=f"node i listens on base port + i (default {DEFAULT_BASE_PORT}; keep them below the "
                       "kernel's ephemeral port range, 32768 and up, or `init` warns)")
@@ -172,6 +173,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                          "missing, recovered, failed, bytes fetched and lost, scrubbing"))
     repair.add_argument("--json", action="store_true", help="print each node's status as JSON")
     repair.set_defaults(func=_cmd_repair_status)
+    register_cluster_actions(actions)  # add, retire: epoch changes
 
     node = commands.add_parser("node", help="run one storage node")
     node_actions = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
