@@ -22,6 +22,10 @@ class FsFiles:
     def path(self, fs_id: str) -> Path:
         return self.directory / f"{fs_id}.json"
 
+    def ids(self) -> list[str]:
+        """The filesystem IDs that have a file, in ascending order."""
+        return sorted(path.stem for path in self.directory.glob("*.json"))
+
     def read(self, fs_id: str) -> bytes | None:
         """The file's bytes, or None if there is none."""
         try:

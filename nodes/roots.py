@@ -55,8 +55,7 @@ class RootStore:
 
     def list(self, after: str | None, limit: int) -> list[str]:
         """The filesystem IDs with a stored record, in ascending order, strictly after ``after``."""
-        ids = sorted(path.stem for path in self.directory.glob("*.json"))
-        return [fs_id for fs_id in ids if after is None or fs_id > after][:limit]
+        return [fs_id for fs_id in self.files.ids() if after is None or fs_id > after][:limit]
 
     def put(self, record: RootRecord) -> bool:
         """Store a verified record; True if it replaced the stored one, False if identical.

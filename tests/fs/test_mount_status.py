@@ -28,6 +28,7 @@ DAEMON_JSON = {
     "lease": {"holder": "h" * 32, "label": "host-a", "generation": 2, "held": True, "valid_for_s": 21.5,
               "term_s": 30.0, "deposed_by": None, "last_error": None, "message": None},
     "epoch": 3,
+    "encryption": "aes-256-gcm-v1",
 }
 
 

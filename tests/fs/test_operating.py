@@ -22,6 +22,7 @@ import trio
 from fs_harness import WALRUSFS, force_unmount, is_mounted, mounted, run, status, stop_pid, wait_gone
 
 from walrusfs.fs import status as status_module
+from walrusfs.fs.encryption import OVERHEAD
 from walrusfs.fs.metrics import render_metrics, serve_metrics, write_textfile
 from walrusfs.fs.notify import sd_notify
 from walrusfs.fs.status import format_bytes, format_status
@@ -101,19 +102,21 @@ def test_status_and_metrics_of_a_real_mount(shared_network, make_fs, tmp_path: P
         (mp / "sub").mkdir()
         (mp / "sub" / "f").write_bytes(data)
 
-        # Staged, not yet certified: JSON and the human form agree with the daemon.
+        # Staged, not yet certified: JSON and the human form agree with the daemon. Staged bytes are
+        # what the blocks occupy on disk: sealed (the filesystem is encrypted), each a few bytes more.
+        staged = len(data) + 4 * OVERHEAD  # four blocks of 1 MiB at most
         before = json.loads(walrusfs_status(fs, mp, "--json").stdout)
-        assert before["staged_bytes"] == len(data)
+        assert before["staged_bytes"] == staged
         assert before["dirty_bytes"] == 0
         assert before["uploaded_bytes"] == 0
         assert before["mountpoint"] == str(mp)
         assert before["uploads_failing"] is False
         assert before["pid"] == status(mp)["pid"]
         human = walrusfs_status(fs, mp / "sub").stdout  # any directory inside the mount will do
-        assert re.search(rf"^  staged +{re.escape(format_bytes(len(data)))}  on local disk", human, re.M), human
+        assert re.search(rf"^  staged +{re.escape(format_bytes(staged))}  on local disk", human, re.M), human
         assert f"mounted on {mp}" in human and "UPLOADS FAILING" not in human
         metrics = scrape(port)
-        assert metrics["walrusfs_mount_staged_bytes"] == len(data)
+        assert metrics["walrusfs_mount_staged_bytes"] == staged
         assert metrics["walrusfs_mount_uploaded_bytes_total"] == 0
         assert metrics["walrusfs_mount_uploads_failing"] == 0
         assert metrics[f'walrusfs_mount_info{{fs_id="{before["fs_id"]}",state="{fs.state}"}}'] == 1
