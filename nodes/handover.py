@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import threading
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from walrusfs.durable import replace_durably
 from walrusfs.errors import UserError
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
@@ -83,17 +82,11 @@ class HandoverService:
                             f"over, and the slivers already stored are kept, not fetched again") from None
 
     def _save(self) -> None:
-        """Durably: write a temporary file, fsync it, rename it into place, fsync the directory. One
-        writer at a time (the shards' tasks save from worker threads): the last state wins whole."""
+        """Durably (walrusfs.durable). One writer at a time (the shards' tasks save from worker
+        threads): the last state wins whole."""
         with self._save_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp = self.path.with_name(self.path.name + ".tmp")
-            with open(temp, "w") as file:
-                file.write(self.status.to_json())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, self.path)
-            _fsync_dir(self.path.parent)
+            replace_durably(self.path, self.status.to_json().encode(), 0o644)
 
     async def save(self) -> None:
         await self.core.in_worker(self._save)
@@ -422,12 +415,4 @@ class HandoverService:
 
 def _backoff(attempt: int) -> float:
     return random.uniform(0.5, 1.5) * min(MAX_BACKOFF, 0.5 * 2.0 ** attempt)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

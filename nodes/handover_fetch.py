@@ -86,22 +86,22 @@ class HandoverClient:
 
     async def inventory(self, node: str, after: str | None, meter: Meter) -> tuple[list[str], str | None]:
         """A page of every blob ``node`` stores (the fallback when a shard's old holder is gone)."""
-        params: dict[str, Any] = {"limit": 1000}
-        if after is not None:
-            params["after"] = after
-        body = await self._request(node, "inventory", "GET", routes.INVENTORY, meter, params=params)
-        assert body is not None
-        data = json.loads(body)
-        return [str(blob) for blob in data["blob_ids"]], data["next"]
+        return await self._id_page(node, "inventory", routes.INVENTORY, "blob_ids", after, meter)
 
     async def root_ids(self, node: str, after: str | None, meter: Meter) -> tuple[list[str], str | None]:
+        """A page of the filesystems whose root record ``node`` holds."""
+        return await self._id_page(node, "root records held", routes.HANDOVER_ROOTS, "fs_ids", after, meter)
+
+    async def _id_page(self, node: str, what: str, route: str, field: str, after: str | None,
+                       meter: Meter) -> tuple[list[str], str | None]:
+        """One page of a paged ID listing: ``{field: [...], "next": ...}``, from ``after`` on."""
         params: dict[str, Any] = {"limit": 1000}
         if after is not None:
             params["after"] = after
-        body = await self._request(node, "root records held", "GET", routes.HANDOVER_ROOTS, meter, params=params)
+        body = await self._request(node, what, "GET", route, meter, params=params)
         assert body is not None
         data = json.loads(body)
-        return [str(fs_id) for fs_id in data["fs_ids"]], data["next"]
+        return [str(entry) for entry in data[field]], data["next"]
 
     async def root(self, node: str, fs_id: str, meter: Meter) -> bytes | None:
         return await self._request(node, f"root record of {fs_id}", "GET", routes.root(fs_id), meter,

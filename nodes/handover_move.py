@@ -22,11 +22,9 @@ from walrusfs.redstuff import (
     BlobId,
     BlobMetadata,
     FormatError,
-    InconsistencyProof,
     Sliver,
     SliverKind,
     SliverVerificationError,
-    verify_inconsistency_proof,
     verify_sliver,
 )
 from walrusfs.redstuff.merkle import proof_length
@@ -216,15 +214,7 @@ class BlobMover:
             return
         if body is None:
             return
-
-        def check() -> InconsistencyProof | None:
-            proof = InconsistencyProof.from_bytes(body)
-            return proof if verify_inconsistency_proof(metadata, proof) else None
-
-        try:
-            proof = await self.repair.in_worker(check)
-        except FormatError:
-            proof = None
+        proof = await self.repair.verified_proof(metadata, body)
         if proof is not None:
             await self.repair.mark_invalid(metadata.blob_id, proof, learned_from=source)
 

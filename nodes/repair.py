@@ -544,6 +544,19 @@ class RepairService:
                       "not match its root; marked invalid, proof kept", blob,
                       proof.target_kind.name.lower(), proof.target_index)
 
+    async def verified_proof(self, metadata: BlobMetadata, body: bytes) -> InconsistencyProof | None:
+        """The inconsistency proof in ``body`` if it proves ``metadata``'s blob invalid (checked in a
+        worker: it re-decodes), else None (malformed, or a proof of nothing)."""
+
+        def check() -> InconsistencyProof | None:
+            proof = InconsistencyProof.from_bytes(body)
+            return proof if verify_inconsistency_proof(metadata, proof) else None
+
+        try:
+            return await self.in_worker(check)
+        except FormatError:
+            return None
+
     async def _check_proof_from(self, peer: str, blob_id: BlobId, metadata: BlobMetadata) -> None:
         assert self.peers is not None
         try:
@@ -553,15 +566,7 @@ class RepairService:
             return
         if body is None:
             return
-
-        def check() -> InconsistencyProof | None:
-            proof = InconsistencyProof.from_bytes(body)
-            return proof if verify_inconsistency_proof(metadata, proof) else None
-
-        try:
-            proof = await self.in_worker(check)
-        except FormatError:
-            proof = None
+        proof = await self.verified_proof(metadata, body)
         if proof is None:
             log.warning("peer %s claims blob %s is invalid, but its proof does not verify", peer, blob_id)
             return

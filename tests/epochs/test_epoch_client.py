@@ -30,14 +30,15 @@ import httpx
 import pytest
 import trio
 from blobtools import PATIENT, random_bytes
-from network import LocalNetwork, LyingProxy, free_port_range
+from epoch_harness import EpochNetwork as HarnessNetwork
+from network import LyingProxy
 
 from walrusfs.client import BlobClient, StoredBlob
 from walrusfs.client.epochs import load_chain, verify_in_chain
-from walrusfs.keys import generate_key, load_key, public_bytes, write_key
+from walrusfs.keys import load_key
 from walrusfs.protocol import routes
 from walrusfs.protocol.certificates import Certificate
-from walrusfs.protocol.chain import CommitteeChain, CommitteeLink, propose, sign_link
+from walrusfs.protocol.chain import CommitteeChain, propose, sign_link
 from walrusfs.protocol.committee import Committee, NodeInfo
 from walrusfs.repair.audit import audit, current_chain
 
@@ -48,18 +49,17 @@ from fs_harness import WALRUSFS, Filesystem, mounted, run
 SPARE = "node-7"
 
 
-class EpochNetwork(LocalNetwork):
-    """A LocalNetwork whose committee moves on: committee e + 1 is signed by every node of committee e
-    with its key on disk and sent to every running node. ``forger``: node-0 is reached (by everyone,
-    as the committee says) through a proxy that forges the committee links it serves."""
+class EpochNetwork(HarnessNetwork):
+    """The harness's network (epoch_harness.py), with a spare node and its own way to move shards:
+    committee e + 1 is signed by every node of committee e with its key on disk and sent to every
+    running node. ``forger``: node-0 is reached (by everyone, as the committee says) through a proxy
+    that forges the committee links it serves."""
 
     def __init__(self, root: Path, forger: bool = False) -> None:
         super().__init__(root, nodes=4, shards=7)
         self.first = self.committee
-        self.known: dict[str, NodeInfo] = {node.id: node for node in self.committee.nodes}
-        self.links: list[CommitteeLink] = []
         self.proxy: LyingProxy | None = None
-        self._add_spare(SPARE)
+        self.add_node(SPARE)  # configured with the committee of epoch 1, which does not name it: standby
         if forger:
             real = self.committee.node("node-0")
             self.proxy = LyingProxy(real.url, corrupt=("chain",))
@@ -69,24 +69,9 @@ class EpochNetwork(LocalNetwork):
             self.committee.write(self.committee_path)
             self.known["node-0"] = self.committee.node("node-0")
 
-    def _add_spare(self, node_id: str) -> None:
-        """A node configured with the committee of epoch 1, which does not name it: it starts in standby."""
-        port = free_port_range(1)
-        directory = self.root / node_id
-        (directory / "data").mkdir(parents=True)
-        key = generate_key()
-        write_key(directory / "node.key", key)
-        (directory / "config.toml").write_text(
-            f'node_id = "{node_id}"\nlisten = "127.0.0.1:{port}"\ndata_dir = "data"\nsigning_key = "node.key"\n'
-            'committee = "../committee.toml"\n')
-        self.known[node_id] = NodeInfo(node_id, f"http://127.0.0.1:{port}", public_bytes(key), ())
-
     @property
     def node_ids(self) -> list[str]:
         return [node_id for node_id in self.known if node_id != SPARE]  # the spare starts when asked
-
-    def info(self, node: str | int) -> NodeInfo:
-        return self.known[self._id(node)]
 
     def successor(self, moves: dict[int, str], drop: tuple[str, ...] = ()) -> Committee:
         """The current committee with shard s given to node ``moves[s]``; nodes left without shards leave."""
