@@ -177,6 +177,7 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None
         transport.write(_status_line(503) + b"content-type: application/json\r\nretry-after: 1\r\n"
+                        + self.server.own_header_lines()
                         + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
         if len(self.server.refusing) >= self.server.limits.refusing or not transport.can_write_eof():
             self.close()
@@ -356,7 +357,8 @@ class _Connection(asyncio.BufferedProtocol):
                 505: "http_version_not_supported"}.get(status, "bad_request")
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.write(_status_line(status) + b"content-type: application/json\r\n"  # type: ignore[union-attr]
-                             + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+                             + self.server.own_header_lines()
+                        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
         self.close()
 
 
@@ -629,8 +631,12 @@ def _status_line(status: int) -> bytes:
 class HTTPServer:
     def __init__(self, app: ASGIApp, host: str, port: int, timeouts: Timeouts | None = None,
                  limits: Limits | None = None, stats: ConnectionStats | None = None,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None,
+                 own_headers: Callable[[], list[tuple[str, str]]] | None = None) -> None:
         self.app = app
+        # Headers the server's own answers (431, 503, ...) carry besides the app's: the node's epoch,
+        # which every answer names (docs/epochs.md). A callable, so that httpd knows nothing of epochs.
+        self.own_headers = own_headers
         self.ssl = ssl  # TLS (walrusfs.protocol.tls): the loop's TLS layer decrypts into get_buffer()'s buffers too
         self.host = host
         self.port = port
@@ -644,6 +650,16 @@ class HTTPServer:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._refusals_logged = 0
         self._refusal_logged_at = 0.0
+
+    def own_header_lines(self) -> bytes:
+        """``own_headers`` as header lines; none if it fails (a refusal must still go out)."""
+        if self.own_headers is None:
+            return b""
+        try:
+            return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in self.own_headers())
+        except Exception:
+            log.exception("own_headers failed; answering without them")
+            return b""
 
     def admit(self, connection: _Connection) -> str | None:
         """Count a new connection in, or say why it is refused (over a cap)."""
@@ -812,8 +828,10 @@ def fit_file_limit(limits: Limits) -> Limits:
 
 def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | None = None,
         limits: Limits | None = None, stats: ConnectionStats | None = None,
-        ssl: ssl_module.SSLContext | None = None) -> None:
-    """Serve ``app`` on uvloop until SIGTERM or SIGINT; OSError if the address cannot be bound."""
+        ssl: ssl_module.SSLContext | None = None,
+        own_headers: Callable[[], list[tuple[str, str]]] | None = None) -> None:
+    """Serve ``app`` on uvloop until SIGTERM or SIGINT; OSError if the address cannot be bound.
+    ``own_headers``: headers for the answers the server gives itself (HTTPServer)."""
     import uvloop
 
     limits = fit_file_limit(limits or Limits())
@@ -824,7 +842,8 @@ def run(app: ASGIApp, host: str, port: int, on_listening: Callable[[], None] | N
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await HTTPServer(app, host, port, limits=limits, stats=stats, ssl=ssl).serve(stop, on_listening)
+            await HTTPServer(app, host, port, limits=limits, stats=stats, ssl=ssl,
+                             own_headers=own_headers).serve(stop, on_listening)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -24,6 +24,7 @@ from walrusfs.errors import UserError
 from walrusfs.keys import public_bytes
 from walrusfs.malloc import keep_freed_buffers
 from walrusfs.ports import ephemeral_range, in_ephemeral_range
+from walrusfs.protocol import routes
 from walrusfs.protocol.tls import server_context
 
 from . import httpd
@@ -127,7 +128,8 @@ def serve(config: NodeConfig, server: str = "httpd") -> None:
     if server == "httpd":
         try:
             limits = httpd.Limits(config.http.max_connections, config.http.max_connections_per_peer)
-            httpd.run(app, config.host, config.port, limits=limits, stats=app.connections, ssl=tls)
+            httpd.run(app, config.host, config.port, limits=limits, stats=app.connections, ssl=tls,
+                      own_headers=lambda: [(routes.EPOCH_HEADER, str(app.core.committee.epoch))])
         except OSError as error:
             raise UserError(f"could not listen on {config.host}:{config.port}: {error}{port_hint(config.port, error)}"
                             ) from error
