@@ -108,7 +108,7 @@ class NodeApp:
         self.lease_api = LeaseAPI(core, self.leases)
         self.epochs = EpochService(core)
         self.epochs_api = EpochsAPI(core, self.epochs)
-        self.handover = HandoverService(core, self.repair, self.roots)  # registers itself with the core
+        self.handover = HandoverService(core, self.repair, self.roots, self.leases)  # registers itself with the core
         self.handover_api = HandoverAPI(core, self.handover)
         self._handlers = self._routes()
 

@@ -30,13 +30,14 @@ from walrusfs.durable import replace_durably
 from walrusfs.errors import UserError
 from walrusfs.protocol.committee import Committee
 from walrusfs.protocol.handover import GainedShard, HandedOffShard, HandoverError, HandoverStatus, ShardSynced
-from walrusfs.protocol.roots import RootRecord, RootRecordError, is_fs_id
 from walrusfs.redstuff import BlobId, SliverKind
 
 from .core import NodeCore
 from .handover_fetch import FetchError, HandoverClient, Meter
 from .handover_move import BlobMover
-from .roots import RootStore, StaleRecordError
+from .handover_records import RecordCopier
+from .leases import LeaseStore
+from .roots import RootStore
 from .store import sliver_name
 
 if TYPE_CHECKING:
@@ -44,17 +45,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodes.handover")
 CONCURRENCY = 8  # blobs moved at once, over all shards gained
-ROOTS_TASK = -1  # the key of the root records' task among the shards' tasks
+RECORDS_TASK = -1  # the key of the records' task (tombstones, root records, leases) among the shards' tasks
 LISTING_ATTEMPTS = 4  # failed listings of the old holder before the other nodes' inventories stand in
 MAX_BACKOFF = 60.0
 
 
 class HandoverService:
-    def __init__(self, core: NodeCore, repair: RepairService, roots: RootStore,
+    def __init__(self, core: NodeCore, repair: RepairService, roots: RootStore, leases: LeaseStore | None = None,
                  concurrency: int = CONCURRENCY) -> None:
         self.core = core
         self.repair = repair
         self.roots = roots
+        self.leases = leases
         self.store = core.store
         self.path = core.store.root / "epochs" / "handover.json"
         self.status = self._load()
@@ -63,6 +65,7 @@ class HandoverService:
         self._slots: asyncio.Semaphore | None = None
         self._client: HandoverClient | None = None
         self._mover: BlobMover | None = None
+        self._records: RecordCopier | None = None  # this epoch's copy of tombstones, root records, leases
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lock: asyncio.Lock | None = None  # one state change at a time (listener, release)
         self.register()
@@ -148,11 +151,13 @@ class HandoverService:
                     nodes.update({n.id: n for n in self.core.committee_at(entry.epoch - 1).nodes})
             self._client = HandoverClient(list(nodes.values()), self.core.node_id)
             self._mover = BlobMover(self.core, self.repair, self._client)
+            self._records = None
+            if any(entry.epoch == current.epoch for entry in self.status.gaining.values()):
+                self._records = RecordCopier(self.core, self._client, self.roots, self.leases)
+                self._tasks[RECORDS_TASK] = asyncio.create_task(self._records.copy(previous), name="handover-records")
             for shard, entry in self.status.gaining.items():
                 if entry.state != "synced" or not entry.released:
                     self._tasks[shard] = asyncio.create_task(self._gain(entry), name=f"handover-{shard}")
-            if any(entry.epoch == current.epoch for entry in self.status.gaining.values()):
-                self._tasks[ROOTS_TASK] = asyncio.create_task(self._copy_roots(previous), name="handover-roots")
         log.info("epoch %d: gaining shards %s, handing off %s", current.epoch,
                  sorted(s for s, e in self.status.gaining.items() if e.state != "synced"), sorted(self.handing_off()))
 
@@ -191,6 +196,9 @@ class HandoverService:
 
     async def _gain_once(self, entry: GainedShard) -> None:
         if entry.state != "synced":
+            if self._records is not None:
+                # The tombstones first: the old holder may have missed a writer's DELETE and list the blob.
+                await self._records.ready.wait()
             await self._copy(entry)
             entry.state = "synced"
             await self.save()
@@ -274,44 +282,6 @@ class HandoverService:
         assert self._slots is not None
         async with self._slots:
             return await work
-
-    async def _copy_roots(self, previous: Committee) -> None:
-        """Filesystems' root records are kept by every node: one that gains shards takes each record
-        from the nodes of the epoch before (verified; the highest wins, as for any PUT). Idempotent,
-        so it is simply done again at the next start or epoch."""
-        assert self._client is not None
-        copied = 0
-        for node in previous.nodes:
-            if node.id == self.core.node_id:
-                continue
-            after: str | None = None
-            try:
-                while True:
-                    ids, after = await self._client.root_ids(node.id, after, Meter())
-                    for fs_id in ids:
-                        copied += await self._copy_root(node.id, fs_id)
-                    if after is None:
-                        break
-            except (FetchError, ValueError, KeyError) as error:
-                log.warning("root records of %s not copied: %s", node.id, error)
-        log.info("root records: %d copied or updated from the nodes of epoch %d", copied, previous.epoch)
-
-    async def _copy_root(self, node: str, fs_id: str) -> int:
-        assert self._client is not None
-        if not is_fs_id(fs_id):
-            return 0
-        body = await self._client.root(node, fs_id, Meter())
-        if body is None:
-            return 0
-        try:
-            record = RootRecord.from_json(body)
-            record.verify(fs_id)
-            return int(await self.core.in_worker(self.roots.put, record))
-        except RootRecordError as error:
-            log.warning("node %s sent a root record of %s that does not verify: %s", node, fs_id, error)
-        except StaleRecordError:
-            pass  # this node holds that one or a later one already
-        return 0
 
     async def _announce(self, entry: GainedShard) -> None:
         """Send the old holder the signed synced statement until it acknowledges it."""

@@ -31,6 +31,8 @@ class HandoverAPI:
             routes.SHARD_BLOBS: {"GET": self.shard_blobs},
             routes.SHARD_SYNCED: {"POST": self.synced},
             routes.HANDOVER_ROOTS: {"GET": self.root_ids},
+            routes.HANDOVER_TOMBSTONES: {"GET": self.tombstone_ids},
+            routes.HANDOVER_LEASES: {"GET": self.lease_ids},
         }
 
     async def status(self, request: Request) -> Response:
@@ -59,14 +61,31 @@ class HandoverAPI:
 
     async def root_ids(self, request: Request) -> Response:
         """The filesystems whose root records this node holds (what a node new to them copies)."""
+        return await self._id_page(request, "fs_ids", is_fs_id, "a filesystem ID",
+                                   lambda: self.service.roots.files.ids())
+
+    async def tombstone_ids(self, request: Request) -> Response:
+        """The blobs a writer deleted here (nodes.handover_records takes those f + 1 shards' nodes list)."""
+        return await self._id_page(request, "blob_ids", _is_blob_id, "a blob ID",
+                                   lambda: sorted(self.core.store.tombstones))
+
+    async def lease_ids(self, request: Request) -> Response:
+        """The filesystems this node holds a writer lease of (each one is ``GET /v1/leases/{fs_id}``)."""
+        leases = self.service.leases
+        return await self._id_page(request, "fs_ids", is_fs_id, "a filesystem ID",
+                                   lambda: leases.files.ids() if leases is not None else [])
+
+    async def _id_page(self, request: Request, field: str, valid: Callable[[str], bool], what: str,
+                       every: Callable[[], list[str]]) -> Response:
+        """One page of a sorted ID listing: ``{"version": 1, field: [...], "next": cursor or null}``."""
         after = request.query.get("after")
-        if after is not None and not is_fs_id(after):
-            raise HTTPError(400, "bad_query", f"after: not a filesystem ID: {after[:40]!r}")
+        if after is not None and not valid(after):
+            raise HTTPError(400, "bad_query", f"after: not {what}: {after[:80]!r}")
         limit = request.query.get("limit", "1000")
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_LISTING_PAGE:
             raise HTTPError(400, "bad_query", f"limit must be an integer in [1, {MAX_LISTING_PAGE}]")
-        ids = await self.core.in_worker(self.service.roots.list, after, int(limit))
-        return json_response({"version": 1, "fs_ids": ids, "next": ids[-1] if len(ids) == int(limit) else None})
+        ids = [i for i in await self.core.in_worker(every) if after is None or i > after][:int(limit)]
+        return json_response({"version": 1, field: ids, "next": ids[-1] if len(ids) == int(limit) else None})
 
     async def synced(self, request: Request) -> Response:
         shard = self._shard(request)
@@ -100,3 +119,11 @@ class HandoverAPI:
             raise HTTPError(409, "shard_held", f"this node holds shard {shard} again in its current epoch "
                             f"{self.core.committee.epoch}: it keeps its slivers")
         return json_response(await self.service.release(statement))
+
+
+def _is_blob_id(text: str) -> bool:
+    try:
+        BlobId.parse(text)
+    except FormatError:
+        return False
+    return True

@@ -92,6 +92,18 @@ class HandoverClient:
         """A page of the filesystems whose root record ``node`` holds."""
         return await self._id_page(node, "root records held", routes.HANDOVER_ROOTS, "fs_ids", after, meter)
 
+    async def tombstones(self, node: str, after: str | None, meter: Meter) -> tuple[list[str], str | None]:
+        """A page of the blobs ``node`` holds a tombstone of (deleted by their writer)."""
+        return await self._id_page(node, "tombstones", routes.HANDOVER_TOMBSTONES, "blob_ids", after, meter)
+
+    async def lease_ids(self, node: str, after: str | None, meter: Meter) -> tuple[list[str], str | None]:
+        """A page of the filesystems ``node`` holds a writer lease of."""
+        return await self._id_page(node, "writer leases held", routes.HANDOVER_LEASES, "fs_ids", after, meter)
+
+    async def lease(self, node: str, fs_id: str, meter: Meter) -> bytes | None:
+        return await self._request(node, f"writer lease of {fs_id}", "GET", routes.lease(fs_id), meter,
+                                   missing_ok=True)
+
     async def _id_page(self, node: str, what: str, route: str, field: str, after: str | None,
                        meter: Meter) -> tuple[list[str], str | None]:
         """One page of a paged ID listing: ``{field: [...], "next": ...}``, from ``after`` on."""

@@ -153,6 +153,25 @@ class LeaseStore:
                          and current.record.holder != record.holder else "")
             return self._state(granted)
 
+    def adopt(self, state: LeaseState) -> bool:
+        """Take a (verified) lease another node of the epoch before granted, at a handover
+        (nodes.handover_records), unless this node holds that one or a newer one already: newer is a
+        higher generation, then a higher renewal. It stands for the time left that node gave it, at
+        most one term, and is written durably. True if taken."""
+        record = state.record
+        with self.lock:
+            held = self._get(record.fs_id)
+            if held is not None and (held.record.generation, held.record.renewal) >= (record.generation,
+                                                                                      record.renewal):
+                return False
+            remaining_ns = min(state.expires_in_ms, record.term_ms) * 1_000_000
+            expires_wall = self._wall_ns() + remaining_ns
+            self._write(record, expires_wall)
+            self._held[record.fs_id] = _Held(record, self._monotonic() + remaining_ns / 1e9, expires_wall)
+            log.info("lease of %s taken from the epoch before: %s, %.1f s left", record.fs_id, describe(record),
+                     remaining_ns / 1e9)
+            return True
+
     def _write(self, record: LeaseRecord, expires_wall_ns: int) -> None:
         lease = record.to_dict()
         payload = {"format": FILE_FORMAT, "lease": lease, "expires_wall_ns": expires_wall_ns,

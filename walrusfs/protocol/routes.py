@@ -32,6 +32,8 @@ HANDOVER = "/v1/handover"
 SHARD_BLOBS = "/v1/shards/{shard}/blobs"  # query: after, limit
 SHARD_SYNCED = "/v1/shards/{shard}/synced"
 HANDOVER_ROOTS = "/v1/handover/roots"  # query: after, limit: filesystems whose root records a node holds
+HANDOVER_TOMBSTONES = "/v1/handover/tombstones"  # query: after, limit: blobs a writer deleted on a node
+HANDOVER_LEASES = "/v1/handover/leases"  # query: after, limit: filesystems a node holds a writer lease of
 COMMITTEE_CHAIN = "/v1/committee/chain"  # query: after (docs/epochs.md)
 COMMITTEE_PROPOSALS = "/v1/committee/proposals"
 COMMITTEE_NEXT = "/v1/committee/next"
@@ -48,6 +50,8 @@ _FIXED = {tuple(path.strip("/").split("/")): path for path in (HEALTH, METRICS, 
                                                                 COMMITTEE_CHAIN, COMMITTEE_PROPOSALS, COMMITTEE_NEXT)}
 _FIXED[("v1", "handover")] = HANDOVER
 _FIXED[("v1", "handover", "roots")] = HANDOVER_ROOTS
+_FIXED[("v1", "handover", "tombstones")] = HANDOVER_TOMBSTONES
+_FIXED[("v1", "handover", "leases")] = HANDOVER_LEASES
 # The routes under /v1/shards/{shard}/, by their last segment.
 _SHARD_OBJECTS = {"blobs": SHARD_BLOBS, "synced": SHARD_SYNCED}
 # The one-word routes under /v1/blobs/{id}/.
