@@ -170,7 +170,11 @@ class HandoverService:
         # Finished entries of earlier epochs are history; unfinished ones go on.
         status.gaining = {s: e for s, e in status.gaining.items()
                           if s in now and not (e.epoch < current.epoch and e.state == "synced" and e.released)}
-        status.handing_off = {s: e for s, e in status.handing_off.items() if s not in now and not e.released}
+        # A shard released in this epoch stays recorded as released: told of the epoch again at a
+        # restart, the node must not take it for a shard it still hands off (and serve it, and wait
+        # for a statement its new holder, which has its acknowledgement, will never send again).
+        status.handing_off = {s: e for s, e in status.handing_off.items()
+                              if s not in now and (not e.released or e.epoch == current.epoch)}
         for shard in sorted(before - now):
             if shard not in status.handing_off:
                 status.handing_off[shard] = HandedOffShard(shard, current.node_for_shard(shard).id, current.epoch)

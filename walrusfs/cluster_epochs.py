@@ -7,7 +7,7 @@ Besides walrusfs.cluster's files, a cluster directory holds::
     chain.json       the committee chain (walrusfs.protocol.chain, format v1) from the first committee to
                      the current one; committee.toml is always its current committee
     first-committee.toml  the chain's first committee, which nodes added later are configured with
-    proposal.json    a change under way: {"version": 1, "action": "add"|"retire", "count": K, "nodes":
+    proposal.json    a change under way: {"version": 1, "action": "add"|"retire"|"change", "count": K, "nodes":
                      [ids retiring], "link": <the unsigned link>}; present from before the first node is
                      asked to sign until the signed link is saved
 
@@ -93,16 +93,22 @@ def save_chain(root: Path, chain: CommitteeChain) -> None:
 
 @dataclass(frozen=True)
 class Change:
-    """What an operator asked for: ``add`` (``count`` new nodes) or ``retire`` (``node_ids``)."""
+    """What an operator asked for: ``add`` (``count`` new nodes), ``retire`` (``node_ids``), or
+    ``change``: both in one epoch change (``cluster change --add K --retire ID...``), so that the
+    shards of the nodes leaving go straight to the nodes joining instead of moving twice."""
 
     action: str
     count: int = 0
     node_ids: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        adding = f"adding {self.count} node{'s' if self.count != 1 else ''}"
+        retiring = f"retiring {', '.join(self.node_ids)}"
         if self.action == "add":
-            return f"adding {self.count} node{'s' if self.count != 1 else ''}"
-        return f"retiring {', '.join(self.node_ids)}"
+            return adding
+        if self.action == "retire":
+            return retiring
+        return " and ".join(part for part, wanted in ((adding, self.count), (retiring, self.node_ids)) if wanted)
 
 
 @dataclass(frozen=True)
@@ -208,10 +214,11 @@ def _bindable(port: int) -> bool:
 # --- one change, start to finish ------------------------------------------------------------------------------
 
 
-def change_committee(root: Path, change: Change, *, timeout: float | None = None,
-                     stream: Any = None) -> tuple[Committee, Committee]:
+def change_committee(root: Path, change: Change, *, timeout: float | None = None, stream: Any = None,
+                     force: bool = False) -> tuple[Committee, Committee]:
     """Carry out ``change`` on the cluster at ``root`` (or first finish the one an earlier run left
-    under way); returns (previous, current committee) once the handover is complete."""
+    under way); returns (previous, current committee) once the handover is complete. A new change
+    waits for the handover into the current epoch first (``wait_for_landing``), unless ``force``."""
     from .epoch_change import collect_signatures, fetch_chain, send_links
 
     stream = stream if stream is not None else sys.stderr
@@ -228,6 +235,8 @@ def change_committee(root: Path, change: Change, *, timeout: float | None = None
         chain = longer
     step = _next_step(root, chain, change, stream)
     if step is None:
+        if not force:
+            wait_for_landing(chain, timeout=timeout, stream=stream)
         pending = _plan(root, chain, change, public_key_text(operator))
         step = _Step(pending.change, chain.current, pending.link.committee, pending)
     previous, successor = step.previous, step.successor
@@ -290,7 +299,7 @@ def _next_step(root: Path, chain: CommitteeChain, change: Change, stream: Any) -
         print(f"the change an earlier run proposed ({pending.change.describe()}) was overtaken by another committee "
               f"of epoch {link.epoch}; dropped" + (f" (directories never used: {', '.join(unused)})" if unused else ""),
               file=stream)
-    if change.action == "retire" and current.epoch > chain.anchor.epoch and change.node_ids and \
+    if change.action in ("retire", "change") and current.epoch > chain.anchor.epoch and change.node_ids and \
             all(not current.has_node(i) and chain.committee_at(current.epoch - 1).has_node(i) for i in change.node_ids):
         print(f"{', '.join(change.node_ids)} left the committee at epoch {current.epoch}; waiting for that handover",
               file=stream)
@@ -311,15 +320,45 @@ def _start_if_possible(nodes: list[ClusterNode], stream: Any) -> None:
 
 def _plan(root: Path, chain: CommitteeChain, change: Change, operator: str) -> Pending:
     current = chain.current
-    if change.action == "retire":
+    if change.action == "retire" or not change.count:
         successor = rebalance(current, retiring=change.node_ids)
     else:
         # Checked before any directory is made: the new nodes must fit (a node holds at least one shard).
-        rebalance(current, joining=[NodeInfo(f"new-{i}", "http://127.0.0.1:1", b"", ()) for i in range(change.count)])
-        successor = rebalance(current, joining=create_nodes(root, chain, change.count, operator))
+        rebalance(current, joining=[NodeInfo(f"new-{i}", "http://127.0.0.1:1", b"", ()) for i in range(change.count)],
+                  retiring=change.node_ids)
+        successor = rebalance(current, joining=create_nodes(root, chain, change.count, operator),
+                              retiring=change.node_ids)
     pending = Pending(change, propose(current, successor))
     pending.save(root)  # before the first signature: the nodes that sign will sign only this committee
     return pending
+
+
+def wait_for_landing(chain: CommitteeChain, *, timeout: float | None = None, stream: Any = None) -> None:
+    """A new change waits for the handover into the current epoch (is queued behind it): a shard that
+    moved again before it landed on its new holder would be listed from a node that does not have it
+    yet, and rebuilt from recovery symbols at a cost, while the margin of f faulty shards is spent.
+    Raises EpochChangeError, saying so and what to do, if it is not complete within ``timeout``."""
+    from .epoch_change import EpochChangeError, handover_progress
+
+    stream = stream if stream is not None else sys.stderr
+    current = chain.current
+    if current.epoch <= chain.anchor.epoch:
+        return
+    previous = chain.committee_at(current.epoch - 1)
+    progress = handover_progress(previous, current)
+    if progress.complete:
+        return
+    print(f"the handover into epoch {current.epoch} is not complete ({progress.synced_count} of "
+          f"{len(progress.shards)} shards synced): waiting for it before proposing epoch {current.epoch + 1}, so that "
+          f"no shard moves again before it has landed", file=stream)
+    try:
+        wait_for_handover(previous, current, timeout=timeout, stream=stream)
+    except EpochChangeError as error:
+        raise EpochChangeError(
+            f"epoch {current.epoch + 1} was not proposed: {error}. A second change before the first has landed "
+            f"would move shards that are not on their new holder yet; run the command again once `walrusfs "
+            f"committee status` shows the handover into epoch {current.epoch} complete (or, if a new holder is "
+            f"gone for good, with --force: its shards are then rebuilt from recovery symbols)") from None
 
 
 def wait_for_handover(previous: Committee, current: Committee, *, timeout: float | None = None,
@@ -363,7 +402,8 @@ def _report(previous: Committee, current: Committee) -> None:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    previous, current = change_committee(_dir(args), Change("add", count=args.nodes), timeout=args.timeout)
+    previous, current = change_committee(_dir(args), Change("add", count=args.nodes), timeout=args.timeout,
+                                         force=args.force)
     _report(previous, current)
     added = [node.id for node in current.nodes if not previous.has_node(node.id)]
     print(f"added {', '.join(added)}")
@@ -372,12 +412,35 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 def _cmd_retire(args: argparse.Namespace) -> int:
     root = Path(_dir(args)).expanduser().resolve()
-    previous, current = change_committee(root, Change("retire", node_ids=tuple(args.node_ids)), timeout=args.timeout)
+    previous, current = change_committee(root, Change("retire", node_ids=tuple(args.node_ids)), timeout=args.timeout,
+                                         force=args.force)
     _report(previous, current)
     gone = [node.id for node in previous.nodes if not current.has_node(node.id)]
     print(f"retired and stopped {', '.join(gone)}: the network holds everything they held elsewhere now; "
           f"their directories can be deleted: rm -r {' '.join(str(root / node_id) for node_id in gone)}")
     return 0
+
+
+def _cmd_change(args: argparse.Namespace) -> int:
+    root = Path(_dir(args)).expanduser().resolve()
+    retiring = tuple(args.retire or ())
+    if args.add < 0 or (args.add == 0 and not retiring):
+        raise UserError("`cluster change` needs --add K (K >= 1) or --retire NODE_ID, or both")
+    previous, current = change_committee(root, Change("change", count=args.add, node_ids=retiring),
+                                         timeout=args.timeout, force=args.force)
+    _report(previous, current)
+    added = [node.id for node in current.nodes if not previous.has_node(node.id)]
+    gone = [node.id for node in previous.nodes if not current.has_node(node.id)]
+    if added:
+        print(f"added {', '.join(added)}")
+    if gone:
+        print(f"retired and stopped {', '.join(gone)}: their directories can be deleted: "
+              f"rm -r {' '.join(str(root / node_id) for node_id in gone)}")
+    return 0
+
+
+FORCE_HELP = ("propose even if the handover into the current epoch is not complete (only for a new holder that "
+              "is gone for good: the shards it did not get are rebuilt from recovery symbols by their next holder)")
 
 
 def register_cluster_actions(actions: argparse._SubParsersAction) -> None:
@@ -390,14 +453,26 @@ def register_cluster_actions(actions: argparse._SubParsersAction) -> None:
                      help=f"cluster directory (default {DEFAULT_CLUSTER_DIR_HELP})")
     add.add_argument("--nodes", type=int, default=1, help="how many nodes to add (default 1)")
     add.add_argument("--timeout", type=float, default=None, help=timeout_help)
+    add.add_argument("--force", action="store_true", help=FORCE_HELP)
     add.set_defaults(func=_cmd_add)
     retire = actions.add_parser("retire", help="move every shard off the named nodes into the next epoch's "
                                 "committee, then stop them; their directories can be deleted afterwards")
     retire.add_argument("dir", type=Path, help="cluster directory")
     retire.add_argument("node_ids", nargs="+", metavar="NODE_ID", help="the nodes to retire (e.g. node-3)")
     retire.add_argument("--timeout", type=float, default=None, help=timeout_help)
+    retire.add_argument("--force", action="store_true", help=FORCE_HELP)
     retire.set_defaults(func=_cmd_retire)
+    change = actions.add_parser("change", help="add nodes and retire others in ONE epoch change: the leaving "
+                                "nodes' shards go straight to the new ones; returns when the handover is complete")
+    change.add_argument("dir", nargs="?", type=Path, default=None,
+                        help=f"cluster directory (default {DEFAULT_CLUSTER_DIR_HELP})")
+    change.add_argument("--add", type=int, default=0, metavar="K", help="how many nodes to add (default 0)")
+    change.add_argument("--retire", action="append", metavar="NODE_ID",
+                        help="a node to retire (e.g. node-3); repeat for more")
+    change.add_argument("--timeout", type=float, default=None, help=timeout_help)
+    change.add_argument("--force", action="store_true", help=FORCE_HELP)
+    change.set_defaults(func=_cmd_change)
 
 
 __all__ = ["CHAIN_FILE", "PROPOSAL_FILE", "Change", "change_committee", "create_nodes", "load_chain",
-           "register_cluster_actions", "save_chain", "wait_for_handover"]
+           "register_cluster_actions", "save_chain", "wait_for_handover", "wait_for_landing"]

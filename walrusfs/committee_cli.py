@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import DEFAULT_CLUSTER_DIR_HELP, load_cluster
-from .cluster_epochs import load_chain, wait_for_handover
+from .cluster_epochs import FORCE_HELP, load_chain, wait_for_handover, wait_for_landing
 from .errors import UserError
 from .keys import decode_public_key, load_key
 from .paths import cluster_dir
@@ -137,6 +137,8 @@ def _cmd_propose(args: argparse.Namespace) -> int:
         raise UserError(f"{args.next} is a committee for epoch {successor.epoch}, and the network is at epoch "
                         f"{chain.current.epoch}: propose a committee for epoch {chain.current.epoch + 1} "
                         f"(`walrusfs committee plan` writes one)")
+    if not args.force:
+        wait_for_landing(chain, timeout=args.timeout)
     previous = chain.current
     link = collect_signatures(previous, propose(previous, successor), load_key(args.operator_key),
                               timeout=args.timeout or 600.0)
@@ -190,6 +192,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     proposal.add_argument("--chain-out", type=Path, help="also write the verified chain, ending at the new committee")
     proposal.add_argument("--timeout", type=float, default=None,
                           help="seconds to wait for signatures, then for the handover (default: as long as it takes)")
+    proposal.add_argument("--force", action="store_true", help=FORCE_HELP)
     proposal.set_defaults(func=_cmd_propose)
 
 
