@@ -55,7 +55,8 @@ def complete(line: str) -> list[str]:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_completion_completes_commands_options_and_mount_options() -> None:
     assert complete("walrusfs mo") == ["mount"]
-    assert sorted(complete("walrusfs cluster ")) == ["add", "change", "down", "init", "repair-status", "retire", "status", "up"]
+    assert sorted(complete("walrusfs cluster ")) == ["add", "change", "down", "init", "repair-status", "retire",
+                                                     "status", "up"]
     assert complete("walrusfs umount --la") == ["--lazy"]
     assert complete("walrusfs --vers") == ["--version"]
     assert complete("walrusfs mount NAME /mnt -o ro,non") == ["ro,nonempty"]
