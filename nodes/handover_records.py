@@ -60,12 +60,17 @@ class RecordCopier:
     async def copy_tombstones(self, previous: Committee) -> int:
         """Bury every blob that nodes holding f + 1 shards of ``previous`` list as deleted; the count."""
         shards: Counter[str] = Counter()
-        for node in self._others(previous):
+
+        async def count(node: str) -> None:
             try:
-                for blob in await self._all_ids(node, self.client.tombstones):
+                for blob in set(await self._all_ids(node, self.client.tombstones)):
                     shards[blob] += len(previous.shards_of(node))
             except (FetchError, ValueError, KeyError, TypeError) as error:
                 log.warning("tombstones of %s not taken: %s", node, error)
+
+        # All at once: the shards' copies wait for this, so a node that does not answer costs one
+        # request timeout, not one per node.
+        await asyncio.gather(*(count(node) for node in self._others(previous)))
         needed = previous.geometry.max_faulty + 1
         buried = 0
         for blob, count in sorted(shards.items()):

@@ -235,12 +235,22 @@ class RepairService:
         with backoff; None if it was put off (the writer is still sending it)."""
         blob = str(blob_id)
         if blob in self.store.tombstones:
+            self._forget_buried(blob)
             return True
         metadata = await self._local_metadata(blob_id) or await self._fetch_metadata(blob_id)
         if metadata is None:
             return False
         if blob not in self.store.certified and not await self._store_certificate(blob_id):
             return False
+        if blob in self.store.tombstones:
+            # Buried while the metadata or certificate was being fetched (a handover takes the epoch
+            # before's tombstones, nodes.handover_records, and deletes any copy it finds then): what
+            # was stored after that copy is deleted here. Checked after the writes, so that one of
+            # the two deletions sees the other's result, whatever the order.
+            await self.in_worker(self.store.delete_blob, blob_id)
+            self.core.forget_cached(blob_id)
+            self._forget_buried(blob)
+            return True
         hint = self.invalid_hints.pop(blob, None)
         if hint is not None and blob not in self.store.invalid:
             await self._check_proof_from(hint, blob_id, metadata)
@@ -271,6 +281,13 @@ class RepairService:
             self.missing[key] = size
             self.stats.missing_found += 1
             self.stats.bytes_lost += size
+
+    def _forget_buried(self, blob: str) -> None:
+        """A deleted blob leaves nothing behind that keeps repair busy: a certificate a peer's feed
+        brought before the tombstone (else status would never be idle), a hint, missing slivers."""
+        self.pending_certificates.pop(blob, None)
+        self.invalid_hints.pop(blob, None)
+        self._forget_missing(blob)
 
     def _forget_missing(self, blob: str, keep: set[tuple[str, int, SliverKind]] | None = None) -> None:
         keys = {k for k in (*self.missing, *self._partial, *self._rebuilt) if k[0] == blob}

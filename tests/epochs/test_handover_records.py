@@ -44,14 +44,14 @@ def signed(network: EpochNetwork, method: str, node_id: str, path: str, body: by
     return {"Authorization": sign_request(network.writer_key, method, path, network.info(node_id), body)}
 
 
-def wait_repair_idle(network: EpochNetwork, node_id: str, timeout: float = 60.0) -> dict:
+def wait_repair_idle(network: EpochNetwork, node_id: str, timeout: float = 180.0) -> dict:
     """Until the node's repair has read every peer's feed and has nothing left to do."""
     deadline = time.monotonic() + timeout
     while True:
         status = httpx.get(network.url(node_id) + "/v1/repair/status", timeout=10).json()
         if status["idle"]:
             return status
-        assert time.monotonic() < deadline, status
+        assert time.monotonic() < deadline, f"repair of {node_id} not idle after {timeout} s: {status}"
         time.sleep(0.2)
 
 
