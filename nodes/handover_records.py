@@ -45,12 +45,19 @@ class RecordCopier:
         self.ready = asyncio.Event()  # set once the tombstones are taken: the shards' copies wait for it
 
     async def copy(self, previous: Committee) -> None:
+        """Tombstones, then (``ready`` set, the shards' copies go on meanwhile) root records and leases.
+        A failure is logged, not raised: it is all done again at the next start."""
         try:
             await self.copy_tombstones(previous)
+            self.ready.set()
+            await self.copy_roots(previous)
+            await self.copy_leases(previous)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("records of epoch %d not all taken; taken again at the next start", previous.epoch)
         finally:
             self.ready.set()
-        await self.copy_roots(previous)
-        await self.copy_leases(previous)
 
     def _others(self, previous: Committee) -> list[str]:
         return [node.id for node in previous.nodes if node.id != self.core.node_id]
