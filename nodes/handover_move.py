@@ -32,6 +32,7 @@ from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
 from .core import NodeCore
 from .handover_fetch import FetchError, HandoverClient, Meter
+from .lifecycle_api import parse_claims
 from .store import CERTIFICATE, METADATA, MissingMetadataError, sliver_name
 
 if TYPE_CHECKING:
@@ -135,9 +136,21 @@ class BlobMover:
                 log.warning("node %s sent bad metadata for blob %s: %s", node, blob_id, error)
                 continue
             await self.core.in_worker(self.store.put_metadata, blob_id, metadata.to_bytes())
+            await self._claims(blob_id, node, meter)
             return metadata
         log.warning("no node gave valid metadata of blob %s", blob_id)
         return None
+
+    async def _claims(self, blob_id: BlobId, node: str, meter: Meter) -> None:
+        """The owners' claims on the blob follow it from the node that gave its metadata (without
+        them the blob gets the default claim at the next expiry sweep, nodes.claims)."""
+        try:
+            body = await self.client.claims(node, blob_id, meter)
+            if body is not None:
+                await self.core.in_worker(self.core.claims.adopt, blob_id, parse_claims(body))
+        except (FetchError, ValueError) as error:
+            log.warning("claims of blob %s not copied from %s (%s): it gets the default term here", blob_id,
+                        node, error)
 
     async def _certificate(self, blob_id: BlobId, source: str, meter: Meter) -> bool:
         """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""
