@@ -51,7 +51,7 @@ from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
-from .renewal import Renewer, referenced_blobs
+from .renewal import renewer_for
 from .restore import (
     find_chain_of,
     manifest_in,
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 # On a plain umount, staged data gets this long to upload before the daemon exits; the rest is
 # uploaded at the next mount.
 EXIT_FLUSH_SECONDS = 30.0
-DAY = 86400.0
 
 
 def acquire_lock(state: FsState) -> int:
@@ -283,7 +282,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     per_blob = pack_size + committee.geometry.layout(pack_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
                                      store_deadline=options.store_deadline, owner=settings.fs_id,
-                                     blob_term=settings.blob_term_days * DAY)
+                                     blob_term=settings.blob_term_days * 86400)
     async with fs_client(state, committee, keys.writer, client_settings) as client:
         await client.refresh_chain("mount")  # the committee of now, before the first request
 
@@ -308,10 +307,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 raise
             publisher.lease = lease
             publisher.mark_mounted()
-        # A writable mount keeps the nodes' claims on everything the filesystem references (renewal.py).
-        renewer = None if publisher is None else Renewer(
-            client, settings.fs_id, settings.blob_term_days * DAY,
-            partial(referenced_blobs, db, partial(_snapshot_blobs, publisher)))
+        renewer = None if publisher is None else renewer_for(client, settings, db, publisher)  # claims kept alive
         started = time.time()
 
         def status() -> MountStatus:
@@ -454,14 +450,6 @@ def _init_fuse(operations: WalrusOperations, mountpoint: Path, fuse_options: set
     elif "user_allow_other" in text:
         hint = " (drop allow_other, or add user_allow_other to /etc/fuse.conf)"
     raise UserError(f"cannot mount on {mountpoint}: {reason}{hint}") from failure
-
-
-def _snapshot_blobs(publisher: SnapshotPublisher) -> set[str]:
-    """The blobs of the last metadata snapshot: its manifest, its segments, the retained manifests."""
-    manifest = publisher.previous_manifest()
-    if manifest is None or publisher.local.manifest is None:
-        return set()
-    return {publisher.local.manifest, *(s.blob for s in manifest.segments), *(r.manifest for r in manifest.history)}
 
 
 async def _snapshot_now(publisher: SnapshotPublisher) -> None:

@@ -18,18 +18,23 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
 from ..client.client import BlobClient
 from ..client.lifecycle import RENEWAL_BATCH, renew_blobs
 from ..redstuff import BlobId
+from .config import FsSettings
+from .db import Database
 from .mount_status import RenewalStatus
+from .publisher import SnapshotPublisher
 
 log = logging.getLogger(__name__)
 
 RENEW_WHEN_LEFT = 1 / 3  # of the term: renew when this much of it is left
 RETRY_AFTER = 60.0  # seconds after a failed round (at most a tenth of the term)
+DAY = 86400.0
 
 
 @dataclass
@@ -101,9 +106,23 @@ class Renewer:
                     "their last renewal runs out): %s", min(RETRY_AFTER, self.term / 10), error)
 
 
-def referenced_blobs(db: object, manifest_ids: Callable[[], set[str]]) -> set[BlobId]:
+def renewer_for(client: BlobClient, settings: FsSettings, db: Database, publisher: SnapshotPublisher) -> Renewer:
+    """The renewal task of a writable mount."""
+    return Renewer(client, settings.fs_id, settings.blob_term_days * DAY,
+                   partial(referenced_blobs, db, partial(snapshot_blobs, publisher)))
+
+
+def snapshot_blobs(publisher: SnapshotPublisher) -> set[str]:
+    """The blobs of the last metadata snapshot: its manifest, its segments, the retained manifests."""
+    manifest = publisher.previous_manifest()
+    if manifest is None or publisher.local.manifest is None:
+        return set()
+    return {publisher.local.manifest, *(s.blob for s in manifest.segments), *(r.manifest for r in manifest.history)}
+
+
+def referenced_blobs(db: Database, manifest_ids: Callable[[], set[str]]) -> set[BlobId]:
     """Until gc's ``walrusfs/fs/reachable.py: reachable_blobs`` is merged: the blobs the block map
     references plus the metadata snapshot's blobs (``manifest_ids``). gc's reachable set also covers
     every retained snapshot; the merge switches the mount to it."""
-    rows = db.execute("SELECT blob_id FROM blobs").fetchall()  # type: ignore[attr-defined]
+    rows = db.execute("SELECT blob_id FROM blobs").fetchall()
     return {BlobId.parse(row[0]) for row in rows} | {BlobId.parse(text) for text in manifest_ids()}
