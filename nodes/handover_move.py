@@ -106,6 +106,9 @@ class BlobMover:
                 if rebuilt:
                     entry.rebuilt += 1
                 done = done and rebuilt
+            if not self.core.claims.claims_of(blob_id):  # new here (or fetched by repair, unclaimed)
+                # After the slivers: the claims file records what the blob costs its writers here.
+                await self._claims(blob_id, entry.source, meter)
         except FetchError as error:
             log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
             done = False
@@ -136,21 +139,22 @@ class BlobMover:
                 log.warning("node %s sent bad metadata for blob %s: %s", node, blob_id, error)
                 continue
             await self.core.in_worker(self.store.put_metadata, blob_id, metadata.to_bytes())
-            await self._claims(blob_id, node, meter)
             return metadata
         log.warning("no node gave valid metadata of blob %s", blob_id)
         return None
 
-    async def _claims(self, blob_id: BlobId, node: str, meter: Meter) -> None:
-        """The owners' claims on the blob follow it from the node that gave its metadata (without
-        them the blob gets the default claim at the next expiry sweep, nodes.claims)."""
-        try:
-            body = await self.client.claims(node, blob_id, meter)
-            if body is not None:
-                await self.core.in_worker(self.core.claims.adopt, blob_id, parse_claims(body))
-        except (FetchError, ValueError) as error:
-            log.warning("claims of blob %s not copied from %s (%s): it gets the default term here", blob_id,
-                        node, error)
+    async def _claims(self, blob_id: BlobId, source: str, meter: Meter) -> None:
+        """The owners' claims on the blob follow it, from the old holder first (without them the blob
+        gets the default claim at the next expiry sweep, nodes.claims)."""
+        for node in self._sources_first(source):
+            try:
+                body = await self.client.claims(node, blob_id, meter)
+                if body is not None:
+                    await self.core.in_worker(self.core.claims.adopt, blob_id, parse_claims(body))
+                    return
+            except (FetchError, ValueError) as error:
+                log.warning("claims of blob %s not copied from %s: %s", blob_id, node, error)
+        log.warning("no node gave the claims of blob %s: it gets the default term here", blob_id)
 
     async def _certificate(self, blob_id: BlobId, source: str, meter: Meter) -> bool:
         """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""
