@@ -103,3 +103,21 @@ def test_the_report_warns_of_failing_renewal_with_its_last_success_and_of_quota_
     assert "OVER QUOTA" in report and "writer key K has 10 bytes claimed" in report
     healthy = format_status(DAEMON_JSON, now=1700000400.0)
     assert "RENEWAL FAILING" not in healthy and "OVER QUOTA" not in healthy
+
+
+def test_renewal_and_quota_are_exported_as_mount_metrics() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from walrusfs.fs.metrics import render_metrics
+
+    def parse_metrics(text: str) -> dict[str, float]:
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if not sample.labels}
+
+    healthy = parse_metrics(render_metrics(DAEMON_JSON))
+    assert healthy["walrusfs_mount_renewal_failing"] == 0 and healthy["walrusfs_mount_over_quota"] == 0
+    assert healthy["walrusfs_mount_renewal_last_success_seconds"] == 1700000100.0
+    failing = dict(DAEMON_JSON, renewal=dict(DAEMON_JSON["renewal"], last_error="node-1: HTTP 503"),
+                   over_quota="node-0: HTTP 403: over_quota")
+    metrics = parse_metrics(render_metrics(failing))
+    assert metrics["walrusfs_mount_renewal_failing"] == 1 and metrics["walrusfs_mount_over_quota"] == 1

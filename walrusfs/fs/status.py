@@ -58,7 +58,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         # What the daemon reported, as it reported it, plus the fields derived here.
         print(json.dumps(dict(status.to_json(), mountpoint=str(mountpoint), uploads_failing=status.uploads_failing,
-                              snapshot_failing=status.snapshot_failing), indent=2, sort_keys=True))
+                              snapshot_failing=status.snapshot_failing, renewal_failing=status.renewal_failing),
+                         indent=2, sort_keys=True))
     else:
         print(format_status(status, mountpoint=mountpoint), end="")
     return EXIT_FAILING if failing else 0
