@@ -9,11 +9,14 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from node_harness import Node, node_process, other_blob
 from test_claims import A, B, claim, claims
 
+from nodes.config import LifecycleConfig, QuotaConfig
 from walrusfs.committee import Committee
-from walrusfs.keys import load_key, public_key_text
+from walrusfs.errors import UserError
+from walrusfs.keys import decode_public_key, generate_key, load_key, public_key_text
 
 
 def start(cluster_root: Path, quotas: str) -> Node:
@@ -81,3 +84,18 @@ def test_space_is_reported_in_metrics_and_health(node: Node) -> None:
     assert used == health["bytes"] > 0
     assert free > 0 and health["free_bytes"] > 0
     assert claimed(node, public_key_text(node.writer_key)) > 0
+
+
+def test_the_lifecycle_and_quota_tables_are_checked_with_messages_that_say_what_to_fix() -> None:
+    key = public_key_text(generate_key())
+    quotas = QuotaConfig.from_dict({"default": 10, key: 1000})
+    assert quotas.cap(decode_public_key(key)) == 1000 and quotas.cap(bytes(32)) == 10
+    assert LifecycleConfig.from_dict({"default_term_days": 0.5, "max_term_days": 1}).default_term == 43200.0
+    for table, data, message in (
+            (QuotaConfig, {"not-a-key": 5}, "neither 'default' nor a base64 writer key"),
+            (QuotaConfig, {"default": -1}, "must be a number of bytes"),
+            (LifecycleConfig, {"max_term_days": 1, "default_term_days": 2}, "at most max_term_days"),
+            (LifecycleConfig, {"sweep_interval": 0}, "must be a positive number"),
+            (LifecycleConfig, {"term": 3}, "unknown settings term")):
+        with pytest.raises(UserError, match=message):
+            table.from_dict(data)
