@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import httpx
 import pytest
 from node_harness import Node, node_process, other_blob
@@ -18,7 +19,7 @@ from test_claims import A, configure
 
 from nodes.claims import Claim, ClaimStore
 from nodes.config import LifecycleConfig, QuotaConfig
-from nodes.store import BlobStore
+from nodes.store import _HEAD, _MAGIC, BlobStore
 from walrusfs.committee import Committee
 from walrusfs.keys import load_key
 from walrusfs.redstuff import EncodedBlob
@@ -115,3 +116,34 @@ def test_the_sweeper_never_deletes_before_the_latest_signed_expiry(tmp_path: Pat
     store.put_metadata(again.blob_id, again.metadata.to_bytes())
     assert claims.sweep() == []
     assert claims.claims_of(again.blob_id) == {"": Claim(int(clock.now + 86400), "")}
+
+
+def test_damaged_claims_keep_the_blob_for_the_longest_term_never_shorter(tmp_path: Path) -> None:
+    blob, clock = other_blob(5_000), Clock(2_000_000.0)
+    lifecycle = LifecycleConfig(1.0, 10.0, 1.0)
+
+    def opened() -> tuple[BlobStore, ClaimStore]:
+        store = BlobStore(tmp_path)
+        store.open()
+        claims = ClaimStore(store, lifecycle, QuotaConfig(), clock)
+        store.on_created = claims.noticed
+        claims.open()
+        return store, claims
+
+    store, claims = opened()
+    claims.store_and_claim(blob.blob_id, blob.metadata.to_bytes(), A, 2_000_100, bytes(32), 100)
+    path = store.blob_dir(blob.blob_id) / "claims"
+    damaged = bytearray(path.read_bytes())
+    damaged[-3] ^= 0xFF  # rot in the payload: the checksum fails
+    path.write_bytes(bytes(damaged))
+    store, claims = opened()
+    assert claims.claims_of(blob.blob_id) == {"": Claim(int(clock.now + 10 * 86400), "")}
+    assert any(entry.name.startswith(f"{blob.blob_id}.claims") for entry in (tmp_path / "quarantine").iterdir())
+
+    path.write_bytes(path.read_bytes()[:40] + b"{not json")  # unreadable (a checksum made for garbage)
+
+
+    payload = b'{"format": 9}'
+    path.write_bytes(_HEAD.pack(_MAGIC, 1, blake3.blake3(payload).digest()) + payload)
+    store, claims = opened()
+    assert claims.claims_of(blob.blob_id) == {"": Claim(int(clock.now + 10 * 86400), "")}
