@@ -197,7 +197,9 @@ class ClaimStore:
             text = str(blob_id)
             if not self.store.has(blob_id, "metadata"):
                 return
-            merged = {} if text in self._unclaimed else dict(self._claims.get(text, {}))
+            # The node's own default claim (writer "": made at an upgrade, or for a blob repair or the
+            # handover brought before its claims) gives way to the owners' claims.
+            merged = {o: c for o, c in self._claims.get(text, {}).items() if c.writer}
             for owner, claim in claims.items():
                 old = merged.get(owner)
                 expires = min(claim.expires, limit)

@@ -106,9 +106,9 @@ class BlobMover:
                 if rebuilt:
                     entry.rebuilt += 1
                 done = done and rebuilt
-            if not self.core.claims.claims_of(blob_id):  # new here (or fetched by repair, unclaimed)
-                # After the slivers: the claims file records what the blob costs its writers here.
-                await self._claims(blob_id, entry.source, meter)
+            # Always (merged with any here: another owner may have stored the blob in the new epoch), and
+            # after the slivers: the claims file records what the blob costs its writers here.
+            await self._claims(blob_id, entry.source, meter)
         except FetchError as error:
             log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
             done = False

@@ -116,6 +116,10 @@ def test_the_sweeper_never_deletes_before_the_latest_signed_expiry(tmp_path: Pat
     store.put_metadata(again.blob_id, again.metadata.to_bytes())
     assert claims.sweep() == []
     assert claims.claims_of(again.blob_id) == {"": Claim(int(clock.now + 86400), "")}
+    # The owners' claims, when a peer gives them (handover, repair), replace that default one.
+    claims.adopt(again.blob_id, {A: Claim(int(clock.now + 500), "w"), "": Claim(int(clock.now + 20 * 86400), "w")})
+    assert claims.claims_of(again.blob_id) == {A: Claim(int(clock.now + 500), "w"),
+                                               "": Claim(int(clock.now + 10 * 86400), "w")}  # capped at the max
 
 
 def test_damaged_claims_keep_the_blob_for_the_longest_term_never_shorter(tmp_path: Path) -> None:
