@@ -37,6 +37,7 @@ from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
 from . import metrics as metrics_format
 from .buffers import ImagePool, ObjectImage
+from .claims import OverQuotaError
 from .config import NodeConfig
 from .core import NodeCore
 from .epochs import EpochService
@@ -60,6 +61,7 @@ from .http import (
 from .httpd import ConnectionStats
 from .lease_api import LeaseAPI, fenced_error
 from .leases import FencedError, LeaseStore
+from .lifecycle_api import LifecycleAPI, over_quota, parse_claim_query, release_owner
 from .memory import MemoryKeeper
 from .metrics import family
 from .repair import RepairService
@@ -110,6 +112,7 @@ class NodeApp:
         self.epochs_api = EpochsAPI(core, self.epochs)
         self.handover = HandoverService(core, self.repair, self.roots, self.leases)  # registers itself with the core
         self.handover_api = HandoverAPI(core, self.handover)
+        self.lifecycle_api = LifecycleAPI(core)
         self._handlers = self._routes()
 
     @property
@@ -124,7 +127,8 @@ class NodeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.core, self.repair, self.memory, self.epochs, self.handover)
+            await _lifespan(receive, send, self.core, self.repair, self.memory, self.epochs, self.handover,
+                            self.lifecycle_api)
             return
         if scope["type"] != "http":
             return
@@ -164,6 +168,7 @@ class NodeApp:
             **self.lease_api.routes(),
             **self.epochs_api.routes(),
             **self.handover_api.routes(),
+            **self.lifecycle_api.routes(),
         }
 
     def _route(self, request: Request) -> tuple[str, Handler, tuple[Any, ...]]:
@@ -224,6 +229,7 @@ class NodeApp:
             ok=True, node_id=self.config.node_id, public_key=self.public_key, epoch=self.committee.epoch,
             n_shards=self.geometry.n_shards, shards=list(self.shards), standby=self.core.standby,
             blobs=stats.blobs, bytes=stats.bytes, quarantined=stats.quarantined,
+            free_bytes=self.lifecycle_api.space()["free_bytes"],
         ).to_dict())
 
     async def prometheus(self, request: Request) -> Response:
@@ -236,7 +242,7 @@ class NodeApp:
                                                     stats.quarantined),
             },
             {"node_id": self.config.node_id, "epoch": str(self.committee.epoch)},
-            self.repair_api.metrics_lines() + self._connection_lines(),
+            self.repair_api.metrics_lines() + self._connection_lines() + self.lifecycle_api.metrics_lines(),
         )
         return Response(200, text.encode(), metrics_format.CONTENT_TYPE)
 
@@ -282,6 +288,7 @@ class NodeApp:
         # Journalled: storing metadata (re)creates a blob, so a replay after a later DELETE would bring
         # the deleted blob back; slivers and certificates are refused (409) without it.
         signed = await self.core.authorize(request, durable=True)
+        owner, expires = parse_claim_query(request)
         body = await request.read_body(self.metadata_body)
         self.core.check_body(signed, body)
         try:
@@ -302,13 +309,28 @@ class NodeApp:
             raise HTTPError(422, "metadata_mismatch", f"this metadata is for blob {metadata.blob_id}, "
                             f"not {blob_id}")
         try:
-            created = await self.core.in_worker(self.store.put_metadata, blob_id, bytes(body))
+            created, granted = await self.core.in_worker(self.core.claims.store_and_claim, blob_id, bytes(body),
+                                                         owner, expires, signed.writer, self._charge(metadata))
         except StoreFullError:
             raise self.core.disk_full() from None
+        except OverQuotaError as error:
+            log.warning("refused blob %s: %s", blob_id, error)
+            raise over_quota(error) from None
+        except MissingMetadataError:
+            raise HTTPError(409, "metadata_missing", f"blob {blob_id} was deleted meanwhile: PUT its metadata "
+                            "again") from None
         self.repair.touch(blob_id)
         if created:
             log.info("stored metadata of blob %s (%d bytes)", blob_id, metadata.blob_length)
-        return json_response({"blob_id": str(blob_id), "stored": True}, 201 if created else 200)
+        return json_response({"blob_id": str(blob_id), "stored": True, "owner": owner, "expires": granted},
+                             201 if created else 200)
+
+    def _charge(self, metadata: BlobMetadata) -> int:
+        """What a blob costs its writers' quotas here: its metadata and this node's slivers, stored."""
+        layout = metadata.layout
+        slivers = sum(2 * (STORED_HEADER_SIZE + SLIVER_HEADER_SIZE) + layout.sliver_size(True)
+                      + layout.sliver_size(False) for _ in self.core.shards)
+        return STORED_HEADER_SIZE + self.metadata_body + slivers
 
     async def get_metadata(self, request: Request, blob_id: BlobId) -> Response:
         payload = await self.core.read_object(blob_id, METADATA)
@@ -446,13 +468,22 @@ class NodeApp:
         # Journalled: replayed later (after the blob was stored again) it would destroy data.
         signed = await self.core.authorize(request, durable=True)
         self.core.check_body(signed, b"")  # the body is ignored; the signature must say there was none
-        await self.core.in_worker(self.store.bury, blob_id)  # so that repair does not bring it back
-        deleted = await self.core.in_worker(self.store.delete_blob, blob_id)
-        self.core.forget_cached(blob_id)
-        if not deleted:
+        owner = release_owner(request)
+        if owner is None:  # everything goes, whoever claims it (an operator's tool); tombstoned
+            deleted = await self.core.in_worker(self.core.claims.delete, blob_id)
+            self.core.forget_cached(blob_id)
+            if not deleted:
+                raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
+            log.info("deleted blob %s", blob_id)
+            return json_response({"blob_id": str(blob_id), "deleted": True, "claims_left": 0})
+        outcome = await self.core.in_worker(self.core.claims.release, blob_id, owner)
+        if outcome is None:
             raise HTTPError(404, "not_found", f"blob {blob_id} is not stored here")
-        log.info("deleted blob %s", blob_id)
-        return json_response({"blob_id": str(blob_id), "deleted": True})
+        deleted, left = outcome
+        if deleted:
+            self.core.forget_cached(blob_id)
+            log.info("deleted blob %s: its last claim (%s) was released", blob_id, owner)
+        return json_response({"blob_id": str(blob_id), "deleted": deleted, "claims_left": left})
 
 
 def _verified_root(body: bytes, fs_id: str) -> RootRecord:
@@ -481,7 +512,7 @@ def _parse_kind(text: str) -> SliverKind:
 
 
 async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: RepairService, memory: MemoryKeeper,
-                    epochs: EpochService, handover: HandoverService) -> None:
+                    epochs: EpochService, handover: HandoverService, lifecycle: LifecycleAPI) -> None:
     """Repair, the memory keeper, the epoch follower and the handover run in the server's event loop
     from startup to shutdown."""
     while True:
@@ -490,8 +521,10 @@ async def _lifespan(receive: Receive, send: Send, core: NodeCore, repair: Repair
             repair.start()
             memory.start()
             epochs.start()
+            lifecycle.start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await lifecycle.stop()
             await epochs.stop()
             await handover.stop()
             await memory.stop()

@@ -25,6 +25,15 @@
 
     [epochs]                          # optional; committee changes (docs/epochs.md)
     proposers = ["<base64 ed25519>"]  # operator keys whose proposals of the next committee it considers
+
+    [lifecycle]                       # optional; blob claims and expiry (docs/node-api.md, "Claims")
+    default_term_days = 365.0         # a claim made without an expiry (and a blob stored before claims)
+    max_term_days = 730.0             # a requested expiry further out is capped to this from now
+    sweep_interval = 3600.0           # seconds between passes that delete blobs whose claims all expired
+
+    [quotas]                          # optional; bytes each writer key may have claimed here
+    default = 0                       # for keys not listed; 0: no cap
+    "<base64 writer key>" = 1099511627776
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30
 _KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair",
-          "http", "epochs"}
+          "http", "epochs", "lifecycle", "quotas"}
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,73 @@ class EpochsConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    """The ``[lifecycle]`` table: how long the node keeps a blob nobody renews. Terms are in days
+    (fractions allowed: a test runs with a term of seconds); the node grants at most ``max_term_days``
+    from the time of the request, whatever the writer asks for."""
+
+    default_term_days: float = 365.0
+    max_term_days: float = 730.0
+    sweep_interval: float = 3600.0
+
+    @property
+    def default_term(self) -> float:
+        return self.default_term_days * DAY
+
+    @property
+    def max_term(self) -> float:
+        return self.max_term_days * DAY
+
+    @classmethod
+    def from_dict(cls, data: object) -> LifecycleConfig:
+        if not isinstance(data, dict):
+            raise UserError("[lifecycle] must be a table")
+        unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"[lifecycle]: unknown settings {', '.join(unknown)} "
+                            f"(known: {', '.join(cls.__dataclass_fields__)})")
+        defaults = cls()
+        values = {name: data.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        for name, value in values.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise UserError(f"[lifecycle] {name} must be a positive number, got {value!r}")
+            values[name] = float(value)
+        if values["default_term_days"] > values["max_term_days"]:
+            raise UserError("[lifecycle] default_term_days must be at most max_term_days")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """The ``[quotas]`` table: the bytes each writer key (base64, as in committee.toml) may have
+    claimed on this node; ``default`` for the keys not listed. 0 means no cap."""
+
+    default: int = 0
+    keys: tuple[tuple[bytes, int], ...] = ()
+
+    def cap(self, writer: bytes) -> int:
+        return dict(self.keys).get(writer, self.default)
+
+    @classmethod
+    def from_dict(cls, data: object) -> QuotaConfig:
+        if not isinstance(data, dict):
+            raise UserError("[quotas] must be a table")
+        default, keys = 0, []
+        for name, value in data.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"[quotas] {name[:60]!r} must be a number of bytes (0: no cap), got {value!r}")
+            if name == "default":
+                default = value
+                continue
+            try:
+                keys.append((decode_public_key(name), value))
+            except ValueError as error:
+                raise UserError(f"[quotas]: {name[:60]!r} is neither 'default' nor a base64 writer key: "
+                                f"{error}") from error
+        return cls(default, tuple(keys))
+
+
+@dataclass(frozen=True)
 class RepairConfig:
     """The ``[repair]`` table: how hard self-healing may work (docs/repair.md explains the defaults)."""
 
@@ -151,6 +228,8 @@ class NodeConfig:
     repair: RepairConfig = RepairConfig()
     http: HTTPConfig = HTTPConfig()
     epochs: EpochsConfig = EpochsConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    quotas: QuotaConfig = QuotaConfig()
 
     @classmethod
     def load(cls, path: Path | str) -> NodeConfig:
@@ -193,7 +272,8 @@ class NodeConfig:
         return cls(path, text("node_id"), host.strip("[]"), int(port_text), relative("data_dir"),
                    relative("signing_key"), relative("committee"), max_blob, log_level,
                    RepairConfig.from_dict(data.get("repair", {})), HTTPConfig.from_dict(data.get("http", {})),
-                   EpochsConfig.from_dict(data.get("epochs", {})))
+                   EpochsConfig.from_dict(data.get("epochs", {})), LifecycleConfig.from_dict(data.get("lifecycle", {})),
+                   QuotaConfig.from_dict(data.get("quotas", {})))
 
     def load_identity(self) -> tuple[Committee, Ed25519PrivateKey]:
         """The committee of the config file and this node's key, checked against each other where the

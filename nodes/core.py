@@ -24,6 +24,7 @@ from walrusfs.protocol.chain import ChainError, CommitteeChain
 from walrusfs.protocol.committee import Committee
 from walrusfs.redstuff import BlobId, BlobMetadata, EncodingGeometry, SliverKind
 
+from .claims import ClaimStore
 from .config import NodeConfig, RepairConfig
 from .expansions import ExpansionCache
 from .http import HTTPError, Request
@@ -62,6 +63,10 @@ class NodeCore:
         self.serve_executor = ThreadPoolExecutor(config.repair.serve_workers, thread_name_prefix="node-symbols")
         self.journal = NonceJournal(store.root)
         self.journal.open()
+        # Who keeps each blob until when (owners' claims), the expiry sweep and the writers' quotas.
+        self.claims = ClaimStore(store, config.lifecycle, config.quotas)
+        store.on_created = self.claims.noticed
+        self.claims.open()
         self._metadata_cache: OrderedDict[BlobId, BlobMetadata] = OrderedDict()
         # Told of each blob an object of which failed its checksum (repair re-queues it if certified).
         self.on_quarantine: Callable[[BlobId], None] = lambda blob_id: None
@@ -210,7 +215,9 @@ class NodeCore:
                             f"this node holds {'no shards' if not held else f'shards {list(held)}'} in epoch "
                             f"{committee.epoch}: ask the nodes of the current committee "
                             f"(GET {routes.COMMITTEE_CHAIN})", epoch=committee.epoch)
-        unsigned = Confirmation(committee.epoch, blob_id, self.node_id, shards)
+        # The node's promise: it keeps the blob at least until its latest claim expires.
+        unsigned = Confirmation(committee.epoch, blob_id, self.node_id, shards,
+                                expires=self.claims.keep_until(blob_id))
         return unsigned.signed_by(self.key)
 
     # --- stored objects --------------------------------------------------------------------------------

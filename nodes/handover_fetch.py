@@ -122,6 +122,9 @@ class HandoverClient:
     async def metadata(self, node: str, blob_id: BlobId, meter: Meter) -> bytes | None:
         return await self._request(node, "metadata", "GET", routes.metadata(blob_id), meter, missing_ok=True)
 
+    async def claims(self, node: str, blob_id: BlobId, meter: Meter) -> bytes | None:
+        return await self._request(node, "claims", "GET", routes.claims(blob_id), meter, missing_ok=True)
+
     async def certificate(self, node: str, blob_id: BlobId, meter: Meter) -> bytes | None:
         return await self._request(node, "certificate", "GET", routes.certificate(blob_id), meter, missing_ok=True)
 

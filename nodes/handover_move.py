@@ -32,6 +32,7 @@ from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
 from .core import NodeCore
 from .handover_fetch import FetchError, HandoverClient, Meter
+from .lifecycle_api import parse_claims
 from .store import CERTIFICATE, METADATA, MissingMetadataError, sliver_name
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class BlobMover:
                 if rebuilt:
                     entry.rebuilt += 1
                 done = done and rebuilt
+            # Always (merged with any here: another owner may have stored the blob in the new epoch), and
+            # after the slivers: the claims file records what the blob costs its writers here.
+            await self._claims(blob_id, entry.source, meter)
         except FetchError as error:
             log.warning("handover of blob %s (shard %d): %s", blob, entry.shard, error)
             done = False
@@ -138,6 +142,19 @@ class BlobMover:
             return metadata
         log.warning("no node gave valid metadata of blob %s", blob_id)
         return None
+
+    async def _claims(self, blob_id: BlobId, source: str, meter: Meter) -> None:
+        """The owners' claims on the blob follow it, from the old holder first (without them the blob
+        gets the default claim at the next expiry sweep, nodes.claims)."""
+        for node in self._sources_first(source):
+            try:
+                body = await self.client.claims(node, blob_id, meter)
+                if body is not None:
+                    await self.core.in_worker(self.core.claims.adopt, blob_id, parse_claims(body))
+                    return
+            except (FetchError, ValueError) as error:
+                log.warning("claims of blob %s not copied from %s: %s", blob_id, node, error)
+        log.warning("no node gave the claims of blob %s: it gets the default term here", blob_id)
 
     async def _certificate(self, blob_id: BlobId, source: str, meter: Meter) -> bool:
         """Fetch, verify (against the committee of its epoch) and store the blob's certificate."""

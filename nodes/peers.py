@@ -108,6 +108,9 @@ class Peers:
     async def metadata(self, peer: str, blob_id: BlobId) -> bytes | None:
         return await self._get(peer, "metadata", routes.metadata(blob_id), missing_ok=True)
 
+    async def claims(self, peer: str, blob_id: BlobId) -> bytes | None:
+        return await self._get(peer, "claims", routes.claims(blob_id), missing_ok=True)
+
     async def certificate(self, peer: str, blob_id: BlobId) -> bytes | None:
         return await self._get(peer, "certificate", routes.certificate(blob_id), missing_ok=True)
 

@@ -50,6 +50,7 @@ from walrusfs.redstuff import (
 from .core import NodeCore, committee_of_certificate
 from .feed import Feed
 from .http import HTTPError
+from .lifecycle_api import parse_claims
 from .peers import PeerError, Peers, peer_nodes
 from .ratelimit import Backoff, TokenBucket
 from .scrub import Scrubber
@@ -373,6 +374,9 @@ class RepairService:
             log.warning("no peer gave valid metadata of certified blob %s; will retry", blob_id)
         else:
             self.stats.metadata_fetched += 1
+            # The owners' claims come with it (without them the blob gets the default claim at the next sweep).
+            await self._from_peers("claims", lambda peer: peers.claims(peer, blob_id),
+                                   lambda body: self.core.claims.adopt(blob_id, parse_claims(body)))
         return metadata
 
     def verify_certificate(self, blob_id: BlobId, text: str | bytes) -> str:

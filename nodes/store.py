@@ -6,6 +6,7 @@ Layout under the data directory::
     blobs/<..>/<blob id>/p<pair>.primary | p<pair>.secondary
     blobs/<..>/<blob id>/certificate     the availability certificate (JSON), once the node knows it
     blobs/<..>/<blob id>/inconsistency   an InconsistencyProof: the blob is invalid, never served
+    blobs/<..>/<blob id>/claims          who keeps the blob, until when (nodes.claims; JSON)
     tombstones/<blob id>                 blobs deleted by a writer: repair does not bring them back
     quarantine/<blob id>.<object>.<ns>      files that failed their checksum, kept for inspection
     trash/                                  blob directories being deleted
@@ -30,6 +31,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ HEADER_SIZE = _HEAD.size
 METADATA = "metadata"
 CERTIFICATE = "certificate"
 INCONSISTENCY = "inconsistency"
+CLAIMS = "claims"
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -91,6 +94,8 @@ class BlobStore:
         self._quarantined: dict[str, set[str]] = {}
         # Objects whose checksum passed on a read since the node started.
         self._verified: set[tuple[str, str]] = set()
+        # Told of each blob whose metadata put_metadata stored anew (nodes.claims notes the unclaimed).
+        self.on_created: Callable[[BlobId], None] = lambda blob_id: None
 
     def open(self) -> None:
         """Create the layout, drop leftovers of interrupted writes and deletions, count contents."""
@@ -142,6 +147,7 @@ class BlobStore:
             with self._lock:
                 self.stats.blobs += 1
         self._write(blob_id, METADATA, payload)
+        self.on_created(blob_id)
         return True
 
     def put_sliver(self, blob_id: BlobId, pair: int, kind: SliverKind,
@@ -157,6 +163,19 @@ class BlobStore:
             raise MissingMetadataError(str(blob_id))
         self._write(blob_id, name, payload)
         (self.certified if name == CERTIFICATE else self.invalid).add(str(blob_id))
+
+    def put_claims(self, blob_id: BlobId, payload: bytes) -> None:
+        """Replace the claims object of a blob whose metadata is stored (nodes.claims), durably."""
+        if not (self.blob_dir(blob_id) / METADATA).exists():
+            raise MissingMetadataError(str(blob_id))
+        self._write(blob_id, CLAIMS, payload)
+
+    def blob_bytes(self, blob_id: BlobId) -> int:
+        """Bytes of the files stored for a blob (0 if it is not stored)."""
+        try:
+            return sum(entry.stat().st_size for entry in os.scandir(self.blob_dir(blob_id)))
+        except FileNotFoundError:
+            return 0
 
     def bury(self, blob_id: BlobId, alive: bool = False) -> None:
         """Record that a writer deleted the blob (so repair leaves it deleted), or, with ``alive``,

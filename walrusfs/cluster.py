@@ -109,7 +109,8 @@ class NodeState:
     pid: int | None
     status: str  # "up", "starting", "down", "unhealthy"
     blobs: int | None = None
-    bytes: int | None = None
+    bytes: int | None = None  # used by stored files
+    free: int | None = None  # free on the data disk (None from a node that does not say)
 
 
 # --- init --------------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def cluster_status(root: Path, probe: bool = True) -> list[NodeState]:
         elif health is None:
             states.append(NodeState(node, pid, "unhealthy" if probe else "running"))
         else:
-            states.append(NodeState(node, pid, "up", health.blobs, health.bytes))
+            states.append(NodeState(node, pid, "up", health.blobs, health.bytes, health.free_bytes))
     return states
 
 

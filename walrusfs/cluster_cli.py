@@ -39,10 +39,11 @@ from .tables import table as _table
 def _state_rows(states: list[NodeState]) -> list[list[str]]:
     return [[s.node.info.id, s.node.info.url, ",".join(map(str, s.node.info.shards)),
              str(s.pid or "-"), s.status, "-" if s.blobs is None else str(s.blobs),
-             "-" if s.bytes is None else str(s.bytes)] for s in states]
+             "-" if s.bytes is None else str(s.bytes), "-" if s.free is None else str(s.free)] for s in states]
 
 
-_HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "bytes"]
+# used: bytes of the node's stored files; free: bytes free on its data disk (both from its /v1/health).
+_HEADERS = ["node", "url", "shards", "pid", "status", "blobs", "used", "free"]
 
 
 def ephemeral_port_warning(base_port: int, nodes: int) -> str | None:

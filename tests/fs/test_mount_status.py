@@ -29,6 +29,9 @@ DAEMON_JSON = {
               "term_s": 30.0, "deposed_by": None, "last_error": None, "message": None},
     "epoch": 3,
     "encryption": "aes-256-gcm-v1",
+    "renewal": {"term_s": 31536000.0, "blobs": 12, "last_success": 1700000100.0, "expires": 1731536100.0,
+                "last_error": None, "last_error_at": None},
+    "over_quota": None,
 }
 
 
@@ -70,8 +73,51 @@ def test_uploads_failing_needs_a_failure_after_the_last_upload_and_data_waiting(
     assert MountStatus.from_json({k: v for k, v in failing.items() if k != "last_upload_at"}).uploads_failing
 
 
+def test_renewal_failing_and_over_quota_are_read_from_the_daemons_record() -> None:
+    assert not MountStatus.from_json(DAEMON_JSON).renewal_failing
+    failing = dict(DAEMON_JSON, renewal=dict(DAEMON_JSON["renewal"], last_error="node-1: HTTP 503",
+                                             last_error_at=1700000200.0))
+    assert MountStatus.from_json(failing).renewal_failing
+    assert MountStatus.from_json(failing).renewal.last_success == 1700000100.0
+    older = {k: v for k, v in DAEMON_JSON.items() if k not in ("renewal", "over_quota")}  # a daemon before claims
+    assert MountStatus.from_json(older).renewal is None and not MountStatus.from_json(older).renewal_failing
+    assert MountStatus.from_json(dict(DAEMON_JSON, over_quota="node-0: HTTP 403: over_quota")).over_quota
+
+
 def test_status_does_not_import_the_mount_commands() -> None:
     """fs/status.py imported fs/cli.py for read_status (a circle through fs/cli's imports)."""
     code = "import sys, walrusfs.fs.status; print('walrusfs.fs.cli' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "False"
+
+
+def test_the_report_warns_of_failing_renewal_with_its_last_success_and_of_quota_refusals() -> None:
+    from walrusfs.fs.status import format_status
+
+    failing = dict(DAEMON_JSON, renewal=dict(DAEMON_JSON["renewal"], last_error="node-1: HTTP 503: busy",
+                                             last_error_at=1700000200.0),
+                   over_quota="node-0: HTTP 403: over_quota: writer key K has 10 bytes claimed")
+    report = format_status(failing, now=1700000400.0)
+    assert "RENEWAL FAILING (last success: 5 min ago; kept until" in report
+    assert "node-1: HTTP 503: busy" in report
+    assert "OVER QUOTA" in report and "writer key K has 10 bytes claimed" in report
+    healthy = format_status(DAEMON_JSON, now=1700000400.0)
+    assert "RENEWAL FAILING" not in healthy and "OVER QUOTA" not in healthy
+
+
+def test_renewal_and_quota_are_exported_as_mount_metrics() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from walrusfs.fs.metrics import render_metrics
+
+    def parse_metrics(text: str) -> dict[str, float]:
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if not sample.labels}
+
+    healthy = parse_metrics(render_metrics(DAEMON_JSON))
+    assert healthy["walrusfs_mount_renewal_failing"] == 0 and healthy["walrusfs_mount_over_quota"] == 0
+    assert healthy["walrusfs_mount_renewal_last_success_seconds"] == 1700000100.0
+    failing = dict(DAEMON_JSON, renewal=dict(DAEMON_JSON["renewal"], last_error="node-1: HTTP 503"),
+                   over_quota="node-0: HTTP 403: over_quota")
+    metrics = parse_metrics(render_metrics(failing))
+    assert metrics["walrusfs_mount_renewal_failing"] == 1 and metrics["walrusfs_mount_over_quota"] == 1

@@ -83,6 +83,7 @@ def test_init_up_status_down(cluster_dir: Path) -> None:
 
     up = table(walrusfs("cluster", "up", cluster_dir).stdout)
     assert [row["status"] for row in up.values()] == ["up"] * 4
+    assert all(int(row["used"]) >= 0 and int(row["free"]) > 0 for row in up.values())  # space on each node
     assert up["node-2"]["url"] == f"http://127.0.0.1:{base + 2}" and up["node-2"]["shards"] == "2,6"
     pids = sorted(recorded_pids(cluster_dir))
     for node in committee.nodes:

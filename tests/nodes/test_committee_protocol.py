@@ -194,7 +194,22 @@ def test_certificate_counts_only_valid_confirmations_for_this_blob_and_epoch() -
 
 
 def test_confirmation_json_is_versioned() -> None:
-    text = confirm(0).to_json().replace('"version": 1', '"version": 2')
-    with pytest.raises(ValueError, match="version 2"):
+    text = confirm(0).to_json().replace('"version": 2', '"version": 3')
+    with pytest.raises(ValueError, match="version 3"):
         Confirmation.from_json(text)
     assert base64.b64decode(Confirmation.from_json(confirm(0).to_json()).to_json().split('"signature": "')[1][:88])
+
+
+def test_a_version_1_confirmation_still_verifies_and_version_2_signs_its_expiry() -> None:
+    """Certificates written before confirmations carried an expiry stay valid (docs/node-api.md)."""
+    c = committee()
+    old = Confirmation(3, BLOB, "node-0", c.shards_of("node-0"), version=1).signed_by(NODE_KEYS[0])
+    text = old.to_json()
+    assert '"expires"' not in text and '"version": 1' in text
+    assert Confirmation.from_json(text).verify(public_bytes(NODE_KEYS[0]))
+    assert verify_certificate(c, BLOB, [Confirmation.from_json(text)]) == set(c.shards_of("node-0"))
+    new = Confirmation(3, BLOB, "node-0", c.shards_of("node-0"), expires=1_900_000_000).signed_by(NODE_KEYS[0])
+    assert Confirmation.from_json(new.to_json()).expires == 1_900_000_000
+    assert Confirmation.from_json(new.to_json()).verify(public_bytes(NODE_KEYS[0]))
+    assert not replace(new, expires=1_900_000_001).verify(public_bytes(NODE_KEYS[0]))
+    assert not replace(new, version=1).verify(public_bytes(NODE_KEYS[0]))  # the expiry cannot be stripped

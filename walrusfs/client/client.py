@@ -19,6 +19,7 @@ one certificate holds confirmations of one epoch), and a read retries with the n
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,14 @@ class ClientSettings:
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
     max_connections: int = 64  # over all nodes (each node gets its share, at least 4)
+    # The claim each stored blob gets on the nodes (docs/node-api.md, "Claims"): the filesystem that
+    # owns it and for how long (seconds from the store); "" and 0: the nodes' default claim.
+    owner: str = ""
+    blob_term: float = 0.0
+
+    def claim(self) -> tuple[str, int | None]:
+        """(owner, the expiry to ask for now)."""
+        return self.owner, int(time.time() + self.blob_term) if self.blob_term else None
 
 
 class BlobClient:
@@ -209,7 +218,8 @@ class BlobClient:
                 committee = self.committee
                 progress = StoreProgress(bytes_total=encoded.layout.encoded_length, quorum=committee.geometry.quorum)
                 superseded, delivery = delivery, Delivery(committee, encoded, self.connections, progress,
-                                                          closing=self._closing, sent=sent)
+                                                          closing=self._closing, sent=sent,
+                                                          claim=self.settings.claim())
                 latest[0] = delivery
 
                 def done(this: Delivery = delivery) -> None:

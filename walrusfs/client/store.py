@@ -129,6 +129,7 @@ class Delivery:
     # committee is no longer current, and the store goes on with the next one.
     moved: bool = False
     superseded: bool = False  # a delivery to a newer committee took over
+    claim: tuple[str, int | None] = ("", None)  # (owner, expiry) asked for with the metadata
 
     @property
     def blob_id(self) -> BlobId:
@@ -184,7 +185,7 @@ class Delivery:
         while True:
             try:
                 if node_id not in self.sent.metadata:
-                    await connection.put_metadata(self.encoded.metadata)
+                    await connection.put_metadata(self.encoded.metadata, *self.claim)
                     self.sent.metadata.add(node_id)
                 errors: list[NodeError] = []
                 offered: list[Confirmation] = []  # come with the node's last sliver

@@ -6,10 +6,11 @@ metadata) is the caller's business, because that is where it knows what to do ab
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import h11
 import httpx
@@ -278,12 +279,30 @@ class NodeConnection:
             self.base + path, content=body, headers=self._auth("PUT", path, body)),
             lambda r: None, ok=(200, 201))
 
-    async def put_metadata(self, metadata: BlobMetadata) -> None:
-        path = routes.metadata(metadata.blob_id)
+    async def put_metadata(self, metadata: BlobMetadata, owner: str = "", expires: int | None = None) -> None:
+        """Store the metadata, claiming the blob for ``owner`` (a filesystem ID) until ``expires``
+        (unix seconds; the node caps it at its maximum term, docs/node-api.md "Claims")."""
+        path = routes.metadata(metadata.blob_id) + claim_query(owner, expires)
         body = metadata.to_bytes()
         await self._call("store metadata", lambda: self.http.put(
             self.base + path, content=body, headers=self._auth("PUT", path, body)), lambda r: None,
             ok=(200, 201))
+
+    async def renew(self, owner: str, blob_ids: list[BlobId], expires: int) -> dict[str, Any]:
+        """Extend ``owner``'s claims on these blobs (at most 1000) to ``expires``: the node's answer,
+        ``{"format": 1, "granted": <unix>, "renewed": [...], "unknown": [...]}``."""
+        path = routes.owner_renewals(owner)
+        body = json.dumps({"format": 1, "expires": expires, "blobs": [str(b) for b in blob_ids]}).encode()
+
+        def parse(response: httpx.Response) -> dict[str, Any]:
+            answer = response.json()
+            if not isinstance(answer, dict) or not isinstance(answer.get("granted"), int) \
+                    or not isinstance(answer.get("unknown"), list):
+                raise ValueError(f"not a renewal answer: {str(answer)[:100]}")
+            return answer
+
+        return await self._call(f"renew {len(blob_ids)} blobs", lambda: self.http.post(
+            self.base + path, content=body, headers=self._auth("POST", path, body)), parse)
 
     async def put_sliver(self, pair: int, sliver: Sliver) -> Confirmation | None:
         """Store one sliver; the node's confirmation if this completed its slivers of the blob
@@ -309,6 +328,12 @@ class NodeConnection:
 
         return await self._call(f"store {sliver.kind.name.lower()} sliver of pair {pair}", send, parse,
                                 ok=(200, 201))
+
+
+def claim_query(owner: str, expires: int | None) -> str:
+    """The query of a claiming metadata PUT ("" for none: the node's default claim)."""
+    parts = ([f"owner={owner}"] if owner else []) + ([f"expires={expires}"] if expires is not None else [])
+    return "?" + "&".join(parts) if parts else ""
 
 
 def _reason(response: httpx.Response) -> str:

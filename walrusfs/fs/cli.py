@@ -31,6 +31,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     mkfs.add_argument("--snapshot-interval", type=float, default=900,
                       help="seconds between metadata snapshots on the network while the tree changes "
                            "(default 900; 0: only at unmount)")
+    mkfs.add_argument("--blob-term-days", type=float, default=365.0,
+                      help="how long the nodes keep each blob unless a mount renews it (default 365); a mount "
+                           "renews every referenced blob when a third of the term is left, so an abandoned "
+                           "filesystem frees its space on the nodes this long after its last mount")
     mkfs.add_argument("--no-encryption", dest="encryption", action="store_const", const=NO_ENCRYPTION,
                       default=AES_256_GCM, help="store data and metadata unencrypted, readable by every node "
                       "(only for data meant to be public; the default encrypts with keys that never leave "

@@ -50,6 +50,9 @@ class FsSettings:
     # How data and metadata are sealed before they leave this machine (encryption.py). Filesystems
     # made before encryption have no such line: "none". mkfs makes "aes-256-gcm-v1" unless told not to.
     encryption: str = "none"
+    # How long the nodes keep each blob unless the mount renews it (days; docs/node-api.md "Claims").
+    # Filesystems made before claims have no such line: the default.
+    blob_term_days: float = 365.0
 
     def dump(self) -> str:
         # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.

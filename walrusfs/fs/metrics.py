@@ -123,6 +123,17 @@ def _families(status: MountStatus) -> Iterator[Metric]:
         yield from family("snapshot_failing", "gauge", "1 if the last metadata snapshot attempt failed.",
                           [({}, status.snapshot_failing)])
 
+    if status.renewal is not None:
+        yield from family("renewal_failing", "gauge", "1 while renewing the filesystem's claims on the nodes fails.",
+                          [({}, status.renewal_failing)])
+        if status.renewal.last_success is not None:
+            yield from family("renewal_last_success_seconds", "gauge",
+                              "Unix time of the last successful renewal of the filesystem's claims.",
+                              [({}, status.renewal.last_success)])
+    if "over_quota" in (status.reported or ()) or status.over_quota is not None:
+        yield from family("over_quota", "gauge", "1 while the nodes refuse this writer's stores for its quota.",
+                          [({}, status.over_quota is not None)])
+
     for key, suffix, kind, help_text, divisor in _NODE:
         yield from family(suffix, kind, help_text,
                           [({"node": node}, getattr(health, key) / divisor)

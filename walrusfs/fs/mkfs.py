@@ -17,8 +17,16 @@ from .namespace import make_root
 from .schema import DDL, SCHEMA_VERSION
 
 
+def blob_term_days(args: argparse.Namespace) -> float:
+    days = getattr(args, "blob_term_days", 365.0)
+    if not days > 0:
+        raise UserError(f"--blob-term-days must be a positive number of days, not {days}")
+    return float(days)
+
+
 def run(args: argparse.Namespace) -> int:
     state = resolve_source(args.name)
+    blob_term_days(args)  # checked before anything is made
     committee_path = bundled_file(args.committee, COMMITTEE_FILE)
     key_path = bundled_file(args.writer_key, WRITER_KEY_FILE)
     committee = Committee.load(committee_path)
@@ -40,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         fs_id=fs_id_of_key(fs_key), committee=str(committee_path), writer_key=str(key_path),
         block_size=args.block_size * 1024, blob_size=args.blob_size << 20, cache_size=args.cache_size << 20,
         fs_key=str(state.fs_key_path), snapshot_interval=args.snapshot_interval,
-        encryption=getattr(args, "encryption", AES_256_GCM))
+        encryption=getattr(args, "encryption", AES_256_GCM), blob_term_days=blob_term_days(args))
     db = Database(state.db_path)
     db.conn.executescript(DDL)
     db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

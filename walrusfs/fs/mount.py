@@ -51,6 +51,7 @@ from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
+from .renewal import renewer_for
 from .restore import (
     find_chain_of,
     manifest_in,
@@ -280,7 +281,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     # Two blobs in flight (one encoding while one uploads), each held with all its slivers.
     per_blob = pack_size + committee.geometry.layout(pack_size).encoded_length
     client_settings = ClientSettings(memory_budget=2 * per_blob, background_budget=per_blob,
-                                     store_deadline=options.store_deadline)
+                                     store_deadline=options.store_deadline, owner=settings.fs_id,
+                                     blob_term=settings.blob_term_days * 86400)
     async with fs_client(state, committee, keys.writer, client_settings) as client:
         await client.refresh_chain("mount")  # the committee of now, before the first request
 
@@ -305,6 +307,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 raise
             publisher.lease = lease
             publisher.mark_mounted()
+        renewer = None if publisher is None else renewer_for(client, settings, db, publisher)  # claims kept alive
         started = time.time()
 
         def status() -> MountStatus:
@@ -327,6 +330,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                     seq=options.snapshot, reported=frozenset({"seq"})),
                 lease=None if lease is None else LeaseStatus.from_json(lease.status()),
                 epoch=client.committee.epoch,
+                renewal=None if renewer is None else renewer.status,
+                over_quota=uploader.stats.over_quota,
             )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
@@ -370,6 +375,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                     nursery.start_soon(publisher.run)
                 if lease is not None:
                     nursery.start_soon(lease.run)
+                if renewer is not None:
+                    nursery.start_soon(renewer.run)
                 nursery.start_soon(export_metrics, options.metrics, options.metrics_textfile, status)
                 nursery.start_soon(report_status, status)
                 nursery.start_soon(_terminate_on_signal)

@@ -139,6 +139,31 @@ class LeaseStatus(_Record):
 
 
 @dataclass
+class RenewalStatus(_Record):
+    """The renewal of the filesystem's claims on the nodes (renewal.py, docs/node-api.md "Claims")."""
+
+    term_s: float | None = None  # the term each renewal asks for (fs.toml blob_term_days)
+    blobs: int | None = None  # referenced blobs in the last round
+    last_success: float | None = None
+    expires: float | None = None  # the earliest expiry the nodes granted in the last successful round
+    last_error: str | None = None  # set while the last round failed
+    last_error_at: float | None = None
+    reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RenewalStatus:
+        return cls(term_s=_number(data.get("term_s")), blobs=_number(data.get("blobs")),
+                   last_success=_number(data.get("last_success")), expires=_number(data.get("expires")),
+                   last_error=data.get("last_error"), last_error_at=_number(data.get("last_error_at")),
+                   reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.last_error)
+
+
+@dataclass
 class MountStatus(_Record):
     """One mount daemon's state. Times are Unix seconds; byte counts are bytes."""
 
@@ -166,6 +191,8 @@ class MountStatus(_Record):
     snapshot: SnapshotStatus | None = None  # None: a daemon that does not report snapshots
     lease: LeaseStatus | None = None  # None: a read-only mount, or a daemon without writer leases
     epoch: int | None = None  # the committee's epoch the mount works with (docs/epochs.md)
+    renewal: RenewalStatus | None = None  # None: a read-only mount, or a daemon without renewals
+    over_quota: str | None = None  # what the nodes said while stores are refused for the writer's quota
     reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -189,6 +216,8 @@ class MountStatus(_Record):
             read_only=read_only if isinstance(read_only, bool) else None,
             snapshot=SnapshotStatus.from_json(snapshot) if isinstance(snapshot, Mapping) else None,
             lease=LeaseStatus.from_json(lease) if isinstance(lease, Mapping) else None,
+            renewal=RenewalStatus.from_json(data["renewal"]) if isinstance(data.get("renewal"), Mapping) else None,
+            over_quota=data.get("over_quota") if isinstance(data.get("over_quota"), str) else None,
             reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
 
     @classmethod
@@ -220,6 +249,10 @@ class MountStatus(_Record):
         return self.snapshot is not None and self.snapshot.failing
 
     @property
+    def renewal_failing(self) -> bool:
+        return self.renewal is not None and self.renewal.failing
+
+    @property
     def lease_lost(self) -> bool:
         """A writable mount that does not hold its writer lease: nothing it writes is durable."""
         return self.lease is not None and self.lease.lost
@@ -233,4 +266,5 @@ def read_status(mountpoint: Path) -> MountStatus:
         raise UserError(f"{mountpoint} is not a mounted walrusfs filesystem ({error.strerror})") from error
 
 
-__all__ = ["CONTROL_PREFIX", "LeaseStatus", "MountStatus", "NodeHealth", "SnapshotStatus", "read_status"]
+__all__ = ["CONTROL_PREFIX", "LeaseStatus", "MountStatus", "NodeHealth", "RenewalStatus", "SnapshotStatus",
+           "read_status"]

@@ -386,7 +386,8 @@ class WalrusOperations(pyfuse3.Operations):
                 await self.durability_guard()
         except OSError as error:  # UploadError, or the writer lease lost
             log.error("fsync of inode %d failed: %s", fh, error)
-            raise FUSEError(errno.EIO) from error
+            # Over quota on the nodes: EDQUOT, as a local filesystem answers a user over quota.
+            raise FUSEError(errno.EDQUOT if error.errno == errno.EDQUOT else errno.EIO) from error
         self.db.sync()
 
     async def flush_all(self) -> None:

@@ -3,7 +3,8 @@
 Exit status: 0 when all is well; 1 when DIR is not (inside) a mounted walrusfs filesystem or its
 daemon does not answer; 2 when staged data or metadata snapshots are failing to upload (the data
 stays staged and is retried; the output says why), or a writable mount does not hold its writer
-lease (deposed by another writer, or no quorum to renew it). Documented in docs/operating.md.
+lease (deposed by another writer, or no quorum to renew it), the nodes refuse its stores for the
+writer's quota, or renewing its blobs' claims on the nodes fails. Documented in docs/operating.md.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser(
         "status", help="what a mount is doing: staged bytes, uploads, cache, snapshots, node health",
         description="Show a mount's state. Exit 0: healthy; 1: not a walrusfs mount (or no answer); "
-                    "2: uploads or metadata snapshots are failing.")
+                    "2: uploads, metadata snapshots or claim renewals are failing, or the writer is over quota.")
     status.add_argument("dir", type=Path, help="the mount point (or any directory inside the mount)")
     status.add_argument("--json", action="store_true", help="the daemon's status as JSON, with derived fields")
     status.add_argument("--timeout", type=float, default=10.0,
@@ -52,11 +53,13 @@ def snapshot_failing(status: MountStatus | dict) -> bool:
 def _status(args: argparse.Namespace) -> int:
     mountpoint = find_mount_root(args.dir)
     status = MountStatus.of(read_status_within(mountpoint, args.timeout))
-    failing = status.uploads_failing or status.snapshot_failing or status.lease_lost
+    failing = (status.uploads_failing or status.snapshot_failing or status.lease_lost or status.renewal_failing
+               or bool(status.over_quota))
     if args.json:
         # What the daemon reported, as it reported it, plus the fields derived here.
         print(json.dumps(dict(status.to_json(), mountpoint=str(mountpoint), uploads_failing=status.uploads_failing,
-                              snapshot_failing=status.snapshot_failing), indent=2, sort_keys=True))
+                              snapshot_failing=status.snapshot_failing, renewal_failing=status.renewal_failing),
+                         indent=2, sort_keys=True))
     else:
         print(format_status(status, mountpoint=mountpoint), end="")
     return EXIT_FAILING if failing else 0
@@ -248,6 +251,16 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
         alerts.append(f"METADATA SNAPSHOTS FAILING: {_shorten(str(snapshot.last_error), 400)}")
     if status.lease_lost and status.lease is not None:
         alerts.append(f"NOT DURABLE, WRITER LEASE NOT HELD: {_shorten(str(status.lease.message), 600)}")
+    if status.over_quota:
+        alerts.append(f"OVER QUOTA ON THE NODES, NEW DATA IS NOT STORED: {_shorten(status.over_quota, 600)}")
+    renewal = status.renewal
+    if renewal is not None and renewal.failing:
+        last = format_age(renewal.last_success, now) if renewal.last_success else "never since mount"
+        kept = ""
+        if renewal.expires:
+            kept = f"; kept until {time.strftime('%Y-%m-%d %H:%M', time.localtime(renewal.expires))} at least"
+        alerts.append(f"RENEWAL FAILING (last success: {last}{kept}): nodes delete blobs whose claims run out; "
+                      f"last error: {_shorten(str(renewal.last_error), 600)}")
     if alerts:
         lines.append("")
         lines += [f"!! {alert}" for alert in alerts]

@@ -17,6 +17,7 @@ sync, unmount, a snapshot) tries once more. Callers waiting in wait_certified() 
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import Counter
@@ -37,7 +38,18 @@ UPLOAD_BACKOFF = Backoff(first=1.0, cap=60.0)
 
 
 class UploadError(OSError):
-    """Staged data could not be certified (yet): the message says why; the data stays staged."""
+    """Staged data could not be certified (yet): the message says why; the data stays staged.
+    ``errno`` is EDQUOT when the nodes refuse the writer's stores for its quota, else EIO."""
+
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(code, message)
+
+
+def quota_refusal(error: BaseException) -> str | None:
+    """What the nodes said if they refused a store for the writer's quota (403 over_quota)."""
+    failures = getattr(error, "failures", None) or {}
+    reasons = [f"{node}: {reason}" for node, reason in sorted(failures.items()) if "over_quota" in reason]
+    return "; ".join(reasons) or None
 
 
 @dataclass
@@ -52,6 +64,8 @@ class UploadStats:
     last_upload_at: float | None = None  # time.time() of the last certified blob
     # The last failure was permanent (the message says why): no automatic retries until it is fixed.
     permanent_error: str | None = None
+    # The nodes refused the last store for the writer key's quota (what they said); None once a store succeeds.
+    over_quota: str | None = None
 
 
 class Uploader:
@@ -156,6 +170,7 @@ class Uploader:
             self.stats.bytes += len(data)
             self.retrier.succeeded()
             self.stats.permanent_error = None
+            self.stats.over_quota = None
             self._retry_at = 0.0
             log.debug("blob %s certified: %d blocks, %d bytes", blob_id, placed, len(data))
         except Exception as error:
@@ -164,6 +179,9 @@ class Uploader:
             self.stats.failures += 1
             self.stats.last_error = str(error)
             self.stats.last_error_at = time.time()
+            self.stats.over_quota = quota_refusal(error)
+            if self.stats.over_quota:
+                log.error("the nodes refuse to store more for this writer key (quota): %s", self.stats.over_quota)
             self._failure_seq += 1
             delay = self.retrier.failed(error)
             if delay is None:
@@ -220,6 +238,9 @@ class Uploader:
                 if not remaining:
                     return
                 if self._failure_seq != failures_before:
+                    if self.stats.over_quota:
+                        raise UploadError(f"{remaining} staged blocks are not certified: over quota on the nodes "
+                                          f"({self.stats.over_quota})", errno.EDQUOT)
                     raise UploadError(
                         f"{remaining} staged blocks are not certified: {self.stats.last_error}")
                 await self._changed.wait()

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..redstuff import BlobId, FormatError
 from .committee import Committee
 
-CONFIRMATION_VERSION = 1
+CONFIRMATION_VERSION = 2  # v2 adds the expiry the node grants; v1 confirmations still verify
+CONFIRMATION_VERSIONS = (1, 2)
 _CONFIRMATION_DOMAIN = b"walrusfs-confirmation\0"
 
 
@@ -33,6 +34,10 @@ class Confirmation:
     Signed bytes (v1): ``"walrusfs-confirmation\\0" | u8 version | u64 epoch | 32 blob id |
     u16 len | node id (utf-8) | u16 count | count x u16 shard``. Travels as JSON with the same
     fields plus ``signature`` (base64).
+
+    v2 appends ``u64 expires``: the unix time (seconds) until which the node keeps the blob at the
+    least, whatever happens to renewals (docs/node-api.md, "Claims"); 0 promises nothing. A v1
+    confirmation (no expiry) still verifies: certificates written before v2 stay valid.
     """
 
     epoch: int
@@ -41,6 +46,7 @@ class Confirmation:
     shards: tuple[int, ...]
     signature: bytes = b""
     version: int = CONFIRMATION_VERSION
+    expires: int = 0
 
     def signed_bytes(self) -> bytes:
         node = self.node_id.encode()
@@ -50,15 +56,17 @@ class Confirmation:
             self.blob_id.raw,
             struct.pack("<H", len(node)), node,
             struct.pack(f"<H{len(self.shards)}H", len(self.shards), *self.shards),
+            struct.pack("<Q", self.expires) if self.version >= 2 else b"",
         ])
 
     def signed_by(self, key: Ed25519PrivateKey) -> Confirmation:
-        unsigned = Confirmation(self.epoch, self.blob_id, self.node_id, tuple(sorted(self.shards)))
+        unsigned = Confirmation(self.epoch, self.blob_id, self.node_id, tuple(sorted(self.shards)),
+                                version=self.version, expires=self.expires)
         return Confirmation(unsigned.epoch, unsigned.blob_id, unsigned.node_id, unsigned.shards,
-                            key.sign(unsigned.signed_bytes()))
+                            key.sign(unsigned.signed_bytes()), unsigned.version, unsigned.expires)
 
     def verify(self, public_key: bytes) -> bool:
-        if self.version != CONFIRMATION_VERSION:
+        if self.version not in CONFIRMATION_VERSIONS or (self.version == 1 and self.expires):
             return False
         try:
             Ed25519PublicKey.from_public_bytes(public_key).verify(self.signature, self.signed_bytes())
@@ -67,7 +75,7 @@ class Confirmation:
         return True
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "version": self.version,
             "epoch": self.epoch,
             "blob_id": str(self.blob_id),
@@ -75,6 +83,9 @@ class Confirmation:
             "shards": list(self.shards),
             "signature": base64.b64encode(self.signature).decode(),
         }
+        if self.version >= 2:
+            data["expires"] = self.expires
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -90,13 +101,18 @@ class Confirmation:
     @classmethod
     def from_dict(cls, data: Any) -> Confirmation:
         try:
-            if data["version"] != CONFIRMATION_VERSION:
-                raise FormatError(f"confirmation version {data['version']} is not one this walrusfs reads")
+            version = data["version"]
+            if version not in CONFIRMATION_VERSIONS:
+                raise FormatError(f"confirmation version {version} is not one this walrusfs reads "
+                                  f"({', '.join(map(str, CONFIRMATION_VERSIONS))}): upgrade walrusfs")
             shards = tuple(int(s) for s in data["shards"])
             if not all(0 <= s < 1 << 16 for s in shards):
                 raise FormatError("confirmation shard out of range")
+            expires = int(data["expires"]) if version >= 2 else 0
+            if not 0 <= expires < 1 << 64:
+                raise FormatError("confirmation expiry out of range")
             return cls(int(data["epoch"]), BlobId.parse(data["blob_id"]), str(data["node_id"]), shards,
-                       base64.b64decode(data["signature"], validate=True))
+                       base64.b64decode(data["signature"], validate=True), version, expires)
         except (KeyError, TypeError, ValueError, binascii.Error) as error:
             raise FormatError(f"not a confirmation: {error}") from error
 

@@ -19,11 +19,13 @@ CERTIFIED = "/v1/certified"  # query: since, limit
 REPAIR_STATUS = "/v1/repair/status"
 ROOT = "/v1/roots/{fs_id}"
 LEASE = "/v1/leases/{fs_id}"
+OWNER_RENEWALS = "/v1/owners/{fs_id}/renewals"  # POST: extend a filesystem's claims (docs/node-api.md)
 BLOB = "/v1/blobs/{id}"
 BLOB_METADATA = "/v1/blobs/{id}/metadata"
 BLOB_CERTIFICATE = "/v1/blobs/{id}/certificate"
 BLOB_INCONSISTENCY = "/v1/blobs/{id}/inconsistency"
 BLOB_STATUS = "/v1/blobs/{id}/status"
+BLOB_CLAIMS = "/v1/blobs/{id}/claims"  # who keeps the blob until when (public; the handover copies it)
 BLOB_CONFIRMATION = "/v1/blobs/{id}/confirmation"
 BLOB_SLIVER = "/v1/blobs/{id}/slivers/{pair}/{kind}"
 BLOB_RECOVERY = "/v1/blobs/{id}/slivers/{pair}/{kind}/recovery/{target}"
@@ -56,7 +58,7 @@ _FIXED[("v1", "handover", "leases")] = HANDOVER_LEASES
 _SHARD_OBJECTS = {"blobs": SHARD_BLOBS, "synced": SHARD_SYNCED}
 # The one-word routes under /v1/blobs/{id}/.
 _BLOB_OBJECTS = {"metadata": BLOB_METADATA, "certificate": BLOB_CERTIFICATE, "inconsistency": BLOB_INCONSISTENCY,
-                 "status": BLOB_STATUS, "confirmation": BLOB_CONFIRMATION}
+                 "status": BLOB_STATUS, "confirmation": BLOB_CONFIRMATION, "claims": BLOB_CLAIMS}
 
 
 def root(fs_id: str) -> str:
@@ -65,6 +67,10 @@ def root(fs_id: str) -> str:
 
 def lease(fs_id: str) -> str:
     return f"/v1/leases/{fs_id}"
+
+
+def owner_renewals(fs_id: str) -> str:
+    return f"/v1/owners/{fs_id}/renewals"
 
 
 def blob(blob_id: BlobId) -> str:
@@ -85,6 +91,10 @@ def inconsistency(blob_id: BlobId) -> str:
 
 def status(blob_id: BlobId) -> str:
     return f"/v1/blobs/{blob_id}/status"
+
+
+def claims(blob_id: BlobId) -> str:
+    return f"/v1/blobs/{blob_id}/claims"
 
 
 def confirmation(blob_id: BlobId) -> str:
@@ -124,6 +134,8 @@ def match(segments: list[str]) -> Match | None:
         return Match(ROOT, {"fs_id": segments[2]})
     if len(segments) == 3 and segments[:2] == ["v1", "leases"]:
         return Match(LEASE, {"fs_id": segments[2]})
+    if len(segments) == 4 and segments[:2] == ["v1", "owners"] and segments[3] == "renewals":
+        return Match(OWNER_RENEWALS, {"fs_id": segments[2]})
     if len(segments) == 4 and segments[:2] == ["v1", "shards"] and segments[3] in _SHARD_OBJECTS:
         return Match(_SHARD_OBJECTS[segments[3]], {"shard": segments[2]})
     if len(segments) < 3 or segments[:2] != ["v1", "blobs"]:

@@ -145,6 +145,7 @@ class Health:
     quarantined: int
     public_key: str | None = None
     standby: bool | None = None
+    free_bytes: int | None = None  # free on the node's data disk; None from a node that predates it
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"ok": self.ok, "node_id": self.node_id}
@@ -154,6 +155,8 @@ class Health:
         if self.standby is not None:
             body["standby"] = self.standby
         body.update({"blobs": self.blobs, "bytes": self.bytes, "quarantined": self.quarantined})
+        if self.free_bytes is not None:
+            body["free_bytes"] = self.free_bytes
         return body
 
     @classmethod
@@ -167,7 +170,8 @@ class Health:
                    _get(body, "n_shards", int, what), shards, _get(body, "blobs", int, what),
                    _get(body, "bytes", int, what), _get(body, "quarantined", int, what),
                    _get(body, "public_key", (str, type(None)), what, None),
-                   _get(body, "standby", (bool, type(None)), what, None))
+                   _get(body, "standby", (bool, type(None)), what, None),
+                   _get(body, "free_bytes", (int, type(None)), what, None))
 
 
 # --- repair status ---------------------------------------------------------------------------------------
