@@ -50,6 +50,10 @@ class FsSettings:
     # How data and metadata are sealed before they leave this machine (encryption.py). Filesystems
     # made before encryption have no such line: "none". mkfs makes "aes-256-gcm-v1" unless told not to.
     encryption: str = "none"
+    # Garbage collection (docs/gc.md): a mount runs a pass every gc_interval seconds (0: only when
+    # asked, walrusfs gc); blobs whose live fraction is below compact_below are repacked (0: never).
+    gc_interval: float = 3600.0
+    compact_below: float = 0.5
 
     def dump(self) -> str:
         # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.
