@@ -95,7 +95,7 @@ def clear_dead_mount(mountpoint: Path) -> None:
         os.statvfs(mountpoint)  # stat() may be answered from the kernel's cache; statfs reaches the daemon
         return
     except OSError as error:
-        if error.errno != errno.ENOTCONN:
+        if error.errno not in (errno.ENOTCONN, errno.ECONNABORTED):  # ECONNABORTED: it died mid-request
             return
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
