@@ -280,3 +280,33 @@ def test_a_schema_2_database_is_migrated_and_its_garbage_found(tmp_path: Path) -
         assert [(c.blob_id, c.length) for c in find_garbage(db, reach)] == [("dead", 20)]
     finally:
         db.close()
+
+
+def test_the_mount_s_background_pass_releases_garbage_every_interval(tmp_path: Path, monkeypatch) -> None:
+    from trio.testing import MockClock
+    from unit_fs import FakeBlobStore
+
+    releases = FakeReleases()
+    monkeypatch.setattr(gc_module, "release_blob", releases)
+    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
+
+    async def main() -> None:
+        fs = UnitFs(tmp_path, FakeBlobStore(), 64 << 20, 32 << 20)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fs.uploader.run)
+                fs.ops.nursery = nursery
+                inode = await write_file(fs, b"f", b"b" * 8000)
+                blob = blob_of(fs, inode)
+                await delete_file(fs, b"f", inode)
+                gc = collector(fs)
+                nursery.start_soon(gc.run_periodically, 600.0)
+                await trio.sleep(599)
+                assert releases.calls == []  # not before the interval
+                await trio.sleep(2)
+                assert releases.calls == [blob] and gc.last is not None and gc.last.released_blobs == 1
+                nursery.cancel_scope.cancel()
+        finally:
+            fs.close()
+
+    trio.run(main, clock=MockClock(autojump_threshold=0.01))
