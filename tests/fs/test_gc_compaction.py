@@ -147,6 +147,22 @@ def test_kill_9_during_gc_and_compaction_leaves_every_reachable_file_intact(
             remount_after_crash(fs, mountpoint)
             for name, data in kept.items():
                 assert (mountpoint / name).read_bytes() == data, f"round {round_no}: {name}"
+        # Unmounted: the gc command does the work itself; kill -9 it mid-pass, twice.
+        for round_no in range(3, 5):
+            files = make_files(mountpoint, 24, seed=100 + round_no, prefix=f"round{round_no}")
+            doomed = [name for name in files if rng.random() < 0.7]
+            for name in doomed:
+                (mountpoint / name).unlink()
+            kept.update({name: data for name, data in files.items() if name not in doomed})
+            fs.umount(mountpoint)
+            command = subprocess.Popen([WALRUSFS, "gc", fs.name, "--json"], env=fs.env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            time.sleep(rng.uniform(0.5, 3.0))  # past its start-up: taking the lease, collecting, compacting
+            command.send_signal(signal.SIGKILL)
+            command.wait(30)
+            fs.mount(mountpoint)
+            for name, data in kept.items():
+                assert (mountpoint / name).read_bytes() == data, f"round {round_no}: {name}"
         report = gc(fs)  # finishes what the crashes cut short
         assert report["pending_blobs"] == 0, report
         assert status(mountpoint)["gc"]["last"]["pending_blobs"] == 0
