@@ -310,3 +310,36 @@ def test_the_mount_s_background_pass_releases_garbage_every_interval(tmp_path: P
             fs.close()
 
     trio.run(main, clock=MockClock(autojump_threshold=0.01))
+
+
+def test_a_read_that_looked_its_block_up_before_compaction_moved_it_reads_it_where_it_lies_now(
+        fs_run, monkeypatch) -> None:
+    releases = FakeReleases()
+    monkeypatch.setattr(gc_module, "release_blob", releases)
+    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
+
+    async def body(fs: UnitFs) -> None:
+        data = os.urandom(4 * 4096)
+        inode, other = await fs.create(b"f"), await fs.create(b"g")
+        await fs.write(inode, 0, data)
+        await fs.write(other, 0, os.urandom(12 * 4096))
+        for fh in (inode, other):
+            await fs.ops.release(fh)
+        await fs.ops.flush_all()  # both in one blob
+        await delete_file(fs, b"g", other)  # the blob is mostly dead now
+        block = fs.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=1", (inode,))
+        stale = fs.blocks.catalog.location(block)
+        gc = collector(fs)
+        gc.compact_below = 0.9
+        report = await gc.run()
+        assert report.compacted_blobs >= 1 and stale.blob_id in releases.calls
+        fs.store.blobs.pop(stale.blob_id)  # released: gone from the nodes
+        fs.cache.drop(stale.blob_id)
+        fs.blocks._memory.clear()
+        assert fs.blocks.catalog.location(block).blob_id != stale.blob_id
+        looked_up = iter([stale])  # what a read in flight during the move had looked up
+        real = fs.blocks.catalog.location
+        monkeypatch.setattr(fs.blocks.catalog, "location", lambda block_id: next(looked_up, None) or real(block_id))
+        assert await fs.blocks.content(block) == data[4096:8192]
+
+    fs_run(body)
