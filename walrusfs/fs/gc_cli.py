@@ -107,8 +107,12 @@ def _offline(state: FsState, dry_run: bool, quiet: bool, compact_below: float) -
                         f"or run 'walrusfs fsck {state.root}' first, then gc")
     settings = state.load_settings()
     committee = Committee.load(settings.committee)
-    writer = load_key(Path(settings.writer_key))
-    fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
+    try:
+        writer = load_key(Path(settings.writer_key))
+        fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
+    except (OSError, ValueError) as error:
+        raise UserError(f"gc releases blobs as the filesystem's writer, and needs its keys: {error}. A filesystem "
+                        "made from a read capability is never collected from here; its writer collects it.") from None
     steps = _Steps(quiet)
 
     async def run() -> GcReport:
