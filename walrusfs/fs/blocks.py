@@ -126,7 +126,17 @@ class BlockStore:
         if blob_id is None:
             stored, source = self.read_staged(block_id), "its staging file"
         else:
-            stored, source = await self.cache.read(blob_id, offset, size), f"cached blob {blob_id}"
+            try:
+                stored = await self.cache.read(blob_id, offset, size)
+            except Exception:
+                # Compaction may have moved the block (and gc released its old blob) since it was
+                # looked up: read it from where it lies now. Elsewhere the failure stands.
+                moved = self.catalog.location(block_id)
+                if moved is None or moved.blob_id is None or moved.blob_id == blob_id:
+                    raise
+                digest, size, offset, blob_id = moved.digest, moved.size, moved.offset, moved.blob_id
+                stored = await self.cache.read(blob_id, offset, size)
+            source = f"cached blob {blob_id}"
         try:
             data = open_block(self.contents, stored, digest, size, f"block {block_id} from {source}")
         except BlockCorruptError:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import trio
+
 from .db import Database
 
 _CHUNK = 500  # ids per "IN (...)" statement (SQLite's default limit on parameters is far higher)
@@ -68,6 +70,12 @@ class Catalog:
         self._pinned: dict[int, int] = {}  # staged block id -> size, while an upload reads it
         self._pinned_bytes = 0
         self._doomed: set[int] = set()  # pinned blocks released meanwhile
+        # Releases of blobs from the nodes (gc.py), for stores that may make the very same blob again
+        # (the same blocks packed the same way): blob ID -> the serial its last release began at, and
+        # an event per release in flight. See released_since.
+        self._release_serial = 0
+        self._releases: dict[str, int] = {}
+        self._releasing: dict[str, trio.Event] = {}
 
     # -- what is staged ----------------------------------------------------------------------
 
@@ -194,6 +202,36 @@ class Catalog:
         """Bytes of all blocks, staged or certified (each counted once however often it is used)."""
         return int(self.db.get_val("SELECT COALESCE(SUM(size), 0) FROM blocks"))
 
+    # -- releases from the nodes (gc.py) -----------------------------------------------------
+
+    @property
+    def release_serial(self) -> int:
+        """Read before a store: released_since says whether a release may have undone it."""
+        return self._release_serial
+
+    def begin_release(self, blob_id: str) -> None:
+        self._release_serial += 1
+        self._releases[blob_id] = self._release_serial
+        self._releasing[blob_id] = trio.Event()
+
+    def end_release(self, blob_id: str) -> None:
+        self._release_serial += 1
+        self._releases[blob_id] = self._release_serial
+        event = self._releasing.pop(blob_id, None)
+        if event is not None:
+            event.set()
+
+    def released_since(self, blob_id: str, serial: int) -> bool:
+        """Whether a release of ``blob_id`` overlapped a store that began at ``serial`` (release_serial
+        then): one in flight now, or one that began or ended since. The nodes may then have deleted
+        what the store put there, and it must be stored again once the release is over."""
+        return blob_id in self._releasing or self._releases.get(blob_id, 0) > serial
+
+    async def release_finished(self, blob_id: str) -> None:
+        event = self._releasing.get(blob_id)
+        if event is not None:
+            await event.wait()
+
     # -- certified blobs ------------------------------------------------------------------
 
     def record_certified(self, blob_id: str, length: int, certificate: str, pack: Sequence[StagedBlock]) -> int:
@@ -204,14 +242,7 @@ class Catalog:
         with self.db.transaction():
             # The same blocks packed the same way make the same blob: one recorded before (its
             # blocks since released) takes these blocks, with the fresh certificate.
-            row = self.db.get_val("SELECT id FROM blobs WHERE blob_id=?", (blob_id,))
-            if row is None:
-                row = self.db.rowid(
-                    "INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) VALUES (?, ?, ?, 0, ?)",
-                    (blob_id, length, certificate, time.time_ns()))
-            else:
-                self.db.execute("UPDATE blobs SET certificate=?, created_ns=? WHERE id=?",
-                                (certificate, time.time_ns(), row))
+            row = self._blob_row(blob_id, length, certificate)
             offset = placed = 0
             for block in pack:
                 cursor = self.db.execute("UPDATE blocks SET blob=?, offset=? WHERE id=? AND blob IS NULL",
@@ -223,6 +254,36 @@ class Catalog:
             self.db.execute("UPDATE blobs SET refcount=refcount+? WHERE id=?", (placed, row))
         self._staged_bytes -= placed_bytes
         return placed
+
+    def _blob_row(self, blob_id: str, length: int, certificate: str) -> int:
+        """The row of a blob just certified. The same blob recorded before (its blocks since released)
+        takes the fresh certificate; if it was on gc's to-release list it is no longer garbage (the
+        store that certified it again began after any release of it: the uploader sees to that)."""
+        self.db.execute("DELETE FROM gc_release WHERE blob_id=?", (blob_id,))
+        row = self.db.get_val("SELECT id FROM blobs WHERE blob_id=?", (blob_id,))
+        if row is None:
+            return self.db.rowid(
+                "INSERT INTO blobs (blob_id, length, certificate, refcount, created_ns) VALUES (?, ?, ?, 0, ?)",
+                (blob_id, length, certificate, time.time_ns()))
+        self.db.execute("UPDATE blobs SET certificate=?, created_ns=? WHERE id=?", (certificate, time.time_ns(), row))
+        return int(row)
+
+    def move_blocks(self, old_blob_id: str, blob_id: str, length: int, certificate: str,
+                    placed: Sequence[tuple[int, int]]) -> list[int]:
+        """Compaction: blocks (id, offset in the new blob) of ``old_blob_id`` now lie in ``blob_id``,
+        certified, all in one transaction. Blocks released meanwhile are skipped. Returns the ids moved."""
+        moved: list[int] = []
+        with self.db.transaction():
+            old = self.db.get_val("SELECT id FROM blobs WHERE blob_id=?", (old_blob_id,))
+            row = self._blob_row(blob_id, length, certificate)
+            for block_id, offset in placed:
+                cursor = self.db.execute("UPDATE blocks SET blob=?, offset=? WHERE id=? AND blob=?",
+                                         (row, offset, block_id, old))
+                if cursor.rowcount:
+                    moved.append(block_id)
+            self.db.execute("UPDATE blobs SET refcount=refcount+? WHERE id=?", (len(moved), row))
+            self.db.execute("UPDATE blobs SET refcount=refcount-? WHERE id=?", (len(moved), old))
+        return moved
 
     def blobs(self) -> list[BlobRecord]:
         """Every blob on record, in recording order."""

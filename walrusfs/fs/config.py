@@ -53,6 +53,10 @@ class FsSettings:
     # How long the nodes keep each blob unless the mount renews it (days; docs/node-api.md "Claims").
     # Filesystems made before claims have no such line: the default.
     blob_term_days: float = 365.0
+    # Garbage collection (docs/gc.md): a mount runs a pass every gc_interval seconds (0: only when
+    # asked, walrusfs gc); blobs whose live fraction is below compact_below are repacked (0: never).
+    gc_interval: float = 3600.0
+    compact_below: float = 0.5
 
     def dump(self) -> str:
         # tomli_w quotes and escapes strings: a path with an apostrophe or a quote stays one string.

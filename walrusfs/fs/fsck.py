@@ -138,6 +138,8 @@ class Fsck:
             ("I3 block reference counts", self.check_block_refcounts),
             ("I4 staging directory", self.check_staging_orphans),
             ("I6 blob reference counts", self.check_blob_refcounts),
+            ("I12 snapshot records", self.check_snapshot_records),
+            ("I13 to-release list", self.check_release_list),
             ("I5 certificates", self.check_certificates),
         ]
         for name, check in checks:
@@ -320,6 +322,26 @@ class Fsck:
             self.found("I6", f"blob {blob_id} holds {actual} live blocks, its count said {recorded}: corrected",
                         True)
             self._execute("UPDATE blobs SET refcount=? WHERE id=?", (actual, row_id))
+
+    def check_snapshot_records(self) -> None:
+        stray = self.db.execute("SELECT DISTINCT seq FROM snapshot_blobs WHERE seq NOT IN "
+                                "(SELECT seq FROM snapshots)").fetchall()
+        for (seq,) in stray:
+            # Kept, not dropped: a record of what a snapshot needs errs on the side of keeping blobs.
+            self.found("I12", f"blobs are recorded for snapshot {seq}, which has no snapshot record: "
+                       "recorded as retained (gc keeps its blobs until a later snapshot retires it)", True)
+            self._execute("INSERT INTO snapshots (seq, created_ns, manifest, retained) VALUES (?, 0, '', 1)", (seq,))
+
+    def check_release_list(self) -> None:
+        """A listed blob that something reaches must never be released: taken off the list."""
+        from .reachable import compute
+
+        reach = compute(self.db, self.state)
+        for (blob_id,) in self.db.execute("SELECT blob_id FROM gc_release").fetchall():
+            if blob_id in reach:
+                self.found("I13", f"blob {blob_id} is on the to-release list but still reachable: taken off "
+                           "the list (nothing was released)", True)
+                self._execute("DELETE FROM gc_release WHERE blob_id=?", (blob_id,))
 
     def uncertified_blobs(self) -> list[tuple[int, str]]:
         """Blobs whose recorded certificate does not hold n-f valid signatures of the committee of its

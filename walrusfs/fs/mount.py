@@ -45,12 +45,14 @@ from .daemon import READY, run_daemon, tell_caller
 from .db import Database
 from .encryption import contents_for, read_key_of
 from .fsck import Fsck
+from .gc import GarbageCollector, gc_status
 from .metrics import export_metrics
 from .mount_options import MountOptions
 from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
+from .reachable import pin_snapshot
 from .renewal import renewer_for
 from .restore import (
     find_chain_of,
@@ -61,6 +63,7 @@ from .restore import (
     restore_state,
 )
 from .snapshot import SnapshotError
+from .space import SpaceAccount
 from .uploader import Uploader
 from .writer_lease import acquire_for_mount
 
@@ -93,7 +96,7 @@ def clear_dead_mount(mountpoint: Path) -> None:
         os.statvfs(mountpoint)  # stat() may be answered from the kernel's cache; statfs reaches the daemon
         return
     except OSError as error:
-        if error.errno != errno.ENOTCONN:
+        if error.errno not in (errno.ENOTCONN, errno.ECONNABORTED):  # ECONNABORTED: it died mid-request
             return
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
@@ -265,9 +268,11 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     keep_freed_buffers(keep=128 << 20)  # the daemon's RSS budget (bench mount: 400 MB)
     directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
     log.debug("serving %s (database %s) with %s", state.root, db_path, options)
+    old_snapshot = options.snapshot is not None
+    if old_snapshot:  # the writer's gc keeps what it shows while this process lives (reachable.py)
+        pin_snapshot(db_path)
     db = Database(db_path)
     contents = contents_for(settings.encryption, keys.read_key)  # how blocks are sealed (encryption.py)
-    old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
     if not old_snapshot:
         if state.mounted_marker.exists():
@@ -307,7 +312,7 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 raise
             publisher.lease = lease
             publisher.mark_mounted()
-        renewer = None if publisher is None else renewer_for(client, settings, db, publisher)  # claims kept alive
+        renewer = None if publisher is None else renewer_for(client, settings, db, publisher, state)
         started = time.time()
 
         def status() -> MountStatus:
@@ -332,12 +337,18 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 epoch=client.committee.epoch,
                 renewal=None if renewer is None else renewer.status,
                 over_quota=uploader.stats.over_quota,
+                extra={"space": space.to_json(), **({} if collector is None else {"gc": gc_status(collector)})},
             )
 
         operations = WalrusOperations(db, blocks, uploader, settings.block_size,
                                       settings.staging_limit, lambda: status().to_json())
-        if publisher is not None:
+        operations.used_bytes = (space := SpaceAccount(db, lambda: client.committee.geometry,
+                                                       lambda: blocks.staged_bytes)).used_bytes
+        collector = None if publisher is None else GarbageCollector.for_mount(
+            db, state, client, settings, catalog, cache, publisher, lease, keys.read_key, pack_size)
+        if publisher is not None and collector is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
+            operations.controls.update(collector.controls())
         if lease is not None:
             operations.durability_guard = lease.ensure_held
         purged = 0 if options.read_only else operations.purge_orphans()
@@ -371,8 +382,9 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 operations.nursery = nursery
                 if not old_snapshot:
                     nursery.start_soon(uploader.run)
-                if publisher is not None:
+                if publisher is not None and collector is not None:
                     nursery.start_soon(publisher.run)
+                    nursery.start_soon(collector.run_periodically, settings.gc_interval)
                 if lease is not None:
                     nursery.start_soon(lease.run)
                 if renewer is not None:

@@ -97,6 +97,9 @@ class WalrusOperations(pyfuse3.Operations):
         # Set by a writable mount: raises OSError unless this writer provably holds the filesystem
         # (its writer lease), so that fsync never reports durable what another writer may discard.
         self.durability_guard: Callable[[], Awaitable[None]] | None = None
+        # Set by the mount: what df shows as used, the bytes this filesystem occupies on the nodes
+        # after encoding and those staged to go there (space.py); without it, the logical bytes.
+        self.used_bytes: Callable[[], int] | None = None
 
     @property
     def dirty_bytes(self) -> int:
@@ -453,7 +456,7 @@ class WalrusOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
-        used = self.writeback.map.used_bytes()
+        used = self.writeback.map.used_bytes() if self.used_bytes is None else self.used_bytes()
         files = self.namespace.count()
         data.f_bsize = self.bs
         data.f_frsize = 4096

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from .config import FsSettings, FsState
 from .db import Database
 from .encryption import contents_of
 from .mount_status import SnapshotStatus
+from .reachable import blobs_of_database_file, blobs_of_snapshot, record_snapshot, retire_snapshots
 from .snapshot import (
     Manifest,
     RetentionPolicy,
@@ -107,8 +109,9 @@ class SnapshotPublisher:
         self.last_error: str | None = None
         self.last_db_bytes = 0
         self.last_uploaded_bytes = 0
-        self._lock = trio.Lock()
+        self.lock = trio.Lock()  # one snapshot at a time; gc collects holding it too (gc.py)
         self._changes_seen: int | None = None  # db total_changes at the last snapshot
+        self._own_changes = 0  # of them, bookkeeping (own_changes)
         self._next_due: float | None = None
         # The mount's WriterLease (writer_lease.py), set before the first snapshot: records carry its
         # fence, and none is published unless it is held.
@@ -125,6 +128,17 @@ class SnapshotPublisher:
         if self._changes_seen is not None and not self.changed():
             self.local.up_to_date = True
             self.local.save(self.state)
+
+    @contextmanager
+    def own_changes(self) -> Iterator[None]:
+        """Bookkeeping written inside (snapshot records, gc's lists) is no change of the tree: it
+        must not make the next snapshot due. Call without awaiting inside."""
+        before = self.db.conn.total_changes
+        yield
+        own = self.db.conn.total_changes - before
+        self._own_changes += own
+        if self._changes_seen is not None:
+            self._changes_seen += own
 
     def changed(self) -> bool:
         return self._changes_seen is None or self.db.conn.total_changes != self._changes_seen
@@ -149,7 +163,7 @@ class SnapshotPublisher:
         """Take, store and publish a snapshot of the committed tree; returns it once the root
         record is on a quorum (or the last one, if nothing changed since). Raises SnapshotError
         (the message says why) otherwise."""
-        async with self._lock:
+        async with self.lock:
             if not self.changed() and self.local.seq is not None and self.local.manifest is not None:
                 return SnapshotRef(self.local.seq, self.local.created_ns or 0, self.local.manifest)
             if self.certify_staged is not None:
@@ -171,7 +185,7 @@ class SnapshotPublisher:
 
     async def _snapshot(self, reason: str) -> SnapshotRef:
         started = time.monotonic()
-        changes = self.db.conn.total_changes
+        changes, own_before = self.db.conn.total_changes, self._own_changes
         seq = self.local.next_seq
         await self._ensure_lease()
         network = await find_root(self.client.connections, self.client.committee, self.fs_id)
@@ -187,6 +201,7 @@ class SnapshotPublisher:
         try:
             await trio.to_thread.run_sync(copy_database, self.db.path, copy)
             plan = await trio.to_thread.run_sync(plan_segments, copy, previous, self.contents)
+            data_blobs = await trio.to_thread.run_sync(blobs_of_database_file, copy)
         finally:
             copy.unlink(missing_ok=True)
 
@@ -202,7 +217,13 @@ class SnapshotPublisher:
         manifest = Manifest(self.fs_id, seq, created, settings_for_manifest(self.settings), plan.db_size,
                             plan.db_hash, segments, history)
         manifest_bytes = manifest.to_bytes()
-        manifest_id = await store_blob(seal_manifest(manifest_bytes, self.contents))
+        sealed = seal_manifest(manifest_bytes, self.contents)
+        manifest_id = await store_blob(sealed)
+        # What it needs, recorded before any node sees its root record: gc keeps these (I12). The lock
+        # held here is the one gc collects under, so gc never misses a snapshot being taken.
+        with self.own_changes():
+            record_snapshot(self.db, seq, created, manifest_id,
+                            blobs_of_snapshot(data_blobs, manifest, manifest_id, len(sealed)))
         fence = None if self.lease is None else self.lease.fence
         self.local.attempted = seq
         self.local.attempted_generation = fence[1] if fence else 0
@@ -221,7 +242,9 @@ class SnapshotPublisher:
         self.local.seq, self.local.created_ns, self.local.manifest = seq, created, manifest_id
         self.local.holder, self.local.generation = fence or ("", 0)
         self.local.save(self.state)
-        self._changes_seen = changes
+        with self.own_changes():
+            retire_snapshots(self.db, seq, {seq, *(ref.seq for ref in history)})
+        self._changes_seen = changes + self._own_changes - own_before
         self.last_db_bytes = plan.db_size
         self.last_uploaded_bytes = plan.new_bytes + len(manifest_bytes)
         log.info("snapshot %d (%s) published: database %d bytes, %d new bytes stored (%d of %d segments "

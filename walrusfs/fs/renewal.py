@@ -25,10 +25,11 @@ import trio
 from ..client.client import BlobClient
 from ..client.lifecycle import RENEWAL_BATCH, renew_blobs
 from ..redstuff import BlobId
-from .config import FsSettings
+from .config import FsSettings, FsState
 from .db import Database
 from .mount_status import RenewalStatus
 from .publisher import SnapshotPublisher
+from .reachable import reachable_blobs
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,11 @@ class Renewer:
                     "their last renewal runs out): %s", min(RETRY_AFTER, self.term / 10), error)
 
 
-def renewer_for(client: BlobClient, settings: FsSettings, db: Database, publisher: SnapshotPublisher) -> Renewer:
+def renewer_for(client: BlobClient, settings: FsSettings, db: Database, publisher: SnapshotPublisher,
+                state: FsState) -> Renewer:
     """The renewal task of a writable mount."""
     return Renewer(client, settings.fs_id, settings.blob_term_days * DAY,
-                   partial(referenced_blobs, db, partial(snapshot_blobs, publisher)))
+                   partial(renewed_blobs, db, state, partial(snapshot_blobs, publisher)))
 
 
 def snapshot_blobs(publisher: SnapshotPublisher) -> set[str]:
@@ -120,9 +122,13 @@ def snapshot_blobs(publisher: SnapshotPublisher) -> set[str]:
     return {publisher.local.manifest, *(s.blob for s in manifest.segments), *(r.manifest for r in manifest.history)}
 
 
-def referenced_blobs(db: Database, manifest_ids: Callable[[], set[str]]) -> set[BlobId]:
-    """Until gc's ``walrusfs/fs/reachable.py: reachable_blobs`` is merged: the blobs the block map
-    references plus the metadata snapshot's blobs (``manifest_ids``). gc's reachable set also covers
-    every retained snapshot; the merge switches the mount to it."""
-    rows = db.execute("SELECT blob_id FROM blobs").fetchall()
-    return {BlobId.parse(row[0]) for row in rows} | {BlobId.parse(text) for text in manifest_ids()}
+def renewed_blobs(db: Database, state: FsState, manifest_ids: Callable[[], set[str]]) -> set[BlobId]:
+    """What the mount keeps alive: everything gc counts as reachable (reachable.py: the live tree,
+    every retained snapshot, read-only mounts, pins), and, for snapshots recorded before schema 3
+    that gc has not yet recorded, every blob the database still has a row for plus the last
+    snapshot's own blobs. Renewing a little too much costs a term of space; renewing too little loses
+    data. Blobs on gc's to-release list are not renewed: they are on their way out."""
+    releasing = {row[0] for row in db.execute("SELECT blob_id FROM gc_release")}
+    rows = {row[0] for row in db.execute("SELECT blob_id FROM blobs")}
+    kept = (rows | manifest_ids()) - releasing
+    return reachable_blobs(db, state) | {BlobId.parse(text) for text in kept}

@@ -24,6 +24,14 @@ I11 An xattrs row system.posix_acl_access is a valid ACL with a named user or gr
     group) and other entries equal the inode's permission bits; system.posix_acl_default is a
     valid ACL and only on directories (schema 2; acl.py).
 
+I12 Every blob a retained snapshot references is listed under that snapshot in snapshot_blobs,
+    recorded before its root record goes out (publisher.py); a snapshot whose record says
+    retained=0 has aged out, and its blobs are garbage unless something else still reaches them
+    (reachable.py, schema 3).
+I13 A blob on the to-release list (gc_release) is reachable from nothing: no live block, no
+    retained or in-use snapshot, no pin. It stays listed (and a data blob keeps its blobs row)
+    until every node of the committee has released it (gc.py, schema 3).
+
 Outside the database (publisher.py, snapshot.py):
 I9  The root record on a quorum of nodes names the snapshot that <state>/snapshot.json records as
     published (a higher one means another machine wrote the filesystem: reported, never
@@ -57,7 +65,7 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE settings (
@@ -120,6 +128,31 @@ CREATE TABLE inode_blocks (
     PRIMARY KEY (inode, blockno)
 ) WITHOUT ROWID;
 CREATE INDEX inode_blocks_by_block ON inode_blocks(block);
+""" + """
+CREATE TABLE snapshots (      -- schema 3 (I12): snapshots published or attempted from this database
+    seq        INTEGER PRIMARY KEY,
+    created_ns INTEGER NOT NULL,
+    manifest   TEXT NOT NULL,     -- its manifest blob
+    retained   INTEGER NOT NULL   -- 1 while the retention policy keeps it (or it may be on the nodes)
+);
+CREATE TABLE snapshot_blobs (  -- schema 3 (I12): every blob a snapshot needs (data, segments, manifest)
+    seq     INTEGER NOT NULL REFERENCES snapshots(seq),
+    blob_id TEXT NOT NULL,
+    length  INTEGER NOT NULL,
+    PRIMARY KEY (seq, blob_id)
+) WITHOUT ROWID;
+CREATE INDEX snapshot_blobs_by_blob ON snapshot_blobs(blob_id);
+CREATE TABLE pins (            -- schema 3: blobs kept whatever else says (published datasets, an operator)
+    blob_id TEXT PRIMARY KEY,
+    reason  TEXT NOT NULL
+);
+CREATE TABLE gc_release (      -- schema 3 (I13): the to-release list
+    blob_id    TEXT PRIMARY KEY,
+    length     INTEGER NOT NULL,
+    queued_ns  INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 """
 
 
@@ -161,8 +194,21 @@ def _to_2(db: Database) -> list[str]:
     return notes
 
 
+GC_DDL = DDL[DDL.index("CREATE TABLE snapshots ("):]
+
+
+def _to_3(db: Database) -> list[str]:
+    """Schema 2 -> 3: the tables of garbage collection (I12, I13), empty. Snapshots published before
+    have no record of the blobs they need: gc finds them listed in the last manifest and reads their
+    databases from the network before it deletes anything (reachable.py)."""
+    for statement in GC_DDL.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    return []
+
+
 # MIGRATIONS[n] turns a database of schema n into one of schema n+1 (inside one transaction).
-MIGRATIONS: dict[int, Callable[[Database], list[str]]] = {1: _to_2}
+MIGRATIONS: dict[int, Callable[[Database], list[str]]] = {1: _to_2, 2: _to_3}
 
 
 def migrate(db: Database) -> list[str]:

@@ -291,6 +291,7 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
     if hits + misses:
         cache += f" ({100 * hits / (hits + misses):.0f}% hits)"
     other = [("cache", cache), ("last snapshot", _format_snapshot(status, now))]
+    other += _format_space(status.extra.get("space"), status.extra.get("gc"))
     if status.epoch is not None:
         other.append(("committee", f"epoch {status.epoch}"))
     if status.lease is not None:
@@ -314,6 +315,27 @@ def format_status(status: MountStatus | dict, now: float | None = None, mountpoi
                          _shorten(str(health.last_error or "-"), 60)])
         lines += _table(["NODE", "STATE", "LATENCY", "SCORE", "OK", "FAILED", "LIES", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
+
+
+def _format_space(space: Any, gc: Any) -> list[tuple[str, str]]:
+    """Space on the network and the last gc pass (docs/gc.md), when the daemon reports them."""
+    rows = []
+    if isinstance(space, dict) and space.get("network_bytes") is not None:
+        blobs = _plural(int(space.get("blobs") or 0), "blob")
+        rows.append(("space", f"{format_bytes(space.get('network_bytes'))} on the nodes after encoding, for "
+                              f"{format_bytes(space.get('blob_bytes'))} in {blobs} holding "
+                              f"{format_bytes(space.get('logical_bytes'))} of live blocks"))
+    last = gc.get("last") if isinstance(gc, dict) else None
+    if isinstance(gc, dict) and gc.get("running"):
+        running = gc["running"]
+        rows.append(("gc", f"running: {running.get('step')} {running.get('done')}/{running.get('total')}"))
+    elif isinstance(last, dict):
+        text = (f"last pass released {format_bytes(last.get('released_bytes'))}, "
+                f"{format_bytes(last.get('referenced_bytes'))} referenced")
+        if last.get("pending_blobs"):
+            text += f"; {_plural(int(last['pending_blobs']), 'blob')} not yet released on every node"
+        rows.append(("gc", text))
+    return rows
 
 
 def lease_lost(status: MountStatus | dict) -> bool:

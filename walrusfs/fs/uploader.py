@@ -155,8 +155,16 @@ class Uploader:
         self.stats.in_flight_bytes += size
         try:
             data = await trio.to_thread.run_sync(self._read_pack, pack)
+            serial = self.catalog.release_serial
             stored = await self.client.store(data)
             blob_id = str(stored.blob_id)
+            while self.catalog.released_since(blob_id, serial):
+                # gc released this very blob (the same blocks, once garbage, packed the same way)
+                # while it was being stored: the nodes may have deleted what they just took. Once that
+                # release is over, storing it again makes it whole.
+                await self.catalog.release_finished(blob_id)
+                serial = self.catalog.release_serial
+                stored = await self.client.store(data)
             placed = self.catalog.record_certified(blob_id, len(data), stored.certificate.to_json(), pack)
             # The certificate must be on disk before the staged copies go (invariant I4).
             self.catalog.db.sync()
