@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from .gc import GarbageCollector, gc_status
 from .metrics import export_metrics
 from .mount_options import MountOptions
 from .mount_status import LeaseStatus, MountStatus, NodeHealth, SnapshotStatus
+from .mountpoint import check_mountpoint, clear_dead_mount, mounted_here
 from .notify import describe, report_status, sd_notify
 from .operations import WalrusOperations
 from .publisher import SnapshotPublisher
@@ -87,56 +87,6 @@ def acquire_lock(state: FsState) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def clear_dead_mount(mountpoint: Path) -> None:
-    """A walrusfs mount whose daemon died (kill -9, OOM) leaves its mount point answering ENOTCONN;
-    detach it so the filesystem can be mounted again."""
-    try:
-        os.statvfs(mountpoint)  # stat() may be answered from the kernel's cache; statfs reaches the daemon
-        return
-    except OSError as error:
-        if error.errno not in (errno.ENOTCONN, errno.ECONNABORTED):  # ECONNABORTED: it died mid-request
-            return
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == str(mountpoint) and fields[2] == "fuse.walrusfs":
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-            print(f"detached {mountpoint}: its mount daemon had died", file=sys.stderr)
-            return
-
-
-def mounted_here(mountpoint: Path) -> MountStatus | None:
-    """The status of the live walrusfs mount on ``mountpoint`` itself, or None if there is none."""
-    from .status import read_status_within
-
-    if not any(point == mountpoint and fstype == "fuse.walrusfs" for point, fstype in _mounts()):
-        return None
-    try:
-        return read_status_within(mountpoint, timeout=10.0)
-    except UserError:
-        return None  # dead or wedged: clear_dead_mount's business, or the kernel refuses the mount
-
-
-def _mounts() -> list[tuple[Path, str]]:
-    from .status import _mounts as mounts
-
-    return mounts()
-
-
-def check_mountpoint(mountpoint: Path, options: MountOptions) -> None:
-    if not mountpoint.exists():
-        raise UserError(f"mount point {mountpoint} does not exist: create it first (mkdir -p {mountpoint})")
-    if not mountpoint.is_dir():
-        raise UserError(f"mount point {mountpoint} is not a directory")
-    if options.nonempty:
-        return
-    with os.scandir(mountpoint) as entries:
-        names = [entry.name for _, entry in zip(range(3), entries, strict=False)]
-    if names:
-        raise UserError(f"mount point {mountpoint} is not empty (it holds {', '.join(map(repr, names))}"
-                        f"{' ...' if len(names) == 3 else ''}): the mount would hide what is there. Mount on an "
-                        "empty directory, or pass -o nonempty to hide them while mounted.")
 
 
 def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: bool,
