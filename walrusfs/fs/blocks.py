@@ -70,7 +70,7 @@ class BlockStore:
         # Blocks staged but not yet uploaded, as stored (sealed), kept so that the uploader, seconds
         # later, packs them without reading the staging files back (bounded: beyond it, it reads the files).
         self._staged: dict[int, bytes | bytearray] = {}
-        self._staged_memory = 0
+        self._staged_memory = 0  # plaintext bytes: sealed blocks are held as many as plain ones
         self._staged_limit = staged_memory_bytes
 
     @property
@@ -107,9 +107,9 @@ class BlockStore:
         # it), never a row without its file.
         directio.write_file(self.staging_path(block_id), stored)  # past the page cache
         self._remember(block_id, data)
-        if self._staged_memory + len(stored) <= self._staged_limit:
+        if self._staged_memory + len(data) <= self._staged_limit:
             self._staged[block_id] = stored
-            self._staged_memory += len(stored)
+            self._staged_memory += len(data)
         return block_id
 
     def staged_in_memory(self, block_id: int) -> bytes | bytearray | None:
@@ -121,7 +121,7 @@ class BlockStore:
         self.staging_path(block_id).unlink(missing_ok=True)
         data = self._staged.pop(block_id, None)
         if data is not None:
-            self._staged_memory -= len(data)
+            self._staged_memory -= len(data) - self.contents.overhead
 
     def release(self, block_id: int) -> None:
         """Drop one reference; the last one deletes the block. Call inside a transaction."""
