@@ -21,16 +21,18 @@ repeat.
 
 Sealed object, format v1 (blocks, metadata segments and the snapshot manifest)::
 
-    "WFSE" | u8 version = 1 | u8 purpose | u32 key id = 0 | 12 nonce | ciphertext | 16 tag
+    "WFSE" | u8 version = 1 | u8 purpose | u32 key id | 12 nonce | ciphertext | 16 tag
 
 The 22-byte header is the associated data, so a block cannot pass for a manifest nor one key's
-object for another's. ``key id`` leaves room for rotating the data key; only 0 exists today.
+object for another's. ``key id`` names the data key: 0 (derived) for snapshots and for blocks until
+``walrusfs rotate-key`` adds keys 1, 2, ... (data_keys.py), which seal the blocks written after it.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 from typing import Protocol
 
 import blake3
@@ -116,11 +118,14 @@ class SealedContents:
     scheme = AES_256_GCM
     overhead = OVERHEAD
 
-    def __init__(self, read_key: bytes) -> None:
+    def __init__(self, read_key: bytes, data_keys: Mapping[int, bytes] | None = None) -> None:
+        """``data_keys``: the keys added by rotation (data_keys.py), by key id; key 0 is derived."""
         if len(read_key) != 32:
             raise ValueError(f"a read key is 32 bytes, not {len(read_key)}")
         self.read_key = read_key
-        self._aead = AESGCM(blake3.blake3(read_key, derive_key_context=_DATA_KEY_CONTEXT).digest())
+        self._aeads = {0: AESGCM(blake3.blake3(read_key, derive_key_context=_DATA_KEY_CONTEXT).digest())}
+        self._aeads.update((key_id, AESGCM(key)) for key_id, key in (data_keys or {}).items())
+        self.block_key_id = max(self._aeads)  # new blocks are sealed with the newest data key
         self._digest_key = blake3.blake3(read_key, derive_key_context=_DIGEST_KEY_CONTEXT).digest()
 
     def digest(self, plaintext: bytes) -> bytes:
@@ -130,12 +135,15 @@ class SealedContents:
     def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes | bytearray:
         """``digest``: this object's ``digest(plaintext)`` if the caller has it (saves a hash pass)."""
         nonce = (digest or self.digest(plaintext))[:12]
-        header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, 0, nonce)
+        # Snapshots (segments, manifest) stay under key 0: they must open with the read key alone,
+        # since they are what carries the rotated keys.
+        key_id = self.block_key_id if purpose == Purpose.BLOCK else 0
+        header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, key_id, nonce)
         # Encrypted in place behind its header: concatenating header and ciphertext would copy
         # the whole object once more (with fresh memory, a page fault per 4 KiB).
         sealed = bytearray(len(header) + len(plaintext) + TAG_SIZE)
         sealed[:HEADER_SIZE] = header
-        self._aead.encrypt_into(nonce, plaintext, header, memoryview(sealed)[HEADER_SIZE:])
+        self._aeads[key_id].encrypt_into(nonce, plaintext, header, memoryview(sealed)[HEADER_SIZE:])
         return sealed
 
     def open_as(self, stored: bytes | memoryview, purpose: Purpose, digest: bytes) -> bytes:
@@ -161,12 +169,14 @@ class SealedContents:
                                 "(upgrade walrusfs)")
         if stored_purpose != purpose:
             raise TamperedError(f"expected a sealed {purpose.name.lower()}, found purpose {stored_purpose}")
-        if key_id != 0:
-            raise TamperedError(f"sealed with data key {key_id}, which this walrusfs does not know")
+        aead = self._aeads.get(key_id)
+        if aead is None:
+            raise TamperedError(f"sealed with data key {key_id}, which this mount does not hold (the filesystem's "
+                                "snapshot lists its data keys: was it rotated by a newer walrusfs?)")
         try:
             # A view, not a slice: a block-sized copy costs more than the cipher where freed
             # buffers are not kept (walrusfs.malloc).
-            return self._aead.decrypt(nonce, memoryview(stored)[HEADER_SIZE:], bytes(stored[:HEADER_SIZE]))
+            return aead.decrypt(nonce, memoryview(stored)[HEADER_SIZE:], bytes(stored[:HEADER_SIZE]))
         except InvalidTag:
             raise TamperedError(f"sealed {purpose.name.lower()} does not authenticate: its ciphertext was "
                                 "forged or damaged") from None
@@ -177,19 +187,21 @@ def is_sealed(stored: bytes) -> bool:
     return stored[:4] == SEALED_MAGIC
 
 
-def contents_of(scheme: str, fs_key: Ed25519PrivateKey | None) -> Contents:
+def contents_of(scheme: str, fs_key: Ed25519PrivateKey | None,
+                data_keys: Mapping[int, bytes] | None = None) -> Contents:
     """The Contents of a filesystem's ``encryption`` setting, for the holder of its key."""
-    return contents_for(scheme, None if fs_key is None or scheme == NO_ENCRYPTION else read_key_of(fs_key))
+    return contents_for(scheme, None if fs_key is None or scheme == NO_ENCRYPTION else read_key_of(fs_key), data_keys)
 
 
-def contents_for(scheme: str, read_key: bytes | None) -> Contents:
-    """The Contents of a filesystem's ``encryption`` setting."""
+def contents_for(scheme: str, read_key: bytes | None, data_keys: Mapping[int, bytes] | None = None) -> Contents:
+    """The Contents of a filesystem's ``encryption`` setting (``data_keys``: those rotation added,
+    from its database: data_keys.py)."""
     if scheme == NO_ENCRYPTION:
         return PlainContents()
     if scheme == AES_256_GCM:
         if read_key is None:
             raise ValueError("an encrypted filesystem needs its read key (from fs.key or a read capability)")
-        return SealedContents(read_key)
+        return SealedContents(read_key, data_keys)
     raise ValueError(f"encryption {scheme!r} is not one this walrusfs knows ({', '.join(SCHEMES)}): "
                      "upgrade walrusfs")
 

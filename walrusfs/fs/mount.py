@@ -42,8 +42,10 @@ from .catalog import Catalog
 from .chain import fs_chain, fs_client
 from .config import FsSettings, FsState, fs_home
 from .daemon import READY, run_daemon, tell_caller
+from .data_keys import data_keys_in
 from .db import Database
 from .encryption import contents_for, read_key_of
+from .follow import SnapshotFollower
 from .fsck import Fsck
 from .metrics import export_metrics
 from .mount_options import MountOptions
@@ -142,8 +144,9 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     current = mounted_here(mountpoint)
     if current is not None:
         # mount -a, a repeated mount or a restarted unit: what is asked is already there.
-        same_snapshot = not options.read_only or (current.snapshot is not None
-                                                  and current.snapshot.seq == options.snapshot)
+        # A mount that follows new snapshots shows one, but none was asked for.
+        pinned = None if current.snapshot is None or current.snapshot.following else current.snapshot.seq
+        same_snapshot = not options.read_only or pinned == options.snapshot
         if Path(current.state or "") == state.root and bool(current.read_only) == options.read_only \
                 and same_snapshot:
             log.debug("%s is already mounted on %s", state.root, mountpoint)
@@ -153,6 +156,8 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
                         f"unmount it first (walrusfs umount {mountpoint})")
     if capability is not None:
         options.read_only = True
+        if capability.snapshot is not None:
+            options.follow_interval = 0  # it names one snapshot: it stays on it
         restore_shared(state, capability, options)
     elif options.key and not state.settings_path.exists():
         restore_from_network(state, options)
@@ -265,7 +270,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     directio.POOL.max_idle_bytes = 40 << 20  # one blob's aligned buffer and some blocks' (RSS budget)
     log.debug("serving %s (database %s) with %s", state.root, db_path, options)
     db = Database(db_path)
-    contents = contents_for(settings.encryption, keys.read_key)  # how blocks are sealed (encryption.py)
+    # How blocks are sealed (encryption.py), with the data keys rotation added (data_keys.py).
+    contents = contents_for(settings.encryption, keys.read_key, data_keys_in(db))
     old_snapshot = options.snapshot is not None
     staging = db_path.parent / "staging" if old_snapshot else state.staging
     if not old_snapshot:
@@ -323,8 +329,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                        if node in client.connections},  # the current committee's (nodes retire)
                 read_only=options.read_only,
                 # A read-only mount of an old snapshot publishes none: it reports which one it shows.
-                snapshot=publisher.status() if publisher is not None else SnapshotStatus(
-                    seq=options.snapshot, reported=frozenset({"seq"})),
+                snapshot=publisher.status() if publisher is not None else follower.status() if follower else
+                SnapshotStatus(seq=options.snapshot, reported=frozenset({"seq"})),
                 lease=None if lease is None else LeaseStatus.from_json(lease.status()),
                 epoch=client.committee.epoch,
             )
@@ -333,6 +339,11 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                                       settings.staging_limit, lambda: status().to_json())
         if publisher is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
+        if options.read_only:  # nothing to cache, and it keeps file sizes a new snapshot changes (follow.py)
+            operations.enable_writeback_cache = False
+        follower = SnapshotFollower(state, settings, keys.read_key, client, db, operations, options.follow_interval) \
+            if keys.fs_key is None and options.snapshot is None and options.follow_interval else None
+        operations.follows_snapshots = follower is not None
         if lease is not None:
             operations.durability_guard = lease.ensure_held
         purged = 0 if options.read_only else operations.purge_orphans()
@@ -368,6 +379,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                     nursery.start_soon(uploader.run)
                 if publisher is not None:
                     nursery.start_soon(publisher.run)
+                if follower is not None:
+                    nursery.start_soon(follower.run)
                 if lease is not None:
                     nursery.start_soon(lease.run)
                 nursery.start_soon(export_metrics, options.metrics, options.metrics_textfile, status)
