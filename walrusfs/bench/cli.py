@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["codec", "node", "blob", "mount", "restore", "repair"]
+BENCHMARKS = ["codec", "node", "blob", "mount", "sealing", "restore", "repair"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
