@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("walrusfs.fs.admin", "publish a metadata snapshot of a mounted filesystem now"),
     "share": ("walrusfs.fs.admin", "print a read capability: mounts the filesystem read-only anywhere"),
     "gc": ("walrusfs.fs.gc_cli", "release what a filesystem no longer reaches from the nodes; compact sparse blobs"),
+    "rotate-key": ("walrusfs.fs.admin", "seal new blocks with a new data key (old ones keep theirs)"),
     "status": ("walrusfs.fs.status", "what a mount is doing: staged bytes, uploads, cache, snapshots, node health"),
     "cluster": ("walrusfs.cluster_cli", "run a local network of storage nodes on 127.0.0.1"),
     "node": ("walrusfs.cluster_cli", "run one storage node"),

@@ -21,8 +21,9 @@ from .capability import ReadCapability
 from .chain import fs_chain, fs_client
 from .cli import WRITER_KEY_HELP
 from .config import resolve_source
+from .data_keys import add_data_key
 from .db import Database
-from .encryption import read_key_of
+from .encryption import NO_ENCRYPTION, read_key_of
 from .fsck import Fsck
 from .mount import acquire_lock
 from .mount_status import CONTROL_PREFIX, SnapshotStatus, read_status
@@ -63,6 +64,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     share.add_argument("--snapshot", type=int, metavar="N",
                        help="pin snapshot N (default: the latest at each mount)")
     share.set_defaults(func=_share)
+
+    rotate = commands.add_parser("rotate-key", help="seal new blocks with a new data key (old ones keep theirs)")
+    rotate.add_argument("source", help="filesystem name or state directory (holding its key; not mounted)")
+    rotate.set_defaults(func=_rotate_key)
 
 
 class _Steps:
@@ -214,6 +219,30 @@ def _share(args: argparse.Namespace) -> int:
     print(f"anyone holding this string and the committee file can read every file of {settings.fs_id} "
           f"({which}); it cannot write or publish. Mount it with: mount -t walrusfs CAPABILITY DIR. Treat it as "
           "a secret: it decrypts the data.", file=sys.stderr)
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    state = resolve_source(args.source)
+    settings = state.load_settings()
+    if settings.encryption == NO_ENCRYPTION:
+        raise UserError(f"{settings.fs_id} is not encrypted (mkfs --no-encryption): it has no data key to rotate")
+    if not Path(settings.fs_key or state.fs_key_path).exists():
+        raise UserError(f"{state.root} holds no key of its filesystem (it was made from a read capability): "
+                        "only its writer can rotate its data key")
+    lock = acquire_lock(state)  # refused while it is mounted: the mount seals with the key it loaded
+    try:
+        db = Database(state.db_path)
+        try:
+            key_id = add_data_key(db)
+        finally:
+            db.close()
+    finally:
+        os.close(lock)
+    print(f"data key {key_id} added to {settings.fs_id}: blocks written from its next mount on are sealed with it. "
+          "Blocks written before keep their key and stay readable; nothing is re-encrypted. Read capabilities keep "
+          "reading everything (the snapshots carry every data key). fs.key stays the one thing to back up.",
+          file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 from .. import directio
 from .cache import BlobCache
@@ -18,23 +21,34 @@ from .catalog import Catalog, StagedBlock
 from .db import Database
 from .encryption import Contents, PlainContents, Purpose, TamperedError
 
+# Blocks at least this large are hashed, sealed and opened in a worker thread: blake3 and AES-GCM
+# release the GIL, so the event loop goes on serving FUSE requests meanwhile. Smaller ones are not
+# worth a thread hop (tens of microseconds).
+OFFLOAD_BYTES = 256 << 10
+
 
 class BlockCorruptError(OSError):
     """A block's bytes do not match its hash (local disk rot, or a bug): never returned as data."""
 
 
-def open_block(contents: Contents, stored: bytes, digest: bytes, size: int, where: str) -> bytes:
-    """The plaintext of a stored block, checked: its stored size, its authentication (encrypted
-    filesystems) and its digest. BlockCorruptError naming ``where`` otherwise."""
+def open_block(contents: Contents, stored: bytes | memoryview, digest: bytes, size: int, where: str) -> bytes:
+    """The plaintext of a stored block, checked: its stored size, and that it is the block of
+    ``digest`` (a plain block by hashing it, a sealed one by its authenticated nonce: Contents.open_as).
+    BlockCorruptError naming ``where`` otherwise. Safe in a worker thread."""
     if len(stored) != size:
         raise BlockCorruptError(f"{where} holds {len(stored)} bytes, the block has {size}")
     try:
-        data = contents.open(stored, Purpose.BLOCK)
+        return contents.open_as(stored, Purpose.BLOCK, digest)
     except TamperedError as error:
         raise BlockCorruptError(f"{where}: {error}") from None
-    if contents.digest(data) != digest:
-        raise BlockCorruptError(f"{where} does not match its hash")
-    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A block's digest and stored (sealed) bytes, computed before the transaction that stages it."""
+
+    digest: bytes
+    stored: bytes | bytearray
 
 
 class BlockStore:
@@ -55,8 +69,8 @@ class BlockStore:
         self._memory_limit = memory_bytes
         # Blocks staged but not yet uploaded, as stored (sealed), kept so that the uploader, seconds
         # later, packs them without reading the staging files back (bounded: beyond it, it reads the files).
-        self._staged: dict[int, bytes] = {}
-        self._staged_memory = 0
+        self._staged: dict[int, bytes | bytearray] = {}
+        self._staged_memory = 0  # plaintext bytes: sealed blocks are held as many as plain ones
         self._staged_limit = staged_memory_bytes
 
     @property
@@ -66,26 +80,39 @@ class BlockStore:
     def staging_path(self, block_id: int) -> Path:
         return self.staging / str(block_id)
 
-    def stage(self, data: bytes) -> int:
-        """The id of a block holding ``data``: an existing one with one more reference, or a new
-        staged block. Call inside a transaction."""
+    def prepare(self, data: bytes) -> Prepared:
+        """Hash and seal ``data`` (touches no shared state: safe in a worker thread)."""
         digest = self.contents.digest(data)
+        return Prepared(digest, self.contents.seal(data, Purpose.BLOCK, digest))
+
+    async def prepare_large(self, data: bytes) -> Prepared | None:
+        """``prepare(data)`` in a worker thread if ``data`` is large, else None (stage() does it inline,
+        sealing only if the block is new). A block already stored is sealed for nothing: cheaper than
+        a second thread hop to look it up first."""
+        if len(data) < OFFLOAD_BYTES:
+            return None
+        return await trio.to_thread.run_sync(self.prepare, data)
+
+    def stage(self, data: bytes, prepared: Prepared | None = None) -> int:
+        """The id of a block holding ``data`` (``prepared``: its prepare(), if done already): an
+        existing one with one more reference, or a new staged block. Call inside a transaction."""
+        digest = self.contents.digest(data) if prepared is None else prepared.digest
         existing = self.catalog.find(digest)
         if existing is not None:
             self.catalog.add_reference(existing)
             return existing
-        stored = self.contents.seal(data, Purpose.BLOCK, digest)
+        stored = self.contents.seal(data, Purpose.BLOCK, digest) if prepared is None else prepared.stored
         block_id = self.catalog.add_staged(digest, len(stored))
         # Written before the row commits: a crash in between leaves an orphan file (fsck removes
         # it), never a row without its file.
         directio.write_file(self.staging_path(block_id), stored)  # past the page cache
         self._remember(block_id, data)
-        if self._staged_memory + len(stored) <= self._staged_limit:
+        if self._staged_memory + len(data) <= self._staged_limit:
             self._staged[block_id] = stored
-            self._staged_memory += len(stored)
+            self._staged_memory += len(data)
         return block_id
 
-    def staged_in_memory(self, block_id: int) -> bytes | None:
+    def staged_in_memory(self, block_id: int) -> bytes | bytearray | None:
         """A staged block's stored bytes if they are still held in memory (safe from a worker thread)."""
         return self._staged.get(block_id)
 
@@ -94,7 +121,7 @@ class BlockStore:
         self.staging_path(block_id).unlink(missing_ok=True)
         data = self._staged.pop(block_id, None)
         if data is not None:
-            self._staged_memory -= len(data)
+            self._staged_memory -= len(data) - self.contents.overhead
 
     def release(self, block_id: int) -> None:
         """Drop one reference; the last one deletes the block. Call inside a transaction."""
@@ -123,11 +150,13 @@ class BlockStore:
         if where is None:
             raise RuntimeError(f"block {block_id} does not exist (run fsck)")
         digest, size, offset, blob_id = where.digest, where.size, where.offset, where.blob_id
+        stored: bytes | memoryview
         if blob_id is None:
             stored, source = self.read_staged(block_id), "its staging file"
         else:
             try:
-                stored = await self.cache.read(blob_id, offset, size)
+                # A view where the cache holds the blob in memory: opening makes the one copy needed.
+                stored = await self.cache.read(blob_id, offset, size, view=True)
             except Exception:
                 # Compaction may have moved the block (and gc released its old blob) since it was
                 # looked up: read it from where it lies now. Elsewhere the failure stands.
@@ -135,10 +164,14 @@ class BlockStore:
                 if moved is None or moved.blob_id is None or moved.blob_id == blob_id:
                     raise
                 digest, size, offset, blob_id = moved.digest, moved.size, moved.offset, moved.blob_id
-                stored = await self.cache.read(blob_id, offset, size)
+                stored = await self.cache.read(blob_id, offset, size, view=True)
             source = f"cached blob {blob_id}"
+        what = f"block {block_id} from {source}"
         try:
-            data = open_block(self.contents, stored, digest, size, f"block {block_id} from {source}")
+            if size >= OFFLOAD_BYTES:
+                data = await trio.to_thread.run_sync(open_block, self.contents, stored, digest, size, what)
+            else:
+                data = open_block(self.contents, stored, digest, size, what)
         except BlockCorruptError:
             if blob_id is not None:
                 self.cache.drop(blob_id)  # refetched, verified, on the next read

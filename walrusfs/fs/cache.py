@@ -50,7 +50,9 @@ class BlobCache:
     def fetching(self, blob_id: str) -> bool:
         return blob_id in self._inflight
 
-    async def read(self, blob_id: str, offset: int, length: int) -> bytes:
+    async def read(self, blob_id: str, offset: int, length: int, view: bool = False) -> bytes | memoryview:
+        """``length`` bytes of the blob at ``offset``; with ``view``, a view instead of a copy where the
+        blob is held in memory (for a caller that makes its own copy, as opening a sealed block does)."""
         if blob_id not in self.entries:
             self.misses += 1
             await self.ensure(blob_id)
@@ -60,7 +62,7 @@ class BlobCache:
         held = self._recent.get(blob_id)
         if held is not None:
             self._recent.move_to_end(blob_id)
-            return bytes(held[offset : offset + length])
+            return memoryview(held)[offset : offset + length] if view else bytes(held[offset : offset + length])
         fd = directio.open_direct(self._path(blob_id), os.O_RDONLY)
         try:
             return directio.read_range(fd, offset, length)

@@ -97,6 +97,11 @@ class Database:
         finally:
             os.close(fd)
 
+    def reopen(self) -> None:
+        """Open ``path`` anew, after its connection was closed and its file replaced: a read-only
+        mount that follows new snapshots puts the next one's database in place (follow.py)."""
+        self.conn = Database(self.path).conn
+
     def close(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()

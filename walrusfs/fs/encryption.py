@@ -21,16 +21,18 @@ repeat.
 
 Sealed object, format v1 (blocks, metadata segments and the snapshot manifest)::
 
-    "WFSE" | u8 version = 1 | u8 purpose | u32 key id = 0 | 12 nonce | ciphertext | 16 tag
+    "WFSE" | u8 version = 1 | u8 purpose | u32 key id | 12 nonce | ciphertext | 16 tag
 
 The 22-byte header is the associated data, so a block cannot pass for a manifest nor one key's
-object for another's. ``key id`` leaves room for rotating the data key; only 0 exists today.
+object for another's. ``key id`` names the data key: 0 (derived) for snapshots and for blocks until
+``walrusfs rotate-key`` adds keys 1, 2, ... (data_keys.py), which seal the blocks written after it.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 from typing import Protocol
 
 import blake3
@@ -80,9 +82,13 @@ class Contents(Protocol):
 
     def digest(self, plaintext: bytes) -> bytes: ...
 
-    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes: ...
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes | bytearray: ...
 
     def open(self, stored: bytes, purpose: Purpose) -> bytes: ...
+
+    def open_as(self, stored: bytes | memoryview, purpose: Purpose, digest: bytes) -> bytes:
+        """The plaintext of ``stored`` if it is the object whose digest is ``digest``; TamperedError otherwise."""
+        ...
 
 
 class PlainContents:
@@ -100,6 +106,11 @@ class PlainContents:
     def open(self, stored: bytes, purpose: Purpose) -> bytes:
         return stored
 
+    def open_as(self, stored: bytes | memoryview, purpose: Purpose, digest: bytes) -> bytes:
+        if self.digest(stored) != digest:
+            raise TamperedError(f"{purpose.name.lower()} does not match its hash")
+        return bytes(stored)  # a copy only if given a view
+
 
 class SealedContents:
     """AES-256-GCM with synthetic nonces under keys derived from the read key (module docstring)."""
@@ -107,24 +118,46 @@ class SealedContents:
     scheme = AES_256_GCM
     overhead = OVERHEAD
 
-    def __init__(self, read_key: bytes) -> None:
+    def __init__(self, read_key: bytes, data_keys: Mapping[int, bytes] | None = None) -> None:
+        """``data_keys``: the keys added by rotation (data_keys.py), by key id; key 0 is derived."""
         if len(read_key) != 32:
             raise ValueError(f"a read key is 32 bytes, not {len(read_key)}")
         self.read_key = read_key
-        self._aead = AESGCM(blake3.blake3(read_key, derive_key_context=_DATA_KEY_CONTEXT).digest())
+        self._aeads = {0: AESGCM(blake3.blake3(read_key, derive_key_context=_DATA_KEY_CONTEXT).digest())}
+        self._aeads.update((key_id, AESGCM(key)) for key_id, key in (data_keys or {}).items())
+        self.block_key_id = max(self._aeads)  # new blocks are sealed with the newest data key
         self._digest_key = blake3.blake3(read_key, derive_key_context=_DIGEST_KEY_CONTEXT).digest()
 
     def digest(self, plaintext: bytes) -> bytes:
         """Keyed: equal for equal plaintexts here, meaningless to anyone without the read key."""
         return blake3.blake3(plaintext, key=self._digest_key).digest()
 
-    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes:
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes | bytearray:
         """``digest``: this object's ``digest(plaintext)`` if the caller has it (saves a hash pass)."""
         nonce = (digest or self.digest(plaintext))[:12]
-        header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, 0, nonce)
-        return header + self._aead.encrypt(nonce, plaintext, header)
+        # Snapshots (segments, manifest) stay under key 0: they must open with the read key alone,
+        # since they are what carries the rotated keys.
+        key_id = self.block_key_id if purpose == Purpose.BLOCK else 0
+        header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, key_id, nonce)
+        # Encrypted in place behind its header: concatenating header and ciphertext would copy
+        # the whole object once more (with fresh memory, a page fault per 4 KiB).
+        sealed = bytearray(len(header) + len(plaintext) + TAG_SIZE)
+        sealed[:HEADER_SIZE] = header
+        self._aeads[key_id].encrypt_into(nonce, plaintext, header, memoryview(sealed)[HEADER_SIZE:])
+        return sealed
 
-    def open(self, stored: bytes, purpose: Purpose) -> bytes:
+    def open_as(self, stored: bytes | memoryview, purpose: Purpose, digest: bytes) -> bytes:
+        """Opens ``stored`` and checks that it is the object of ``digest`` without hashing the
+        plaintext again: the nonce is the digest's first 12 bytes and is authenticated with the
+        ciphertext (it is in the header, the associated data), so an authentic object holds the
+        plaintext of ``digest`` unless two plaintexts of this filesystem share a 96-bit digest prefix,
+        the same bound as the nonces' uniqueness. Hashing again cost as much as the cipher."""
+        if len(stored) >= HEADER_SIZE and stored[HEADER_SIZE - 12 : HEADER_SIZE] != digest[:12]:
+            raise TamperedError(f"sealed {purpose.name.lower()} does not match its hash: it is another object of "
+                                "this filesystem (its authenticated nonce is not the expected digest's)")
+        return self.open(stored, purpose)
+
+    def open(self, stored: bytes | memoryview, purpose: Purpose) -> bytes:
         if len(stored) < OVERHEAD:
             raise TamperedError(f"sealed {purpose.name.lower()} of {len(stored)} bytes is shorter than its "
                                 f"{OVERHEAD}-byte envelope")
@@ -136,12 +169,14 @@ class SealedContents:
                                 "(upgrade walrusfs)")
         if stored_purpose != purpose:
             raise TamperedError(f"expected a sealed {purpose.name.lower()}, found purpose {stored_purpose}")
-        if key_id != 0:
-            raise TamperedError(f"sealed with data key {key_id}, which this walrusfs does not know")
+        aead = self._aeads.get(key_id)
+        if aead is None:
+            raise TamperedError(f"sealed with data key {key_id}, which this mount does not hold (the filesystem's "
+                                "snapshot lists its data keys: was it rotated by a newer walrusfs?)")
         try:
             # A view, not a slice: a block-sized copy costs more than the cipher where freed
             # buffers are not kept (walrusfs.malloc).
-            return self._aead.decrypt(nonce, memoryview(stored)[HEADER_SIZE:], stored[:HEADER_SIZE])
+            return aead.decrypt(nonce, memoryview(stored)[HEADER_SIZE:], bytes(stored[:HEADER_SIZE]))
         except InvalidTag:
             raise TamperedError(f"sealed {purpose.name.lower()} does not authenticate: its ciphertext was "
                                 "forged or damaged") from None
@@ -152,19 +187,21 @@ def is_sealed(stored: bytes) -> bool:
     return stored[:4] == SEALED_MAGIC
 
 
-def contents_of(scheme: str, fs_key: Ed25519PrivateKey | None) -> Contents:
+def contents_of(scheme: str, fs_key: Ed25519PrivateKey | None,
+                data_keys: Mapping[int, bytes] | None = None) -> Contents:
     """The Contents of a filesystem's ``encryption`` setting, for the holder of its key."""
-    return contents_for(scheme, None if fs_key is None or scheme == NO_ENCRYPTION else read_key_of(fs_key))
+    return contents_for(scheme, None if fs_key is None or scheme == NO_ENCRYPTION else read_key_of(fs_key), data_keys)
 
 
-def contents_for(scheme: str, read_key: bytes | None) -> Contents:
-    """The Contents of a filesystem's ``encryption`` setting."""
+def contents_for(scheme: str, read_key: bytes | None, data_keys: Mapping[int, bytes] | None = None) -> Contents:
+    """The Contents of a filesystem's ``encryption`` setting (``data_keys``: those rotation added,
+    from its database: data_keys.py)."""
     if scheme == NO_ENCRYPTION:
         return PlainContents()
     if scheme == AES_256_GCM:
         if read_key is None:
             raise ValueError("an encrypted filesystem needs its read key (from fs.key or a read capability)")
-        return SealedContents(read_key)
+        return SealedContents(read_key, data_keys)
     raise ValueError(f"encryption {scheme!r} is not one this walrusfs knows ({', '.join(SCHEMES)}): "
                      "upgrade walrusfs")
 

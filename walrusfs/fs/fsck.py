@@ -23,6 +23,7 @@ from .acl import ACCESS, DEFAULT, Acl, AclError
 from .blocks import BlockCorruptError, open_block
 from .catalog import Catalog
 from .config import FsSettings, FsState
+from .data_keys import data_keys_in
 from .db import Database
 from .encryption import NO_ENCRYPTION, Contents, contents_of
 from .publisher import LocalSnapshotState
@@ -77,7 +78,7 @@ class Fsck:
             fs_key = None
             if settings.encryption != NO_ENCRYPTION:
                 fs_key = load_key(Path(settings.fs_key or state.fs_key_path))
-            contents = contents_of(settings.encryption, fs_key)
+            contents = contents_of(settings.encryption, fs_key, data_keys_in(db))
         self.contents = contents
         self.catalog = Catalog(db)
         self.state = state

@@ -41,8 +41,10 @@ from .catalog import Catalog
 from .chain import fs_chain, fs_client
 from .config import FsSettings, FsState, fs_home
 from .daemon import READY, run_daemon, tell_caller
+from .data_keys import data_keys_in
 from .db import Database
 from .encryption import contents_for, read_key_of
+from .follow import SnapshotFollower
 from .fsck import Fsck
 from .gc import GarbageCollector, gc_status
 from .metrics import export_metrics
@@ -96,8 +98,9 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
     current = mounted_here(mountpoint)
     if current is not None:
         # mount -a, a repeated mount or a restarted unit: what is asked is already there.
-        same_snapshot = not options.read_only or (current.snapshot is not None
-                                                  and current.snapshot.seq == options.snapshot)
+        # A mount that follows new snapshots shows one, but none was asked for.
+        pinned = None if current.snapshot is None or current.snapshot.following else current.snapshot.seq
+        same_snapshot = not options.read_only or pinned == options.snapshot
         if Path(current.state or "") == state.root and bool(current.read_only) == options.read_only \
                 and same_snapshot:
             log.debug("%s is already mounted on %s", state.root, mountpoint)
@@ -107,6 +110,8 @@ def mount(state: FsState, mountpoint: Path, options: MountOptions, foreground: b
                         f"unmount it first (walrusfs umount {mountpoint})")
     if capability is not None:
         options.read_only = True
+        if capability.snapshot is not None:
+            options.follow_interval = 0  # it names one snapshot: it stays on it
         restore_shared(state, capability, options)
     elif options.key and not state.settings_path.exists():
         restore_from_network(state, options)
@@ -222,7 +227,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
     if old_snapshot:  # the writer's gc keeps what it shows while this process lives (reachable.py)
         pin_snapshot(db_path)
     db = Database(db_path)
-    contents = contents_for(settings.encryption, keys.read_key)  # how blocks are sealed (encryption.py)
+    # How blocks are sealed (encryption.py), with the data keys rotation added (data_keys.py).
+    contents = contents_for(settings.encryption, keys.read_key, data_keys_in(db))
     staging = db_path.parent / "staging" if old_snapshot else state.staging
     if not old_snapshot:
         if state.mounted_marker.exists():
@@ -281,8 +287,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                        if node in client.connections},  # the current committee's (nodes retire)
                 read_only=options.read_only,
                 # A read-only mount of an old snapshot publishes none: it reports which one it shows.
-                snapshot=publisher.status() if publisher is not None else SnapshotStatus(
-                    seq=options.snapshot, reported=frozenset({"seq"})),
+                snapshot=publisher.status() if publisher is not None else follower.status() if follower else
+                SnapshotStatus(seq=options.snapshot, reported=frozenset({"seq"})),
                 lease=None if lease is None else LeaseStatus.from_json(lease.status()),
                 epoch=client.committee.epoch,
                 renewal=None if renewer is None else renewer.status,
@@ -299,6 +305,11 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
         if publisher is not None and collector is not None:
             operations.controls[b"snapshot"] = partial(_snapshot_now, publisher)
             operations.controls.update(collector.controls())
+        if options.read_only:  # nothing to cache, and it keeps file sizes a new snapshot changes (follow.py)
+            operations.enable_writeback_cache = False
+        follower = SnapshotFollower(state, settings, keys.read_key, client, db, operations, options.follow_interval) \
+            if keys.fs_key is None and options.snapshot is None and options.follow_interval else None
+        operations.follows_snapshots = follower is not None
         if lease is not None:
             operations.durability_guard = lease.ensure_held
         purged = 0 if options.read_only else operations.purge_orphans()
@@ -335,6 +346,8 @@ async def serve(state: FsState, settings: FsSettings, committee: Committee, keys
                 if publisher is not None and collector is not None:
                     nursery.start_soon(publisher.run)
                     nursery.start_soon(collector.run_periodically, settings.gc_interval)
+                if follower is not None:
+                    nursery.start_soon(follower.run)
                 if lease is not None:
                     nursery.start_soon(lease.run)
                 if renewer is not None:

@@ -11,6 +11,9 @@ from .metrics import parse_listen
 from .mount_log import DEFAULT_MAX_BYTES
 from .writer_lease import DEFAULT_TERM, parse_term
 
+# How often a read capability's mount of the latest snapshot looks for a newer one (follow.py).
+DEFAULT_FOLLOW_INTERVAL = 30.0
+
 # How long one upload may take to reach a certificate before it fails (fsync then says EIO and the
 # data stays staged for a retry): long enough for a loaded network, short enough to say "no quorum".
 # A snapshot's root record is offered this long too, also to nodes that are down.
@@ -26,6 +29,8 @@ OPTION_HELP: dict[str, str] = {
     "home=DIR": "where filesystems' local state lives: DIR/fs/NAME (as WALRUSFS_HOME; for fstab, since "
                 "mount(8) drops HOME)",
     "snapshot=N": "mount metadata snapshot N, read-only (see 'walrusfs snapshots')",
+    "follow_interval=SECONDS": "a read capability's mount of the latest snapshot: how often to look for a newer "
+                               "snapshot and switch to it (default 30; 0: stay on the one mounted)",
     "key=PATH": "the filesystem's key: with no local state, restore it from the network first",
     "committee=PATH": "with key=: the committee file (default: the bundled network's)",
     "writer_key=PATH": "with key=: a writer key the committee accepts (default: the bundled network's)",
@@ -60,6 +65,7 @@ class MountOptions:
     log_max_size: int = DEFAULT_MAX_BYTES  # mount.log is rotated at this size
     extra: list[str] = field(default_factory=list)
     snapshot: int | None = None  # mount this older snapshot, read-only
+    follow_interval: float = DEFAULT_FOLLOW_INTERVAL  # a read capability's mount: seconds between looks for a newer one
     key: str | None = None  # the filesystem's key: restore from the network when there is no local state
     committee: str | None = None  # with key: the committee file (default: the bundled network's)
     writer_key: str | None = None  # with key: the nodes' write key (default: the bundled network's)
@@ -91,6 +97,8 @@ class MountOptions:
                     raise UserError(f"snapshot={value!r}: give a snapshot number (see 'walrusfs snapshots')")
                 options.snapshot = int(value)
                 options.read_only = True
+            elif item.startswith("follow_interval="):
+                options.follow_interval = parse_follow_interval(item.split("=", 1)[1])
             elif item.split("=", 1)[0] in ("key", "committee", "writer_key") and "=" in item:
                 name, value = item.split("=", 1)
                 setattr(options, name, value)
@@ -122,6 +130,16 @@ class MountOptions:
                 raise UserError(f"unknown mount option {item!r} (known: {known}, and the generic mount(8) "
                                 "ones; 'walrusfs mount --help' says what each does)")
         return options
+
+
+def parse_follow_interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise UserError(f"follow_interval={text!r}: give seconds, e.g. follow_interval=30 (0: do not follow)") from None
+    if not (seconds == 0 or 0.5 <= seconds <= 86400):  # nan fails here too
+        raise UserError(f"follow_interval={text}: 0 (do not follow) or between 0.5 and 86400 seconds")
+    return seconds
 
 
 def parse_store_deadline(text: str) -> float:

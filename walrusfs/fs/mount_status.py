@@ -91,6 +91,7 @@ class SnapshotStatus(_Record):
     uploaded_bytes: int | None = None
     last_error: str | None = None  # set while the last attempt failed
     next_due_s: float | None = None
+    following: bool | None = None  # a read capability's mount that switches to newer snapshots (follow.py)
     reported: frozenset[str] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -99,7 +100,7 @@ class SnapshotStatus(_Record):
         return cls(seq=_number(data.get("seq")), created_ns=_number(data.get("created_ns")),
                    manifest=data.get("manifest"), db_bytes=_number(data.get("db_bytes")),
                    uploaded_bytes=_number(data.get("uploaded_bytes")), last_error=data.get("last_error"),
-                   next_due_s=_number(data.get("next_due_s")),
+                   next_due_s=_number(data.get("next_due_s")), following=data.get("following"),
                    reported=frozenset(data), extra={k: v for k, v in data.items() if k not in cls._known()})
 
     @property

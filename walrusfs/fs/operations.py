@@ -70,6 +70,16 @@ def _replies(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _stale(inode: int, error: FsError, follows: bool) -> FsError:
+    """In a mount that ``follows`` new snapshots (follow.py), an inode the kernel knows that the
+    database lacks was removed by the writer: ESTALE, as NFS says of a file removed on the server."""
+    if error.errno != errno.ENOENT or not follows:
+        return error
+    log.warning("inode %d is known to the kernel (an open file, a cached name) but not in the snapshot now "
+                "shown: the writer removed it; ESTALE (open it again by name)", inode)
+    return FsError(errno.ESTALE, f"inode {inode} is not in the snapshot now shown")
+
+
 class WalrusOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
@@ -100,6 +110,8 @@ class WalrusOperations(pyfuse3.Operations):
         # Set by the mount: what df shows as used, the bytes this filesystem occupies on the nodes
         # after encoding and those staged to go there (space.py); without it, the logical bytes.
         self.used_bytes: Callable[[], int] | None = None
+        # Set by a read-only mount that switches to newer snapshots: inodes may vanish under it.
+        self.follows_snapshots = False
 
     @property
     def dirty_bytes(self) -> int:
@@ -108,7 +120,10 @@ class WalrusOperations(pyfuse3.Operations):
     # --- attributes ---------------------------------------------------------------------------
 
     def _inode(self, inode: int) -> Inode:
-        return self.writeback.visible(self.namespace.get(inode))
+        try:
+            return self.writeback.visible(self.namespace.get(inode))
+        except FsError as error:
+            raise _stale(inode, error, self.follows_snapshots) from None
 
     def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -292,7 +307,10 @@ class WalrusOperations(pyfuse3.Operations):
     @_replies
     async def read(self, fh: int, offset: int, length: int) -> bytes:
         inode = fh
-        size = self.writeback.size(inode)
+        try:
+            size = self.writeback.size(inode)
+        except FsError as error:
+            raise _stale(inode, error, self.follows_snapshots) from None
         end = min(offset + length, size)
         if end <= offset:
             return b""

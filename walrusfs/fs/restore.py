@@ -25,6 +25,7 @@ from .capability import ReadCapability
 from .catalog import resolve_staged as resolve_staged_blocks
 from .chain import fs_chain, save_chain
 from .config import FsSettings, FsState
+from .data_keys import data_keys_in
 from .db import Database
 from .encryption import contents_for, read_key_of
 from .fsck import Fsck, FsckReport
@@ -203,7 +204,7 @@ async def refresh_shared_state(state: FsState, committee_path: Path, committee: 
     settings = FsSettings(**{**manifest.settings, "committee": str(committee_path), "writer_key": "", "fs_key": ""})
     db = Database(state.db_path)
     try:
-        contents = contents_for(settings.encryption, capability.read_key)
+        contents = contents_for(settings.encryption, capability.read_key, data_keys_in(db))
         report = Fsck(db, state, settings, committees, contents=contents).run_local()
     finally:
         db.close()

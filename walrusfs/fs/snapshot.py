@@ -180,7 +180,7 @@ class SegmentPlan:
 
 def seal_manifest(manifest_bytes: bytes, contents: Contents) -> bytes:
     """The manifest blob's bytes: sealed for an encrypted filesystem."""
-    return contents.seal(manifest_bytes, Purpose.MANIFEST)
+    return bytes(contents.seal(manifest_bytes, Purpose.MANIFEST))
 
 
 def manifest_from_blob(payload: bytes, read_key: bytes | None) -> Manifest:

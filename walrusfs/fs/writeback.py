@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from .blocks import BlockCorruptError, BlockStore
+from .blocks import BlockCorruptError, BlockStore, Prepared
 from .db import Database
 from .namespace import FsError, Inode, Namespace, now_ns
 from .uploader import Uploader
@@ -158,20 +158,29 @@ class WriteBack:
 
     async def _stage(self, inode: int, blockno: int, whole: bytes | None = None) -> None:
         """Turn one dirty buffer (or ``whole``, the block's complete new content) into a staged
-        block mapped at (inode, blockno)."""
-        buffer = self._take(inode, blockno) if whole is None else whole
-        if buffer is None:
+        block mapped at (inode, blockno). Call holding the inode's lock: nothing else changes the
+        buffer or the size meanwhile, and the buffer stays readable until its block is mapped."""
+        if whole is None and blockno not in self.dirty.get(inode, {}):
             return
         await self.wait_for_staging_room()
+        buffer = self.dirty.get(inode, {}).get(blockno) if whole is None else whole
+        if buffer is None:
+            return  # the file was deleted meanwhile
         size = self.size(inode)
         length = min(self.bs, size - blockno * self.bs)
         if length <= 0:
+            self._take(inode, blockno)
             return  # truncated away meanwhile
         data = buffer if len(buffer) == length and isinstance(buffer, bytes) else bytes(memoryview(buffer)[:length])
         if len(data) < length:
             data += bytes(length - len(data))
+        prepared = await self.blocks.prepare_large(data)  # hashed and sealed off the event loop
+        if self.size(inode) != size:  # only a deletion can change it under the lock: then this raised
+            prepared = None
+        if whole is None:
+            self._take(inode, blockno)
         with self.db.transaction():
-            self.map.map(inode, blockno, data)
+            self.map.map(inode, blockno, data, prepared)
             # The file's recorded size covers this block's bytes from now on, in the same commit.
             self.namespace.record_size_at_least(inode, blockno * self.bs + length)
         self._settle_size(inode)
@@ -320,9 +329,10 @@ class BlockMap:
     def block_at(self, inode: int, blockno: int) -> int | None:
         return self.db.get_val("SELECT block FROM inode_blocks WHERE inode=? AND blockno=?", (inode, blockno))
 
-    def map(self, inode: int, blockno: int, data: bytes) -> None:
-        """Stage ``data`` as block ``blockno`` of the file. In a transaction."""
-        block = self.blocks.stage(data)
+    def map(self, inode: int, blockno: int, data: bytes, prepared: Prepared | None = None) -> None:
+        """Stage ``data`` (``prepared``: its BlockStore.prepare()) as block ``blockno`` of the file.
+        In a transaction."""
+        block = self.blocks.stage(data, prepared)
         old = self.block_at(inode, blockno)
         self.db.execute("INSERT OR REPLACE INTO inode_blocks (inode, blockno, block) VALUES (?, ?, ?)",
                         (inode, blockno, block))
