@@ -57,6 +57,8 @@ def test_next_pack_takes_the_oldest_unpinned_blocks_up_to_the_blob_size(catalog:
     assert catalog.pinned_bytes == 80 and catalog.unpinned_bytes == 120
     assert [b.id for b in catalog.next_pack(100)] == ids[2:4]
     assert [b.id for b in catalog.next_pack(10)] == ids[2:3]  # one block even if it alone is larger
+    assert pack.full and catalog.next_pack(100).full  # no further block fits: waiting cannot fill it more
+    assert not catalog.next_pack(1000).full  # room left: worth waiting for more writes
     assert catalog.unpin(pack) == []
     assert catalog.pinned_bytes == 0
 

@@ -98,3 +98,24 @@ def test_walrusfs_status_shows_a_permanent_failure_with_what_the_nodes_said() ->
     shown = format_status(status)
     assert "UPLOADS STOPPED, PERMANENT FAILURE" in shown and said in " ".join(shown.split())
     assert "UPLOADS FAILING" not in shown
+
+
+def test_a_pack_that_no_further_block_fits_is_uploaded_while_small_writes_go_on(tmp_path: Path) -> None:
+    """Steady small writes keep moving the upload_delay clock; a pack as full as blocks allow (they
+    stop just short of the blob size) must not wait for them to pause."""
+    client = FailingClient(permanent=False)
+
+    async def main() -> None:
+        uploader = uploader_for(tmp_path, client)  # one 1100-byte block staged
+        uploader.blob_size = 2000  # two blocks never fit: one block is a full pack
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run)
+            for i in range(20):  # a new block every 0.5 s for 10 s: the delay (2 s) never passes
+                await trio.sleep(0.5)
+                with uploader.catalog.db.transaction():
+                    uploader.blocks.stage(bytes([i]) * 1100)
+                uploader.notify_staged()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert client.attempts and client.attempts[0] <= 1.0, client.attempts

@@ -63,6 +63,14 @@ class BlobRecord:
     created_ns: int
 
 
+class Pack(list[StagedBlock]):
+    """Staged blocks to upload as one blob. ``full``: no further staged block fits, so waiting for
+    more writes cannot make it bigger (a pack whose blocks stop just short of the blob size is as
+    full as it gets: without this, steady small writes kept postponing every upload)."""
+
+    full: bool = False
+
+
 class Catalog:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -112,18 +120,20 @@ class Catalog:
                 f"SELECT COUNT(*) FROM blocks WHERE blob IS NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         return remaining
 
-    def next_pack(self, blob_size: int) -> list[StagedBlock]:
+    def next_pack(self, blob_size: int) -> Pack:
         """The oldest unpinned staged blocks that fit in ``blob_size`` bytes (at least one, if any)."""
-        pack: list[StagedBlock] = []
+        pack = Pack()
         total = 0
         for block_id, size, digest in self.db.execute(
                 "SELECT id, size, hash FROM blocks WHERE blob IS NULL ORDER BY id"):
             if block_id in self._pinned:
                 continue
             if pack and total + size > blob_size:
+                pack.full = True
                 break
             pack.append(StagedBlock(block_id, size, bytes(digest)))
             total += size
+        pack.full = pack.full or total >= blob_size
         return pack
 
     # -- pins: staged blocks an upload is reading ------------------------------------------------

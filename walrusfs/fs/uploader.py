@@ -140,7 +140,7 @@ class Uploader:
         if not pack:
             return None, None
         due = self._last_staged + self.upload_delay
-        if urgent or now >= due or sum(b.size for b in pack) >= self.blob_size:
+        if urgent or now >= due or pack.full:
             return pack, None
         return None, due - now
 
