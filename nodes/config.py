@@ -18,6 +18,7 @@
     serve_queue = 16                  # symbol requests waiting beyond that are refused with 429
     scrub_interval = 86400.0          # seconds between the starts of two scrub passes (0: never)
     scrub_rate = 52428800             # bytes/s the scrubber reads and verifies, at most
+    retry_delay = 1.0                 # seconds before a failed blob's first retry; doubled per attempt, max 60
 
     [http]                            # optional; connection caps (docs/node-api.md, "Memory")
     max_connections = 2048            # client connections held at once; more are answered 503
@@ -189,6 +190,7 @@ class RepairConfig:
     serve_queue: int = 16
     scrub_interval: float = 86400.0
     scrub_rate: int = 50 << 20
+    retry_delay: float = 1.0
 
     @classmethod
     def from_dict(cls, data: object) -> RepairConfig:

@@ -90,6 +90,16 @@ class RepairStats:
     disk_full: int = 0  # attempts that found the node's disk full (also counted in ``failed``)
 
 
+MAX_RETRY_DELAY = 60.0
+
+
+def retry_backoff(first: float, attempts: int) -> float:
+    """Seconds until the next attempt at a blob that failed ``attempts`` times before: ``first``
+    doubled per attempt, capped at MAX_RETRY_DELAY, jittered by x0.5-1.5 so that nodes that failed
+    together do not retry together."""
+    return random.uniform(0.5, 1.5) * min(MAX_RETRY_DELAY, first * 2.0 ** attempts)
+
+
 class RepairService:
     def __init__(self, core: NodeCore) -> None:
         self.core = core
@@ -189,8 +199,10 @@ class RepairService:
             self._queue.put_nowait(blob)
 
     async def _retry_forever(self) -> None:
+        # Checked at half the shortest delay (at most every 0.5 s), so a short retry_delay is kept.
+        tick = min(0.5, self.config.retry_delay / 2)
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             for blob, (when, _) in list(self._retry.items()):
                 if when <= now and blob not in self._queued and blob not in self._active:
@@ -200,8 +212,7 @@ class RepairService:
 
     def _failed(self, blob: str) -> None:
         _, attempts = self._retry.get(blob, (0.0, 0))
-        delay = random.uniform(0.5, 1.5) * min(60.0, 2.0 ** attempts)
-        self._retry[blob] = (time.monotonic() + delay, attempts + 1)
+        self._retry[blob] = (time.monotonic() + retry_backoff(self.config.retry_delay, attempts), attempts + 1)
 
     async def _work_forever(self) -> None:
         assert self._queue is not None

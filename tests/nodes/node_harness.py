@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from network import free_port_range
+from network import _LIVE, START_TIMEOUT, free_port_range
 
 from walrusfs.cluster import init_cluster
 from walrusfs.committee import Committee
@@ -41,12 +41,23 @@ class NodeProcess:
     log: Path
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0, preexec: Callable[[], None] | None = None) -> None:
-        """Start the node (``preexec`` runs in the child first, e.g. to set resource limits)."""
+    def start(self, timeout: float = START_TIMEOUT, preexec: Callable[[], None] | None = None) -> None:
+        """Start the node (``preexec`` runs in the child first, e.g. to set resource limits) and wait
+        until it answers; one that does not within ``timeout`` is stopped before the error is raised
+        (the caller has no process to stop yet)."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "nodes", "--config", str(self.config)],
                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             preexec_fn=preexec)
+        _LIVE[self.process.pid] = self.process  # stopped at exit, should a test lose track of it
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop(timeout=5.0)
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -63,6 +74,7 @@ class NodeProcess:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        _LIVE.pop(self.process.pid, None)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
@@ -75,6 +87,8 @@ class NodeProcess:
             self.process.kill()
             self.process.wait()
             return None
+        finally:
+            _LIVE.pop(self.process.pid, None)
 
 
 @dataclass

@@ -32,6 +32,9 @@ from healing import (
     wipe,
 )
 
+from nodes.config import RepairConfig
+from nodes.repair import MAX_RETRY_DELAY, retry_backoff
+from walrusfs.errors import UserError
 from walrusfs.redstuff import SliverKind, encode
 
 
@@ -87,8 +90,23 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+# The first retry's delay (the default, 1 s, would make the test sleep through 12 s of retries).
+RETRY_DELAY = 0.2
+
+
+def test_a_failed_blob_is_retried_after_retry_delay_doubled_per_attempt_jittered_and_capped():
+    assert RepairConfig.from_dict({}).retry_delay == 1.0
+    assert RepairConfig.from_dict({"retry_delay": 0.25}).retry_delay == 0.25
+    for attempts, nominal in [(0, 0.25), (1, 0.5), (3, 2.0), (20, MAX_RETRY_DELAY)]:
+        delays = [retry_backoff(0.25, attempts) for _ in range(200)]
+        assert all(0.5 * nominal <= delay <= 1.5 * nominal for delay in delays), (attempts, min(delays), max(delays))
+        assert max(delays) - min(delays) > 0.2 * nominal  # jittered: nodes that failed together spread out
+    with pytest.raises(UserError, match=r"\[repair\] retry_delay must be at least 0.01"):
+        RepairConfig.from_dict({"retry_delay": 0.0})
+
+
 def test_repair_on_a_full_disk_keeps_what_it_rebuilt_and_backs_off(tmp_path):
-    network = repair_network(tmp_path)
+    network = repair_network(tmp_path, retry_delay=RETRY_DELAY)
     with network:
         data = os.urandom(3_000_000)  # node-3's two slivers are ~1.6 MB, far more than its disk holds
         store(network, data)
@@ -102,7 +120,8 @@ def test_repair_on_a_full_disk_keeps_what_it_rebuilt_and_backs_off(tmp_path):
                 first = wait_for("node-3 fetched the symbols of its slivers once", lambda: (
                     (status := repair_status(network, "node-3"))["bytes_fetched"] >= 0.9 * lost and status))
 
-                time.sleep(12)  # retries with jittered backoff: ~1, 2, 4 and 8 s apart
+                # Retries with jittered backoff: ~1, 2, 4 and 8 retry delays apart.
+                time.sleep(12 * RETRY_DELAY)
                 later = repair_status(network, "node-3")
                 # The rebuilt slivers were kept: the retries fetched nothing more (metadata aside).
                 assert later["bytes_fetched"] <= 1.05 * lost, (later["bytes_fetched"], lost)
