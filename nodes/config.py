@@ -57,6 +57,19 @@ _KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob
 DAY = 86400.0
 
 
+def _table_settings(cls: Any, data: object, table: str) -> dict[str, Any]:
+    """A config table's settings, each as given or the dataclass's default. UserError, naming the
+    table, when it is not a table or names a setting ``cls`` does not have."""
+    if not isinstance(data, dict):
+        raise UserError(f"[{table}] must be a table")
+    unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"[{table}]: unknown settings {', '.join(unknown)} "
+                        f"(known: {', '.join(cls.__dataclass_fields__)})")
+    defaults = cls()
+    return {name: data.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
     """The ``[http]`` table: how many connections the node holds (each costs memory, see
@@ -67,14 +80,7 @@ class HTTPConfig:
 
     @classmethod
     def from_dict(cls, data: object) -> HTTPConfig:
-        if not isinstance(data, dict):
-            raise UserError("[http] must be a table")
-        unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"[http]: unknown settings {', '.join(unknown)} "
-                            f"(known: {', '.join(cls.__dataclass_fields__)})")
-        defaults = cls()
-        values = {name: data.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        values = _table_settings(cls, data, "http")
         for name, value in values.items():
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
                 raise UserError(f"[http] {name} must be an integer in [1, 1000000], got {value!r}")
@@ -130,14 +136,7 @@ class LifecycleConfig:
 
     @classmethod
     def from_dict(cls, data: object) -> LifecycleConfig:
-        if not isinstance(data, dict):
-            raise UserError("[lifecycle] must be a table")
-        unknown = sorted(data.keys() - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"[lifecycle]: unknown settings {', '.join(unknown)} "
-                            f"(known: {', '.join(cls.__dataclass_fields__)})")
-        defaults = cls()
-        values = {name: data.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        values = _table_settings(cls, data, "lifecycle")
         for name, value in values.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise UserError(f"[lifecycle] {name} must be a positive number, got {value!r}")
