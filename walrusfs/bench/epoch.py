@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .mount import Bench, _free_base_port
-from .report import emit, mb_per_s, progress
+from .report import emit, mb_per_s, progress, scratch_dir
 
 MiB = 1 << 20
 N_NODES, ADDED, RETIRED = 7, 3, ("node-1", "node-4")
@@ -179,20 +178,16 @@ def watch_handover(net: Path, stream: TimedStream, stop: threading.Event, synced
 def run(args: argparse.Namespace) -> int:
     if args.size_mib < 1 or args.file_mib < 1:
         raise SystemExit("--size-mib and --file-mib must be at least 1")
-    root = Path(tempfile.mkdtemp(prefix="walrusfs-bench-epoch-"))
-    net = root / "net"
-    bench = Bench(root, None)
     results: dict[str, Any] = {"size_mib": args.size_mib, "nodes_before": N_NODES, "added": ADDED,
                                "retired": list(RETIRED)}
-    try:
-        results.update(_run(args, root, net, bench))
-    finally:
-        bench.cleanup()
-        _stop_every_node(net)
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("epoch", args.keep) as root:
+        net = root / "net"
+        bench = Bench(root, None)
+        try:
+            results.update(_run(args, root, net, bench))
+        finally:
+            bench.cleanup()
+            _stop_every_node(net)
     results["load_average"] = os.getloadavg()
     r = results
     emit(r, args.json, [

@@ -18,9 +18,7 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 import tomli_w
 
 from .mount import N_NODES, Bench
-from .report import emit, progress
+from .report import emit, progress, scratch_dir
 
 MiB = 1 << 20
 TARGET_RATIO = 1.25
@@ -163,14 +161,8 @@ def content(seed: int, size: int) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="walrusfs-bench-gc-"))
-    try:
+    with scratch_dir("gc", args.keep) as root:
         r = measure(args, root)
-    finally:
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     mib = 1 / MiB
     emit(r, args.json, [
         ("network", f"{N_NODES} local nodes, blobs of {r['blob_size'] * mib:.0f} MiB, expansion {r['expansion']:.2f}"),

@@ -31,13 +31,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .report import emit, mb_per_s, process_cpu_seconds, progress
+from .report import emit, mb_per_s, process_cpu_seconds, progress, scratch_dir
 
 MiB = 1 << 20
 N_NODES = 7
@@ -390,23 +389,15 @@ def compare_encryption(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="walrusfs-bench-mount-"))
     if args.compare_encryption:
-        try:
+        with scratch_dir("mount", keep=False) as root:  # the comparison has always ignored --keep
             r = compare_encryption(args, root)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
         emit(r, args.json, [(f"{key} (median of {r['rounds']})",
                              f"plain {r[f'plain_{key}']:8.2f}   encrypted {r[f'encrypted_{key}']:8.2f}   "
                              f"ratio {r[f'encrypted_over_plain_{key}']:.3f}") for key in COMPARED])
         return 0
-    try:
+    with scratch_dir("mount", args.keep) as root:
         r = measure(args, root)
-    finally:
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
     def mark(key: str) -> str:
         return "  (MISSED target " + (f"<= {TARGETS[key]:.0f})" if key == "peak_rss_mb" else

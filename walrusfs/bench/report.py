@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,17 @@ def emit(results: dict[str, Any], as_json: bool, rows: list[tuple[str, str]]) ->
 def progress(message: str) -> None:
     """One line of progress on stderr (keeps stdout clean for --json)."""
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str, keep: bool) -> Iterator[Path]:
+    """A temporary directory for one benchmark run (nodes, state, mounts): removed afterwards, or,
+    with ``keep`` (--keep), left in place and named on stderr, for its logs."""
+    root = Path(tempfile.mkdtemp(prefix=f"walrusfs-bench-{name}-"))
+    try:
+        yield root
+    finally:
+        if keep:
+            progress(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

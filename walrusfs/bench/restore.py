@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..fs.snapshot import Manifest
 from .mount import Bench
-from .report import emit, progress
+from .report import emit, progress, scratch_dir
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
@@ -56,51 +55,47 @@ def walk(root: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="walrusfs-bench-restore-"))
-    bench = Bench(root, None)
-    results: dict[str, Any] = {"files": args.files}
-    try:
-        progress(f"starting a {7}-node network and a mount in {root}")
-        bench.start_network()
-        bench.mkfs()
-        bench.mount()
-        progress(f"creating {args.files} files through the mount")
-        results["create_seconds"] = create_files(bench.mountpoint, args.files)
-        progress("unmounting: uploads certified, metadata snapshot published")
-        started = time.perf_counter()
-        bench.umount()
-        results["umount_seconds"] = time.perf_counter() - started
-        manifest_bytes = (bench.state / "snapshot.manifest").read_bytes()
-        manifest = Manifest.from_bytes(manifest_bytes)
-        results["snapshot_seq"] = manifest.seq
-        results["db_bytes"] = manifest.db_size
-        results["snapshot_bytes"] = manifest.stored_bytes() + len(manifest_bytes)
-        results["segments"] = len(manifest.segments)
+    with scratch_dir("restore", args.keep) as root:
+        bench = Bench(root, None)
+        results: dict[str, Any] = {"files": args.files}
+        try:
+            progress(f"starting a {7}-node network and a mount in {root}")
+            bench.start_network()
+            bench.mkfs()
+            bench.mount()
+            progress(f"creating {args.files} files through the mount")
+            results["create_seconds"] = create_files(bench.mountpoint, args.files)
+            progress("unmounting: uploads certified, metadata snapshot published")
+            started = time.perf_counter()
+            bench.umount()
+            results["umount_seconds"] = time.perf_counter() - started
+            manifest_bytes = (bench.state / "snapshot.manifest").read_bytes()
+            manifest = Manifest.from_bytes(manifest_bytes)
+            results["snapshot_seq"] = manifest.seq
+            results["db_bytes"] = manifest.db_size
+            results["snapshot_bytes"] = manifest.stored_bytes() + len(manifest_bytes)
+            results["segments"] = len(manifest.segments)
 
-        key = root / "fs.key"
-        shutil.copy(bench.state / "fs.key", key)
-        shutil.rmtree(bench.state)
-        progress("local state deleted; restoring from the network with only the key")
-        started = time.perf_counter()
-        bench._cli("restore", "bench", "--key", str(key), "--committee", str(root / "net" / "committee.toml"),
-                   "--writer-key", str(root / "net" / "writer.key"), timeout=3600)
-        results["restore_seconds"] = time.perf_counter() - started
-        started = time.perf_counter()
-        bench.mount()
-        results["mount_seconds"] = time.perf_counter() - started
-        started = time.perf_counter()
-        found = walk(bench.mountpoint)
-        results["walk_seconds"] = time.perf_counter() - started
-        if found != args.files:
-            raise RuntimeError(f"restored tree has {found} files, {args.files} were created")
-        results["files_found"] = found
-        bench.umount()
-    finally:
-        bench.cleanup()
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+            key = root / "fs.key"
+            shutil.copy(bench.state / "fs.key", key)
+            shutil.rmtree(bench.state)
+            progress("local state deleted; restoring from the network with only the key")
+            started = time.perf_counter()
+            bench._cli("restore", "bench", "--key", str(key), "--committee", str(root / "net" / "committee.toml"),
+                       "--writer-key", str(root / "net" / "writer.key"), timeout=3600)
+            results["restore_seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            bench.mount()
+            results["mount_seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            found = walk(bench.mountpoint)
+            results["walk_seconds"] = time.perf_counter() - started
+            if found != args.files:
+                raise RuntimeError(f"restored tree has {found} files, {args.files} were created")
+            results["files_found"] = found
+            bench.umount()
+        finally:
+            bench.cleanup()
     r = results
     emit(r, args.json, [
         ("files", f"{r['files']}"),
