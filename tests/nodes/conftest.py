@@ -23,8 +23,17 @@ def cluster_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def node(cluster_root: Path) -> Iterator[Node]:
+def node_config() -> str:
+    """TOML tables appended to node-0's config.toml before it starts (a module overrides this)."""
+    return ""
+
+
+@pytest.fixture
+def node(cluster_root: Path, node_config: str) -> Iterator[Node]:
     """node-0 of a 2-node, 7-shard committee (it holds shards 0, 2, 4, 6), running."""
+    if node_config:
+        config = cluster_root / "node-0" / "config.toml"
+        config.write_text(config.read_text() + "\n" + node_config)
     process = node_process(cluster_root)
     process.start()
     try:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from node_harness import Node, node_process
+from node_harness import Node
 
-from walrusfs.committee import Committee
-from walrusfs.keys import load_key
 from walrusfs.protocol.certificates import Confirmation
 from walrusfs.redstuff import EncodedBlob
 
@@ -33,17 +30,9 @@ def configure(root: Path, node_id: str, text: str) -> None:
 
 
 @pytest.fixture
-def node(cluster_root: Path) -> Iterator[Node]:
-    """node-0 with a default term of 10 days and a maximum of 100."""
-    configure(cluster_root, "node-0", "[lifecycle]\ndefault_term_days = 10\nmax_term_days = 100\n")
-    process = node_process(cluster_root)
-    process.start()
-    try:
-        committee = Committee.load(cluster_root / "committee.toml")
-        with httpx.Client(base_url=process.url, timeout=10) as http:
-            yield Node(process, committee, "node-0", load_key(cluster_root / "writer.key"), http)
-    finally:
-        process.stop()
+def node_config() -> str:
+    """node-0 (conftest's ``node``) with a default term of 10 days and a maximum of 100."""
+    return "[lifecycle]\ndefault_term_days = 10\nmax_term_days = 100\n"
 
 
 def claim(node: Node, blob: EncodedBlob, owner: str | None = None, expires: int | None = None) -> httpx.Response:
