@@ -6,12 +6,14 @@ nodes of committee e with their keys on disk and sent to every node (``POST /v1/
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import tomli_w
+from blobtools import store
 from network import LocalNetwork, free_port_range
 
 from walrusfs.committee import Committee, NodeInfo
@@ -133,6 +135,14 @@ def wait_stored_everywhere(network: EpochNetwork, blob_ids: list[BlobId], timeou
             raise AssertionError(f"{url} lacks blob {blob_id} after {timeout} s: {status.text}")
         else:
             time.sleep(0.1)
+
+
+def stored_everywhere(network: EpochNetwork, count: int, size: int) -> list[BlobMetadata]:
+    """``count`` blobs of random bytes (``size``, ``size`` + 1, ...) stored, and held complete by every node
+    of the current committee."""
+    stored = [store(network, os.urandom(size + i)) for i in range(count)]
+    wait_stored_everywhere(network, [blob.blob_id for blob in stored])
+    return [blob.metadata for blob in stored]
 
 
 def sliver_file(network: EpochNetwork, node_id: str, blob_id: BlobId, pair: int, kind: SliverKind) -> Path:

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from blobtools import store
-from epoch_harness import EpochNetwork, fetch_verified, wait_stored_everywhere
+from epoch_harness import EpochNetwork, fetch_verified, stored_everywhere
 
 from walrusfs.cluster_epochs import wait_for_landing
 from walrusfs.epoch_change import EpochChangeError
@@ -39,9 +38,7 @@ def network(tmp_path: Path) -> Iterator[EpochNetwork]:
 
 @pytest.fixture
 def blobs(network: EpochNetwork) -> list[BlobMetadata]:
-    stored = [store(network, os.urandom(300_000 + i)) for i in range(BLOBS)]
-    wait_stored_everywhere(network, [blob.blob_id for blob in stored])
-    return [blob.metadata for blob in stored]
+    return stored_everywhere(network, BLOBS, 300_000)
 
 
 def holds(network: EpochNetwork, node_id: str, shards: list[int], blobs: list[BlobMetadata]) -> None:

@@ -16,8 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from blobtools import store
-from epoch_harness import EpochNetwork, fetch_verified, put_root_everywhere, sliver_file, wait_stored_everywhere
+from epoch_harness import (
+    EpochNetwork,
+    fetch_verified,
+    put_root_everywhere,
+    sliver_file,
+    stored_everywhere,
+)
 from network import LyingProxy
 
 from walrusfs.keys import generate_key
@@ -38,9 +43,7 @@ def network(tmp_path: Path) -> Iterator[EpochNetwork]:
 
 @pytest.fixture
 def blobs(network: EpochNetwork) -> list[BlobMetadata]:
-    stored = [store(network, os.urandom(BLOB_SIZE + i)) for i in range(BLOBS)]
-    wait_stored_everywhere(network, [blob.blob_id for blob in stored])
-    return [blob.metadata for blob in stored]
+    return stored_everywhere(network, BLOBS, BLOB_SIZE)
 
 
 def pair(metadata: BlobMetadata, shard: int) -> int:
