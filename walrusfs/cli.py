@@ -59,6 +59,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rotate-key": ("walrusfs.fs.admin", "seal new blocks with a new data key (old ones keep theirs)"),
     "gc": ("walrusfs.fs.gc_cli", "release what a filesystem no longer reaches from the nodes; compact sparse blobs"),
     "status": ("walrusfs.fs.status", "what a mount is doing: staged bytes, uploads, cache, snapshots, node health"),
+    "dataset": ("walrusfs.dataset.cli",
+                "publish a tree as one content-addressed ID; verify, get and compare datasets from anywhere"),
     "cluster": ("walrusfs.cluster_cli", "run a local network of storage nodes on 127.0.0.1"),
     "node": ("walrusfs.cluster_cli", "run one storage node"),
     "committee": ("walrusfs.committee_cli", "the committee of storage nodes: epoch, shards, handover"),
