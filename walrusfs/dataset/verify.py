@@ -224,8 +224,8 @@ async def _confirmations(client: BlobClient, blob_id: BlobId, state: BlobState) 
             with trio.fail_after(CONFIRM_DEADLINE):
                 confirmation: Confirmation = await connection.get_confirmation(blob_id)
         except NodeError as error:
-            if error.status == 404:
-                state.missing[node_id] = "does not hold it"
+            if error.status in (404, 409):  # no metadata here, or slivers missing (the node says which)
+                state.missing[node_id] = error.reason
             else:
                 state.unknown[node_id] = error.reason
             return
@@ -263,7 +263,8 @@ def _blob_problems(located: Located, states: dict[BlobId, BlobState], users: dic
             report.problems.append(Problem(
                 "blob", str(blob_id),
                 f"under-stored: nodes holding {state.held_shards} shards confirm it now, {state.quorum} are "
-                f"needed; {nodes} say they do not hold it ({what})"))
+                f"needed; {nodes} say they do not hold it ({what}); "
+                f"{'; '.join(f'{n}: {w}' for n, w in sorted(state.missing.items()))}"))
         elif not fresh:
             asked = "; ".join(f"{node}: {why}" for node, why in sorted(state.unknown.items()))
             report.warnings.append(f"blob {blob_id}: nodes holding {state.held_shards} shards confirm it now, "
