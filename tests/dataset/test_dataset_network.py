@@ -208,16 +208,16 @@ def test_a_forged_manifest_is_refused_and_republishing_restores_the_dataset(shar
                       for e in page.entries]
     forged_page = encode_page([e.encode(False) for e in forged_entries])
 
-    async def store_page() -> Extent:
+    async def store_page():
         async with blob_client(net) as client:
-            stored = await client.store(forged_page)
-            return Extent(stored.blob_id, 0, len(forged_page))
+            return await client.store(forged_page)
 
-    extent = trio.run(store_page)
+    stored = trio.run(store_page)  # certified like any blob: the forger can store what it likes
     honest = located.index
+    extent = Extent(stored.blob_id, 0, len(forged_page))
     forged = Index(honest.dataset, honest.header,
                    [PageRef(honest.pages[0].root, honest.pages[0].entries, extent, honest.pages[0].locations)],
-                   honest.certificates)
+                   {**honest.certificates, stored.blob_id: stored.certificate})
     run(lambda: _point_locator_to(net, dataset, forged))
     code, report = verify(net.committee_path, dataset)
     assert code == 1

@@ -152,6 +152,8 @@ def _print_verify(report) -> None:
     print(f"dataset {report.dataset}{name}")
     print(f"  {report.entries} entries, {report.files} files, {report.file_bytes} bytes, {report.blobs} blobs; "
           f"index {report.index_blob}")
+    print(f"  epoch {report.epoch}: {report.certificates_verified} of {report.blobs - 1} stored certificates hold "
+          "against their epoch's committee; every blob's holders asked")
     print(f"  checked {report.files_checked} files, {report.bytes_checked} bytes (read {report.bytes_read}) "
           f"in {report.seconds:.1f} s")
     if report.confidence:

@@ -80,8 +80,11 @@ async def get(client: BlobClient, dataset: DatasetId, dest: Path) -> GetReport:
                     report.bytes += entry.size
                     progress.update(report.bytes)
         for entry, _ in entries:  # links last: nothing is written through one
-            if entry.kind is Kind.SYMLINK and entry.path.rpartition(b"/")[0] in made:
-                os.symlink(entry.target, os.path.join(base, entry.path))
+            if entry.kind is Kind.SYMLINK:
+                if entry.path.rpartition(b"/")[0] in made:
+                    os.symlink(entry.target, os.path.join(base, entry.path))
+                else:
+                    report.problems.append((entry.display, "its parent is not a directory of the dataset"))
         for entry, _ in reversed(entries):  # deepest first: a read-only directory is closed last
             path = os.path.join(base, entry.path)
             if entry.kind is Kind.SYMLINK or not os.path.lexists(path):

@@ -27,7 +27,7 @@ from ..client.transport import NodeError
 from ..progress import Progress
 from ..protocol.certificates import CertificateError, Confirmation
 from ..redstuff import BlobId
-from .fetch import BlobCache, Located, Page, Sightings, load_page, locate
+from .fetch import BlobCache, Located, Sightings, load_page, locate
 from .ids import DatasetId
 from .index import IndexFormatError, signature_valid
 from .manifest import Entry, Kind, ManifestError
@@ -63,6 +63,8 @@ class VerifyReport:
     files: int = 0
     file_bytes: int = 0
     blobs: int = 0
+    epoch: int = 0  # the committee's epoch verify reached (walking the chain from the committee file)
+    certificates_verified: int = 0  # stored certificates that hold against the committee of their epoch
     files_checked: int = 0
     bytes_checked: int = 0
     bytes_read: int = 0
@@ -100,6 +102,9 @@ async def verify(client: BlobClient, dataset: DatasetId, sample: float | None = 
                           refused_indexes=located.refused)
     _check_signatures(located, publisher, report)
     states = await _check_blobs(client, located, report)
+    report.epoch = client.committee.epoch
+    report.certificates_verified = sum(1 for blob_id, state in states.items()
+                                       if blob_id in located.index.certificates and not state.certificate)
 
     pages = range(len(located.index.pages))
     chosen: set[int] | None = None
@@ -110,15 +115,23 @@ async def verify(client: BlobClient, dataset: DatasetId, sample: float | None = 
         pages = sorted({position // header.page_entries for position in chosen})
     users: dict[BlobId, list[str]] = {}
     total = header.file_bytes if sample is None else None
+    for number, ref in enumerate(located.index.pages):
+        for part in (ref.content, ref.locations):
+            if part.blob not in located.index.certificates:
+                report.problems.append(Problem("manifest", f"page {number}", f"uncertified: blob {part.blob} "
+                                               "holding it has no certificate in the index"))
+    last_path: bytes | None = None  # the previous page's last path (full verify: pages in order)
     with Progress("verifying", total) as progress:
         for number in pages:
             try:
                 page = await load_page(located, number, cache)
             except (ReadError, ManifestError, IndexFormatError) as error:
                 report.problems.append(Problem("manifest", f"page {number}", str(error)))
+                last_path = None
                 continue
-            if number and sample is None:
-                await _check_order(located, number, page, cache, report)
+            if last_path is not None and page.entries and not last_path < page.entries[0].path:
+                report.problems.append(Problem("manifest", f"page {number}", "not sorted after the page before it"))
+            last_path = page.entries[-1].path if page.entries and sample is None else None
             for offset, (entry, extents) in enumerate(zip(page.entries, page.locations, strict=True)):
                 position = number * header.page_entries + offset
                 if entry.kind is not Kind.FILE or extents is None:
@@ -162,16 +175,6 @@ def _check_signatures(located: Located, publisher: bytes | None, report: VerifyR
             signers = ", ".join(base64.b64encode(key).decode() for key in valid) or "none"
             report.problems.append(Problem("signature", "publisher", f"no valid signature by the publisher key "
                                            f"given (valid signatures by: {signers})"))
-
-
-async def _check_order(located: Located, number: int, page: Page, cache: BlobCache, report: VerifyReport) -> None:
-    """The pages together are sorted: the previous page's last path comes before this one's first."""
-    try:
-        previous = await load_page(located, number - 1, cache)
-    except (ReadError, ManifestError, IndexFormatError):
-        return  # reported with that page
-    if page.entries and previous.entries and not previous.entries[-1].path < page.entries[0].path:
-        report.problems.append(Problem("manifest", f"page {number}", "not sorted after the page before it"))
 
 
 async def _check_file(entry: Entry, extents, located: Located, cache: BlobCache, whole: bool) -> str:
