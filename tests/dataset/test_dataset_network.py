@@ -99,6 +99,10 @@ def test_the_same_tree_from_two_directories_gives_one_id_and_verifies_on_a_fresh
     assert report["bytes_checked"] == report["file_bytes"] == 700_000 + 10 + 6 + 6
     assert not home.exists()
 
+    code, sampled = verify(only_committee(shared_network, tmp_path / "again"), dataset, "--sample", "0.4")
+    assert code == 0 and sampled["files_checked"] == 2  # ceil(0.4 x 5 files)
+    assert sampled["confidence"].startswith("2 of 5 files read and hashed: with 99% confidence fewer than 90.0%")
+
 
 def test_get_writes_back_the_identical_tree(shared_network, published, tmp_path):
     tree, dataset = published
@@ -267,6 +271,8 @@ def test_a_blob_no_longer_held_by_f_plus_1_nodes_fails_naming_its_files(shared_n
         assert problem["kind"] == "blob" and problem["name"] == str(data_blob)
         assert "under-stored" in problem["why"] and "lost/a.bin" in problem["why"] and "lost/b.bin" in problem["why"]
         assert all(node in problem["why"] for node in victims)
+        code, sampled = verify(net.committee_path, dataset, "--sample", "0.01")  # holders are asked in full
+        assert code == 1 and [p["name"] for p in sampled["problems"]] == [str(data_blob)]
     finally:
         net.stop(*victims)
         for node in victims:

@@ -40,8 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 "who holds each blob, every byte")
     dataset_argument(verify, "ID")
     verify.add_argument("--sample", type=float, metavar="FRACTION",
-                        help="read and hash only this random fraction of the entries' files (0 < FRACTION <= 1); "
-                             "every blob's availability is still checked; the confidence is stated")
+                        help="read and hash only this random fraction of the files (0 < FRACTION <= 1); the "
+                             "manifest and every blob's availability are still checked in full; the confidence "
+                             "is stated")
     verify.add_argument("--publisher", metavar="PUBKEY",
                         help="require a signature by this publisher: a base64 public key, or a key file")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")

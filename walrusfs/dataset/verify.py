@@ -106,46 +106,20 @@ async def verify(client: BlobClient, dataset: DatasetId, sample: float | None = 
     report.certificates_verified = sum(1 for blob_id, state in states.items()
                                        if blob_id in located.index.certificates and not state.certificate)
 
-    pages = range(len(located.index.pages))
-    chosen: set[int] | None = None
+    users: dict[BlobId, list[str]] = {}
+    files = await _read_manifest(located, cache, report, users)
     if sample is not None:
         rng = rng or random.SystemRandom()
-        count = min(header.entries, max(1, math.ceil(sample * header.entries))) if header.entries else 0
-        chosen = set(rng.sample(range(header.entries), count))
-        pages = sorted({position // header.page_entries for position in chosen})
-    users: dict[BlobId, list[str]] = {}
-    total = header.file_bytes if sample is None else None
-    for number, ref in enumerate(located.index.pages):
-        for part in (ref.content, ref.locations):
-            if part.blob not in located.index.certificates:
-                report.problems.append(Problem("manifest", f"page {number}", f"uncertified: blob {part.blob} "
-                                               "holding it has no certificate in the index"))
-    last_path: bytes | None = None  # the previous page's last path (full verify: pages in order)
-    with Progress("verifying", total) as progress:
-        for number in pages:
-            try:
-                page = await load_page(located, number, cache)
-            except (ReadError, ManifestError, IndexFormatError) as error:
-                report.problems.append(Problem("manifest", f"page {number}", str(error)))
-                last_path = None
-                continue
-            if last_path is not None and page.entries and not last_path < page.entries[0].path:
-                report.problems.append(Problem("manifest", f"page {number}", "not sorted after the page before it"))
-            last_path = page.entries[-1].path if page.entries and sample is None else None
-            for offset, (entry, extents) in enumerate(zip(page.entries, page.locations, strict=True)):
-                position = number * header.page_entries + offset
-                if entry.kind is not Kind.FILE or extents is None:
-                    continue
-                for extent in extents:
-                    users.setdefault(extent.blob, []).append(entry.display)
-                if chosen is not None and position not in chosen:
-                    continue
-                why = await _check_file(entry, extents, located, cache, whole=sample is None)
-                report.files_checked += 1
-                report.bytes_checked += entry.size
-                if why:
-                    report.problems.append(Problem("file", entry.display, why))
-                progress.update(report.bytes_checked)
+        files = rng.sample(files, min(len(files), max(1, math.ceil(sample * len(files))))) if files else []
+        files.sort(key=lambda item: item[0].path)  # in order: the blobs are read in the order they were filled
+    with Progress("verifying", sum(entry.size for entry, _ in files)) as progress:
+        for entry, extents in files:
+            why = await _check_file(entry, extents, located, cache, whole=sample is None)
+            report.files_checked += 1
+            report.bytes_checked += entry.size
+            if why:
+                report.problems.append(Problem("file", entry.display, why))
+            progress.update(report.bytes_checked)
     _blob_problems(located, states, users, report)
     if sample is not None:
         report.confidence = _confidence(report.files_checked, header.files)
@@ -154,6 +128,34 @@ async def verify(client: BlobClient, dataset: DatasetId, sample: float | None = 
     report.bytes_read = cache.bytes_read
     report.seconds = time.monotonic() - started
     return report
+
+
+async def _read_manifest(located: Located, cache: BlobCache, report: VerifyReport,
+                         users: dict[BlobId, list[str]]) -> list[tuple[Entry, list]]:
+    """Every page, checked against the ID (a sampled verify too: the manifest is small beside the data);
+    the files with their extents, and which files each blob carries."""
+    files: list[tuple[Entry, list]] = []
+    last_path: bytes | None = None  # the previous page's last path: pages must follow each other in order
+    for number, ref in enumerate(located.index.pages):
+        for part in (ref.content, ref.locations):
+            if part.blob not in located.index.certificates:
+                report.problems.append(Problem("manifest", f"page {number}", f"uncertified: blob {part.blob} "
+                                               "holding it has no certificate in the index"))
+        try:
+            page = await load_page(located, number, cache)
+        except (ReadError, ManifestError, IndexFormatError) as error:
+            report.problems.append(Problem("manifest", f"page {number}", str(error)))
+            last_path = None
+            continue
+        if last_path is not None and page.entries and not last_path < page.entries[0].path:
+            report.problems.append(Problem("manifest", f"page {number}", "not sorted after the page before it"))
+        last_path = page.entries[-1].path if page.entries else None
+        for entry, extents in zip(page.entries, page.locations, strict=True):
+            if entry.kind is Kind.FILE and extents is not None:
+                files.append((entry, extents))
+                for extent in extents:
+                    users.setdefault(extent.blob, []).append(entry.display)
+    return files
 
 
 def _confidence(checked: int, files: int) -> str:
