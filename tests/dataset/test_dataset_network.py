@@ -293,3 +293,35 @@ def test_ten_thousand_files_publish_and_verify_in_seconds(shared_network, tmp_pa
     assert code == 0 and report["files_checked"] == 10_000 and report["entries"] == 10_020
     print(f"10,000 files: publish {published_in:.1f} s, verify {report['seconds']:.1f} s")
     assert published_in < 120 and report["seconds"] < 120  # generous: seconds each on an idle machine
+
+
+def test_get_never_writes_through_a_link_a_hostile_publisher_put_above_a_file(shared_network, tmp_path):
+    import blake3
+
+    from walrusfs.dataset.manifest import Kind
+    from walrusfs.dataset.publish import publish_scanned
+    from walrusfs.dataset.scan import Scanned
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"written where it should not be\n")
+    digest = blake3.blake3(payload.read_bytes()).digest()
+    size = payload.stat().st_size
+    hostile = [  # a manifest walrusfs never publishes, but anyone can
+        Scanned(Entry(b"a", Kind.SYMLINK, 0o777, len(bytes(outside)), target=bytes(outside)), payload),
+        Scanned(Entry(b"a/b", Kind.FILE, 0o644, size, digest), payload),
+        Scanned(Entry(b"c", Kind.FILE, 0o644, size, digest), payload),
+    ]
+
+    async def go() -> str:
+        async with blob_client(shared_network) as client:
+            return str((await publish_scanned(client, hostile)).dataset)
+
+    dataset = run(go)
+    dest = tmp_path / "dest"
+    result = walrusfs("dataset", "get", dataset, str(dest), "--committee", str(shared_network.committee_path))
+    assert result.returncode == 1
+    assert "FAILED a/b: a path above it is not a directory" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert (dest / "a").is_symlink() and (dest / "c").read_bytes() == payload.read_bytes()

@@ -61,11 +61,14 @@ async def get(client: BlobClient, dataset: DatasetId, dest: Path) -> GetReport:
     report = GetReport(str(dataset))
     base = os.fsencode(dest)
     made = {b""}  # directories we made (relative paths): the only parents anything is written into
+    kinds = {entry.path: entry.kind for entry, _ in entries}
     with Progress(f"getting {dataset}", located.header.file_bytes) as progress:
         for entry, extents in entries:
             parent = entry.path.rpartition(b"/")[0]
-            if parent not in made and not _make_parents(base, parent, made):
-                report.problems.append((entry.display, "its parent is not a directory of the dataset"))
+            if not _under_directories(parent, kinds) or (parent not in made
+                                                         and not _make_parents(base, parent, made)):
+                report.problems.append((entry.display, "a path above it is not a directory in the dataset "
+                                        "(a file or a symlink): it is not written"))
                 continue
             target = os.path.join(base, entry.path)
             if entry.kind is Kind.DIRECTORY:
@@ -80,11 +83,11 @@ async def get(client: BlobClient, dataset: DatasetId, dest: Path) -> GetReport:
                     report.bytes += entry.size
                     progress.update(report.bytes)
         for entry, _ in entries:  # links last: nothing is written through one
-            if entry.kind is Kind.SYMLINK:
-                if entry.path.rpartition(b"/")[0] in made:
+            if entry.kind is Kind.SYMLINK and entry.path.rpartition(b"/")[0] in made:
+                try:
                     os.symlink(entry.target, os.path.join(base, entry.path))
-                else:
-                    report.problems.append((entry.display, "its parent is not a directory of the dataset"))
+                except OSError as error:
+                    report.problems.append((entry.display, f"the symlink cannot be made: {error.strerror}"))
         for entry, _ in reversed(entries):  # deepest first: a read-only directory is closed last
             path = os.path.join(base, entry.path)
             if entry.kind is Kind.SYMLINK or not os.path.lexists(path):
@@ -98,6 +101,14 @@ async def get(client: BlobClient, dataset: DatasetId, dest: Path) -> GetReport:
                 os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
     report.liars = sightings.liars
     return report
+
+
+def _under_directories(parent: bytes, kinds: dict[bytes, Kind]) -> bool:
+    """No component of ``parent`` is a file or symlink of the dataset (one listed as both a link and a
+    directory above other entries would let a publisher write through the link)."""
+    parts = parent.split(b"/") if parent else []
+    return all(kinds.get(b"/".join(parts[:depth]), Kind.DIRECTORY) is Kind.DIRECTORY
+               for depth in range(1, len(parts) + 1))
 
 
 def _make_parents(base: bytes, parent: bytes, made: set[bytes]) -> bool:

@@ -100,6 +100,13 @@ async def publish(client: BlobClient, root: Path, name: str = "", times: bool = 
             hashing.update(hashed[0])
 
         scanned = scan(root, times, counted)
+    return await publish_scanned(client, scanned, name, times, signer, data_blob_size, manifest_blob_size)
+
+
+async def publish_scanned(client: BlobClient, scanned: list[Scanned], name: str = "", times: bool = False,
+                          signer=None, data_blob_size: int = DATA_BLOB_SIZE,
+                          manifest_blob_size: int = MANIFEST_BLOB_SIZE) -> Published:
+    """Publish these entries, each file's bytes read from its ``source``."""
     manifest = build((item.entry for item in scanned), name, times)
     dataset = manifest.dataset_id
     sources = {item.entry.path: item for item in scanned}
@@ -178,4 +185,4 @@ async def _pack_file(packer: _Packer, item: Scanned) -> list[Extent]:
     return extents
 
 
-__all__ = ["DATA_BLOB_SIZE", "Published", "publish"]
+__all__ = ["DATA_BLOB_SIZE", "Published", "publish", "publish_scanned"]
