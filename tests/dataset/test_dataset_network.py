@@ -152,6 +152,7 @@ def test_verify_with_two_nodes_down(shared_network, published, tmp_path):
         code, report = verify(committee, dataset)
     assert code == 0, report
     assert report["files_checked"] == 5 and report["problems"] == []
+    assert sorted(report["unreachable"]) == ["node-1", "node-4"]
 
 
 def test_verify_with_two_nodes_lying_names_the_liars(shared_network, published, tmp_path):

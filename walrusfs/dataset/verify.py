@@ -125,6 +125,9 @@ async def verify(client: BlobClient, dataset: DatasetId, sample: float | None = 
         report.confidence = _confidence(report.files_checked, header.files)
     report.liars = sightings.liars
     report.unreachable = {node: why for node, why in sightings.failures.items() if node not in sightings.liars}
+    for state in states.values():
+        for node, why in state.unknown.items():
+            report.unreachable.setdefault(node, why)
     report.bytes_read = cache.bytes_read
     report.seconds = time.monotonic() - started
     return report
@@ -155,6 +158,12 @@ async def _read_manifest(located: Located, cache: BlobCache, report: VerifyRepor
                 files.append((entry, extents))
                 for extent in extents:
                     users.setdefault(extent.blob, []).append(entry.display)
+    if not any(problem.kind == "manifest" for problem in report.problems):
+        header = located.header
+        found = (len(files), sum(entry.size for entry, _ in files))
+        if found != (header.files, header.file_bytes):
+            report.problems.append(Problem("manifest", "header", f"it counts {header.files} files of "
+                                           f"{header.file_bytes} bytes, the pages hold {found[0]} of {found[1]}"))
     return files
 
 
