@@ -253,11 +253,13 @@ def test_a_blob_no_longer_held_by_f_plus_1_nodes_fails_naming_its_files(shared_n
     net = shared_network
     tree = tmp_path / "tree"
     (tree / "lost").mkdir(parents=True)
-    (tree / "lost" / "a.bin").write_bytes(os.urandom(300_000))
+    (tree / "lost" / "a.bin").write_bytes(os.urandom(1_500_000))  # read in 1 MiB chunks, stored as one extent
     (tree / "lost" / "b.bin").write_bytes(os.urandom(300_000))
     dataset = publish(net, tree)
     _, pages = run(lambda: _located(net, dataset))
-    data_blob = next(e for extents in pages[0].locations if extents for e in extents).blob
+    files = [extents for extents in pages[0].locations if extents is not None]
+    assert [[(e.offset, e.length) for e in extents] for extents in files] == [[(0, 1_500_000)], [(1_500_000, 300_000)]]
+    data_blob = files[0][0].blob
     victims = net.node_ids[:3]  # f + 1
     net.stop(*victims)
     try:

@@ -130,6 +130,7 @@ async def publish_scanned(client: BlobClient, scanned: list[Scanned], name: str 
         for content, item in unique.items():
             located[content] = await _pack_file(data, item)
         await data.flush()
+    located = {content: _coalesced(extents) for content, extents in located.items()}
 
     # The manifest pages and where each file's bytes are, packed into manifest blobs.
     pages = _Packer(client, manifest_blob_size, certificates)
@@ -162,6 +163,18 @@ async def publish_scanned(client: BlobClient, scanned: list[Scanned], name: str 
                         f"reach a quorum of nodes ({error}); check the nodes (walrusfs cluster status) and publish "
                         "again: the ID stays the same", exit_code=2) from error
     return Published(dataset, manifest, stored_index.blob_id, data.stored, pages.stored, total)
+
+
+def _coalesced(extents: list[Extent]) -> list[Extent]:
+    """Neighbouring pieces of one blob as one extent (a file is packed chunk by chunk): a reader asks for
+    each extent once, so a file read by ranges costs one read per blob, not one per chunk."""
+    out: list[Extent] = []
+    for extent in extents:
+        if out and out[-1].blob == extent.blob and out[-1].offset + out[-1].length == extent.offset:
+            out[-1] = Extent(extent.blob, out[-1].offset, out[-1].length + extent.length)
+        else:
+            out.append(extent)
+    return out
 
 
 async def _pack_file(packer: _Packer, item: Scanned) -> list[Extent]:
