@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..ports import free_port_range
 from .report import emit, mb_per_s, process_cpu_seconds, progress, scratch_dir
 
 MiB = 1 << 20
@@ -55,30 +56,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
-
-
-def _free_base_port(count: int) -> int:
-    import socket
-
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no run of free ports on 127.0.0.1")
 
 
 def _alive(pid: int) -> bool:
@@ -159,7 +136,7 @@ class Bench:
     def start_network(self) -> None:
         from ..cluster import init_cluster, wait_process_healthy
 
-        committee = init_cluster(self.root / "net", nodes=N_NODES, base_port=_free_base_port(N_NODES))
+        committee = init_cluster(self.root / "net", nodes=N_NODES, base_port=free_port_range(N_NODES))
         for info in committee.nodes:
             directory = self.root / "net" / info.id
             with open(directory / "node.log", "ab") as log:
