@@ -360,8 +360,14 @@ def compare_encryption(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     for mode, measured in runs.items():
         for key in COMPARED:
             results[f"{mode}_{key}"] = statistics.median(run[key] for run in measured)
+            results[f"{mode}_{key}_rounds"] = [run[key] for run in measured]
     for key in COMPARED:
         results[f"encrypted_over_plain_{key}"] = results[f"encrypted_{key}"] / results[f"plain_{key}"]
+        # The spread: each round's encrypted run over the plain run just before it (on a shared
+        # machine these move by more than the 5% bound; the medians above are the figure).
+        results[f"encrypted_over_plain_{key}_rounds"] = [
+            encrypted[key] / plain[key] for plain, encrypted in zip(runs["plain"], runs["encrypted"], strict=True)]
+    results["load_average"] = os.getloadavg()[0]
     return results
 
 
@@ -371,7 +377,10 @@ def run(args: argparse.Namespace) -> int:
             r = compare_encryption(args, root)
         emit(r, args.json, [(f"{key} (median of {r['rounds']})",
                              f"plain {r[f'plain_{key}']:8.2f}   encrypted {r[f'encrypted_{key}']:8.2f}   "
-                             f"ratio {r[f'encrypted_over_plain_{key}']:.3f}") for key in COMPARED])
+                             f"ratio {r[f'encrypted_over_plain_{key}']:.3f} "
+                             f"(rounds {min(r[f'encrypted_over_plain_{key}_rounds']):.3f}-"
+                             f"{max(r[f'encrypted_over_plain_{key}_rounds']):.3f})") for key in COMPARED]
+             + [("load average at the end", f"{r['load_average']:.1f}")])
         return 0
     with scratch_dir("mount", args.keep) as root:
         r = measure(args, root)
