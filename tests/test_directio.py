@@ -28,6 +28,35 @@ def test_files_round_trip_byte_exact(tmp_path: Path, size: int) -> None:
     assert directio.read_file(path) == data
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_page_aligned_memory_round_trips_byte_exact(tmp_path: Path, size: int) -> None:
+    data = directio.aligned_empty(size)
+    data[:] = os.urandom(size)
+    directio.write_file(tmp_path / "f", data, sync=True)
+    assert (tmp_path / "f").read_bytes() == bytes(data)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_last_partial_page_goes_past_the_page_cache_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         aligned: bool) -> None:
+    """A file whose length is not a page multiple (a sealed block: 1 MiB + 38 bytes) is written
+    with O_DIRECT to its last byte, the last page padded and the file cut back to its length: no
+    tail through the page cache (a dirty page and its writeback per file, and two fcntl calls)."""
+    size = (1 << 20) + 38
+    data: bytes | memoryview = os.urandom(size)
+    if aligned:
+        data = directio.aligned_empty(size)
+        data[:] = os.urandom(size)
+
+    def no_buffered_io(fd: int) -> None:
+        raise AssertionError("fell back to buffered I/O on a filesystem that takes O_DIRECT")
+
+    monkeypatch.setattr(directio, "_drop_direct", no_buffered_io)
+    directio.write_file(tmp_path / "f", data)
+    assert (tmp_path / "f").stat().st_size == size
+    assert (tmp_path / "f").read_bytes() == bytes(data)
+
+
 def test_the_working_filesystem_takes_o_direct(tmp_path: Path) -> None:
     fd = directio.open_direct(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
     try:
@@ -77,6 +106,10 @@ def test_a_device_refusing_the_alignment_gets_buffered_io(tmp_path: Path,
     directio.write_file(tmp_path / "f", data, sync=True)
     assert (tmp_path / "f").read_bytes() == data
     assert directio.read_file(tmp_path / "f") == data
+    aligned = directio.aligned_empty(len(data))  # written from where it lies, until refused
+    aligned[:] = data
+    directio.write_file(tmp_path / "g", aligned, sync=True)
+    assert (tmp_path / "g").read_bytes() == data
 
 
 def test_rewriting_a_longer_file_leaves_no_old_tail(tmp_path: Path) -> None:

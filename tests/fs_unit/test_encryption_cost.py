@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import blake3
+import numpy as np
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from unit_fs import BLOCK, UnitFs
 
+from walrusfs import directio
 from walrusfs.fs import blocks as blocks_module
 from walrusfs.fs.blocks import open_block
 from walrusfs.fs.encryption import Purpose, SealedContents, read_key_of
@@ -44,6 +47,26 @@ def test_a_sealed_block_is_checked_without_hashing_its_plaintext_again(monkeypat
 
     monkeypatch.setattr(contents, "digest", no_hash)
     assert open_block(contents, memoryview(bytes(stored)), digest, len(stored), "block 1") == plaintext
+
+
+def test_a_sealed_block_lies_page_aligned_in_memory_and_its_staging_file_is_written_from_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sealing makes the only copy of a block on its way to its staging file: its memory starts on
+    a page boundary, so O_DIRECT writes it from where it lies (a plain block from FUSE is copied into
+    an aligned buffer first). Only the last partial page goes through a pooled page."""
+    contents = SealedContents(READ_KEY)
+    block = os.urandom(1 << 20)
+    stored = contents.seal(block, Purpose.BLOCK)
+    assert np.frombuffer(stored, dtype=np.uint8).ctypes.data % directio.PAGE == 0
+    borrowed: list[int] = []
+    real_borrow = directio.POOL.borrow
+    monkeypatch.setattr(directio.POOL, "borrow", lambda size: borrowed.append(size) or real_borrow(size))
+    directio.write_file(tmp_path / "staged", stored)
+    assert borrowed == [directio.PAGE]  # the 38-byte tail's page, not a copy of the block
+    assert (tmp_path / "staged").read_bytes() == bytes(stored)  # exact: no padding left behind
+    assert contents.open_as(directio.read_file(tmp_path / "staged"), Purpose.BLOCK, contents.digest(block)) == block
+    # Snapshots' objects are sealed as before, into plain memory (nothing writes them to a staging file).
+    assert isinstance(contents.seal(block, Purpose.SEGMENT), bytearray)
 
 
 def _sealed_fs(fs: UnitFs) -> SealedContents:

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import resource
 import signal
-import socket
 import statistics
 import tempfile
 import time
@@ -36,6 +34,7 @@ from ..client import BlobClient, ReadReport
 from ..cluster import cluster_status, init_cluster, start_cluster, stop_cluster
 from ..keys import load_key
 from ..malloc import keep_freed_buffers
+from ..ports import free_port_range
 from ..protocol.committee import Committee
 from .report import emit, mb_per_s, process_cpu_seconds, progress
 
@@ -55,28 +54,10 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _free_base_port(count: int) -> int:
-    """A base port with ``count`` consecutive free ports, below the kernel's ephemeral range."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        base = rng.randrange(20000, 32700 - count)
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
-
-
 @contextlib.contextmanager
 def bundled_network(root: Path, tls: bool = False) -> Iterator[Committee]:
     """A running 7-node cluster under ``root``; every node is stopped (by pid) when leaving."""
-    committee = init_cluster(root, nodes=N_NODES, base_port=_free_base_port(N_NODES), tls=tls)
+    committee = init_cluster(root, nodes=N_NODES, base_port=free_port_range(N_NODES), tls=tls)
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

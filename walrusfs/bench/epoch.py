@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .mount import Bench, _free_base_port
+from ..ports import free_port_range
+from .mount import Bench
 from .report import emit, mb_per_s, progress, scratch_dir
 
 MiB = 1 << 20
@@ -223,7 +224,7 @@ def _run(args: argparse.Namespace, root: Path, net: Path, bench: Bench) -> dict[
 
     shards = default_shards(N_NODES)
     progress(f"starting a {N_NODES}-node network ({shards} shards) and a mount in {root}")
-    init_cluster(net, nodes=N_NODES, shards=shards, base_port=_free_base_port(N_NODES + ADDED + 4))
+    init_cluster(net, nodes=N_NODES, shards=shards, base_port=free_port_range(N_NODES + ADDED + 4))
     start_cluster(net)
     bench.mkfs()
     bench.mount()

@@ -48,7 +48,7 @@ class Prepared:
     """A block's digest and stored (sealed) bytes, computed before the transaction that stages it."""
 
     digest: bytes
-    stored: bytes | bytearray
+    stored: bytes | bytearray | memoryview
 
 
 class BlockStore:
@@ -69,7 +69,7 @@ class BlockStore:
         self._memory_limit = memory_bytes
         # Blocks staged but not yet uploaded, as stored (sealed), kept so that the uploader, seconds
         # later, packs them without reading the staging files back (bounded: beyond it, it reads the files).
-        self._staged: dict[int, bytes | bytearray] = {}
+        self._staged: dict[int, bytes | bytearray | memoryview] = {}
         self._staged_memory = 0  # plaintext bytes: sealed blocks are held as many as plain ones
         self._staged_limit = staged_memory_bytes
 
@@ -112,7 +112,7 @@ class BlockStore:
             self._staged_memory += len(data)
         return block_id
 
-    def staged_in_memory(self, block_id: int) -> bytes | bytearray | None:
+    def staged_in_memory(self, block_id: int) -> bytes | bytearray | memoryview | None:
         """A staged block's stored bytes if they are still held in memory (safe from a worker thread)."""
         return self._staged.get(block_id)
 

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import directio
 from ..keys import private_bytes
 from .config import AES_256_GCM, NO_ENCRYPTION
 
@@ -51,6 +52,9 @@ TAG_SIZE = 16
 OVERHEAD = HEADER_SIZE + TAG_SIZE
 
 SCHEMES = (NO_ENCRYPTION, AES_256_GCM)
+
+# What seal() returns: a sealed block is a view of page-aligned memory (SealedContents.seal).
+Sealed = bytes | bytearray | memoryview
 
 _READ_KEY_CONTEXT = "walrusfs 2026-12-01 filesystem read key v1"
 _DATA_KEY_CONTEXT = "walrusfs 2026-12-01 data encryption key v1"
@@ -82,7 +86,7 @@ class Contents(Protocol):
 
     def digest(self, plaintext: bytes) -> bytes: ...
 
-    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes | bytearray: ...
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> Sealed: ...
 
     def open(self, stored: bytes, purpose: Purpose) -> bytes: ...
 
@@ -132,7 +136,7 @@ class SealedContents:
         """Keyed: equal for equal plaintexts here, meaningless to anyone without the read key."""
         return blake3.blake3(plaintext, key=self._digest_key).digest()
 
-    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> bytes | bytearray:
+    def seal(self, plaintext: bytes, purpose: Purpose, digest: bytes | None = None) -> Sealed:
         """``digest``: this object's ``digest(plaintext)`` if the caller has it (saves a hash pass)."""
         nonce = (digest or self.digest(plaintext))[:12]
         # Snapshots (segments, manifest) stay under key 0: they must open with the read key alone,
@@ -140,10 +144,14 @@ class SealedContents:
         key_id = self.block_key_id if purpose == Purpose.BLOCK else 0
         header = _HEADER.pack(SEALED_MAGIC, SEALED_VERSION, purpose, key_id, nonce)
         # Encrypted in place behind its header: concatenating header and ciphertext would copy
-        # the whole object once more (with fresh memory, a page fault per 4 KiB).
-        sealed = bytearray(len(header) + len(plaintext) + TAG_SIZE)
-        sealed[:HEADER_SIZE] = header
-        self._aeads[key_id].encrypt_into(nonce, plaintext, header, memoryview(sealed)[HEADER_SIZE:])
+        # the whole object once more (with fresh memory, a page fault per 4 KiB). A block is sealed
+        # into page-aligned memory, which its staging file is written from with no further copy
+        # (directio.write_file); the copy a plain block makes there pays for part of the cipher.
+        size = HEADER_SIZE + len(plaintext) + TAG_SIZE
+        sealed: memoryview | bytearray = directio.aligned_empty(size) if purpose == Purpose.BLOCK else bytearray(size)
+        view = memoryview(sealed)
+        view[:HEADER_SIZE] = header
+        self._aeads[key_id].encrypt_into(nonce, plaintext, header, view[HEADER_SIZE:])
         return sealed
 
     def open_as(self, stored: bytes | memoryview, purpose: Purpose, digest: bytes) -> bytes:
