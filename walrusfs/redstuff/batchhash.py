@@ -36,7 +36,7 @@ _SOURCE = Path(__file__).with_name("batchhash.c")
 # Below this many rows one thread does it: handing work to a second costs more than it saves.
 _SPLIT_ROWS = 8192
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="redstuff-batchhash")
-_kernel: ctypes._CFuncPtr | None | bool = None  # None: not tried yet; False: no compiler
+_kernel: ctypes._CFuncPtr | bool | None = None  # None: not tried yet; False: no compiler
 
 
 def _flags() -> list[str]:
