@@ -23,6 +23,8 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 
+pytestmark = pytest.mark.usefixtures("each_encoding")
+
 REJECTED = (SliverVerificationError, FormatError)
 
 

@@ -39,7 +39,8 @@ def extend(shards: np.ndarray, total: int) -> np.ndarray:
     out = np.empty((total, length), dtype=np.uint8)
     out[:k] = shards
     parity = leopard.encode([shard.tobytes() for shard in shards], total - k)
-    out[k:] = np.frombuffer(b"".join(parity), dtype=np.uint8).reshape(total - k, length)
+    for i, shard in enumerate(parity):  # one copy each, no joined intermediate
+        out[k + i] = np.frombuffer(shard, dtype=np.uint8)
     return out
 
 
