@@ -23,6 +23,7 @@ class Expansion:
     """A sliver extended to its full row or column, with the Merkle tree over its n cells."""
 
     root: bytes
+    cells: np.ndarray  # the n cells, in the encoding's layout (what a cache of expansions holds)
 
     def cell(self, index: int) -> bytes:
         raise NotImplementedError
@@ -62,12 +63,12 @@ class _Gf256Expansion(Expansion):
     def __init__(self, cells: np.ndarray) -> None:
         from .sliver import symbol_bytes
 
-        self._cells, self._symbol_bytes = cells, symbol_bytes
+        self.cells, self._symbol_bytes = cells, symbol_bytes
         self._leaves = merkle.line_leaf_digests(cells)
         self.root = merkle.root(self._leaves)
 
     def cell(self, index: int) -> bytes:
-        return self._symbol_bytes(self._cells, index)
+        return self._symbol_bytes(self.cells, index)
 
     def proof(self, index: int) -> tuple[bytes, ...]:
         return tuple(merkle.proof(self._leaves, index))
@@ -117,12 +118,12 @@ class Gf256Codec(Codec):
 
 class _Rs16Expansion(Expansion):
     def __init__(self, cells: np.ndarray) -> None:
-        self._cells = cells
+        self.cells = cells
         self._levels = rs16merkle.levels(rs16merkle.leaf_digests(cells)[None])
         self.root = bytes(self._levels[-1][0, 0])
 
     def cell(self, index: int) -> bytes:
-        return self._cells[index].tobytes()
+        return self.cells[index].tobytes()
 
     def proof(self, index: int) -> tuple[bytes, ...]:
         return rs16merkle.proof(self._levels, index)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from .blob import BlobMetadata
 from .codec import codec_for
 from .decode import InconsistentBlobError, NotEnoughSliversError
@@ -31,6 +33,11 @@ class SliverExpansion:
     @property
     def root(self) -> bytes:
         return self._expansion.root
+
+    @property
+    def cells(self) -> np.ndarray:
+        """The n cells of the sliver's full line (nodes size their cache of expansions by it)."""
+        return self._expansion.cells
 
     def symbol_for(self, target_index: int) -> RecoverySymbol:
         """The symbol that helps rebuild sliver ``target_index`` of the other kind."""
