@@ -1,8 +1,10 @@
 """Blobs of the second encoding (RS16, GF(2^16)) on a real network: stored, read, and a lost node's
 slivers rebuilt from recovery symbols its peers compute.
 
-4 nodes holding 31 shards: from 31 shards on a new blob gets RS16 (encodings.choose_encoding), so
-the client, the nodes' verification and the repair path all run the new encoding unprompted.
+4 nodes holding 31 shards. By measurement a new blob gets RS16 only from 65 shards on
+(encodings.choose_encoding), and such a network repairs too slowly for a test on this machine, so
+this module has the client (in this process) pick RS16 at 31; the nodes verify, serve and repair
+by the encoding the metadata names, as they do for any blob.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from walrusfs.redstuff import encode, encodings
 SHARDS = 31
 
 
+@pytest.fixture(scope="module", autouse=True)
+def new_blobs_are_rs16() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encodings, "choose_encoding", lambda n_shards: encodings.ENCODING_REDSTUFF_RS16_V2)
+        yield
+
+
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     net = LocalNetwork(tmp_path_factory.mktemp("rs16"), nodes=4, shards=SHARDS)
@@ -31,11 +40,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 
 def test_a_blob_of_the_new_encoding_is_stored_and_read_back(network):
-    assert encodings.choose_encoding(SHARDS) == encodings.ENCODING_REDSTUFF_RS16_V2
     data = os.urandom(700_000)
     stored = store(network, data)
-    assert encode(data, SHARDS).metadata.blob_id == stored.blob_id  # the ID names encoding 2
-    assert encode(data, SHARDS).metadata.encoding == encodings.ENCODING_REDSTUFF_RS16_V2
+    assert encode(data, SHARDS, encodings.ENCODING_REDSTUFF_RS16_V2).metadata.blob_id == stored.blob_id
 
     async def read() -> tuple[bytes, ReadReport]:
         report = ReadReport()
@@ -53,7 +60,7 @@ def test_a_blob_of_the_new_encoding_is_stored_and_read_back(network):
 def test_a_wiped_node_rebuilds_its_rs16_slivers_from_its_peers(network):
     data = os.urandom(300_000)
     store(network, data)
-    blob = encode(data, SHARDS)
+    blob = encode(data, SHARDS, encodings.ENCODING_REDSTUFF_RS16_V2)
     node = "node-2"
     wait_for("every node knows the blob certified",
              lambda: all(repair_status(network, n)["certified_blobs"] >= 1 for n in network.node_ids))

@@ -19,9 +19,13 @@ ENCODING_REDSTUFF_RS16_V2 = 2
 NAMES = {ENCODING_REDSTUFF_GF256_V1: "gf256", ENCODING_REDSTUFF_RS16_V2: "rs16"}
 MAX_SHARDS = {ENCODING_REDSTUFF_GF256_V1: 256, ENCODING_REDSTUFF_RS16_V2: 1024}
 
-# Where GF(2^16) starts to win: set from `walrusfs bench codec --size 32 --encoding gf256|rs16`
-# (figures in docs/redstuff-encodings.md).
-RS16_FROM_SHARDS = 31
+# Where GF(2^16) starts to win. `walrusfs bench codec --size 32 --n N --encoding gf256|rs16`, encode
+# with all commitments in MB per CPU-second, 2026-12-01 on a machine at load average 20-36
+# (docs/redstuff-encodings.md): n=10 gf256 123 vs rs16 65; n=31 gf256 64 vs rs16 40; n=64 gf256 25
+# vs rs16 28 (even, and gf256 needs 2.7x the blob in memory, rs16 8.7x); n=100 gf256 8 vs rs16 32.
+# GF(2^8)'s bit-sliced XORs win while its matrices are small; above 64 shards the O(n log n) code
+# with batched commitments does, and beyond 256 shards only it can.
+RS16_FROM_SHARDS = 65
 
 
 def choose_encoding(n_shards: int) -> int:
