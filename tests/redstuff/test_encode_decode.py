@@ -23,6 +23,9 @@ from walrusfs.redstuff import (
     mds,
     merkle,
 )
+from walrusfs.redstuff.encodings import ENCODING_REDSTUFF_GF256_V1
+
+pytestmark = pytest.mark.usefixtures("each_encoding")
 
 
 def blob_of(length: int, seed: int) -> bytes:
@@ -43,7 +46,7 @@ def test_encoding_matches_a_slow_reference_of_the_spec(n, length):
     n_p x n_s matrix row-major (plane-major symbols), columns are extended with [I; C_p], rows with
     [I; C_s], Merkle roots over full rows/columns, ID = blake3 over the documented header."""
     blob = blob_of(length, n)
-    encoded = encode(blob, n)
+    encoded = encode(blob, n, ENCODING_REDSTUFF_GF256_V1)  # the spec of encoding type 1
     n_p, n_s, s = spec_geometry(n, length)
     assert encoded.layout.symbol_size == s
     cells = reference_cells(blob, n, mds.code(n_p, n).generator, mds.code(n_s, n).generator)

@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walrusfs.redstuff import MAX_BLOB_LENGTH, EncodingGeometry, GeometryError, SliverKind
+from walrusfs.redstuff import (
+    MAX_BLOB_LENGTH,
+    BlobMetadata,
+    EncodingGeometry,
+    FormatError,
+    GeometryError,
+    SliverKind,
+    encode,
+)
+from walrusfs.redstuff.encodings import ENCODING_REDSTUFF_GF256_V1, ENCODING_REDSTUFF_RS16_V2
 
 ALL_N = range(4, 257)
 
@@ -62,10 +71,20 @@ def test_symbol_size_is_minimal_aligned_for_any_length(n, length):
     check_symbol_size(EncodingGeometry(n), length)
 
 
-@pytest.mark.parametrize("n", [-1, 0, 1, 3, 257, 1000])
-def test_shard_counts_outside_4_to_256_are_refused(n):
+@pytest.mark.parametrize("n", [-1, 0, 1, 3, 1025, 4096])
+def test_shard_counts_outside_4_to_1024_are_refused(n):
     with pytest.raises(GeometryError, match="n_shards"):
         EncodingGeometry(n)
+
+
+@pytest.mark.parametrize("n", [257, 1000])
+def test_gf256_refuses_more_than_256_shards_and_rs16_takes_them(n):
+    """GF(2^8) has 256 elements: a Cauchy code needs n distinct ones. GF(2^16) goes to 1024 here."""
+    with pytest.raises(GeometryError, match="at most 256 shards"):
+        encode(b"x", n, ENCODING_REDSTUFF_GF256_V1)
+    with pytest.raises(FormatError, match="at most 256 shards"):
+        BlobMetadata(n, 1, (bytes(32),) * n, (bytes(32),) * n, ENCODING_REDSTUFF_GF256_V1)
+    assert BlobMetadata(n, 1, (bytes(32),) * n, (bytes(32),) * n, ENCODING_REDSTUFF_RS16_V2).n_shards == n
 
 
 @pytest.mark.parametrize("n", [4, 10, 256])

@@ -26,8 +26,9 @@ from walrusfs.redstuff import (
     verify_inconsistency_proof,
     verify_sliver,
 )
-from walrusfs.redstuff.encode import sliver_root
-from walrusfs.redstuff.sliver import as_line
+from walrusfs.redstuff.codec import codec_for
+
+pytestmark = pytest.mark.usefixtures("each_encoding")
 
 PRIMARY, SECONDARY = SliverKind.PRIMARY, SliverKind.SECONDARY
 
@@ -46,14 +47,15 @@ class LyingWriter:
         self.bad_row = rnd.randbytes(layout.primary_sliver_size)
         honest_meta = self.honest.metadata
         roots = list(honest_meta.primary_roots)
-        roots[tampered] = sliver_root(layout.geometry, PRIMARY, as_line(self.bad_row, self.symbol_size))
-        self.metadata = BlobMetadata(n, length, tuple(roots), honest_meta.secondary_roots)
+        self.encoding = honest_meta.encoding
+        roots[tampered] = codec_for(self.encoding).sliver_root(layout.geometry, PRIMARY, self.bad_row, self.symbol_size)
+        self.metadata = BlobMetadata(n, length, tuple(roots), honest_meta.secondary_roots, self.encoding)
         assert self.metadata.blob_id != honest_meta.blob_id
 
     def sliver(self, kind: SliverKind, index: int) -> Sliver:
         data = self.bad_row if (kind, index) == (PRIMARY, self.tampered) else \
             bytes(self.honest.sliver(kind, index).data)
-        return Sliver(self.metadata.blob_id, kind, index, self.n, self.symbol_size, data)
+        return Sliver(self.metadata.blob_id, kind, index, self.n, self.symbol_size, data, self.encoding)
 
     def symbols_for(self, target_kind: SliverKind, target: int, sources) -> list:
         return [SliverExpansion(self.sliver(target_kind.other, j)).symbol_for(target) for j in sources]

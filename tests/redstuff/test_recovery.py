@@ -22,6 +22,8 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 
+pytestmark = pytest.mark.usefixtures("each_encoding")
+
 _EXPANSIONS: dict[tuple[int, int], tuple[object, dict]] = {}
 
 

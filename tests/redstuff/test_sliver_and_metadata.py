@@ -23,6 +23,8 @@ from walrusfs.redstuff import (
     verify_sliver,
 )
 
+pytestmark = pytest.mark.usefixtures("each_encoding")
+
 REJECTED = (SliverVerificationError, FormatError)
 
 
@@ -121,11 +123,13 @@ def test_truncated_or_extended_sliver_bytes_are_rejected(encoded, kind):
     ("offset", "value", "message"),
     [
         (0, b"XRSL", "magic"),
-        (4, b"\x02", "version 2"),
+        (4, b"\x03", "version 3"),
+        (4, b"\x02", "unknown encoding type 0"),  # version 2 names its encoding in byte 46
         (4, b"\x00", "version 0"),
         (5, b"\x02", "kind"),
         (6, struct.pack("<H", 3), "n_shards"),
-        (6, struct.pack("<H", 300), "n_shards"),
+        (6, struct.pack("<H", 300), "at most 256 shards"),
+        (6, struct.pack("<H", 1025), "n_shards"),
         (8, struct.pack("<H", 10), "index"),
         (10, struct.pack("<I", 0), "symbol size"),
         (10, struct.pack("<I", 100), "symbol size"),

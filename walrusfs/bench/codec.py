@@ -18,6 +18,7 @@ from ..redstuff import (
     decode,
     decode_and_verify,
     encode,
+    encodings,
     recover_sliver,
 )
 from .report import emit, mb_per_s, median_seconds, progress
@@ -25,29 +26,33 @@ from .report import emit, mb_per_s, median_seconds, progress
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("codec", help="RedStuff encode/decode/recovery speed")
-    parser.add_argument("--n", type=int, default=10, help="number of shards (default 10)")
+    parser.add_argument("--n", type=int, default=10, help="number of shards, 4..1024 (default 10)")
+    parser.add_argument("--encoding", default="auto",
+                        help="gf256, rs16, or auto: what a new blob of n shards gets (default auto)")
     parser.add_argument("--size", type=float, default=32, help="blob size in MiB (default 32)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median; default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
-def measure(n: int, size: int, repeat: int) -> dict[str, Any]:
+def measure(n: int, size: int, repeat: int, encoding: int | None = None) -> dict[str, Any]:
+    encoding = encodings.choose_encoding(n) if encoding is None else encoding
     blob = os.urandom(size)
-    progress(f"bench codec: n={n}, blob {size / 2**20:.1f} MiB, {repeat} runs per figure")
-    encoded: EncodedBlob = encode(blob, n)
+    progress(f"bench codec: n={n}, encoding {encodings.NAMES[encoding]}, blob {size / 2**20:.1f} MiB, "
+             f"{repeat} runs per figure")
+    encoded: EncodedBlob = encode(blob, n, encoding)
     metadata, geometry, layout = encoded.metadata, encoded.metadata.geometry, encoded.layout
     n_p, n_s = geometry.n_primary, geometry.n_secondary
     results: dict[str, Any] = {
-        "n": n, "f": geometry.max_faulty, "n_primary": n_p, "n_secondary": n_s,
+        "n": n, "encoding": encodings.NAMES[encoding], "f": geometry.max_faulty, "n_primary": n_p, "n_secondary": n_s,
         "blob_bytes": size, "symbol_size": layout.symbol_size,
         "expansion": layout.encoded_length / max(size, 1),
     }
 
     progress("  encode with commitments")
-    results["encode_mb_s"] = mb_per_s(size, median_seconds(lambda: encode(blob, n), repeat))
+    results["encode_mb_s"] = mb_per_s(size, median_seconds(lambda: encode(blob, n, encoding), repeat))
     # Per CPU-second too: on a loaded machine wall times swing 2-3x between runs, CPU time hardly.
-    results["encode_cpu_mb_s"] = mb_per_s(size, median_seconds(lambda: encode(blob, n), repeat,
+    results["encode_cpu_mb_s"] = mb_per_s(size, median_seconds(lambda: encode(blob, n, encoding), repeat,
                                                                clock=time.process_time))
 
     systematic = [encoded.primary_sliver(i) for i in range(n_p)]
@@ -96,7 +101,7 @@ def measure(n: int, size: int, repeat: int) -> dict[str, Any]:
     progress("  encode peak memory")
     del encoded
     tracemalloc.start()
-    encode(blob, n)
+    encode(blob, n, encoding)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     results["encode_peak_bytes"] = peak
@@ -106,9 +111,13 @@ def measure(n: int, size: int, repeat: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     size = int(args.size * 2**20)
-    r = measure(args.n, size, args.repeat)
+    try:
+        encoding = None if args.encoding == "auto" else encodings.parse(args.encoding)
+    except ValueError as error:
+        raise SystemExit(f"bench codec: {error}") from None
+    r = measure(args.n, size, args.repeat, encoding)
     rows = [
-        ("geometry", f"n={r['n']} f={r['f']} n_p={r['n_primary']} n_s={r['n_secondary']}, "
+        ("geometry", f"n={r['n']} ({r['encoding']}) f={r['f']} n_p={r['n_primary']} n_s={r['n_secondary']}, "
                      f"symbol {r['symbol_size']} B, expansion {r['expansion']:.2f}x"),
         ("blob", f"{size / 2**20:.1f} MiB"),
         ("encode (all commitments)", f"{r['encode_mb_s']:8.0f} MB/s  ({r['encode_cpu_mb_s']:.0f} MB per CPU-second)"),

@@ -36,6 +36,7 @@ from ..redstuff import (
     verify_inconsistency_proof,
     verify_sliver,
 )
+from ..redstuff.encodings import ENCODING_REDSTUFF_GF256_V1
 from .fanout import Answered, race
 from .transport import NodeConnection, NodeError
 
@@ -138,7 +139,9 @@ class BlobReader:
         end = size if length is None else min(size, offset + max(length, 0))
         if end == offset:
             return b""
-        if offset > 0 or end < size:
+        # The symbol path maps bytes to cells by encoding 1's plane-major layout; RS16 ranges are
+        # read from whole slivers until it learns the symbol-major one.
+        if (offset > 0 or end < size) and metadata.encoding == ENCODING_REDSTUFF_GF256_V1:
             cells = _cells_for_range(metadata, offset, end)
             holders = {self._node_of_pair(metadata, row) for row, _ in cells}
             # Only from healthy row holders: the symbol path has one source per symbol, no hedging.

@@ -1,6 +1,7 @@
-"""RedStuff: the two-dimensional erasure code of Walrus, over GF(2^8), pure and free of I/O.
+"""RedStuff: the two-dimensional erasure code of Walrus, in two encoding types (GF(2^8) and GF(2^16),
+see encodings.py and docs/redstuff-encodings.md), pure and free of I/O.
 
-    encoded = encode(blob, n_shards)            # metadata + 2n slivers
+    encoded = encode(blob, n_shards)            # metadata + 2n slivers, encoding chosen by n
     encoded.metadata.blob_id                    # what the blob is known by
     verify_sliver(metadata, sliver)             # raises unless it is the committed sliver
     decode_and_verify(metadata, slivers)        # blob bytes from any quorum, consistency checked

@@ -12,9 +12,11 @@ from . import merkle
 from .geometry import BlobLayout, EncodingGeometry, GeometryError
 from .wire import FormatError, check_header, unpack
 
-# Encoding type 1: RedStuff over GF(2^8) (0x11D), Cauchy generators as built by gf256 with this
-# version of the code, 64-byte aligned bit-sliced symbols, blake3 Merkle commitments.
-ENCODING_REDSTUFF_GF256_V1 = 1
+__all__ = ["ENCODING_REDSTUFF_GF256_V1", "ENCODING_REDSTUFF_RS16_V2", "BlobId", "BlobMetadata"]
+
+from . import encodings
+from .encodings import ENCODING_REDSTUFF_GF256_V1, ENCODING_REDSTUFF_RS16_V2
+
 BLOB_ID_VERSION = 1
 BLOB_ID_SIZE = 32
 # The text form's alphabet, spelled out: str.isalnum would also accept non-ASCII letters and digits.
@@ -74,8 +76,9 @@ class BlobMetadata:
             raise FormatError("metadata needs one primary and one secondary root per shard")
         if any(len(r) != merkle.DIGEST_SIZE for r in self.primary_roots + self.secondary_roots):
             raise FormatError("every root is 32 bytes")
-        if self.encoding != ENCODING_REDSTUFF_GF256_V1:
-            raise FormatError(f"unknown encoding type {self.encoding}")
+        problem = encodings.check(self.encoding, self.n_shards)
+        if problem is not None:
+            raise FormatError(f"blob metadata: {problem}")
 
     @property
     def geometry(self) -> EncodingGeometry:

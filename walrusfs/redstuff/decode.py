@@ -7,7 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from .blob import BlobMetadata
-from .encode import column_code, encode, row_code, sliver_root
+from .codec import codec_for
+from .encode import column_code, encode, row_code
 from .sliver import Sliver, SliverKind, as_line
 from .wire import FormatError
 
@@ -42,7 +43,8 @@ def verify_sliver(metadata: BlobMetadata, sliver: Sliver) -> None:
     except FormatError as error:
         raise SliverVerificationError(str(error)) from error
     roots = metadata.primary_roots if sliver.kind is SliverKind.PRIMARY else metadata.secondary_roots
-    if sliver_root(metadata.geometry, sliver.kind, sliver.line()) != roots[sliver.index]:
+    root = codec_for(metadata.encoding).sliver_root(metadata.geometry, sliver.kind, sliver.data, sliver.symbol_size)
+    if root != roots[sliver.index]:
         raise SliverVerificationError(f"{what}: content does not match its Merkle root")
 
 
@@ -69,12 +71,15 @@ def decode(metadata: BlobMetadata, slivers: Iterable[Sliver], *, verify: bool = 
     """
     slivers = list(slivers)
     geometry, layout = metadata.geometry, metadata.layout
+    codec = codec_for(metadata.encoding)
     primary = _distinct(slivers, SliverKind.PRIMARY, metadata, verify)
     if len(primary) >= geometry.n_primary:
-        return _decode_primary(metadata, primary)
+        data = {i: s.data for i, s in primary.items()}
+        return memoryview(codec.decode(metadata, SliverKind.PRIMARY, data))[: metadata.blob_length]
     secondary = _distinct(slivers, SliverKind.SECONDARY, metadata, verify)
     if len(secondary) >= geometry.n_secondary:
-        return _decode_secondary(metadata, secondary)
+        data = {i: s.data for i, s in secondary.items()}
+        return memoryview(codec.decode(metadata, SliverKind.SECONDARY, data))[: metadata.blob_length]
     raise NotEnoughSliversError(
         f"blob {metadata.blob_id}: have {len(primary)} primary and {len(secondary)} secondary "
         f"slivers; decoding needs {geometry.n_primary} primary or {geometry.n_secondary} secondary"
@@ -83,7 +88,14 @@ def decode(metadata: BlobMetadata, slivers: Iterable[Sliver], *, verify: bool = 
     )
 
 
-def _decode_primary(metadata: BlobMetadata, slivers: dict[int, Sliver]) -> memoryview:
+def decode_gf256(metadata: BlobMetadata, kind: SliverKind, slivers: dict[int, object]) -> np.ndarray:
+    """Encoding type 1: the padded blob from enough slivers of ``kind`` (index -> bytes)."""
+    s = metadata.layout.symbol_size
+    lines = {i: as_line(data, s) for i, data in slivers.items()}
+    return _decode_primary(metadata, lines) if kind is SliverKind.PRIMARY else _decode_secondary(metadata, lines)
+
+
+def _decode_primary(metadata: BlobMetadata, slivers: dict[int, np.ndarray]) -> np.ndarray:
     geometry, layout = metadata.geometry, metadata.layout
     s, n_p = layout.symbol_size, geometry.n_primary
     out = np.empty(layout.padded_length, dtype=np.uint8)
@@ -91,16 +103,16 @@ def _decode_primary(metadata: BlobMetadata, slivers: dict[int, Sliver]) -> memor
     missing = [a for a in range(n_p) if a not in slivers]
     for a in range(n_p):
         if a in slivers:
-            rows[a] = np.frombuffer(slivers[a].data, dtype=np.uint8)  # type: ignore[call-overload]
+            rows[a] = slivers[a].reshape(-1).view(np.uint8)
     if missing:
-        known = {i: sl.line().reshape(8, -1) for i, sl in slivers.items()}
+        known = {i: line.reshape(8, -1) for i, line in slivers.items()}
         column_code(geometry).reconstruct(
             known, missing, [as_line(rows[a], s).reshape(8, -1) for a in missing]
         )
-    return memoryview(out)[: metadata.blob_length]
+    return out
 
 
-def _decode_secondary(metadata: BlobMetadata, slivers: dict[int, Sliver]) -> memoryview:
+def _decode_secondary(metadata: BlobMetadata, slivers: dict[int, np.ndarray]) -> np.ndarray:
     geometry, layout = metadata.geometry, metadata.layout
     s, n_p, n_s = layout.symbol_size, geometry.n_primary, geometry.n_secondary
     # Every row is decoded at once: column j's whole sliver is one wide symbol of the row code.
@@ -108,9 +120,9 @@ def _decode_secondary(metadata: BlobMetadata, slivers: dict[int, Sliver]) -> mem
     missing = [b for b in range(n_s) if b not in slivers]
     for b in range(n_s):
         if b in slivers:
-            columns[b] = np.frombuffer(slivers[b].data, dtype=np.uint8)  # type: ignore[call-overload]
+            columns[b] = slivers[b].reshape(-1).view(np.uint8)
     if missing:
-        known = {j: sl.line().reshape(8, -1) for j, sl in slivers.items()}
+        known = {j: line.reshape(8, -1) for j, line in slivers.items()}
         row_code(geometry).reconstruct(
             known, missing, [as_line(columns[b], s).reshape(8, -1) for b in missing]
         )
@@ -121,7 +133,7 @@ def _decode_secondary(metadata: BlobMetadata, slivers: dict[int, Sliver]) -> mem
         row_line = as_line(rows[a], s)
         for b, column_line in enumerate(column_lines):
             row_line[:, b] = column_line[:, a]
-    return memoryview(out)[: metadata.blob_length]
+    return out
 
 
 def decode_and_verify(metadata: BlobMetadata, slivers: Iterable[Sliver], *,
@@ -132,7 +144,7 @@ def decode_and_verify(metadata: BlobMetadata, slivers: Iterable[Sliver], *,
     here (InconsistentBlobError) whichever quorum of slivers the reader happened to get.
     """
     blob = decode(metadata, slivers, verify=verify)
-    if encode(blob, metadata.n_shards).metadata.blob_id != metadata.blob_id:
+    if encode(blob, metadata.n_shards, metadata.encoding).metadata.blob_id != metadata.blob_id:
         raise InconsistentBlobError(
             f"blob {metadata.blob_id} is inconsistently encoded: its slivers verify one by one, "
             "but the bytes they decode to do not re-encode to the blob ID"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import merkle
+from . import encodings, merkle
 from .blob import BlobId, BlobMetadata
-from .geometry import BlobLayout, EncodingGeometry
+from .geometry import BlobLayout, EncodingGeometry, GeometryError
 from .mds import SystematicCode, code
 from .sliver import Sliver, SliverKind, as_line
 
@@ -72,7 +72,8 @@ class EncodedBlob:
     metadata: BlobMetadata
     layout: BlobLayout
     _rows: list[np.ndarray]  # the n primary slivers, uint8 (n_s * s,)
-    _secondary_parity: np.ndarray  # (n - n_s, n_p * s) uint8: the secondary slivers n_s..n-1
+    _secondary_parity: np.ndarray | None  # GF(2^8): (n - n_s, n_p * s) uint8, secondary slivers n_s..n-1
+    _columns: list[np.ndarray] | None = None  # when the encoder made every secondary sliver (RS16)
 
     @property
     def blob_id(self) -> BlobId:
@@ -84,6 +85,9 @@ class EncodedBlob:
     def secondary_sliver(self, index: int) -> Sliver:
         geometry = self.layout.geometry
         geometry.check_index(index)
+        if self._columns is not None:
+            return self._sliver(SliverKind.SECONDARY, index, self._columns[index])
+        assert self._secondary_parity is not None
         if index >= geometry.n_secondary:
             data = self._secondary_parity[index - geometry.n_secondary]
         else:
@@ -104,7 +108,7 @@ class EncodedBlob:
 
     def _sliver(self, kind: SliverKind, index: int, data: np.ndarray) -> Sliver:
         return Sliver(self.blob_id, kind, index, self.layout.geometry.n_shards,
-                      self.layout.symbol_size, data)
+                      self.layout.symbol_size, data, self.metadata.encoding)
 
 
 def source_rows(source: np.ndarray, layout: BlobLayout) -> list[np.ndarray]:
@@ -118,10 +122,24 @@ def source_rows(source: np.ndarray, layout: BlobLayout) -> list[np.ndarray]:
     ]
 
 
-def encode(blob: bytes | bytearray | memoryview | np.ndarray, n_shards: int) -> EncodedBlob:
-    """Erasure-code ``blob`` for ``n_shards`` shards and commit to every symbol of the n x n matrix."""
-    geometry = EncodingGeometry(n_shards)
+def encode(blob: bytes | bytearray | memoryview | np.ndarray, n_shards: int,
+           encoding: int | None = None) -> EncodedBlob:
+    """Erasure-code ``blob`` for ``n_shards`` shards and commit to every symbol of the n x n matrix,
+    with ``encoding`` (by default the one ``encodings.choose_encoding`` picks for n)."""
+    from .codec import codec_for
+
+    encoding = encodings.choose_encoding(n_shards) if encoding is None else encoding
+    problem = encodings.check(encoding, n_shards)
+    if problem is not None:
+        raise GeometryError(problem)
+    EncodingGeometry(n_shards)  # the common bounds, with their own message
     source = np.frombuffer(blob, dtype=np.uint8)  # type: ignore[call-overload]
+    return codec_for(encoding).encode(source, n_shards)
+
+
+def encode_gf256(source: np.ndarray, n_shards: int) -> EncodedBlob:
+    """Encoding type 1 (GF(2^8), plane-major symbols)."""
+    geometry = EncodingGeometry(n_shards)
     layout = geometry.layout(source.size)
     n, n_p, n_s, s = n_shards, geometry.n_primary, geometry.n_secondary, layout.symbol_size
     rows = source_rows(source, layout)

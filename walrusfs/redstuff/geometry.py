@@ -15,7 +15,10 @@ from typing import NewType
 from .wire import FormatError
 
 MIN_SHARDS = 4
-MAX_SHARDS = 256  # GF(2^8) has 256 elements; a Cauchy code needs n distinct ones
+# The most any encoding takes (encodings.MAX_SHARDS has each one's own bound: 256 for GF(2^8)). A
+# blob commits to all n^2 cells of its expanded matrix, so n bounds the smallest blob's cost: n^2
+# symbols of at least 64 bytes, 64 MiB at n=1024.
+MAX_SHARDS = 1024
 # Symbols are 8 packets of 64-bit words, so every symbol is a multiple of 64 bytes.
 SYMBOL_ALIGNMENT = 64
 # The formats store the symbol size in 32 bits; aligned, the largest is 2^32 - 64.

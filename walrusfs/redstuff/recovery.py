@@ -13,11 +13,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import merkle
 from .blob import BlobMetadata
+from .codec import codec_for
 from .decode import InconsistentBlobError, NotEnoughSliversError
-from .encode import expand, line_code
-from .sliver import InconsistencyProof, RecoverySymbol, Sliver, SliverKind, as_line, symbol_bytes
+from .sliver import InconsistencyProof, RecoverySymbol, Sliver, SliverKind, symbol_count
 
 
 class SliverExpansion:
@@ -28,12 +27,17 @@ class SliverExpansion:
 
     def __init__(self, sliver: Sliver) -> None:
         self.sliver = sliver
-        self.cells = expand(sliver.geometry, sliver.kind, sliver.line())
-        self.leaves = merkle.line_leaf_digests(self.cells)
+        self._expansion = codec_for(sliver.encoding).expand(sliver.geometry, sliver.kind, sliver.data,
+                                                            sliver.symbol_size)
 
     @property
     def root(self) -> bytes:
-        return merkle.root(self.leaves)
+        return self._expansion.root
+
+    @property
+    def cells(self) -> np.ndarray:
+        """The n cells of the sliver's full line (nodes size their cache of expansions by it)."""
+        return self._expansion.cells
 
     def symbol_for(self, target_index: int) -> RecoverySymbol:
         """The symbol that helps rebuild sliver ``target_index`` of the other kind."""
@@ -45,8 +49,8 @@ class SliverExpansion:
             source_index=sliver.index,
             target_index=target_index,
             n_shards=sliver.n_shards,
-            data=symbol_bytes(self.cells, target_index),
-            proof=tuple(merkle.proof(self.leaves, target_index)),
+            data=self._expansion.cell(target_index),
+            proof=self._expansion.proof(target_index),
         )
 
 
@@ -65,25 +69,23 @@ def recover_sliver(
     """
     geometry, layout = metadata.geometry, metadata.layout
     geometry.check_index(target_index)
-    code_ = line_code(geometry, target_kind)
+    k = symbol_count(geometry, target_kind)
     valid: dict[int, RecoverySymbol] = {}
     for symbol in symbols:
         if (symbol.target_kind is target_kind and symbol.target_index == target_index
                 and symbol.source_index not in valid and symbol.is_valid_for(metadata)):
             valid[symbol.source_index] = symbol
-        if len(valid) == code_.k:
+        if len(valid) == k:
             break
-    if len(valid) < code_.k:
+    if len(valid) < k:
         raise NotEnoughSliversError(
             f"{target_kind.name.lower()} sliver {target_index} of blob {metadata.blob_id}: "
-            f"{len(valid)} valid recovery symbols, need {code_.k}"
+            f"{len(valid)} valid recovery symbols, need {k}"
         )
     s = layout.symbol_size
-    known = {j: as_line(symbol.data, s)[:, 0] for j, symbol in valid.items()}
-    data = np.empty(code_.k * s, dtype=np.uint8)
-    line = as_line(data, s)
-    code_.reconstruct(known, list(range(code_.k)), [line[:, i] for i in range(code_.k)])
-    sliver = Sliver(metadata.blob_id, target_kind, target_index, geometry.n_shards, s, data)
+    known = {j: symbol.data for j, symbol in valid.items()}
+    data = codec_for(metadata.encoding).reconstruct_line(geometry, target_kind, known, s)
+    sliver = Sliver(metadata.blob_id, target_kind, target_index, geometry.n_shards, s, data, metadata.encoding)
     roots = metadata.primary_roots if target_kind is SliverKind.PRIMARY else metadata.secondary_roots
     if SliverExpansion(sliver).root != roots[target_index]:
         proof = InconsistencyProof(metadata.blob_id, target_kind, target_index, tuple(valid.values()))
@@ -99,9 +101,9 @@ def verify_inconsistency_proof(metadata: BlobMetadata, proof: InconsistencyProof
     """Whether ``proof`` shows that the blob ``metadata`` describes is inconsistently encoded."""
     if proof.blob_id != metadata.blob_id:
         return False
-    code_ = line_code(metadata.geometry, proof.target_kind)
+    k = symbol_count(metadata.geometry, proof.target_kind)
     sources = {sym.source_index for sym in proof.symbols}
-    if len(sources) != len(proof.symbols) or len(sources) < code_.k:
+    if len(sources) != len(proof.symbols) or len(sources) < k:
         return False
     if not all(sym.target_kind is proof.target_kind and sym.target_index == proof.target_index
                and sym.is_valid_for(metadata) for sym in proof.symbols):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import merkle
-from .blob import BlobId, BlobMetadata
+from . import encodings, merkle
+from .blob import ENCODING_REDSTUFF_GF256_V1, BlobId, BlobMetadata
 from .geometry import SYMBOL_ALIGNMENT, EncodingGeometry, GeometryError, SliverKind
 from .wire import FormatError, check_header, unpack
 
@@ -61,6 +61,7 @@ def _check_symbol_size(symbol_size: int, what: str) -> None:
 
 
 _SLIVER_HEAD = struct.Struct("<4sBBHHI32s2x")
+_SLIVER_HEAD_V2 = struct.Struct("<4sBBHHI32sBx")
 SLIVER_MAGIC = b"WRSL"
 
 
@@ -68,10 +69,13 @@ SLIVER_MAGIC = b"WRSL"
 class Sliver:
     """One primary or secondary sliver of a blob.
 
-    The symbols are stored plane-major (see ``as_line``). Wire format v1, a 48-byte header (so the
-    symbols after it stay 16-byte aligned), then the symbols: ``"WRSL" | u8 version=1 | u8 kind |
-    u16 n | u16 index | u32 symbol size | 32 blob id | 2 zero | symbols``. The symbol count
-    follows from kind and n (n_s primary, n_p secondary).
+    How the symbols are laid out is the encoding's: plane-major for GF(2^8) (see ``as_line``),
+    symbol-major for RS16. Wire format v1 (encoding 1 only), a 48-byte header (so the symbols after
+    it stay 16-byte aligned), then the symbols: ``"WRSL" | u8 version=1 | u8 kind | u16 n |
+    u16 index | u32 symbol size | 32 blob id | 2 zero | symbols``. Version 2 is the same with the
+    first padding byte naming the encoding: ``... | 32 blob id | u8 encoding | 1 zero | symbols``;
+    slivers of encoding 1 are still written as v1. The symbol count follows from kind and n (n_s
+    primary, n_p secondary).
     """
 
     blob_id: BlobId
@@ -80,12 +84,18 @@ class Sliver:
     n_shards: int
     symbol_size: int
     data: object  # bytes-like, symbol_count * symbol_size bytes
+    encoding: int = ENCODING_REDSTUFF_GF256_V1
 
     def __post_init__(self) -> None:
+        if self.encoding not in encodings.MAX_SHARDS:
+            raise FormatError(f"sliver: unknown encoding type {self.encoding!r}")
         if not isinstance(self.kind, SliverKind):
             raise FormatError(f"sliver: kind {self.kind!r} is not a SliverKind")
         what = f"{self.kind.name.lower()} sliver {self.index}"
         _check_geometry(self.n_shards, what)
+        problem = encodings.check(self.encoding, self.n_shards)
+        if problem is not None:
+            raise FormatError(f"{what}: {problem}")
         _check_index(self.n_shards, self.index, what)
         _check_symbol_size(self.symbol_size, what)
         expected = symbol_count(self.geometry, self.kind) * self.symbol_size
@@ -105,9 +115,12 @@ class Sliver:
         return as_line(self.data, self.symbol_size)
 
     def header(self) -> bytes:
-        return _SLIVER_HEAD.pack(
-            SLIVER_MAGIC, 1, self.kind, self.n_shards, self.index, self.symbol_size, self.blob_id.raw
-        )
+        if self.encoding == ENCODING_REDSTUFF_GF256_V1:  # v1: what readers before encoding 2 expect
+            return _SLIVER_HEAD.pack(
+                SLIVER_MAGIC, 1, self.kind, self.n_shards, self.index, self.symbol_size, self.blob_id.raw
+            )
+        return _SLIVER_HEAD_V2.pack(SLIVER_MAGIC, 2, self.kind, self.n_shards, self.index, self.symbol_size,
+                                    self.blob_id.raw, self.encoding)
 
     def to_bytes(self) -> bytes:
         return self.header() + bytes(memoryview(self.data))  # type: ignore[arg-type]
@@ -115,11 +128,15 @@ class Sliver:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> Sliver:
         """Parse without copying the symbols (they stay a view of ``data``)."""
-        check_header(data, SLIVER_MAGIC, (1,), "sliver")
+        version = check_header(data, SLIVER_MAGIC, (1, 2), "sliver")
         _, _, kind, n, index, symbol_size, blob_id = unpack(_SLIVER_HEAD, data, 0, "sliver")
-        padding = bytes(data[_SLIVER_HEAD.size - 2 : _SLIVER_HEAD.size])
-        if padding != b"\0\0":  # one encoding per sliver: a sliver is stored and served as received
+        # Version 1 means encoding 1; version 2 names its encoding in the first padding byte.
+        encoding = ENCODING_REDSTUFF_GF256_V1 if version == 1 else data[_SLIVER_HEAD.size - 2]
+        padding = bytes(data[_SLIVER_HEAD.size - (2 if version == 1 else 1) : _SLIVER_HEAD.size])
+        if padding.strip(b"\0"):  # one encoding per sliver: a sliver is stored and served as received
             raise FormatError(f"sliver: header padding is {padding.hex()}, must be zero")
+        if version == 2 and encoding == ENCODING_REDSTUFF_GF256_V1:
+            raise FormatError("sliver: a version 2 header for encoding 1 (encoding 1 slivers are version 1)")
         if kind not in (0, 1):
             raise FormatError(f"sliver: unknown kind {kind}")
         try:
@@ -127,7 +144,7 @@ class Sliver:
         except GeometryError as error:
             raise FormatError(f"sliver: {error}") from error
         return cls(BlobId(blob_id), SliverKind(kind), index, geometry.n_shards, symbol_size,
-                   memoryview(data)[_SLIVER_HEAD.size :])
+                   memoryview(data)[_SLIVER_HEAD.size :], encoding)
 
     @staticmethod
     def wire_size(layout_symbol_size: int, count: int) -> int:
@@ -135,6 +152,9 @@ class Sliver:
 
     def matches(self, metadata: BlobMetadata) -> None:
         """Raise FormatError if this sliver cannot belong to the blob ``metadata`` describes."""
+        if self.encoding != metadata.encoding:
+            raise FormatError(f"{self.kind.name.lower()} sliver {self.index} is of encoding {self.encoding}; "
+                              f"the blob is of encoding {metadata.encoding}")
         if self.n_shards != metadata.n_shards or self.symbol_size != metadata.layout.symbol_size:
             raise FormatError(
                 f"{self.kind.name.lower()} sliver {self.index} has n={self.n_shards}, symbol size "
@@ -217,8 +237,10 @@ class RecoverySymbol:
                 or not in_committee(self.n_shards, self.target_index)):
             return False
         roots = metadata.secondary_roots if self.target_kind is SliverKind.PRIMARY else metadata.primary_roots
-        return merkle.verify(roots[self.source_index], self.n_shards, self.target_index,
-                             merkle.leaf_hash(self.data), self.proof)
+        from .codec import codec_for  # the codecs build on these formats
+
+        return codec_for(metadata.encoding).verify_cell(roots[self.source_index], self.n_shards,
+                                                        self.target_index, self.data, self.proof)
 
 
 _PROOF_HEAD = struct.Struct("<4sBBHH32s")
