@@ -310,6 +310,7 @@ class Bench:
         rng = random.Random(1)
         payload = bytearray(rng.randbytes(size))
         progress(f"  create {count} files of {size} B (open, write, close)")
+        cpu_before = self.cpu()
         start = time.perf_counter()
         for i in range(count):
             if size >= 8:
@@ -320,11 +321,13 @@ class Bench:
             finally:
                 os.close(fd)
         created = time.perf_counter()
+        create_daemon_cpu = self.cpu()[0] - cpu_before[0]
         progress("  wait until all of them are certified")
         os.setxattr(self.mountpoint, "walrusfs.flush", b"1")  # what walrusfs umount waits for
         certified = time.perf_counter()
         results = {"files": count, "file_bytes": size, "create_seconds": created - start,
                    "create_files_per_s": count / (created - start),
+                   "create_daemon_cpu_ms_per_file": create_daemon_cpu * 1000 / count,
                    "certify_after_create_seconds": certified - created,
                    "create_and_certify_files_per_s": count / (certified - start)}
         self.umount()
@@ -346,7 +349,9 @@ class Bench:
         progress(f"  tar -x of a tree of {files} files, {size_mib} MiB (generated in {tarball})")
         files, total = make_tree_tar(tarball, files, size_mib * MiB)
         local = untar(tarball, self.root / "tree-local")  # the same on local disk: the reference
+        cpu_before = self.cpu()
         seconds = untar(tarball, self.mountpoint / "tree")
+        cpu_after = self.cpu()
         start = time.perf_counter()
         os.setxattr(self.mountpoint, "walrusfs.flush", b"1")
         certified = time.perf_counter() - start
@@ -357,11 +362,18 @@ class Bench:
         shutil.rmtree(self.root / "tree-local")
         tarball.unlink()
         return {"tar_files": files, "tar_bytes": total, "tar_x_seconds": seconds, "tar_x_local_seconds": local,
-                "tar_x_files_per_s": files / seconds, "tar_certify_after_seconds": certified}
+                "tar_x_files_per_s": files / seconds, "tar_certify_after_seconds": certified,
+                # CPU of the unpacking (uploads running meanwhile included): what a loaded machine barely moves
+                "tar_x_daemon_cpu_s": cpu_after[0] - cpu_before[0], "tar_x_nodes_cpu_s": cpu_after[1] - cpu_before[1]}
 
     def sqlite(self, commits: int) -> dict[str, Any]:
         progress(f"  {commits} sqlite commits in the mount (each one fsync)")
-        return sqlite_commits(self.mountpoint / "bench.sqlite", commits)
+        cpu_before = self.cpu()
+        results = sqlite_commits(self.mountpoint / "bench.sqlite", commits)
+        cpu_after = self.cpu()
+        results.update(sqlite_daemon_cpu_ms_per_commit=(cpu_after[0] - cpu_before[0]) * 1000 / commits,
+                       sqlite_nodes_cpu_ms_per_commit=(cpu_after[1] - cpu_before[1]) * 1000 / commits)
+        return results
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -447,11 +459,14 @@ def run(args: argparse.Namespace) -> int:
     if "sqlite_commits" in r:
         rows.append((f"{r['sqlite_commits']} sqlite commits (fsync each)",
                      f"p50 {r['sqlite_commit_p50_ms']:.1f} ms{mark('sqlite_commit_p50_ms')}, "
-                     f"p99 {r['sqlite_commit_p99_ms']:.1f} ms, max {r['sqlite_commit_max_ms']:.1f} ms"))
+                     f"p99 {r['sqlite_commit_p99_ms']:.1f} ms, max {r['sqlite_commit_max_ms']:.1f} ms; CPU per "
+                     f"commit: daemon {r['sqlite_daemon_cpu_ms_per_commit']:.1f} ms, nodes "
+                     f"{r['sqlite_nodes_cpu_ms_per_commit']:.1f} ms"))
     if "tar_files" in r:
         rows += [(f"tar -x of {r['tar_files']} files, {r['tar_bytes'] / 1e6:.0f} MB",
                   f"{r['tar_x_seconds']:8.2f} s ({r['tar_x_files_per_s']:.0f} files/s; local disk "
-                  f"{r['tar_x_local_seconds']:.2f} s)"),
+                  f"{r['tar_x_local_seconds']:.2f} s; CPU daemon {r['tar_x_daemon_cpu_s']:.1f} s, "
+                  f"nodes {r['tar_x_nodes_cpu_s']:.1f} s)"),
                  ("  ... until all certified", f"{r['tar_certify_after_seconds']:8.1f} s more")]
     if "write_mb_s" in r:
         rows += [(f"sequential write {r['size_mib']} MiB + fsync", f"{r['write_mb_s']:8.1f} MB/s{mark('write_mb_s')}  "
@@ -459,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
                  ("cold sequential read", f"{r['cold_read_mb_s']:8.1f} MB/s{mark('cold_read_mb_s')}")]
     if "files" in r:
         rows += [(f"create {r['files']} files of {r['file_bytes']} B", f"{r['create_files_per_s']:8.0f} files/s"
-                  f"{mark('create_files_per_s')}"),
+                  f"{mark('create_files_per_s')} (daemon CPU {r['create_daemon_cpu_ms_per_file']:.2f} ms per file)"),
                  ("  ... until all certified", f"{r['certify_after_create_seconds']:8.1f} s more "
                   f"({r['create_and_certify_files_per_s']:.0f} files/s overall)"),
                  ("cold read of the small files", f"{r['read_files_per_s']:8.0f} files/s")]
