@@ -12,6 +12,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+AUTOCHECKPOINT_PAGES = 8192  # 32 MiB of 4 KiB pages
+
 
 class Database:
     def __init__(self, path: Path) -> None:
@@ -24,6 +26,10 @@ class Database:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache
+        # SQLite checkpoints the WAL into the database file once it holds this many pages, syncing both
+        # files, in the commit that crosses it. Small-file work commits a few pages per operation: at
+        # the default 1,000 pages that was two disk waits every ~60 files created.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         self._depth = 0
         self._after_commit: list = []
         # A database made by an older walrusfs is brought up to this one's schema before anything
