@@ -403,7 +403,8 @@ class WalrusOperations(pyfuse3.Operations):
         blocks = self.writeback.map.uncertified(fh)
         try:
             # Both at once: the lease round is asked for after this call began either way, and a
-            # small file's certification and the round each take a network round trip.
+            # small file's certification and the round each take a network round trip. Failures are
+            # reported as when they ran one after the other: the upload's first.
             await all_of(*([functools.partial(self.uploader.wait_certified, blocks)] if blocks else []),
                          *([self.durability_guard] if self.durability_guard is not None else []))
         except OSError as error:  # UploadError, or the writer lease lost

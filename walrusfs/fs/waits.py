@@ -9,23 +9,20 @@ import trio
 
 
 async def all_of(*waits: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``waits`` concurrently and return when all have. The first to raise cancels the others,
-    and its exception itself (not an ExceptionGroup) reaches the caller."""
-    if len(waits) <= 1:
-        for wait in waits:
-            await wait()
-        return
-    failures: list[Exception] = []
+    """Run ``waits`` concurrently until every one has returned or raised, then raise the exception of
+    the first in argument order that raised, if any (itself, not an ExceptionGroup). Nothing is cut
+    short: a caller sees the same outcome as from awaiting them one after the other, only sooner."""
+    failures: list[Exception | None] = [None] * len(waits)
 
-    async def one(wait: Callable[[], Awaitable[Any]], scope: trio.CancelScope) -> None:
+    async def one(index: int, wait: Callable[[], Awaitable[Any]]) -> None:
         try:
             await wait()
         except Exception as error:
-            failures.append(error)
-            scope.cancel()
+            failures[index] = error
 
     async with trio.open_nursery() as nursery:
-        for wait in waits:
-            nursery.start_soon(one, wait, nursery.cancel_scope)
-    if failures:
-        raise failures[0]
+        for index, wait in enumerate(waits):
+            nursery.start_soon(one, index, wait)
+    for error in failures:
+        if error is not None:
+            raise error
