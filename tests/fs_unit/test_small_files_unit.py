@@ -1,7 +1,7 @@
-"""What keeps small files and fsync fast, through WalrusOperations without FUSE (unit_fs.py): a small
-block's staging file goes through the page cache, fsync's lease round overlaps the certification
-(failures reported as when they ran in turn), an fsync returns before the read-cache copy (which a
-read then waits for rather than refetching), and Database.sync is one fsync of the WAL, no checkpoint."""
+"""What keeps small fsyncs fast, through WalrusOperations without FUSE (unit_fs.py): fsync's lease
+round overlaps the certification (failures reported as when they ran in turn), an fsync returns
+before the read-cache copy (which a read then waits for rather than refetching), and Database.sync
+is one fsync of the WAL, no checkpoint."""
 
 from __future__ import annotations
 
@@ -15,36 +15,7 @@ import trio.testing
 from pyfuse3 import FUSEError
 from unit_fs import BLOCK, UnitFs
 
-from walrusfs import directio
 from walrusfs.fs.db import Database
-
-
-def _direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the length of every O_DIRECT file write (directio.write_file)."""
-    sizes: list[int] = []
-    real = directio.write_file
-
-    def recording(path, data, sync=False):
-        sizes.append(len(data))
-        real(path, data, sync)
-
-    monkeypatch.setattr(directio, "write_file", recording)
-    return sizes
-
-
-def test_a_small_block_is_staged_through_the_page_cache_and_a_large_one_past_it(fs_run, monkeypatch) -> None:
-    direct = _direct_writes(monkeypatch)
-    large = 1 << 20  # a full block of the default size
-
-    async def body(fs: UnitFs) -> None:
-        with fs.db.transaction():
-            small_id = fs.blocks.stage(b"s" * 4096)
-            large_id = fs.blocks.stage(b"L" * large)
-        assert direct == [large]  # only the large block's file went past the page cache
-        assert fs.blocks.read_staged(small_id) == b"s" * 4096
-        assert fs.blocks.read_staged(large_id) == b"L" * large
-
-    fs_run(body)
 
 
 async def _fsync_in_background(fs: UnitFs, nursery: trio.Nursery, inode: int) -> dict[str, object]:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import trio
 
+from .. import directio
 from .cache import BlobCache
 from .catalog import Catalog, StagedBlock
 from .db import Database
 from .encryption import Contents, PlainContents, Purpose, TamperedError
-from .staging_files import read_staging_file, write_staging_file
 
 # Blocks at least this large are hashed, sealed and opened in a worker thread: blake3 and AES-GCM
 # release the GIL, so the event loop goes on serving FUSE requests meanwhile. Smaller ones are not
@@ -105,7 +105,7 @@ class BlockStore:
         block_id = self.catalog.add_staged(digest, len(stored))
         # Written before the row commits: a crash in between leaves an orphan file (fsck removes
         # it), never a row without its file.
-        write_staging_file(self.staging_path(block_id), stored)
+        directio.write_file(self.staging_path(block_id), stored)  # past the page cache
         self._remember(block_id, data)
         if self._staged_memory + len(data) <= self._staged_limit:
             self._staged[block_id] = stored
@@ -181,7 +181,7 @@ class BlockStore:
 
     def read_staged(self, block_id: int) -> bytes:
         """A staged block's stored bytes, unchecked."""
-        data = read_staging_file(self.staging_path(block_id))
+        data = directio.read_file(self.staging_path(block_id))
         if data is None:
             raise FileNotFoundError(f"staged block {block_id} is missing: {self.staging_path(block_id)}")
         return data
