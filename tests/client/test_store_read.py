@@ -113,3 +113,28 @@ async def _store(network, data: bytes) -> StoredBlob:
     client: BlobClient
     async with blob_client(network) as client:
         return await client.store(data)
+
+
+def test_a_store_checks_each_confirmation_signature_a_bounded_number_of_times(shared_network, monkeypatch):
+    """Checking every confirmation again at each arrival cost ~n^2 signature checks per store (63
+    for n=7): milliseconds of every small fsync. Each is checked as it arrives and once more for
+    the shards it covers; the certificate's own check at the end adds at most n."""
+    from walrusfs.protocol import Confirmation
+
+    checks = 0
+    real = Confirmation.verify
+
+    def counted(self, public_key):
+        nonlocal checks
+        checks += 1
+        return real(self, public_key)
+
+    monkeypatch.setattr(Confirmation, "verify", counted)
+
+    async def go():
+        async with blob_client(shared_network) as client:
+            return await client.store(random_bytes(4096))
+
+    run(go)  # leaving the client waits until every node has confirmed
+    n = len(shared_network.node_ids)
+    assert n <= checks <= 3 * n

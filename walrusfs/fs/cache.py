@@ -93,6 +93,21 @@ class BlobCache:
                 if blob_id not in self.entries and blob_id in self._errors:
                     raise self._errors.pop(blob_id)
 
+    async def fill(self, blob_id: str, data: bytes | memoryview) -> None:
+        """Keep ``data``, just uploaded and so known to be the blob, as ``blob_id``. Readers of the blob
+        meanwhile wait for it as for a fetch (they would otherwise fetch it and write the same file).
+        Marked in flight before the first await: a caller that wakes readers just before calling
+        this cannot have them miss it."""
+        if blob_id in self.entries or blob_id in self._inflight:
+            return
+        event = self._inflight[blob_id] = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self.put_file, blob_id, data)
+            self.admit(blob_id, len(data))
+        finally:
+            del self._inflight[blob_id]
+            event.set()
+
     def put_file(self, blob_id: str, data: bytes | memoryview) -> None:
         """Write the file only (safe in a worker thread); admit() it afterwards. It goes past the
         page cache (walrusfs.directio): filling that would cost more than the write."""

@@ -42,6 +42,7 @@ from .namespace import (  # noqa: F401 (make_root, NAME_MAX, RENAME_*: this modu
     now_ns,
 )
 from .uploader import Uploader, UploadError
+from .waits import all_of
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -401,10 +402,11 @@ class WalrusOperations(pyfuse3.Operations):
             await self.writeback.stage_inode(fh)
         blocks = self.writeback.map.uncertified(fh)
         try:
-            if blocks:
-                await self.uploader.wait_certified(blocks)
-            if self.durability_guard is not None:
-                await self.durability_guard()
+            # Both at once: the lease round is asked for after this call began either way, and a
+            # small file's certification and the round each take a network round trip. Failures are
+            # reported as when they ran one after the other: the upload's first.
+            await all_of(*([functools.partial(self.uploader.wait_certified, blocks)] if blocks else []),
+                         *([self.durability_guard] if self.durability_guard is not None else []))
         except OSError as error:  # UploadError, or the writer lease lost
             log.error("fsync of inode %d failed: %s", fh, error)
             # Over quota on the nodes: EDQUOT, as a local filesystem answers a user over quota.

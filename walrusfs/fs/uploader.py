@@ -168,11 +168,13 @@ class Uploader:
             placed = self.catalog.record_certified(blob_id, len(data), stored.certificate.to_json(), pack)
             # The certificate must be on disk before the staged copies go (invariant I4).
             self.catalog.db.sync()
-            if self.fill_cache:
-                await trio.to_thread.run_sync(self.cache.put_file, blob_id, data)
-                self.cache.admit(blob_id, len(data))
             for block in pack:
                 self.blocks.unstage(block.id)
+            # An fsync waiting for these blocks returns now, not after the cache copy; a read of them
+            # meanwhile waits for that copy (fill marks it in flight before it first yields).
+            self._progressed()
+            if self.fill_cache:
+                await self.cache.fill(blob_id, data)
             self.stats.blobs += 1
             self.stats.last_upload_at = time.time()
             self.stats.bytes += len(data)
@@ -206,9 +208,13 @@ class Uploader:
             self.blocks.unpin(pack)
             self.stats.in_flight -= 1
             self.stats.in_flight_bytes -= size
-            self._changed.set()
-            self._changed = trio.Event()
+            self._progressed()
             self._wake.set()
+
+    def _progressed(self) -> None:
+        """Wake whoever waits for an upload to finish or fail (wait_certified, wait_progress)."""
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _read_pack(self, pack: list[StagedBlock]) -> bytes:
         parts = []
