@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["codec", "node", "blob", "mount", "sealing", "restore", "repair", "epoch", "gc"]
+BENCHMARKS = ["codec", "node", "blob", "mount", "sealing", "restore", "repair", "epoch", "gc", "gluster"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
