@@ -9,6 +9,8 @@ see encodings.py and docs/redstuff-encodings.md), pure and free of I/O.
     recover_sliver(metadata, kind, t, symbols)  # the lost sliver, from n_s or n_p symbols
 """
 
+# The encoding types register themselves with codec.codec_for (codec.py imports no implementation).
+from . import gf256codec, rs16codec  # noqa: F401
 from .blob import BlobId, BlobMetadata
 from .decode import (
     InconsistentBlobError,

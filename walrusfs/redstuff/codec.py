@@ -3,18 +3,19 @@
 Everything that depends on the encoding (the line code, the symbol layout inside a sliver, the
 commitment hashes) sits behind ``Codec``; encode, decode, verify_sliver, SliverExpansion and
 recover_sliver ask ``codec_for(encoding)`` and stay the same for every type.
+
+The implementations (gf256codec.py, rs16codec.py) build on encode, decode and sliver, which in
+turn ask this registry: so this module imports none of them, and each implementation registers
+itself when the package is imported (redstuff/__init__.py imports both).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cache
 
 import numpy as np
 
-from . import merkle, rs16, rs16merkle
 from .blob import BlobMetadata
-from .encodings import ENCODING_REDSTUFF_GF256_V1, ENCODING_REDSTUFF_RS16_V2, NAMES
 from .geometry import EncodingGeometry, SliverKind
 from .wire import FormatError
 
@@ -59,110 +60,16 @@ class Codec:
         raise NotImplementedError
 
 
-class _Gf256Expansion(Expansion):
-    def __init__(self, cells: np.ndarray) -> None:
-        from .sliver import symbol_bytes
-
-        self.cells, self._symbol_bytes = cells, symbol_bytes
-        self._leaves = merkle.line_leaf_digests(cells)
-        self.root = merkle.root(self._leaves)
-
-    def cell(self, index: int) -> bytes:
-        return self._symbol_bytes(self.cells, index)
-
-    def proof(self, index: int) -> tuple[bytes, ...]:
-        return tuple(merkle.proof(self._leaves, index))
+_CODECS: dict[int, Codec] = {}
 
 
-class Gf256Codec(Codec):
-    """Type 1: the original code (encode.py, decode.py, mds.py), plane-major symbols."""
-
-    encoding, name = ENCODING_REDSTUFF_GF256_V1, NAMES[ENCODING_REDSTUFF_GF256_V1]
-
-    def encode(self, source, n_shards):  # type: ignore[no-untyped-def]
-        from .encode import encode_gf256
-
-        return encode_gf256(source, n_shards)
-
-    def sliver_root(self, geometry, kind, data, symbol_size):  # type: ignore[no-untyped-def]
-        from .encode import sliver_root
-        from .sliver import as_line
-
-        return sliver_root(geometry, kind, as_line(data, symbol_size))
-
-    def decode(self, metadata, kind, slivers):  # type: ignore[no-untyped-def]
-        from .decode import decode_gf256
-
-        return decode_gf256(metadata, kind, slivers)
-
-    def expand(self, geometry, kind, data, symbol_size):  # type: ignore[no-untyped-def]
-        from .encode import expand
-        from .sliver import as_line
-
-        return _Gf256Expansion(expand(geometry, kind, as_line(data, symbol_size)))
-
-    def reconstruct_line(self, geometry, kind, known, symbol_size):  # type: ignore[no-untyped-def]
-        from .encode import line_code
-        from .sliver import as_line
-
-        code_ = line_code(geometry, kind)
-        cells = {j: as_line(data, symbol_size)[:, 0] for j, data in known.items()}
-        data = np.empty(code_.k * symbol_size, dtype=np.uint8)
-        line = as_line(data, symbol_size)
-        code_.reconstruct(cells, list(range(code_.k)), [line[:, i] for i in range(code_.k)])
-        return data
-
-    def verify_cell(self, root, n_shards, index, data, proof):  # type: ignore[no-untyped-def]
-        return merkle.verify(root, n_shards, index, merkle.leaf_hash(data), proof)
+def register(codec: Codec) -> Codec:
+    """Make ``codec`` the implementation of its encoding type (once per type)."""
+    if _CODECS.setdefault(codec.encoding, codec) is not codec:
+        raise ValueError(f"encoding type {codec.encoding} has an implementation already")
+    return codec
 
 
-class _Rs16Expansion(Expansion):
-    def __init__(self, cells: np.ndarray) -> None:
-        self.cells = cells
-        self._levels = rs16merkle.levels(rs16merkle.leaf_digests(cells)[None])
-        self.root = bytes(self._levels[-1][0, 0])
-
-    def cell(self, index: int) -> bytes:
-        return self.cells[index].tobytes()
-
-    def proof(self, index: int) -> tuple[bytes, ...]:
-        return rs16merkle.proof(self._levels, index)
-
-
-class Rs16Codec(Codec):
-    """Type 2: GF(2^16) Reed-Solomon (rs16.py), symbol-major symbols, batched keyed-BLAKE3 trees."""
-
-    encoding, name = ENCODING_REDSTUFF_RS16_V2, NAMES[ENCODING_REDSTUFF_RS16_V2]
-
-    def encode(self, source, n_shards):  # type: ignore[no-untyped-def]
-        from .encode import EncodedBlob
-
-        encoded = rs16.encode(source, n_shards)
-        return EncodedBlob(encoded.metadata, encoded.metadata.layout, encoded.rows, None, encoded.columns)
-
-    def sliver_root(self, geometry, kind, data, symbol_size):  # type: ignore[no-untyped-def]
-        return rs16.sliver_root(geometry, kind, data, symbol_size)
-
-    def decode(self, metadata, kind, slivers):  # type: ignore[no-untyped-def]
-        if kind is SliverKind.PRIMARY:
-            return rs16.decode_rows(metadata, slivers)
-        return rs16.decode_columns(metadata, slivers)
-
-    def expand(self, geometry, kind, data, symbol_size):  # type: ignore[no-untyped-def]
-        return _Rs16Expansion(rs16.expand_line(geometry, kind, data, symbol_size))
-
-    def reconstruct_line(self, geometry, kind, known, symbol_size):  # type: ignore[no-untyped-def]
-        k = rs16.line_length(geometry, kind)
-        return rs16.reconstruct(k, geometry.n_shards, known, symbol_size).reshape(-1)
-
-    def verify_cell(self, root, n_shards, index, data, proof):  # type: ignore[no-untyped-def]
-        return rs16merkle.verify(root, n_shards, index, rs16merkle.leaf_hash(data), proof)
-
-
-_CODECS: dict[int, Codec] = {c.encoding: c for c in (Gf256Codec(), Rs16Codec())}
-
-
-@cache
 def codec_for(encoding: int) -> Codec:
     try:
         return _CODECS[encoding]
