@@ -14,7 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
+from bytecode import compile_packages
 from network import LocalNetwork
+
+compile_packages("walrusfs", "nodes")  # before any test starts a process that imports them
 
 
 @pytest.fixture
