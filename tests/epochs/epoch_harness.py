@@ -30,10 +30,17 @@ HANDOVER = "/v1/handover"
 class EpochNetwork(LocalNetwork):
     """A LocalNetwork that knows every node it ever had, and moves shards from epoch to epoch."""
 
-    def __init__(self, root: Path, nodes: int = 4, shards: int = 7) -> None:
+    def __init__(self, root: Path, nodes: int = 4, shards: int = 7, request_timeout: float | None = None) -> None:
+        """``request_timeout``: every node's ``[handover] request_timeout`` (seconds; the default, 20,
+        if None), for tests that freeze a node and would otherwise wait that long for its silence."""
         super().__init__(root, nodes=nodes, shards=shards)
         self.known: dict[str, NodeInfo] = {node.id: node for node in self.committee.nodes}
         self.links: list[CommitteeLink] = []
+        self.request_timeout = request_timeout
+        if request_timeout is not None:
+            for node_id in self.known:
+                with open(self.config(node_id), "a") as config:
+                    config.write(f"\n[handover]\nrequest_timeout = {request_timeout}\n")
 
     @property
     def node_ids(self) -> list[str]:
@@ -45,16 +52,20 @@ class EpochNetwork(LocalNetwork):
     def key(self, node_id: str):
         return load_key(self.root / node_id / "node.key")
 
-    def add_node(self, node_id: str) -> NodeInfo:
-        """A new node in standby: its configuration names the epoch-1 committee, which it is not in."""
+    def add_node(self, node_id: str, request_timeout: float | None = None) -> NodeInfo:
+        """A new node in standby: its configuration names the epoch-1 committee, which it is not in.
+        ``request_timeout``: its ``[handover] request_timeout``, else the network's."""
         port = free_port_range(1)
         directory = self.root / node_id
         (directory / "data").mkdir(parents=True)
         key = generate_key()
         write_key(directory / "node.key", key)
-        (directory / "config.toml").write_text(tomli_w.dumps({
-            "node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data", "signing_key": "node.key",
-            "committee": "../committee.toml"}))
+        config: dict[str, Any] = {"node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data",
+                                  "signing_key": "node.key", "committee": "../committee.toml"}
+        timeout = request_timeout if request_timeout is not None else self.request_timeout
+        if timeout is not None:
+            config["handover"] = {"request_timeout": timeout}
+        (directory / "config.toml").write_text(tomli_w.dumps(config))
         info = NodeInfo(node_id, f"http://127.0.0.1:{port}", public_bytes(key), ())
         self.known[node_id] = info
         return info
