@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import tomli_w
 from blobtools import store
-from network import LocalNetwork, free_port_range
+from network import LocalNetwork, free_port_range, polling_client
 
 from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import generate_key, load_key, public_bytes, write_key
@@ -99,7 +99,7 @@ class EpochNetwork(LocalNetwork):
         assert response.status_code in (200, 201), f"{node_id}: {response.status_code} {response.text}"
 
     def handover(self, node_id: str) -> dict[str, Any]:
-        response = httpx.get(self.known[node_id].url + HANDOVER, timeout=10)
+        response = polling_client().get(self.known[node_id].url + HANDOVER, timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -124,7 +124,7 @@ def _finished(status: dict[str, Any], epoch: int, released: bool) -> bool:
 def fetch_verified(url: str, metadata: BlobMetadata, pair: int, kind: SliverKind) -> Sliver:
     """GET a sliver from a node and check it against the blob's metadata (raises if it does not verify)."""
     blob_id: BlobId = metadata.blob_id
-    response = httpx.get(f"{url}/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}", timeout=10)
+    response = polling_client().get(f"{url}/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}", timeout=10)
     assert response.status_code == 200, f"{url} pair {pair} {kind.name.lower()}: {response.status_code} {response.text}"
     sliver = Sliver.from_bytes(response.content)
     verify_sliver(metadata, sliver)
@@ -138,8 +138,8 @@ def wait_stored_everywhere(network: EpochNetwork, blob_ids: list[BlobId], timeou
     pending = [(node.url, blob_id) for node in network.committee.nodes for blob_id in blob_ids]
     while pending:
         url, blob_id = pending[-1]
-        status = httpx.get(f"{url}/v1/blobs/{blob_id}/status", timeout=10)
-        certificate = httpx.get(f"{url}/v1/blobs/{blob_id}/certificate", timeout=10)
+        status = polling_client().get(f"{url}/v1/blobs/{blob_id}/status", timeout=10)
+        certificate = polling_client().get(f"{url}/v1/blobs/{blob_id}/certificate", timeout=10)
         if status.status_code == 200 and status.json()["complete"] and certificate.status_code == 200:
             pending.pop()
         elif time.monotonic() > deadline:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -108,6 +109,14 @@ def _healthy(url: str, http: httpx.Client) -> bool:
         return http.get(f"{url}/v1/health").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@functools.cache
+def polling_client() -> httpx.Client:
+    """One client for the helpers that poll nodes in a loop (wait for a handover, for repair...), for the
+    same reason as health_prober. No keep-alive: tests kill and restart nodes on the same ports, and a
+    connection pooled from before must never be what a request meets. Give each request its timeout."""
+    return httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def health_prober() -> httpx.Client:
