@@ -53,7 +53,7 @@ from walrusfs.redstuff import MAX_BLOB_LENGTH
 
 DEFAULT_MAX_BLOB_SIZE = 1 << 30
 _KNOWN = {"node_id", "listen", "data_dir", "signing_key", "committee", "max_blob_size", "log_level", "repair",
-          "http", "epochs", "lifecycle", "quotas"}
+          "http", "epochs", "lifecycle", "quotas", "handover"}
 DAY = 86400.0
 
 
@@ -147,6 +147,23 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    """The ``[handover]`` table (docs/epochs.md, Handover): how long a new holder waits for one answer
+    of another node (a listing page, a sliver, a record) before it counts that node as not answering
+    and goes on (retry with backoff, another node's copy, a rebuild from recovery symbols)."""
+
+    request_timeout: float = 20.0  # seconds; generous, since a sliver can be large and a node busy
+
+    @classmethod
+    def from_dict(cls, data: object) -> HandoverConfig:
+        values = _table_settings(cls, data, "handover")
+        timeout = values["request_timeout"]
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0.5 <= timeout <= 3600:
+            raise UserError(f"[handover] request_timeout must be a number of seconds in [0.5, 3600], got {timeout!r}")
+        return cls(float(timeout))
+
+
+@dataclass(frozen=True)
 class QuotaConfig:
     """The ``[quotas]`` table: the bytes each writer key (base64, as in committee.toml) may have
     claimed on this node; ``default`` for the keys not listed. 0 means no cap."""
@@ -231,6 +248,7 @@ class NodeConfig:
     epochs: EpochsConfig = EpochsConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     quotas: QuotaConfig = QuotaConfig()
+    handover: HandoverConfig = HandoverConfig()
 
     @classmethod
     def load(cls, path: Path | str) -> NodeConfig:
@@ -274,7 +292,7 @@ class NodeConfig:
                    relative("signing_key"), relative("committee"), max_blob, log_level,
                    RepairConfig.from_dict(data.get("repair", {})), HTTPConfig.from_dict(data.get("http", {})),
                    EpochsConfig.from_dict(data.get("epochs", {})), LifecycleConfig.from_dict(data.get("lifecycle", {})),
-                   QuotaConfig.from_dict(data.get("quotas", {})))
+                   QuotaConfig.from_dict(data.get("quotas", {})), HandoverConfig.from_dict(data.get("handover", {})))
 
     def load_identity(self) -> tuple[Committee, Ed25519PrivateKey]:
         """The committee of the config file and this node's key, checked against each other where the

@@ -149,7 +149,8 @@ class HandoverService:
             for entry in self.status.gaining.values():
                 if entry.epoch != current.epoch:  # an older handover still releasing: its source too
                     nodes.update({n.id: n for n in self.core.committee_at(entry.epoch - 1).nodes})
-            self._client = HandoverClient(list(nodes.values()), self.core.node_id)
+            self._client = HandoverClient(list(nodes.values()), self.core.node_id,
+                                          timeout=self.core.config.handover.request_timeout)
             self._mover = BlobMover(self.core, self.repair, self._client)
             self._records = None
             if any(entry.epoch == current.epoch for entry in self.status.gaining.values()):

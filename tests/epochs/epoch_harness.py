@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import tomli_w
 from blobtools import store
-from network import LocalNetwork, free_port_range
+from network import LocalNetwork, free_port_range, polling_client
 
 from walrusfs.committee import Committee, NodeInfo
 from walrusfs.keys import generate_key, load_key, public_bytes, write_key
@@ -30,10 +30,17 @@ HANDOVER = "/v1/handover"
 class EpochNetwork(LocalNetwork):
     """A LocalNetwork that knows every node it ever had, and moves shards from epoch to epoch."""
 
-    def __init__(self, root: Path, nodes: int = 4, shards: int = 7) -> None:
+    def __init__(self, root: Path, nodes: int = 4, shards: int = 7, request_timeout: float | None = None) -> None:
+        """``request_timeout``: every node's ``[handover] request_timeout`` (seconds; the default, 20,
+        if None), for tests that freeze a node and would otherwise wait that long for its silence."""
         super().__init__(root, nodes=nodes, shards=shards)
         self.known: dict[str, NodeInfo] = {node.id: node for node in self.committee.nodes}
         self.links: list[CommitteeLink] = []
+        self.request_timeout = request_timeout
+        if request_timeout is not None:
+            for node_id in self.known:
+                with open(self.config(node_id), "a") as config:
+                    config.write(f"\n[handover]\nrequest_timeout = {request_timeout}\n")
 
     @property
     def node_ids(self) -> list[str]:
@@ -45,16 +52,20 @@ class EpochNetwork(LocalNetwork):
     def key(self, node_id: str):
         return load_key(self.root / node_id / "node.key")
 
-    def add_node(self, node_id: str) -> NodeInfo:
-        """A new node in standby: its configuration names the epoch-1 committee, which it is not in."""
+    def add_node(self, node_id: str, request_timeout: float | None = None) -> NodeInfo:
+        """A new node in standby: its configuration names the epoch-1 committee, which it is not in.
+        ``request_timeout``: its ``[handover] request_timeout``, else the network's."""
         port = free_port_range(1)
         directory = self.root / node_id
         (directory / "data").mkdir(parents=True)
         key = generate_key()
         write_key(directory / "node.key", key)
-        (directory / "config.toml").write_text(tomli_w.dumps({
-            "node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data", "signing_key": "node.key",
-            "committee": "../committee.toml"}))
+        config: dict[str, Any] = {"node_id": node_id, "listen": f"127.0.0.1:{port}", "data_dir": "data",
+                                  "signing_key": "node.key", "committee": "../committee.toml"}
+        timeout = request_timeout if request_timeout is not None else self.request_timeout
+        if timeout is not None:
+            config["handover"] = {"request_timeout": timeout}
+        (directory / "config.toml").write_text(tomli_w.dumps(config))
         info = NodeInfo(node_id, f"http://127.0.0.1:{port}", public_bytes(key), ())
         self.known[node_id] = info
         return info
@@ -88,7 +99,7 @@ class EpochNetwork(LocalNetwork):
         assert response.status_code in (200, 201), f"{node_id}: {response.status_code} {response.text}"
 
     def handover(self, node_id: str) -> dict[str, Any]:
-        response = httpx.get(self.known[node_id].url + HANDOVER, timeout=10)
+        response = polling_client().get(self.known[node_id].url + HANDOVER, timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -113,7 +124,7 @@ def _finished(status: dict[str, Any], epoch: int, released: bool) -> bool:
 def fetch_verified(url: str, metadata: BlobMetadata, pair: int, kind: SliverKind) -> Sliver:
     """GET a sliver from a node and check it against the blob's metadata (raises if it does not verify)."""
     blob_id: BlobId = metadata.blob_id
-    response = httpx.get(f"{url}/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}", timeout=10)
+    response = polling_client().get(f"{url}/v1/blobs/{blob_id}/slivers/{pair}/{kind.name.lower()}", timeout=10)
     assert response.status_code == 200, f"{url} pair {pair} {kind.name.lower()}: {response.status_code} {response.text}"
     sliver = Sliver.from_bytes(response.content)
     verify_sliver(metadata, sliver)
@@ -127,8 +138,8 @@ def wait_stored_everywhere(network: EpochNetwork, blob_ids: list[BlobId], timeou
     pending = [(node.url, blob_id) for node in network.committee.nodes for blob_id in blob_ids]
     while pending:
         url, blob_id = pending[-1]
-        status = httpx.get(f"{url}/v1/blobs/{blob_id}/status", timeout=10)
-        certificate = httpx.get(f"{url}/v1/blobs/{blob_id}/certificate", timeout=10)
+        status = polling_client().get(f"{url}/v1/blobs/{blob_id}/status", timeout=10)
+        certificate = polling_client().get(f"{url}/v1/blobs/{blob_id}/certificate", timeout=10)
         if status.status_code == 200 and status.json()["complete"] and certificate.status_code == 200:
             pending.pop()
         elif time.monotonic() > deadline:

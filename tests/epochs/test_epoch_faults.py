@@ -28,11 +28,16 @@ from walrusfs.protocol.chain import CommitteeChain
 from walrusfs.redstuff import BlobMetadata, SliverKind
 
 BLOBS = 4
+# How long a node waits for an answer of another during a handover (the default, 20 s, is for real
+# networks): a frozen node costs each waiting node that long.
+FROZEN_NODE_TIMEOUT = 5.0
 
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[EpochNetwork]:
-    with EpochNetwork(tmp_path / "network") as network:
+    # The second test freezes node-2 (SIGSTOP): each node that gains a shard waits request_timeout for
+    # node-2's records before it moves a sliver, 5 s here instead of the default 20.
+    with EpochNetwork(tmp_path / "network", request_timeout=FROZEN_NODE_TIMEOUT) as network:
         yield network
 
 

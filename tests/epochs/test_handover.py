@@ -33,6 +33,9 @@ from walrusfs.redstuff.sliver import HEADER_SIZE as SLIVER_HEADER_SIZE
 
 BLOBS = 5
 BLOB_SIZE = 200_000
+# node-4's [handover] request_timeout where a test freezes the node it gains from (the default, 20 s,
+# is for real networks): the wait for the frozen node's records, before any sliver moves.
+FROZEN_NODE_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -133,7 +136,7 @@ def test_a_shard_whose_old_holder_is_gone_is_rebuilt_from_recovery_symbols(
 
 def test_a_new_node_killed_mid_handover_resumes_where_it_was(
         network: EpochNetwork, blobs: list[BlobMetadata]) -> None:
-    network.add_node("node-4")
+    network.add_node("node-4", request_timeout=FROZEN_NODE_TIMEOUT)
     network.start("node-4")
     frozen = network.processes["node-2"].pid
     os.kill(frozen, signal.SIGSTOP)  # node-2 answers nothing: node-4 gets shard 4, not yet shard 6

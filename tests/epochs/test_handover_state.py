@@ -55,3 +55,19 @@ def test_a_damaged_progress_file_stops_the_node_and_says_what_to_do(tmp_path: Pa
     with pytest.raises(UserError, match=r"handover\.json.*delete it and start the node again"):
         app_of(tmp_path)
     assert path.read_text() == text  # left as it was, for whoever looks into it
+
+
+def test_how_long_a_handover_waits_for_an_answer_is_the_handover_tables_request_timeout(tmp_path: Path) -> None:
+    init_cluster(tmp_path, nodes=4, shards=4, base_port=free_port_range(4))
+    path = tmp_path / "node-0" / "config.toml"
+    written = path.read_text()
+    assert NodeConfig.load(path).handover.request_timeout == 20.0  # no table: the default
+    path.write_text(written + "\n[handover]\nrequest_timeout = 2.5\n")
+    assert NodeConfig.load(path).handover.request_timeout == 2.5
+    for table, complaint in (("request_timeout = 0.1", "request_timeout must be a number of seconds in [0.5, 3600]"),
+                             ("request_timeout = 'soon'", "request_timeout must be a number of seconds"),
+                             ("timeout = 5", "[handover]: unknown settings timeout")):
+        path.write_text(written + f"\n[handover]\n{table}\n")
+        with pytest.raises(UserError) as refused:
+            NodeConfig.load(path)
+        assert complaint in str(refused.value) and str(path) in str(refused.value)

@@ -1,10 +1,10 @@
 """Fixtures for the mount tests: a real 7-node network on 127.0.0.1 and real FUSE mounts of walrusfs.
 
-The networks are tests/conftest.py's ``shared_network`` (one per module) and ``local_network`` (one
+The networks are tests/conftest.py's ``shared_network`` (one for the session) and ``local_network`` (one
 per test, for tests that stop nodes). ``make_fs`` creates filesystems whose state lives under the
 test's tmp dir (WALRUSFS_HOME), and at teardown unmounts whatever is still mounted and stops each
 mount daemon by its pid.
-``mnt`` is a mounted filesystem on the module's network, with an empty working directory per test.
+``mnt`` is a mounted filesystem (one per module) on the shared network, with an empty working directory per test.
 """
 
 from __future__ import annotations

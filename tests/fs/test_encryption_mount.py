@@ -18,6 +18,13 @@ from walrusfs.fs.encryption import HEADER_SIZE
 pytestmark = pytest.mark.usefixtures("shared_network")
 
 
+@pytest.fixture(scope="module")
+def shared_network(module_network: LocalNetwork) -> LocalNetwork:
+    """A network of this module's own: a test greps every file on the nodes' disks, and the session's
+    network would make that a read of everything every module before stored."""
+    return module_network
+
+
 def files_containing(root: Path, needle: bytes) -> list[Path]:
     """Every file under ``root`` whose bytes contain ``needle`` (what `grep -r` of a node's disk finds)."""
     found = []

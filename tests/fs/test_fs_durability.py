@@ -47,8 +47,8 @@ def assert_certified(fs: Filesystem, inode: int, expected_blocks: int) -> None:
         Certificate.from_json(certificate).verify(committee)
 
 
-def test_fsync_returns_only_when_the_file_is_certified(local_network, make_fs, tmp_path: Path) -> None:
-    fs = make_fs(local_network)
+def test_fsync_returns_only_when_the_file_is_certified(shared_network, make_fs, tmp_path: Path) -> None:
+    fs = make_fs(shared_network)
     with mounted(fs, tmp_path / "mnt") as mp:
         data = distinct(6 * MiB + 5, 1)
         fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -72,18 +72,18 @@ def test_the_store_deadline_is_a_mount_option_of_sane_seconds() -> None:
             MountOptions.parse(bad)
 
 
-def test_fsync_without_quorum_is_eio_then_succeeds_when_nodes_return(local_network, make_fs,
-                                                                      tmp_path: Path) -> None:
+def test_fsync_without_quorum_is_eio_then_succeeds_when_nodes_return(shared_network, make_fs,
+                                                                       tmp_path: Path) -> None:
     """3 of 7 nodes down: no certificate is possible. fsync says EIO within the store deadline
     (configured to STORE_DEADLINE here; 30 s by default), the data stays staged (and readable); once
     the nodes are back it is uploaded in the background and fsync succeeds."""
-    fs = make_fs(local_network)
+    fs = make_fs(shared_network)
     down = [1, 3, 5]
     with mounted(fs, tmp_path / "mnt", "-o", f"store_deadline={STORE_DEADLINE}") as mp:
         data = distinct(4 * MiB + 77, 2)
         fd = os.open(mp / "f", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            local_network.stop(*down)
+            shared_network.stop(*down)
             try:
                 os.write(fd, data)
                 inode = os.fstat(fd).st_ino
@@ -108,7 +108,7 @@ def test_fsync_without_quorum_is_eio_then_succeeds_when_nodes_return(local_netwo
                 assert error.value.errno == errno.EIO
                 assert time.monotonic() - started < STORE_DEADLINE + 15
             finally:
-                local_network.start(*down)
+                shared_network.start(*down)
             deadline = time.monotonic() + 90
             while status(mp)["staged_bytes"] and time.monotonic() < deadline:
                 time.sleep(0.5)

@@ -13,14 +13,14 @@ from fs_harness import WALRUSFS, mounted, run, status
 SAID = "Authorization timestamp is 600 s away from the node's clock (limit 300 s): check the clocks"
 
 
-def test_fsync_eio_and_the_mount_status_carry_what_the_nodes_answered(local_network, make_fs,
-                                                                       tmp_path: Path) -> None:
-    fs = make_fs(local_network)
+def test_fsync_eio_and_the_mount_status_carry_what_the_nodes_answered(shared_network, make_fs,
+                                                                        tmp_path: Path) -> None:
+    fs = make_fs(shared_network)
     skewed = ["node-1", "node-3", "node-5"]
     with mounted(fs, tmp_path / "mnt") as mp:
         data = os.urandom(1 << 20)
-        local_network.stop(*skewed)
-        local_network.start(*skewed, clock_offset=600)
+        shared_network.stop(*skewed)
+        shared_network.start(*skewed, clock_offset=600)
         try:
             fd = os.open(mp / "f", os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -37,7 +37,7 @@ def test_fsync_eio_and_the_mount_status_carry_what_the_nodes_answered(local_netw
             log = fs.log_tail(50_000)
             assert any("fsync of inode" in line and SAID in line for line in log.splitlines()), log[-3000:]
         finally:
-            local_network.stop(*skewed)
-            local_network.start(*skewed)
+            shared_network.stop(*skewed)
+            shared_network.start(*skewed)
         # The data stayed staged: with the clocks right it is certified, which `walrusfs umount`
         # (leaving the with block) waits for.

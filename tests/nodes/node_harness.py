@@ -59,15 +59,16 @@ class NodeProcess:
     def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"node exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
+        with httpx.Client(timeout=0.5) as http:  # one client: httpx.get would make one, TLS context and all, per probe
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"node exited with {self.process.returncode}:\n{self.log.read_text()}")
+                try:
+                    if http.get(f"{self.url}/v1/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
         raise AssertionError(f"node not healthy after {timeout} s:\n{self.log.read_text()}")
 
     def kill9(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from network import LocalNetwork
+from network import LocalNetwork, polling_client
 
 from walrusfs.redstuff import BlobId, EncodedBlob, SliverKind
 
@@ -38,7 +38,7 @@ def configure(network: LocalNetwork, node: str, **settings: Any) -> None:
 
 
 def repair_status(network: LocalNetwork, node: str) -> dict[str, Any]:
-    return httpx.get(f"{network.url(node)}/v1/repair/status", timeout=5).json()
+    return polling_client().get(f"{network.url(node)}/v1/repair/status", timeout=5).json()
 
 
 def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:

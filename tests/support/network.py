@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -103,11 +104,26 @@ def free_port_range(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found in {low}-{high}")
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, http: httpx.Client) -> bool:
     try:
-        return httpx.get(f"{url}/v1/health", timeout=HEALTH_PROBE_TIMEOUT).status_code == 200
+        return http.get(f"{url}/v1/health").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@functools.cache
+def polling_client() -> httpx.Client:
+    """One client for the helpers that poll nodes in a loop (wait for a handover, for repair...), for the
+    same reason as health_prober. No keep-alive: tests kill and restart nodes on the same ports, and a
+    connection pooled from before must never be what a request meets. Give each request its timeout."""
+    return httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def health_prober() -> httpx.Client:
+    """One client for a whole wait for health. ``httpx.get`` makes a client per call, and with it a TLS
+    context from the CA bundle: some 15-50 ms of CPU per probe, which a loop probing every few
+    milliseconds takes from the very node processes it waits for (on 2 cores, a third of the machine)."""
+    return httpx.Client(timeout=HEALTH_PROBE_TIMEOUT)
 
 
 class LocalNetwork:
@@ -174,20 +190,21 @@ class LocalNetwork:
     def _wait_healthy(self, node_ids: list[str], timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         pending = list(node_ids)
-        while pending:
-            for node_id in list(pending):
-                process = self.processes[node_id]
-                if process.poll() is not None:
-                    _LIVE.pop(process.pid, None)
-                    raise RuntimeError(f"{node_id} exited with {process.returncode} while starting:\n"
-                                       + self.log(node_id).read_text(errors="replace")[-3000:])
-                if _healthy(self.url(node_id)):
-                    pending.remove(node_id)
-            if pending and time.monotonic() > deadline:
-                raise RuntimeError(f"{pending} not healthy after {timeout} s:\n"
-                                   + self.log(pending[0]).read_text(errors="replace")[-3000:])
-            if pending:
-                time.sleep(0.03)
+        with health_prober() as http:
+            while pending:
+                for node_id in list(pending):
+                    process = self.processes[node_id]
+                    if process.poll() is not None:
+                        _LIVE.pop(process.pid, None)
+                        raise RuntimeError(f"{node_id} exited with {process.returncode} while starting:\n"
+                                           + self.log(node_id).read_text(errors="replace")[-3000:])
+                    if _healthy(self.url(node_id), http):
+                        pending.remove(node_id)
+                if pending and time.monotonic() > deadline:
+                    raise RuntimeError(f"{pending} not healthy after {timeout} s:\n"
+                                       + self.log(pending[0]).read_text(errors="replace")[-3000:])
+                if pending:
+                    time.sleep(0.03)
 
     def start(self, *nodes: str | int, clock_offset: float = 0.0) -> None:
         """Start the given nodes (all not running, if none given) and wait until they are healthy;
