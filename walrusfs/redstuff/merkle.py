@@ -7,7 +7,7 @@ The prefixes keep a leaf, an inner node and a padding node from ever colliding w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import blake3
 import numpy as np
@@ -80,12 +80,14 @@ def proof_length(leaf_count: int) -> int:
     return max(leaf_count - 1, 0).bit_length()
 
 
-def verify(root_digest: bytes, leaf_count: int, index: int, leaf: bytes, path: Sequence[bytes]) -> bool:
-    """Whether ``leaf`` (a leaf digest) sits at ``index`` of the tree with ``root_digest``."""
+def verify(root_digest: bytes, leaf_count: int, index: int, leaf: bytes, path: Sequence[bytes],
+           combine: Callable[[bytes, bytes], bytes] = node_hash) -> bool:
+    """Whether ``leaf`` (a leaf digest) sits at ``index`` of the tree with ``root_digest``, whose inner
+    nodes are ``combine(left, right)`` (each encoding type hashes its nodes its own way)."""
     if not 0 <= index < leaf_count or len(path) != proof_length(leaf_count):
         return False
     digest = leaf
     for sibling in path:
-        digest = node_hash(sibling, digest) if index & 1 else node_hash(digest, sibling)
+        digest = combine(sibling, digest) if index & 1 else combine(digest, sibling)
         index //= 2
     return digest == root_digest

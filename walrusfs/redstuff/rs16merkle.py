@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import blake3
 import numpy as np
 
+from . import merkle
 from .batchhash import hash_rows
 
 DIGEST_SIZE = 32
@@ -74,16 +75,6 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return blake3.blake3(left + right, key=NODE_KEY).digest()
 
 
-def proof_length(leaf_count: int) -> int:
-    return max(leaf_count - 1, 0).bit_length()
-
-
 def verify(root_digest: bytes, leaf_count: int, index: int, leaf: bytes, path: Sequence[bytes]) -> bool:
     """Whether ``leaf`` (a leaf digest) sits at ``index`` of the tree with ``root_digest``."""
-    if not 0 <= index < leaf_count or len(path) != proof_length(leaf_count):
-        return False
-    digest = leaf
-    for sibling in path:
-        digest = node_hash(sibling, digest) if index & 1 else node_hash(digest, sibling)
-        index //= 2
-    return digest == root_digest
+    return merkle.verify(root_digest, leaf_count, index, leaf, path, combine=node_hash)
