@@ -63,6 +63,13 @@ def test_next_pack_takes_the_oldest_unpinned_blocks_up_to_the_blob_size(catalog:
     assert catalog.pinned_bytes == 0
 
 
+def test_a_sealed_blocks_overhead_does_not_count_against_the_blob_size(catalog: Catalog) -> None:
+    ids = [stage(catalog, bytes([i]) * 30) for i in range(5)]  # 25 bytes of content + 5 of sealing each
+    assert [b.id for b in catalog.next_pack(100)] == ids[:3]  # counted as stored: 3 x 30
+    pack = catalog.next_pack(100, block_overhead=5)
+    assert [b.id for b in pack] == ids[:4] and pack.full  # counted as content: 4 x 25 fill the blob
+
+
 def test_releasing_the_last_reference_deletes_the_block_and_its_file_waits_for_the_upload(catalog: Catalog) -> None:
     a = stage(catalog, b"a" * 100)
     stage(catalog, b"a" * 100)

@@ -120,19 +120,23 @@ class Catalog:
                 f"SELECT COUNT(*) FROM blocks WHERE blob IS NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         return remaining
 
-    def next_pack(self, blob_size: int) -> Pack:
-        """The oldest unpinned staged blocks that fit in ``blob_size`` bytes (at least one, if any)."""
+    def next_pack(self, blob_size: int, block_overhead: int = 0) -> Pack:
+        """The oldest unpinned staged blocks whose contents fit in ``blob_size`` bytes (at least one,
+        if any). ``block_overhead`` is what each stored block has beyond its content (a sealed block's
+        header and tag): not counted, so that sixteen sealed 1 MiB blocks still make one 16 MiB blob,
+        not fifteen (which cost encryption 1/15 more blobs, each with its fixed per-blob work)."""
         pack = Pack()
         total = 0
         for block_id, size, digest in self.db.execute(
                 "SELECT id, size, hash FROM blocks WHERE blob IS NULL ORDER BY id"):
             if block_id in self._pinned:
                 continue
-            if pack and total + size > blob_size:
+            content = max(size - block_overhead, 0)
+            if pack and total + content > blob_size:
                 pack.full = True
                 break
             pack.append(StagedBlock(block_id, size, bytes(digest)))
-            total += size
+            total += content
         pack.full = pack.full or total >= blob_size
         return pack
 

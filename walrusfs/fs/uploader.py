@@ -136,7 +136,7 @@ class Uploader:
         now = trio.current_time()
         if now < self._retry_at and not asked:
             return None, self._retry_at - now
-        pack = self.catalog.next_pack(self.blob_size)
+        pack = self.catalog.next_pack(self.blob_size, self.blocks.contents.overhead)
         if not pack:
             return None, None
         due = self._last_staged + self.upload_delay
