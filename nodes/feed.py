@@ -130,6 +130,8 @@ class Feed:
                 log.warning("peer %s listed blob %s with a certificate that does not verify: %s",
                             peer, blob, error)
                 return
+            if blob in self.store.tombstones:
+                return  # buried while its certificate was checked: kept, it would keep repair busy forever
             service.pending_certificates[blob] = text
             service.enqueue(blob)
         if entry.invalid and blob not in self.store.invalid:
