@@ -4,7 +4,9 @@ transient failure is retried with a backoff that keeps growing while it persists
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -119,3 +121,34 @@ def test_a_pack_that_no_further_block_fits_is_uploaded_while_small_writes_go_on(
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert client.attempts and client.attempts[0] <= 1.0, client.attempts
+
+
+class StoringClient:
+    """Stores everything: a certified blob named after its length."""
+
+    async def store(self, data: bytes) -> SimpleNamespace:
+        return SimpleNamespace(blob_id=f"blob-{len(data)}", certificate=SimpleNamespace(to_json=lambda: "{}"))
+
+
+class FullCache:
+    async def fill(self, blob_id: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_certified_blob_whose_cache_copy_fails_is_an_upload_that_succeeded(tmp_path: Path) -> None:
+    """The copy into the read cache comes after the blob is certified and recorded: failing it (a full
+    cache disk) loses no data, so it is not counted, shown or retried as an upload failure."""
+    async def main() -> None:
+        uploader = uploader_for(tmp_path, StoringClient())  # type: ignore[arg-type]
+        uploader.cache, uploader.fill_cache = FullCache(), True  # type: ignore[assignment]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run)
+            await uploader.wait_certified()  # returns: nothing staged is left uncertified
+            nursery.cancel_scope.cancel()
+        holder.append(uploader)
+
+    holder: list[Uploader] = []
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    stats = holder[0].stats
+    assert (stats.blobs, stats.failures, stats.last_error) == (1, 0, None)
+    assert holder[0].catalog.count_staged() == 0

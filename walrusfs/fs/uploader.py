@@ -174,7 +174,11 @@ class Uploader:
             # meanwhile waits for that copy (fill marks it in flight before it first yields).
             self._progressed()
             if self.fill_cache:
-                await self.cache.fill(blob_id, data)
+                try:
+                    await self.cache.fill(blob_id, data)
+                except OSError as error:  # the blob is certified and recorded: only the local copy is missing
+                    log.warning("blob %s is certified, but keeping a copy of it in the read cache failed (%s): "
+                                "its blocks are read from the nodes", blob_id, error)
             self.stats.blobs += 1
             self.stats.last_upload_at = time.time()
             self.stats.bytes += len(data)
