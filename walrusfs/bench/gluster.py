@@ -326,6 +326,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     walrusfs.new_round(number)
                 runs[name].append(one_round(system, source, f"dd-{number}"))
             source.unlink()
+        walrusfs.end_round()  # its unmount waits for every upload: a failure there is the run's (cleanup hides it)
     finally:
         walrusfs.cleanup()
         gluster.cleanup()
