@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from node_harness import NodeProcess, make_cluster, node_process
+from raw_http import connect, parse_head
 
 
 @pytest.fixture
@@ -29,16 +30,6 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         process.stop()
 
 
-def connect(url: str, source: str, opened: list[socket.socket]) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    opened.append(sock)
-    sock.bind((source, 0))
-    sock.connect((host, int(port)))
-    sock.settimeout(10)
-    return sock
-
-
 def head_of(sock: socket.socket) -> tuple[int, dict[str, str]]:
     """The status and headers of the next answer on ``sock``."""
     data = b""
@@ -47,26 +38,23 @@ def head_of(sock: socket.socket) -> tuple[int, dict[str, str]]:
         if not chunk:
             break
         data += chunk
-    head = data.partition(b"\r\n\r\n")[0].decode("latin-1")
-    status_line, *lines = head.split("\r\n")
-    return int(status_line.split()[1]), {name.lower(): value.strip()
-                                         for name, _, value in (line.partition(":") for line in lines)}
+    return parse_head(data.partition(b"\r\n\r\n")[0])
 
 
 def test_the_servers_own_refusals_name_the_epoch_like_every_other_answer(node: NodeProcess) -> None:
     opened: list[socket.socket] = []
     try:
-        first = connect(node.url, "127.0.0.2", opened)
+        first = connect(node.url, "127.0.0.2", opened, timeout=10)
         first.sendall(b"GET /v1/health HTTP/1.1\r\nHost: node\r\n\r\n")
         status, headers = head_of(first)
         assert status == 200 and headers["walrusfs-epoch"] == "1"
 
         # A second connection from the same address is over the per-address cap of 1: 503 at once.
-        status, headers = head_of(connect(node.url, "127.0.0.2", opened))
+        status, headers = head_of(connect(node.url, "127.0.0.2", opened, timeout=10))
         assert status == 503 and headers["walrusfs-epoch"] == "1", headers
 
         # A request head over 64 KiB: 431, and the connection ends.
-        big = connect(node.url, "127.0.0.3", opened)
+        big = connect(node.url, "127.0.0.3", opened, timeout=10)
         big.sendall(b"GET /v1/health HTTP/1.1\r\nHost: node\r\nx-padding: " + b"a" * (65 * 1024) + b"\r\n\r\n")
         status, headers = head_of(big)
         assert status == 431 and headers["walrusfs-epoch"] == "1", headers

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from node_harness import Node, NodeProcess, make_cluster, node_process
+from raw_http import connect, parse_head
 
 from nodes.httpd import ConnectionStats
 from nodes.memory import MemoryKeeper
@@ -72,15 +73,6 @@ def sockets() -> Iterator[list[socket.socket]]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def connect(url: str, source: str, opened: list[socket.socket]) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    opened.append(sock)
-    sock.bind((source, 0))
-    sock.connect((host, int(port)))
-    return sock
-
-
 def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
@@ -95,9 +87,7 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict
     while chunk := sock.recv(65536):
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
+    return (*parse_head(head), body)
 
 
 def test_thousands_of_idle_and_slow_connections_cost_little_and_memory_returns(
