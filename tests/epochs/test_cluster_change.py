@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_cluster_epochs import every_holder_serves_its_slivers, kill_recorded, read_back, walrusfs
+from test_cluster_epochs import every_holder_serves_its_slivers, read_back, running_cluster, walrusfs
 
 from walrusfs.client import BlobClient
 from walrusfs.cluster_epochs import load_chain
 from walrusfs.committee_cli import committee_status
 from walrusfs.keys import load_key
-from walrusfs.ports import free_port_range
 from walrusfs.protocol.committee import Committee
 
 TIMEOUT = 120
@@ -23,14 +22,8 @@ TIMEOUT = 120
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "cluster"
-    walrusfs("cluster", "init", root, "--nodes", 4, "--shards", 8, "--base-port", free_port_range(8))
-    try:
-        walrusfs("cluster", "up", root)
+    with running_cluster(tmp_path / "cluster") as root:
         yield root
-    finally:
-        walrusfs("cluster", "down", root, check=False)
-        kill_recorded(root)
 
 
 def test_adding_two_and_retiring_two_is_one_epoch_in_which_only_the_leavers_shards_move(cluster: Path) -> None:

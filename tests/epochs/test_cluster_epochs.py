@@ -8,6 +8,7 @@ and the status command reports the handover complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,10 +53,10 @@ def kill_recorded(root: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("epochs") / "cluster"
-    # 4 nodes over 8 shards (2 each), ports for 4 more after them
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[Path]:
+    """A bundled network of 4 nodes over 8 shards (2 each), ports for 4 more after them, up until the
+    block ends; every node it started is stopped, also when the test fails."""
     walrusfs("cluster", "init", root, "--nodes", 4, "--shards", 8, "--base-port", free_port_range(8))
     try:
         walrusfs("cluster", "up", root)
@@ -63,6 +64,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         walrusfs("cluster", "down", root, check=False)
         kill_recorded(root)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with running_cluster(tmp_path_factory.mktemp("epochs") / "cluster") as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
