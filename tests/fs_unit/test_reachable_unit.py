@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import trio
 from unit_fs import UnitFs
 
@@ -165,16 +166,22 @@ class FakeReleases:
         return SimpleNamespace(complete=complete, describe=lambda: f"{sorted(self.down)} did not answer")
 
 
+@pytest.fixture
+def releases(monkeypatch: pytest.MonkeyPatch) -> FakeReleases:
+    """gc's releases of blobs on the nodes, answered in-process (blob IDs stay plain text)."""
+    fake = FakeReleases()
+    monkeypatch.setattr(gc_module, "release_blob", fake)
+    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
+    return fake
+
+
 def collector(fs: UnitFs) -> GarbageCollector:
     return GarbageCollector(fs.db, FsState(fs.root / "state"), fs.store, "a" * 32,  # type: ignore[arg-type]
                             catalog=fs.blocks.catalog, cache=fs.cache)
 
 
 def test_an_incomplete_release_keeps_the_blob_listed_and_its_row_until_every_node_released_it(
-        fs_run, monkeypatch) -> None:
-    releases = FakeReleases()
-    monkeypatch.setattr(gc_module, "release_blob", releases)
-    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
+        fs_run, releases) -> None:
 
     async def body(fs: UnitFs) -> None:
         inode = await write_file(fs, b"f", b"r" * 8000)
@@ -195,9 +202,7 @@ def test_an_incomplete_release_keeps_the_blob_listed_and_its_row_until_every_nod
     fs_run(body)
 
 
-def test_a_dry_run_lists_and_releases_nothing(fs_run, monkeypatch) -> None:
-    releases = FakeReleases()
-    monkeypatch.setattr(gc_module, "release_blob", releases)
+def test_a_dry_run_lists_and_releases_nothing(fs_run, releases) -> None:
 
     async def body(fs: UnitFs) -> None:
         inode = await write_file(fs, b"f", b"d" * 8000)
@@ -210,12 +215,9 @@ def test_a_dry_run_lists_and_releases_nothing(fs_run, monkeypatch) -> None:
 
 
 def test_the_same_blob_stored_again_while_gc_releases_it_is_stored_once_more_after_the_release(
-        fs_run, monkeypatch) -> None:
+        fs_run, releases) -> None:
     """Identical data packed identically makes the identical blob: rewriting a deleted file while gc
     deletes its old blob must not leave the new file in a blob the nodes just deleted."""
-    releases = FakeReleases()
-    monkeypatch.setattr(gc_module, "release_blob", releases)
-    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
 
     async def body(fs: UnitFs) -> None:
         data = b"s" * 8000
@@ -282,13 +284,10 @@ def test_a_schema_2_database_is_migrated_and_its_garbage_found(tmp_path: Path) -
         db.close()
 
 
-def test_the_mount_s_background_pass_releases_garbage_every_interval(tmp_path: Path, monkeypatch) -> None:
+def test_the_mount_s_background_pass_releases_garbage_every_interval(tmp_path: Path, releases) -> None:
     from trio.testing import MockClock
     from unit_fs import FakeBlobStore
 
-    releases = FakeReleases()
-    monkeypatch.setattr(gc_module, "release_blob", releases)
-    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
 
     async def main() -> None:
         fs = UnitFs(tmp_path, FakeBlobStore(), 64 << 20, 32 << 20)
@@ -313,10 +312,7 @@ def test_the_mount_s_background_pass_releases_garbage_every_interval(tmp_path: P
 
 
 def test_a_read_that_looked_its_block_up_before_compaction_moved_it_reads_it_where_it_lies_now(
-        fs_run, monkeypatch) -> None:
-    releases = FakeReleases()
-    monkeypatch.setattr(gc_module, "release_blob", releases)
-    monkeypatch.setattr(gc_module.BlobId, "parse", staticmethod(lambda text: text))
+        fs_run, monkeypatch, releases) -> None:
 
     async def body(fs: UnitFs) -> None:
         data = os.urandom(4 * 4096)
