@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..protocol import Confirmation, is_certified, verify_certificate
+from ..protocol import Confirmation, confirmed_shards, is_certified
 from ..protocol.committee import Committee
 from ..redstuff import BlobId, EncodedBlob, Sliver, SliverKind, encode
 from ..retry import Backoff
@@ -130,25 +130,15 @@ class Delivery:
     moved: bool = False
     superseded: bool = False  # a delivery to a newer committee took over
     claim: tuple[str, int | None] = ("", None)  # (owner, expiry) asked for with the metadata
-    # node id -> (its confirmation, the shards it covers): covered() verifies each confirmation once.
-    _verified: dict[str, tuple[Confirmation, set[int]]] = field(default_factory=dict)
-
     @property
     def blob_id(self) -> BlobId:
         return self.encoded.blob_id
 
     def covered(self) -> set[int]:
-        """The shards the confirmations taken so far cover, each confirmation checked once: checking
-        all of them again at every arrival (twice: progress, then certified()) cost n^2 signature
-        checks per store, milliseconds of a small blob's fsync."""
-        covered: set[int] = set()
-        for node_id, confirmation in self.confirmations.items():
-            known = self._verified.get(node_id)
-            if known is None or known[0] is not confirmation:
-                known = self._verified[node_id] = (
-                    confirmation, verify_certificate(self.committee, self.blob_id, (confirmation,)))
-            covered |= known[1]
-        return covered
+        """The shards the confirmations taken so far cover. Each was checked (signer, epoch, blob,
+        signature) as it arrived, in ``_deliver``, before it was taken: checking them all again at
+        every arrival cost ~n^2 signature checks per store, milliseconds of a small blob's fsync."""
+        return confirmed_shards(self.committee, self.confirmations.values())
 
     def certified(self) -> bool:
         return is_certified(self.committee, self.covered())

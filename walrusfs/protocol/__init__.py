@@ -26,10 +26,11 @@ from .auth import (
     sign_request,
     verify_request,
 )
-from .certificates import CONFIRMATION_VERSION, Confirmation, is_certified, verify_certificate
+from .certificates import CONFIRMATION_VERSION, Confirmation, confirmed_shards, is_certified, verify_certificate
 
 __all__ = [
     "AUTH_SCHEME", "CONFIRMATION_VERSION", "DIGEST_SIZE", "MAX_CLOCK_SKEW", "OLD_AUTH_SCHEME", "SIGNATURE_SIZE",
-    "UNBOUND_BODY", "AuthError", "Confirmation", "ReplayGuard", "SignedRequest", "body_digest", "is_certified",
+    "UNBOUND_BODY", "AuthError", "Confirmation", "ReplayGuard", "SignedRequest", "body_digest", "confirmed_shards",
+    "is_certified",
     "sign_request", "verify_certificate", "verify_request",
 ]

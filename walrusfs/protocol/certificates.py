@@ -122,14 +122,20 @@ def verify_certificate(committee: Committee, blob_id: BlobId,
     """The shards covered by valid confirmations: signed by a committee node, for this epoch and
     blob, counting only shards that node holds. A certificate is complete when
     ``is_certified(committee, covered)``."""
+    return confirmed_shards(committee, (
+        confirmation for confirmation in confirmations
+        if confirmation.epoch == committee.epoch and confirmation.blob_id == blob_id
+        and committee.has_node(confirmation.node_id)
+        and confirmation.verify(committee.node(confirmation.node_id).public_key)))
+
+
+def confirmed_shards(committee: Committee, verified: Iterable[Confirmation]) -> set[int]:
+    """The shards that confirmations already checked by verify_certificate's rules cover: each counts
+    only the shards its node holds in ``committee``."""
     covered: set[int] = set()
-    for confirmation in confirmations:
-        if (confirmation.epoch != committee.epoch or confirmation.blob_id != blob_id
-                or not committee.has_node(confirmation.node_id)):
-            continue
-        node = committee.node(confirmation.node_id)
-        if confirmation.verify(node.public_key):
-            covered |= set(confirmation.shards) & set(node.shards)
+    for confirmation in verified:
+        if committee.has_node(confirmation.node_id):
+            covered |= set(confirmation.shards) & set(committee.node(confirmation.node_id).shards)
     return covered
 
 
